@@ -1,0 +1,64 @@
+/* librefpage: reference-page mappings served by refpaged.
+ *
+ * A refpage mapping behaves like mmap(MAP_PRIVATE|MAP_ANONYMOUS) except that
+ * a page never written reads as its template page instead of zeros; the
+ * first write makes a private copy. MADV_DONTNEED brings the template back;
+ * munmap and mremap keep working; fork children see their parent's pages as
+ * with ordinary private memory and the template elsewhere.
+ *
+ * The library never calls malloc and may be called from inside an
+ * allocator. An rp_client may be used from many threads at once. After
+ * fork() the child transparently gets its own connection on first use.
+ *
+ * If refpaged goes away, mappings keep working as ordinary anonymous
+ * memory (untouched pages read zero); calls on the client then fail with
+ * -ENOTCONN and rp_alive() reports it. */
+#ifndef REFPAGE_H
+#define REFPAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rp_client rp_client;
+
+/* socket_path NULL: $REFPAGED_SOCKET, else /run/refpaged/refpaged.sock.
+ * Returns 0 or -errno: -ENOENT/-ECONNREFUSED when no daemon listens,
+ * -EPROTO on a protocol version mismatch, -EPERM when this process cannot
+ * create a userfaultfd at all, -EDQUOT/-EMFILE past the daemon's limits. */
+int rp_connect(const char *socket_path, rp_client **out);
+void rp_disconnect(rp_client *c);
+
+/* Templates: one page each, identified by a per-connection id. */
+int rp_template_fill(rp_client *c, uint8_t byte, uint32_t *id);
+int rp_template_create(rp_client *c, const void *page, uint32_t *id);
+int rp_template_release(rp_client *c, uint32_t id);
+
+/* Like mmap(addr, len, prot, flags|MAP_PRIVATE|MAP_ANONYMOUS): missing pages
+ * read as template id. MAP_FAILED and errno on error (EINVAL for
+ * MAP_SHARED, a file-backed or MAP_HUGETLB request, or an unknown id). */
+void *rp_map(rp_client *c, void *addr, size_t len, int prot, int flags, uint32_t id);
+/* Unmap (all or part of) a refpage mapping. 0 or -errno. */
+int rp_unmap(rp_client *c, void *addr, size_t len);
+
+/* Drop-in for the kernel patch's
+ *   mmap(addr, len, prot, flags | MAP_REFPAGE, -1, (off_t)refpage):
+ * uses a process-wide default connection (rp_connect(NULL)); the page's
+ * contents are taken at the call. */
+void *refpage_mmap(void *addr, size_t len, int prot, int flags, const void *refpage);
+
+/* 1 while the daemon connection is up, 0 once it is lost (the daemon died or
+ * closed us): from then on refpage mappings read zeros where untouched. */
+int rp_alive(rp_client *c);
+
+/* Daemon counters (see refpagectl stats). names[i] describes values[i].
+ * Fills at most max entries; returns the number filled or -errno. */
+int rp_stats(rp_client *c, uint64_t *values, const char **names, int max);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

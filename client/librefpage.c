@@ -1,0 +1,572 @@
+/* librefpage: the client side of refpaged. See include/refpage.h.
+ *
+ * Constraints: this code may run inside malloc, so it never calls
+ * malloc/free or stdio (client objects come from mmap, messages live on
+ * the stack); it may run in many threads (one mutex per client serialises
+ * request/reply pairs); and in a fork child it must not touch the
+ * parent's connection state, which another parent thread may have held
+ * locked at fork time: every call compares the owner pid first and a child
+ * rebinds to a connection of its own. */
+#include "refpage.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "proto.h"
+
+#define RP_API __attribute__((visibility("default")))
+#define PAGE PROTO_PAGE_SIZE
+
+/* Templates the client made, kept so that a fork child can recreate them
+ * on its own connection and keep using the parent's ids. */
+#define RP_MAX_TEMPLATES 256
+
+struct rp_tmpl_rec {
+	uint32_t id;        /* the id handed to the caller (0: free slot) */
+	uint32_t live_id;   /* id on the current connection, 0: not made yet */
+	uint8_t *page;      /* contents (mmap'd page) */
+};
+
+struct rp_client {
+	atomic_int owner;        /* pid the connection belongs to */
+	pthread_mutex_t lock;
+	int sock;                /* -1: not connected (yet, or any more) */
+	int lost;                /* the daemon went away */
+	uint32_t seq;
+	uint32_t next_id;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct rp_tmpl_rec tmpls[RP_MAX_TEMPLATES];
+};
+
+static const char *socket_path(const char *p)
+{
+	if (p)
+		return p;
+	p = getenv("REFPAGED_SOCKET");
+	return p && *p ? p : PROTO_DEFAULT_SOCKET;
+}
+
+/* A userfaultfd for this process, unconfigured: /dev/userfaultfd, else the
+ * syscall, else the user-mode-only syscall that unprivileged processes
+ * get when vm.unprivileged_userfaultfd is 0. */
+static int make_uffd(int *user_mode_only)
+{
+	int flags = O_CLOEXEC | O_NONBLOCK;
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+	*user_mode_only = 0;
+	if (dev >= 0) {
+		int fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+		close(dev);
+		if (fd >= 0)
+			return fd;
+	}
+	int fd = (int)syscall(SYS_userfaultfd, flags);
+	if (fd >= 0)
+		return fd;
+	fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
+	if (fd >= 0)
+		*user_mode_only = 1;
+	return fd >= 0 ? fd : -errno;
+}
+
+/* One request, one reply, under c->lock. rep gets the payload. */
+static int roundtrip(struct rp_client *c, uint16_t type, const void *payload, uint32_t len, int fd,
+		     uint16_t rep_type, void *rep, uint32_t rep_len)
+{
+	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
+	const struct proto_hdr *h;
+	uint32_t seq = ++c->seq;
+	int rfd, nfds, trunc;
+	int r = proto_send(c->sock, type, seq, payload, len, fd, 0);
+
+	if (r < 0)
+		return r == -EPIPE || r == -ECONNRESET ? -ENOTCONN : r;
+	long n = proto_recv(c->sock, buf, &rfd, &nfds, &trunc, 0);
+	if (rfd >= 0)
+		close(rfd);
+	if (n <= 0)
+		return n == 0 || n == -ECONNRESET ? -ENOTCONN : (int)n;
+	if (trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK || h->seq != seq)
+		return -EPROTO;
+	if (h->type == PROTO_REPLY && rep_type != PROTO_REPLY) {
+		/* The daemon refused the request with a plain status. */
+		const struct proto_reply *pr = (const void *)(h + 1);
+		return pr->status < 0 ? pr->status : -EPROTO;
+	}
+	if (h->type != rep_type)
+		return -EPROTO;
+	memcpy(rep, h + 1, rep_len);
+	return 0;
+}
+
+static void mark_lost(struct rp_client *c)
+{
+	c->lost = 1;
+	if (c->sock >= 0)
+		close(c->sock);
+	c->sock = -1;
+}
+
+static int request(struct rp_client *c, uint16_t type, const void *p, uint32_t len,
+		   struct proto_reply *rep)
+{
+	int r = roundtrip(c, type, p, len, -1, PROTO_REPLY, rep, sizeof(*rep));
+	if (r == -ENOTCONN || r == -EPROTO)
+		mark_lost(c);
+	return r < 0 ? r : rep->status;
+}
+
+static int open_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = -errno;
+		close(s);
+		return e;
+	}
+	return s;
+}
+
+/* Connect and hand the daemon a fresh uffd. Our copy of the uffd is
+ * closed right after: a dead daemon then takes the last reference with it
+ * and every fault falls back to the kernel instead of hanging. */
+static int do_connect(struct rp_client *c)
+{
+	struct proto_hello h = { .page_size = PAGE, .pid = (uint32_t)getpid() };
+	struct proto_reply rep;
+	int umo, uffd, r;
+
+	if (sysconf(_SC_PAGESIZE) != PAGE)
+		return -EINVAL;
+	if ((c->sock = open_socket(c->path)) < 0)
+		return c->sock;
+	if ((uffd = make_uffd(&umo)) < 0) {
+		r = uffd;
+		goto fail;
+	}
+	h.flags = umo ? PROTO_HELLO_USER_MODE_ONLY : 0;
+	r = roundtrip(c, PROTO_HELLO, &h, sizeof(h), uffd, PROTO_REPLY, &rep, sizeof(rep));
+	close(uffd);
+	if (r == 0)
+		r = rep.status;
+	if (r == 0)
+		return 0;
+fail:
+	close(c->sock);
+	c->sock = -1;
+	return r;
+}
+
+RP_API int rp_connect(const char *path, rp_client **out)
+{
+	const char *p = socket_path(path);
+	struct rp_client *c;
+	int r;
+
+	if (!out)
+		return -EINVAL;
+	if (strlen(p) >= sizeof(c->path))
+		return -ENAMETOOLONG;
+	c = mmap(NULL, sizeof(*c), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (c == MAP_FAILED)
+		return -ENOMEM;
+	strcpy(c->path, p);
+	pthread_mutex_init(&c->lock, NULL);
+	atomic_init(&c->owner, (int)getpid());
+	c->sock = -1;
+	if ((r = do_connect(c)) < 0) {
+		munmap(c, sizeof(*c));
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+/* Serialises the rebinding of a client in a fork child; reset in every
+ * child by an atfork handler, since a parent thread may hold it at fork. */
+static atomic_flag rebind_lock = ATOMIC_FLAG_INIT;
+
+static void atfork_child(void)
+{
+	atomic_flag_clear(&rebind_lock);
+}
+
+__attribute__((constructor)) static void rp_init(void)
+{
+	pthread_atfork(NULL, NULL, atfork_child);
+}
+
+/* In a fork child, the struct is a copy of the parent's: its mutex may be
+ * held by a thread that does not exist here, and its socket is the
+ * parent's connection. Forget both; connect anew on first use. */
+static void rebind(struct rp_client *c, int me)
+{
+	while (atomic_flag_test_and_set(&rebind_lock))
+		sched_yield();
+	if (atomic_load(&c->owner) != me) {
+		pthread_mutex_init(&c->lock, NULL);
+		if (c->sock >= 0)
+			close(c->sock);
+		c->sock = -1;
+		c->lost = 0;
+		for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+			c->tmpls[i].live_id = 0;
+		atomic_store(&c->owner, me);
+	}
+	atomic_flag_clear(&rebind_lock);
+}
+
+/* Take the client for one operation: rebind after fork, reconnect after
+ * a lost or not yet made connection. 0 with c->lock held, or -errno. */
+static int enter(struct rp_client *c)
+{
+	int me = (int)getpid();
+
+	if (atomic_load(&c->owner) != me)
+		rebind(c, me);
+	pthread_mutex_lock(&c->lock);
+	if (c->sock >= 0)
+		return 0;
+	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+		c->tmpls[i].live_id = 0;
+	int r = do_connect(c);
+	if (r == 0) {
+		c->lost = 0;
+		return 0;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static void leave(struct rp_client *c)
+{
+	pthread_mutex_unlock(&c->lock);
+}
+
+RP_API void rp_disconnect(rp_client *c)
+{
+	if (!c)
+		return;
+	int me = (int)getpid();
+	if (atomic_load(&c->owner) != me)
+		rebind(c, me);
+	pthread_mutex_lock(&c->lock);
+	if (c->sock >= 0)
+		close(c->sock);
+	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+		if (c->tmpls[i].page)
+			munmap(c->tmpls[i].page, PAGE);
+	pthread_mutex_unlock(&c->lock);
+	munmap(c, sizeof(*c));
+}
+
+RP_API int rp_alive(rp_client *c)
+{
+	if (!c)
+		return 0;
+	if (atomic_load(&c->owner) != (int)getpid())
+		return !c->lost;
+	int s = c->sock;
+	if (s < 0)
+		return 0;
+	struct pollfd p = { .fd = s, .events = POLLIN | POLLRDHUP };
+	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)))
+		return 0;
+	return !c->lost;
+}
+
+/* --- templates ------------------------------------------------------- */
+
+static struct rp_tmpl_rec *rec_find(struct rp_client *c, uint32_t id)
+{
+	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+		if (id && c->tmpls[i].id == id)
+			return &c->tmpls[i];
+	return NULL;
+}
+
+/* Make the template on the current connection if it is not there yet. */
+static int rec_live(struct rp_client *c, struct rp_tmpl_rec *t)
+{
+	struct proto_reply rep;
+
+	if (t->live_id)
+		return 0;
+	int r = request(c, PROTO_TEMPLATE_CREATE, t->page, PAGE, &rep);
+	if (r == 0)
+		t->live_id = rep.id;
+	return r;
+}
+
+static int rec_add(struct rp_client *c, const uint8_t *page, uint32_t *id)
+{
+	struct rp_tmpl_rec *t = NULL;
+	int r;
+
+	for (int i = 0; !t && i < RP_MAX_TEMPLATES; i++)
+		if (!c->tmpls[i].id)
+			t = &c->tmpls[i];
+	if (!t)
+		return -EDQUOT;
+	t->page = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t->page == MAP_FAILED) {
+		t->page = NULL;
+		return -ENOMEM;
+	}
+	memcpy(t->page, page, PAGE);
+	t->live_id = 0;
+	if ((r = rec_live(c, t)) < 0) {
+		munmap(t->page, PAGE);
+		t->page = NULL;
+		return r;
+	}
+	t->id = ++c->next_id;
+	*id = t->id;
+	return 0;
+}
+
+static int template_add(rp_client *c, const uint8_t *page, uint32_t *id)
+{
+	int r;
+
+	if (!c || !id)
+		return -EINVAL;
+	if ((r = enter(c)) < 0)
+		return r;
+	r = rec_add(c, page, id);
+	leave(c);
+	return r;
+}
+
+RP_API int rp_template_fill(rp_client *c, uint8_t byte, uint32_t *id)
+{
+	uint8_t page[PAGE];
+
+	memset(page, byte, sizeof(page));
+	return template_add(c, page, id);
+}
+
+RP_API int rp_template_create(rp_client *c, const void *page, uint32_t *id)
+{
+	uint8_t copy[PAGE];
+
+	if (!page)
+		return -EINVAL;
+	/* Copied in user mode first: the page may itself be an untouched
+	 * refpage, which a user-mode-only uffd cannot fault in for sendmsg. */
+	memcpy(copy, page, sizeof(copy));
+	return template_add(c, copy, id);
+}
+
+RP_API int rp_template_release(rp_client *c, uint32_t id)
+{
+	struct proto_template_release m = { 0 };
+	struct proto_reply rep;
+	int r;
+
+	if (!c)
+		return -EINVAL;
+	if ((r = enter(c)) < 0)
+		return r;
+	struct rp_tmpl_rec *t = rec_find(c, id);
+	if (!t) {
+		leave(c);
+		return -EINVAL;
+	}
+	m.id = t->live_id;
+	r = t->live_id ? request(c, PROTO_TEMPLATE_RELEASE, &m, sizeof(m), &rep) : 0;
+	munmap(t->page, PAGE);
+	memset(t, 0, sizeof(*t));
+	leave(c);
+	return r == -ENOTCONN ? 0 : r;
+}
+
+/* --- mappings -------------------------------------------------------- */
+
+static size_t page_round(size_t len)
+{
+	return (len + PAGE - 1) & ~(size_t)(PAGE - 1);
+}
+
+static int map_flags_ok(int flags)
+{
+	return !(flags & (MAP_SHARED | MAP_SHARED_VALIDATE | MAP_HUGETLB));
+}
+
+/* mmap + register, under c->lock. */
+static void *map_locked(rp_client *c, void *addr, size_t len, int prot, int flags, struct rp_tmpl_rec *t)
+{
+	struct proto_reply rep;
+	int r = rec_live(c, t);
+
+	if (r < 0) {
+		errno = -r;
+		return MAP_FAILED;
+	}
+	flags = (flags & ~MAP_POPULATE) | MAP_PRIVATE | MAP_ANONYMOUS;
+	void *p = mmap(addr, len, prot, flags, -1, 0);
+	if (p == MAP_FAILED)
+		return p;
+	struct proto_map m = { .addr = (uintptr_t)p, .len = len, .id = t->live_id };
+	if ((r = request(c, PROTO_MAP, &m, sizeof(m), &rep)) < 0) {
+		munmap(p, len);
+		errno = -r;
+		return MAP_FAILED;
+	}
+	return p;
+}
+
+RP_API void *rp_map(rp_client *c, void *addr, size_t len, int prot, int flags, uint32_t id)
+{
+	int r;
+
+	if (!c || !len || !map_flags_ok(flags)) {
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	if ((r = enter(c)) < 0) {
+		errno = -r;
+		return MAP_FAILED;
+	}
+	struct rp_tmpl_rec *t = rec_find(c, id);
+	void *p = MAP_FAILED;
+	if (t)
+		p = map_locked(c, addr, page_round(len), prot, flags, t);
+	else
+		errno = EINVAL;
+	int e = errno;
+	leave(c);
+	errno = e;
+	return p;
+}
+
+RP_API int rp_unmap(rp_client *c, void *addr, size_t len)
+{
+	struct proto_unmap m = { .addr = (uintptr_t)addr, .len = page_round(len) };
+	struct proto_reply rep;
+	int r;
+
+	if (!c || !len || ((uintptr_t)addr & (PAGE - 1)))
+		return -EINVAL;
+	/* Unregister first so that munmap need not wait on an UNMAP event;
+	 * a lost daemon does not stop the unmap. */
+	r = enter(c);
+	if (r == 0) {
+		r = request(c, PROTO_UNMAP, &m, sizeof(m), &rep);
+		leave(c);
+	}
+	(void)r;
+	return munmap(addr, m.len) < 0 ? -errno : 0;
+}
+
+RP_API int rp_stats(rp_client *c, uint64_t *values, const char **names, int max)
+{
+	struct proto_stats_reply rep;
+	int r;
+
+	if (!c || max < 0 || (max && !values))
+		return -EINVAL;
+	if ((r = enter(c)) < 0)
+		return r;
+	r = roundtrip(c, PROTO_STATS, NULL, 0, -1, PROTO_STATS_REPLY, &rep, sizeof(rep));
+	if (r == -ENOTCONN || r == -EPROTO)
+		mark_lost(c);
+	leave(c);
+	if (r < 0)
+		return r;
+	if (rep.status < 0)
+		return rep.status;
+	int n = rep.count < PROTO_STATS_MAX ? (int)rep.count : (int)PROTO_STATS_MAX;
+	if (n > max)
+		n = max;
+	for (int i = 0; i < n; i++) {
+		values[i] = rep.counters[i];
+		if (names)
+			names[i] = proto_stat_name((unsigned)i);
+	}
+	return n;
+}
+
+/* --- the kernel patch's interface ------------------------------------- */
+
+static rp_client *_Atomic default_client;
+
+static rp_client *get_default(void)
+{
+	rp_client *c = atomic_load(&default_client), *mine = NULL;
+
+	if (c)
+		return c;
+	int r = rp_connect(NULL, &mine);
+	if (r < 0) {
+		errno = -r;
+		return NULL;
+	}
+	if (!atomic_compare_exchange_strong(&default_client, &c, mine)) {
+		rp_disconnect(mine);
+		return c;
+	}
+	return mine;
+}
+
+/* A record with these contents, made if needed, under c->lock. */
+static struct rp_tmpl_rec *rec_for_page(rp_client *c, const uint8_t *page, int *err)
+{
+	uint32_t id;
+
+	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+		if (c->tmpls[i].id && !memcmp(c->tmpls[i].page, page, PAGE))
+			return &c->tmpls[i];
+	*err = rec_add(c, page, &id);
+	return *err < 0 ? NULL : rec_find(c, id);
+}
+
+RP_API void *refpage_mmap(void *addr, size_t len, int prot, int flags, const void *refpage)
+{
+	uint8_t copy[PAGE];
+	rp_client *c;
+	int r;
+
+	if (!refpage || !len || !map_flags_ok(flags)) {
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	memcpy(copy, refpage, sizeof(copy));
+	if (!(c = get_default()))
+		return MAP_FAILED;
+	if ((r = enter(c)) < 0) {
+		errno = -r;
+		return MAP_FAILED;
+	}
+	struct rp_tmpl_rec *t = rec_for_page(c, copy, &r);
+	void *p = MAP_FAILED;
+	if (t)
+		p = map_locked(c, addr, page_round(len), prot, flags, t);
+	else
+		errno = -r;
+	int e = errno;
+	leave(c);
+	errno = e;
+	return p;
+}

@@ -1,0 +1,117 @@
+/* refpagectl: talk to a running refpaged.
+ *   refpagectl [--socket PATH] stats [--json]
+ * STATS needs no handshake, so this never creates a userfaultfd. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "proto.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: refpagectl [--socket PATH] stats [--json]\n"
+		   "  PATH defaults to $REFPAGED_SOCKET, else %s\n",
+		PROTO_DEFAULT_SOCKET);
+}
+
+static int dial(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "refpagectl: socket path too long: %s\n", path);
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		fprintf(stderr, "refpagectl: cannot connect to %s: %s\n", path, strerror(errno));
+		if (s >= 0)
+			close(s);
+		return -1;
+	}
+	return s;
+}
+
+static int fetch_stats(int s, struct proto_stats_reply *out)
+{
+	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
+	const struct proto_hdr *h;
+	int fd, nfds, trunc;
+	int r = proto_send(s, PROTO_STATS, 1, NULL, 0, -1, 0);
+
+	if (r < 0) {
+		fprintf(stderr, "refpagectl: send: %s\n", strerror(-r));
+		return -1;
+	}
+	long n = proto_recv(s, buf, &fd, &nfds, &trunc, 0);
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0 || trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK ||
+	    h->type != PROTO_STATS_REPLY) {
+		fprintf(stderr, "refpagectl: bad or no reply from the daemon\n");
+		return -1;
+	}
+	memcpy(out, h + 1, sizeof(*out));
+	if (out->status < 0) {
+		fprintf(stderr, "refpagectl: daemon refused: %s\n", strerror(-out->status));
+		return -1;
+	}
+	return 0;
+}
+
+static void print_stats(const struct proto_stats_reply *r, int json)
+{
+	unsigned n = r->count < PROTO_STATS_MAX ? r->count : PROTO_STATS_MAX;
+
+	if (json)
+		printf("{");
+	for (unsigned i = 0; i < n; i++) {
+		if (json)
+			printf("%s\"%s\": %llu", i ? ", " : "", proto_stat_name(i),
+			       (unsigned long long)r->counters[i]);
+		else
+			printf("%-26s %llu\n", proto_stat_name(i), (unsigned long long)r->counters[i]);
+	}
+	if (json)
+		printf("}\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = getenv("REFPAGED_SOCKET");
+	int json = 0, o;
+
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 's': path = optarg; break;
+		case 'j': json = 1; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc - 1 || strcmp(argv[optind], "stats")) {
+		usage(stderr);
+		return 2;
+	}
+	if (!path || !*path)
+		path = PROTO_DEFAULT_SOCKET;
+	struct proto_stats_reply r;
+	int s = dial(path);
+	if (s < 0 || fetch_stats(s, &r) < 0)
+		return 1;
+	close(s);
+	print_stats(&r, json);
+	return 0;
+}

@@ -1,0 +1,50 @@
+/* refpaged: the daemon-wide state and configuration. */
+#ifndef REFPAGED_DAEMON_H
+#define REFPAGED_DAEMON_H
+
+#include <ev.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "template.h"
+
+struct worker;
+struct session;
+
+struct rp_limits {
+	uint32_t templates;      /* template handles per connection */
+	uint32_t ranges;         /* ranges per address space */
+	uint64_t bytes;          /* registered bytes per address space */
+	uint32_t store;          /* distinct templates in the whole daemon */
+	uint32_t connections;    /* connections in the whole daemon */
+	uint32_t hello_timeout_s; /* a connection must say HELLO or STATS by then */
+};
+
+struct rp_config {
+	const char *socket_path;  /* NULL: systemd's, else the default */
+	int workers;              /* fault worker threads */
+	uint32_t fault_around;    /* largest fill window in pages (1 = off) */
+	struct rp_limits lim;
+};
+
+struct rp_daemon {
+	struct rp_config cfg;
+	struct ev_loop *loop;    /* listener, sessions, signals, watchdog */
+	struct tmpl_store tmpls;
+	struct worker *workers;
+	int nworkers;
+	unsigned next_worker;
+	int listen_fd;
+	int listen_owned;        /* we bound it (unlink on exit) */
+	ev_io listen_io;
+	struct session *sessions; /* doubly linked */
+	uint32_t nsessions;
+	ev_signal sigterm, sigint;
+	ev_timer watchdog;
+	int stopping;
+};
+
+/* Pick the worker that gets a new address space. */
+struct worker *daemon_pick_worker(struct rp_daemon *d);
+
+#endif

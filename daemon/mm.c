@@ -1,0 +1,218 @@
+/* Served address spaces: see mm.h. */
+#include "mm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "stats.h"
+#include "template.h"
+
+/* What we ask of every uffd. REMOVE is left out on purpose: a missing page
+ * after MADV_DONTNEED faults again by itself and is refilled from the
+ * template, while the REMOVE event would make every madvise() wait for us
+ * (docs/design.md measures it). */
+#define RP_UFFD_FEATURES                                                      \
+	(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |                \
+	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID)
+
+static struct tmpl_store *range_store;
+
+static void range_tmpl_get(void *t)
+{
+	tmpl_ref(range_store, t);
+}
+
+static void range_tmpl_put(void *t)
+{
+	tmpl_put(range_store, t);
+}
+
+static const struct range_ops mm_range_ops = {
+	.get = range_tmpl_get,
+	.put = range_tmpl_put,
+};
+
+struct rp_mm *mm_new(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid)
+{
+	struct rp_mm *mm = calloc(1, sizeof(*mm));
+
+	if (!mm)
+		return NULL;
+	range_store = &d->tmpls;
+	mm->uffd = uffd;
+	mm->uid = uid;
+	mm->pid = pid;
+	mm->features = features;
+	mm->d = d;
+	atomic_init(&mm->refs, 1);
+	atomic_init(&mm->dead, 0);
+	pthread_mutex_init(&mm->lock, NULL);
+	range_table_init(&mm->ranges, d->cfg.lim.ranges, &mm_range_ops);
+	stat_inc(PROTO_STAT_PROCESSES);
+	return mm;
+}
+
+void mm_ref(struct rp_mm *mm)
+{
+	atomic_fetch_add(&mm->refs, 1);
+}
+
+static void mm_free(struct rp_mm *mm)
+{
+	stat_add(PROTO_STAT_RANGES, -(int64_t)mm->ranges.n);
+	stat_add(PROTO_STAT_BYTES, -(int64_t)mm->ranges.bytes);
+	range_table_fini(&mm->ranges);
+	pthread_mutex_destroy(&mm->lock);
+	if (mm->uffd >= 0)
+		close(mm->uffd);
+	free(mm->pending);
+	stat_add(PROTO_STAT_PROCESSES, -1);
+	free(mm);
+}
+
+void mm_put(struct rp_mm *mm)
+{
+	if (atomic_fetch_sub(&mm->refs, 1) == 1)
+		mm_free(mm);
+}
+
+static int uffd_register(int uffd, uint64_t addr, uint64_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = addr, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
+		return -errno;
+	return 0;
+}
+
+static int uffd_unregister(int uffd, uint64_t addr, uint64_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+	if (ioctl(uffd, UFFDIO_UNREGISTER, &r) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Keep the gauges in step with the table across one change. */
+static void account(struct rp_mm *mm, size_t n0, uint64_t b0)
+{
+	stat_add(PROTO_STAT_RANGES, (int64_t)mm->ranges.n - (int64_t)n0);
+	stat_add(PROTO_STAT_BYTES, (int64_t)mm->ranges.bytes - (int64_t)b0);
+}
+
+int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
+{
+	int r;
+
+	pthread_mutex_lock(&mm->lock);
+	size_t n0 = mm->ranges.n;
+	uint64_t b0 = mm->ranges.bytes;
+	if (mm->d->cfg.lim.bytes && b0 + len > mm->d->cfg.lim.bytes) {
+		r = -EDQUOT;
+		goto out;
+	}
+	/* Into the table first: the first fault may arrive on the worker
+	 * before the ioctl even returns. */
+	r = range_insert(&mm->ranges, addr, addr + len, t);
+	if (r == -ENOSPC)
+		r = -EDQUOT;
+	if (r < 0)
+		goto out;
+	r = uffd_register(mm->uffd, addr, len);
+	if (r < 0)
+		range_remove(&mm->ranges, addr, addr + len);
+out:
+	account(mm, n0, b0);
+	pthread_mutex_unlock(&mm->lock);
+	return r;
+}
+
+int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len)
+{
+	uint64_t end = addr + len;
+	long long removed;
+
+	pthread_mutex_lock(&mm->lock);
+	size_t n0 = mm->ranges.n;
+	uint64_t b0 = mm->ranges.bytes;
+	/* Only what we registered, piece by piece: parts already unmapped by
+	 * the process leave holes the kernel would refuse in one call. */
+	for (size_t i = 0; i < mm->ranges.n; i++) {
+		struct range *p = &mm->ranges.v[i];
+		uint64_t s = p->start > addr ? p->start : addr;
+		uint64_t e = p->end < end ? p->end : end;
+		if (s < e)
+			uffd_unregister(mm->uffd, s, e - s);
+	}
+	removed = range_remove(&mm->ranges, addr, end);
+	account(mm, n0, b0);
+	pthread_mutex_unlock(&mm->lock);
+	return removed < 0 ? (int)removed : 0;
+}
+
+void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
+{
+	pthread_mutex_lock(&mm->lock);
+	size_t n0 = mm->ranges.n;
+	uint64_t b0 = mm->ranges.bytes;
+	long long r = range_remove(&mm->ranges, start, end);
+	account(mm, n0, b0);
+	pthread_mutex_unlock(&mm->lock);
+	if (r < 0)
+		log_warn("pid %d uffd %d: cannot split range at unmap [%#llx, %#llx): %s",
+			 (int)mm->pid, mm->uffd, (unsigned long long)start,
+			 (unsigned long long)end, strerror((int)-r));
+}
+
+void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
+{
+	pthread_mutex_lock(&mm->lock);
+	size_t n0 = mm->ranges.n;
+	uint64_t b0 = mm->ranges.bytes;
+	int r = range_move(&mm->ranges, from, to, len);
+	account(mm, n0, b0);
+	pthread_mutex_unlock(&mm->lock);
+	if (r < 0)
+		log_warn("pid %d uffd %d: cannot follow mremap %#llx -> %#llx: %s",
+			 (int)mm->pid, mm->uffd, (unsigned long long)from,
+			 (unsigned long long)to, strerror(-r));
+}
+
+/* An anonymous inode's link reads "anon_inode:[name]": the only way to
+ * tell a uffd from an eventfd or a pipe before trusting it with ioctls. */
+static int is_uffd(int fd)
+{
+	char path[64], link[64];
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return 0;
+	link[n] = '\0';
+	return !strcmp(link, "anon_inode:[userfaultfd]");
+}
+
+long long mm_uffd_handshake(int fd, uint64_t *features)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = RP_UFFD_FEATURES };
+
+	if (!is_uffd(fd))
+		return -EBADF;
+	if (ioctl(fd, UFFDIO_API, &api) < 0)
+		return -errno;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	*features = api.features;
+	return 0;
+}

@@ -1,0 +1,73 @@
+/* One served address space: a client's userfaultfd (or a fork child's,
+ * adopted from UFFD_EVENT_FORK), its range table, and the worker whose loop
+ * reads it.
+ *
+ * Ownership: the worker owns the uffd and its watcher; a session that
+ * created the mm holds a reference until it ends. The range table is under
+ * mm->lock: the session thread registers and unregisters ranges while the
+ * worker looks them up and applies uffd events. The lock is also held
+ * across a fill so that a template cannot be released under a copy. */
+#ifndef REFPAGED_MM_H
+#define REFPAGED_MM_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "range.h"
+
+struct rp_daemon;
+struct tmpl;
+struct worker;
+
+struct pending_fault {
+	uint64_t addr;
+	uint64_t flags;
+	uint32_t tid;
+	uint32_t tries;
+};
+
+struct rp_mm {
+	int uffd;
+	uid_t uid;
+	pid_t pid;              /* from SO_PEERCRED or the first fault; 0 unknown */
+	uint64_t features;      /* granted by UFFDIO_API */
+	atomic_int refs;
+	atomic_int dead;        /* closed or found gone: no more work */
+	int is_child;           /* adopted from a fork event */
+	pthread_mutex_t lock;   /* ranges */
+	struct range_table ranges;
+	struct rp_daemon *d;
+	struct worker *w;
+	ev_io io;               /* on w's loop */
+	/* Faults that could not be filled yet (EAGAIN, ENOMEM), retried. */
+	struct pending_fault *pending;
+	uint32_t npending, cappending;
+	/* Liveness probe of fork children (worker.c). */
+	ev_tstamp probe_at, probe_every;
+	struct rp_mm *prev, *next; /* worker's list */
+	struct rp_mm *add_next, *del_next; /* worker inboxes */
+};
+
+/* A new mm for uffd (already through UFFDIO_API), one reference held. */
+struct rp_mm *mm_new(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid);
+void mm_ref(struct rp_mm *mm);
+void mm_put(struct rp_mm *mm);
+
+/* Register [addr, addr+len) with template t (a reference is taken). 0 or -errno. */
+int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t);
+/* Unregister and forget what we serve in [addr, addr+len). 0 or -errno. */
+int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len);
+
+/* Apply range bookkeeping of uffd events (called by the worker). */
+void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end);
+void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len);
+
+/* Check that fd is a userfaultfd and do the API handshake on it. Returns
+ * the features granted or -errno (-EBADF: not a uffd; -EINVAL: handshake
+ * refused, e.g. already done). */
+long long mm_uffd_handshake(int fd, uint64_t *features);
+
+#endif

@@ -1,0 +1,364 @@
+/* Client connections: see session.h.
+ *
+ * Trust boundary: everything read here comes from an unprivileged
+ * process. A malformed message, a protocol violation or a client that
+ * does not read its replies closes that client with a logged reason; a
+ * well-formed request that cannot be honoured (bad address, unknown
+ * template, a limit) gets an error reply and the session goes on. */
+#include "session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "mm.h"
+#include "proto.h"
+#include "stats.h"
+#include "template.h"
+#include "worker.h"
+
+/* Requests handled per wake-up before the loop serves others. */
+#define REQS_PER_WAKE 16
+/* Highest user address on x86-64 with 5-level paging. */
+#define USER_ADDR_END (1ull << 56)
+
+static void on_readable(struct ev_loop *loop, ev_io *io, int revents);
+static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
+static void list_add(struct rp_daemon *d, struct session *s)
+{
+	s->next = d->sessions;
+	if (d->sessions)
+		d->sessions->prev = s;
+	d->sessions = s;
+	d->nsessions++;
+	stat_inc(PROTO_STAT_CLIENTS);
+}
+
+static void list_del(struct rp_daemon *d, struct session *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		d->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	d->nsessions--;
+	stat_add(PROTO_STAT_CLIENTS, -1);
+}
+
+void session_start(struct rp_daemon *d, int fd)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (!s || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		log_err("connection fd %d refused: %s", fd, s ? strerror(errno) : "out of memory");
+		free(s);
+		close(fd);
+		return;
+	}
+	s->d = d;
+	s->fd = fd;
+	s->pid = cred.pid;
+	s->uid = cred.uid;
+	s->gid = cred.gid;
+	ev_io_init(&s->io, on_readable, fd, EV_READ);
+	s->io.data = s;
+	ev_io_start(d->loop, &s->io);
+	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
+	s->hello_timer.data = s;
+	ev_timer_start(d->loop, &s->hello_timer);
+	list_add(d, s);
+	log_debug("pid %d uid %d: connected (fd %d)", (int)s->pid, (int)s->uid, fd);
+}
+
+static void drop_templates(struct session *s)
+{
+	for (uint32_t i = 0; i < s->ntmpls; i++)
+		if (s->tmpls[i])
+			tmpl_put(&s->d->tmpls, s->tmpls[i]);
+	free(s->tmpls);
+	free(s->tmpl_uses);
+}
+
+void session_close(struct session *s, const char *why)
+{
+	struct rp_daemon *d = s->d;
+
+	if (why) {
+		log_warn("pid %d uid %d fd %d: closing client: %s", (int)s->pid, (int)s->uid, s->fd, why);
+		stat_inc(PROTO_STAT_CLIENTS_CLOSED);
+	} else {
+		log_debug("pid %d uid %d fd %d: disconnected", (int)s->pid, (int)s->uid, s->fd);
+	}
+	ev_io_stop(d->loop, &s->io);
+	ev_timer_stop(d->loop, &s->hello_timer);
+	/* The worker closes the uffd: any fault still waiting falls back to
+	 * the kernel, so the client can never hang on us. */
+	if (s->mm)
+		worker_del(s->mm->w, s->mm);
+	drop_templates(s);
+	close(s->fd);
+	list_del(d, s);
+	free(s);
+}
+
+static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	(void)loop;
+	(void)revents;
+	session_close(t->data, "no request before the handshake timeout");
+}
+
+/* Send a reply; a client whose socket is full is not reading its replies
+ * and is closed (returns -1). */
+static int reply(struct session *s, uint32_t seq, int32_t status, uint32_t id, uint64_t value)
+{
+	struct proto_reply r = { .status = status, .id = id, .value = value };
+	int e = proto_send(s->fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
+
+	if (e == 0)
+		return 0;
+	session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
+	return -1;
+}
+
+/* A template handle for t: the same id again if this session already has
+ * one for it, so repeated identical creates cost one slot. */
+static int tmpl_handle(struct session *s, struct tmpl *t, uint32_t *id)
+{
+	uint32_t free_slot = UINT32_MAX;
+
+	for (uint32_t i = 0; i < s->ntmpls; i++) {
+		if (s->tmpls[i] == t) {
+			s->tmpl_uses[i]++;
+			tmpl_put(&s->d->tmpls, t);
+			*id = i + 1;
+			return 0;
+		}
+		if (!s->tmpls[i] && free_slot == UINT32_MAX)
+			free_slot = i;
+	}
+	if (free_slot == UINT32_MAX) {
+		if (s->ntmpls >= s->d->cfg.lim.templates)
+			return -EDQUOT;
+		if (s->ntmpls == s->captmpls) {
+			uint32_t cap = s->captmpls ? s->captmpls * 2 : 8;
+			struct tmpl **t2 = realloc(s->tmpls, cap * sizeof(*t2));
+			if (!t2)
+				return -ENOMEM;
+			s->tmpls = t2;
+			uint32_t *u2 = realloc(s->tmpl_uses, cap * sizeof(*u2));
+			if (!u2)
+				return -ENOMEM;
+			s->tmpl_uses = u2;
+			s->captmpls = cap;
+		}
+		free_slot = s->ntmpls++;
+	}
+	s->tmpls[free_slot] = t;
+	s->tmpl_uses[free_slot] = 1;
+	*id = free_slot + 1;
+	return 0;
+}
+
+static struct tmpl *tmpl_lookup(struct session *s, uint32_t id)
+{
+	if (id == 0 || id > s->ntmpls)
+		return NULL;
+	return s->tmpls[id - 1];
+}
+
+static int do_template(struct session *s, uint32_t seq, struct tmpl *t)
+{
+	uint32_t id = 0;
+	int r;
+
+	if (!t)
+		r = errno == ENOSPC ? -EDQUOT : -ENOMEM;
+	else if ((r = tmpl_handle(s, t, &id)) < 0)
+		tmpl_put(&s->d->tmpls, t);
+	return reply(s, seq, r, r ? 0 : id, 0);
+}
+
+static int do_release(struct session *s, uint32_t seq, const struct proto_template_release *m)
+{
+	struct tmpl *t = tmpl_lookup(s, m->id);
+
+	if (!t)
+		return reply(s, seq, -EINVAL, m->id, 0);
+	if (--s->tmpl_uses[m->id - 1] == 0) {
+		s->tmpls[m->id - 1] = NULL;
+		tmpl_put(&s->d->tmpls, t);
+	}
+	return reply(s, seq, 0, m->id, 0);
+}
+
+static int range_ok(uint64_t addr, uint64_t len)
+{
+	return len && !(addr & (TMPL_PAGE - 1)) && !(len & (TMPL_PAGE - 1)) &&
+	       addr + len > addr && addr + len <= USER_ADDR_END;
+}
+
+static int do_map(struct session *s, uint32_t seq, const struct proto_map *m)
+{
+	struct tmpl *t = tmpl_lookup(s, m->id);
+
+	if (!range_ok(m->addr, m->len) || !t)
+		return reply(s, seq, -EINVAL, m->id, 0);
+	int r = mm_map(s->mm, m->addr, m->len, t);
+	if (r < 0)
+		log_debug("pid %d: MAP [%#llx, +%#llx) refused: %s", (int)s->pid,
+			  (unsigned long long)m->addr, (unsigned long long)m->len, strerror(-r));
+	return reply(s, seq, r, m->id, 0);
+}
+
+static int do_unmap(struct session *s, uint32_t seq, const struct proto_unmap *m)
+{
+	if (!range_ok(m->addr, m->len))
+		return reply(s, seq, -EINVAL, 0, 0);
+	return reply(s, seq, mm_unmap(s->mm, m->addr, m->len), 0, 0);
+}
+
+static int do_stats(struct session *s, uint32_t seq)
+{
+	struct proto_stats_reply r = { .status = 0, .count = PROTO_STAT_COUNT };
+
+	for (unsigned i = 0; i < PROTO_STAT_COUNT; i++)
+		r.counters[i] = stat_get(i);
+	/* The store knows; ranges drop references from worker threads. */
+	r.counters[PROTO_STAT_TEMPLATES] = tmpl_count(&s->d->tmpls);
+	int e = proto_send(s->fd, PROTO_STATS_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
+	if (e == 0)
+		return 0;
+	session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
+	return -1;
+}
+
+/* HELLO: the client's unconfigured uffd. Returns -1 if s was closed. */
+static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h, int fd)
+{
+	uint64_t features = 0;
+	long long r;
+
+	if (s->mm) {
+		close(fd);
+		reply(s, seq, -EPROTO, 0, 0);
+		session_close(s, "second HELLO");
+		return -1;
+	}
+	if (h->page_size != TMPL_PAGE) {
+		close(fd);
+		reply(s, seq, -EINVAL, PROTO_VERSION, 0);
+		session_close(s, "page size mismatch");
+		return -1;
+	}
+	r = mm_uffd_handshake(fd, &features);
+	if (r < 0) {
+		close(fd);
+		reply(s, seq, (int32_t)r, PROTO_VERSION, 0);
+		session_close(s, r == -EBADF ? "HELLO fd is not a userfaultfd"
+					      : "userfaultfd handshake refused");
+		return -1;
+	}
+	s->mm = mm_new(s->d, fd, features, s->uid, s->pid);
+	if (!s->mm) {
+		close(fd);
+		reply(s, seq, -ENOMEM, PROTO_VERSION, 0);
+		session_close(s, "out of memory");
+		return -1;
+	}
+	s->mm->w = daemon_pick_worker(s->d);
+	mm_ref(s->mm); /* the worker's */
+	worker_add(s->mm->w, s->mm);
+	ev_timer_stop(s->d->loop, &s->hello_timer);
+	log_info("pid %d uid %d: client up, uffd %d on worker %d%s", (int)s->pid, (int)s->uid, fd,
+		 s->mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "");
+	return reply(s, seq, 0, PROTO_VERSION, features);
+}
+
+/* One valid request. Returns -1 if the session was closed. */
+static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
+{
+	const void *p = h + 1;
+
+	if (h->type == PROTO_HELLO)
+		return do_hello(s, h->seq, p, fd);
+	if (h->type == PROTO_STATS) {
+		ev_timer_stop(s->d->loop, &s->hello_timer);
+		return do_stats(s, h->seq);
+	}
+	if (!s->mm) {
+		reply(s, h->seq, -EPROTO, 0, 0);
+		session_close(s, "request before HELLO");
+		return -1;
+	}
+	switch (h->type) {
+	case PROTO_TEMPLATE_FILL: {
+		const struct proto_template_fill *f = p;
+		return do_template(s, h->seq, tmpl_get_fill(&s->d->tmpls, f->byte));
+	}
+	case PROTO_TEMPLATE_CREATE:
+		return do_template(s, h->seq, tmpl_get_page(&s->d->tmpls, p));
+	case PROTO_TEMPLATE_RELEASE:
+		return do_release(s, h->seq, p);
+	case PROTO_MAP:
+		return do_map(s, h->seq, p);
+	case PROTO_UNMAP:
+		return do_unmap(s, h->seq, p);
+	default:
+		/* proto_check admits only the types above. */
+		abort();
+	}
+}
+
+/* Read and handle one packet. Returns 1 to go on, 0 when drained, -1 if s
+ * was closed. */
+static int handle_one(struct session *s)
+{
+	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
+	const struct proto_hdr *h = NULL;
+	int fd, nfds, trunc;
+	long n = proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT);
+
+	if (n == -EAGAIN)
+		return 0;
+	if (n <= 0) {
+		session_close(s, n == 0 || n == -ECONNRESET ? NULL : "receive failed");
+		return -1;
+	}
+	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);
+	if (e != PROTO_OK) {
+		char why[96];
+		if (fd >= 0)
+			close(fd);
+		/* Tell the client why before hanging up, when we can parse a seq. */
+		uint32_t seq = 0;
+		if (n >= (long)sizeof(struct proto_hdr))
+			seq = ((const struct proto_hdr *)buf)->seq;
+		struct proto_reply r = { .status = e == PROTO_EVERSION ? -EPROTO : -EBADMSG };
+		proto_send(s->fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
+		snprintf(why, sizeof(why), "bad message: %s", proto_err_str(e));
+		session_close(s, why);
+		return -1;
+	}
+	return dispatch(s, h, fd) < 0 ? -1 : 1;
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct session *s = io->data;
+
+	(void)loop;
+	(void)revents;
+	for (int i = 0; i < REQS_PER_WAKE; i++)
+		if (handle_one(s) <= 0)
+			return;
+}

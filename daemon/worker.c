@@ -1,0 +1,381 @@
+/* Fault workers: see worker.h. */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "fault.h"
+#include "log.h"
+#include "mm.h"
+#include "stats.h"
+
+/* Messages taken per read(2), and reads per wake-up of one uffd before the
+ * loop looks at the others: a busy client cannot starve the rest. */
+#define MSG_BATCH 64
+#define READS_PER_WAKE 8
+/* Retry pace for faults that hit EAGAIN (an event in flight) or ENOMEM. */
+#define RETRY_S 0.0005
+#define PROBE_MIN_S 0.25
+#define PROBE_MAX_S 8.0
+
+static void mm_readable(struct ev_loop *loop, ev_io *io, int revents);
+
+static void list_link(struct worker *w, struct rp_mm *mm)
+{
+	mm->prev = NULL;
+	mm->next = w->mms;
+	if (w->mms)
+		w->mms->prev = mm;
+	w->mms = mm;
+	atomic_fetch_add(&w->nmms, 1);
+}
+
+static void list_unlink(struct worker *w, struct rp_mm *mm)
+{
+	if (mm->prev)
+		mm->prev->next = mm->next;
+	else
+		w->mms = mm->next;
+	if (mm->next)
+		mm->next->prev = mm->prev;
+	mm->prev = mm->next = NULL;
+	atomic_fetch_sub(&w->nmms, 1);
+}
+
+static void serve(struct worker *w, struct rp_mm *mm)
+{
+	mm->w = w;
+	mm->probe_every = PROBE_MIN_S;
+	mm->probe_at = ev_now(w->loop) + PROBE_MIN_S;
+	ev_io_init(&mm->io, mm_readable, mm->uffd, EV_READ);
+	mm->io.data = mm;
+	ev_io_start(w->loop, &mm->io);
+	list_link(w, mm);
+}
+
+/* Stop serving: close the uffd so that every fault still waiting falls
+ * back to the kernel (the process sees ordinary anonymous memory), and
+ * drop the worker's reference (mm may be freed on return). */
+static void retire(struct worker *w, struct rp_mm *mm)
+{
+	if (!ev_is_active(&mm->io))
+		return;
+	ev_io_stop(w->loop, &mm->io);
+	list_unlink(w, mm);
+	atomic_store(&mm->dead, 1);
+	pthread_mutex_lock(&mm->lock);
+	close(mm->uffd);
+	mm->uffd = -1;
+	pthread_mutex_unlock(&mm->lock);
+	mm_put(mm);
+}
+
+static void drop_child(struct worker *w, struct rp_mm *mm, const char *why)
+{
+	log_debug("pid %d uffd %d: fork child released: %s", (int)mm->pid, mm->uffd, why);
+	stat_inc(PROTO_STAT_PROCS_RECLAIMED);
+	retire(w, mm);
+}
+
+/* The address space is gone. A child is ours alone; a client's mm stays
+ * referenced by its session until the connection closes. */
+static void mm_gone(struct worker *w, struct rp_mm *mm)
+{
+	if (mm->is_child)
+		drop_child(w, mm, "process gone");
+	else
+		retire(w, mm);
+}
+
+static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint32_t tid)
+{
+	if (mm->npending == mm->cappending) {
+		uint32_t cap = mm->cappending ? mm->cappending * 2 : 16;
+		void *p = realloc(mm->pending, cap * sizeof(*mm->pending));
+		if (!p)
+			return -ENOMEM;
+		mm->pending = p;
+		mm->cappending = cap;
+	}
+	mm->pending[mm->npending++] = (struct pending_fault){ addr, flags, tid, 0 };
+	return 0;
+}
+
+static void retry_arm(struct worker *w, struct rp_mm *mm);
+
+/* Retry what could not be filled. Returns 0, or -ESRCH if the mm is gone. */
+static int pending_retry(struct worker *w, struct rp_mm *mm)
+{
+	uint32_t keep = 0;
+
+	for (uint32_t i = 0; i < mm->npending; i++) {
+		struct pending_fault *f = &mm->pending[i];
+		enum uffd_err_class c = fault_serve(mm, f->addr, f->flags);
+		if (c == UFFD_GONE_MM)
+			return -ESRCH;
+		if (c == UFFD_RETRY)
+			mm->pending[keep++] = *f;
+	}
+	mm->npending = keep;
+	if (keep)
+		retry_arm(w, mm);
+	return 0;
+}
+
+static void on_fault(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m)
+{
+	uint64_t addr = m->arg.pagefault.address;
+	uint64_t flags = m->arg.pagefault.flags;
+	enum uffd_err_class c = fault_serve(mm, addr, flags);
+
+	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID))
+		mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
+	if (c == UFFD_RETRY && pending_push(mm, addr, flags, m->arg.pagefault.feat.ptid) == 0)
+		retry_arm(w, mm);
+	else if (c == UFFD_RETRY)
+		log_err("pid %d uffd %d: no memory to queue a fault retry", (int)mm->pid, mm->uffd);
+	mm->probe_every = PROBE_MIN_S;
+}
+
+static void on_fork(struct worker *w, struct rp_mm *parent, int ufd)
+{
+	int fl = fcntl(ufd, F_GETFL);
+	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
+		log_err("pid %d: fork child uffd %d unusable: %s", (int)parent->pid, ufd, strerror(errno));
+		close(ufd);
+		return;
+	}
+	struct rp_mm *child = mm_new(parent->d, ufd, parent->features, parent->uid, 0);
+	if (!child) {
+		/* Closing it hands the child's pages back to the kernel. */
+		log_err("pid %d: no memory to adopt a fork child; it gets zero pages", (int)parent->pid);
+		stat_inc(PROTO_STAT_UNTRACKED);
+		close(ufd);
+		return;
+	}
+	child->is_child = 1;
+	pthread_mutex_lock(&parent->lock);
+	int r = range_copy(&child->ranges, &parent->ranges);
+	pthread_mutex_unlock(&parent->lock);
+	stat_add(PROTO_STAT_RANGES, (int64_t)child->ranges.n);
+	stat_add(PROTO_STAT_BYTES, (int64_t)child->ranges.bytes);
+	if (r < 0)
+		log_err("pid %d: fork child uffd %d: cannot copy ranges: %s", (int)parent->pid, ufd,
+			strerror(-r));
+	serve(w, child);
+	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
+}
+
+static void on_msg(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT:
+		on_fault(w, mm, m);
+		break;
+	case UFFD_EVENT_FORK:
+		stat_inc(PROTO_STAT_EV_FORK);
+		on_fork(w, mm, (int)m->arg.fork.ufd);
+		break;
+	case UFFD_EVENT_REMAP:
+		stat_inc(PROTO_STAT_EV_REMAP);
+		mm_on_remap(mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		break;
+	case UFFD_EVENT_UNMAP:
+		stat_inc(PROTO_STAT_EV_UNMAP);
+		mm_on_unmap(mm, m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_REMOVE:
+		stat_inc(PROTO_STAT_EV_REMOVE);
+		break;
+	default:
+		log_err("pid %d uffd %d: unknown uffd event %u", (int)mm->pid, mm->uffd, m->event);
+		break;
+	}
+}
+
+static void mm_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct rp_mm *mm = io->data;
+	struct worker *w = ev_userdata(loop);
+	struct uffd_msg msgs[MSG_BATCH];
+
+	(void)revents;
+	for (int round = 0; round < READS_PER_WAKE; round++) {
+		ssize_t n = read(mm->uffd, msgs, sizeof(msgs));
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				break;
+			log_warn("pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd, strerror(errno));
+			mm_gone(w, mm);
+			return;
+		}
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+			on_msg(w, mm, &msgs[i]);
+		if ((size_t)n < sizeof(msgs))
+			break;
+	}
+	if (mm->npending && pending_retry(w, mm) < 0)
+		mm_gone(w, mm);
+}
+
+/* Pending faults are retried from the worker's retry timer. */
+static void retry_arm(struct worker *w, struct rp_mm *mm)
+{
+	(void)mm;
+	if (!ev_is_active(&w->probe) || ev_timer_remaining(w->loop, &w->probe) > RETRY_S) {
+		ev_timer_stop(w->loop, &w->probe);
+		ev_timer_set(&w->probe, RETRY_S, 0.);
+		ev_timer_start(w->loop, &w->probe);
+	}
+}
+
+/* One timer does two jobs: retrying pending faults soon, and probing
+ * fork children for liveness now and then (exit is not signalled on a
+ * uffd, see DESIGN.md). */
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct worker *w = ev_userdata(loop);
+	ev_tstamp now = ev_now(loop), next = PROBE_MIN_S;
+	struct rp_mm *mm = w->mms, *nx;
+
+	(void)t;
+	(void)revents;
+	for (; mm; mm = nx) {
+		nx = mm->next;
+		if (mm->npending && pending_retry(w, mm) < 0) {
+			mm_gone(w, mm);
+			continue;
+		}
+		if (!mm->is_child || now < mm->probe_at)
+			continue;
+		if (!fault_probe_alive(mm)) {
+			drop_child(w, mm, "process gone");
+			continue;
+		}
+		mm->probe_every = mm->probe_every * 2 > PROBE_MAX_S ? PROBE_MAX_S : mm->probe_every * 2;
+		mm->probe_at = now + mm->probe_every;
+	}
+	for (mm = w->mms; mm; mm = mm->next)
+		if (mm->npending)
+			next = RETRY_S;
+	ev_timer_set(&w->probe, next, 0.);
+	ev_timer_start(loop, &w->probe);
+}
+
+static void take_inbox(struct worker *w, struct rp_mm **add, struct rp_mm **del, int *stop)
+{
+	pthread_mutex_lock(&w->inbox_lock);
+	*add = w->inbox_add;
+	*del = w->inbox_del;
+	*stop = w->stop;
+	w->inbox_add = w->inbox_del = NULL;
+	pthread_mutex_unlock(&w->inbox_lock);
+}
+
+static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
+{
+	struct worker *w = ev_userdata(loop);
+	struct rp_mm *add, *del, *nx;
+	int stop;
+
+	(void)a;
+	(void)revents;
+	take_inbox(w, &add, &del, &stop);
+	for (; add; add = nx) {
+		nx = add->add_next;
+		serve(w, add);
+	}
+	for (; del; del = nx) {
+		nx = del->del_next;
+		retire(w, del);
+		mm_put(del);
+	}
+	if (stop) {
+		while (w->mms)
+			retire(w, w->mms);
+		ev_break(loop, EVBREAK_ALL);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+
+	ev_run(w->loop, 0);
+	return NULL;
+}
+
+static int worker_init(struct rp_daemon *d, struct worker *w, int id)
+{
+	w->id = id;
+	w->d = d;
+	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (!w->loop)
+		return -ENOMEM;
+	ev_set_userdata(w->loop, w);
+	pthread_mutex_init(&w->inbox_lock, NULL);
+	ev_async_init(&w->wake, on_wake);
+	ev_async_start(w->loop, &w->wake);
+	ev_timer_init(&w->probe, on_timer, PROBE_MIN_S, 0.);
+	ev_timer_start(w->loop, &w->probe);
+	return 0;
+}
+
+int workers_start(struct rp_daemon *d, int n)
+{
+	d->workers = calloc(n, sizeof(*d->workers));
+	if (!d->workers)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		int r = worker_init(d, &d->workers[i], i);
+		if (r < 0)
+			return r;
+		r = pthread_create(&d->workers[i].thread, NULL, worker_main, &d->workers[i]);
+		if (r)
+			return -r;
+		d->nworkers = i + 1;
+	}
+	return 0;
+}
+
+void workers_stop(struct rp_daemon *d)
+{
+	for (int i = 0; i < d->nworkers; i++) {
+		struct worker *w = &d->workers[i];
+		pthread_mutex_lock(&w->inbox_lock);
+		w->stop = 1;
+		pthread_mutex_unlock(&w->inbox_lock);
+		ev_async_send(w->loop, &w->wake);
+	}
+	for (int i = 0; i < d->nworkers; i++) {
+		pthread_join(d->workers[i].thread, NULL);
+		ev_loop_destroy(d->workers[i].loop);
+		pthread_mutex_destroy(&d->workers[i].inbox_lock);
+	}
+	free(d->workers);
+	d->workers = NULL;
+	d->nworkers = 0;
+}
+
+void worker_add(struct worker *w, struct rp_mm *mm)
+{
+	pthread_mutex_lock(&w->inbox_lock);
+	mm->add_next = w->inbox_add;
+	w->inbox_add = mm;
+	pthread_mutex_unlock(&w->inbox_lock);
+	ev_async_send(w->loop, &w->wake);
+}
+
+void worker_del(struct worker *w, struct rp_mm *mm)
+{
+	pthread_mutex_lock(&w->inbox_lock);
+	mm->del_next = w->inbox_del;
+	w->inbox_del = mm;
+	pthread_mutex_unlock(&w->inbox_lock);
+	ev_async_send(w->loop, &w->wake);
+}

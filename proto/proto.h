@@ -1,0 +1,178 @@
+/* refpaged wire protocol: AF_UNIX SOCK_SEQPACKET, one message per packet.
+ *
+ * Every packet is a proto_hdr followed by exactly hdr.len payload bytes.
+ * Each type has one exact payload length (proto_payload_len); requests must
+ * carry version PROTO_VERSION and zero flags; only HELLO may carry a file
+ * descriptor (the client's unconfigured userfaultfd), and it must.
+ * Replies echo the request's seq. All fields are fixed width, little endian
+ * (host order: both ends are on the same machine), and no struct has padding.
+ *
+ * This header depends on libc alone: the client library and the daemon
+ * both build it. */
+#ifndef REFPAGED_PROTO_H
+#define REFPAGED_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PROTO_VERSION 1u
+#define PROTO_PAGE_SIZE 4096u
+/* Largest packet: header plus a template page. */
+#define PROTO_MAX_MSG (16u + PROTO_PAGE_SIZE)
+#define PROTO_DEFAULT_SOCKET "/run/refpaged/refpaged.sock"
+
+enum proto_type {
+	PROTO_HELLO = 1,            /* c->d, carries the uffd */
+	PROTO_TEMPLATE_FILL = 2,    /* c->d */
+	PROTO_TEMPLATE_CREATE = 3,  /* c->d, one page of contents */
+	PROTO_TEMPLATE_RELEASE = 4, /* c->d */
+	PROTO_MAP = 5,              /* c->d */
+	PROTO_UNMAP = 6,            /* c->d */
+	PROTO_STATS = 7,            /* c->d */
+	PROTO_REPLY = 64,           /* d->c: answer to every request but STATS */
+	PROTO_STATS_REPLY = 65,     /* d->c */
+	PROTO_TYPE_MAX = 66
+};
+
+struct proto_hdr {
+	uint16_t version;
+	uint16_t type;
+	uint32_t len; /* payload bytes after the header */
+	uint32_t seq; /* chosen by the client, echoed in the reply */
+	uint32_t flags; /* reserved, must be zero */
+};
+_Static_assert(sizeof(struct proto_hdr) == 16, "proto_hdr size");
+
+/* HELLO flags */
+#define PROTO_HELLO_USER_MODE_ONLY 0x1u /* uffd made with UFFD_USER_MODE_ONLY */
+#define PROTO_HELLO_FLAGS_ALL PROTO_HELLO_USER_MODE_ONLY
+
+struct proto_hello {
+	uint32_t page_size; /* must be PROTO_PAGE_SIZE */
+	uint32_t flags;     /* PROTO_HELLO_* */
+	uint32_t pid;       /* informational; the daemon trusts SO_PEERCRED */
+	uint32_t reserved;  /* zero */
+};
+_Static_assert(sizeof(struct proto_hello) == 16, "proto_hello size");
+
+struct proto_template_fill {
+	uint8_t byte;
+	uint8_t reserved[7]; /* zero */
+};
+_Static_assert(sizeof(struct proto_template_fill) == 8, "proto_template_fill size");
+
+struct proto_template_create {
+	uint8_t page[PROTO_PAGE_SIZE];
+};
+_Static_assert(sizeof(struct proto_template_create) == PROTO_PAGE_SIZE, "proto_template_create size");
+
+struct proto_template_release {
+	uint32_t id;
+	uint32_t reserved; /* zero */
+};
+_Static_assert(sizeof(struct proto_template_release) == 8, "proto_template_release size");
+
+struct proto_map {
+	uint64_t addr; /* page aligned */
+	uint64_t len;  /* page aligned, non zero */
+	uint32_t id;   /* template */
+	uint32_t flags; /* reserved, zero */
+};
+_Static_assert(sizeof(struct proto_map) == 24, "proto_map size");
+
+struct proto_unmap {
+	uint64_t addr;
+	uint64_t len;
+};
+_Static_assert(sizeof(struct proto_unmap) == 16, "proto_unmap size");
+
+struct proto_reply {
+	int32_t status; /* 0 or -errno */
+	uint32_t id;    /* TEMPLATE_*: the template id; HELLO: PROTO_VERSION */
+	uint64_t value; /* HELLO: uffd features granted; else zero */
+};
+_Static_assert(sizeof(struct proto_reply) == 16, "proto_reply size");
+
+/* STATS counters, by index. Append only: old clients read a prefix. */
+enum proto_stat {
+	PROTO_STAT_CLIENTS,         /* connected sessions */
+	PROTO_STAT_PROCESSES,       /* live address spaces served (incl. fork children) */
+	PROTO_STAT_RANGES,          /* registered ranges */
+	PROTO_STAT_BYTES,           /* registered bytes */
+	PROTO_STAT_TEMPLATES,       /* distinct template pages stored */
+	PROTO_STAT_FAULTS,          /* page faults answered */
+	PROTO_STAT_PAGES_COPIED,    /* pages filled with UFFDIO_COPY */
+	PROTO_STAT_PAGES_ZERO,      /* pages filled with UFFDIO_ZEROPAGE */
+	PROTO_STAT_UNKNOWN_FAULTS,  /* faults outside any known range (zero filled) */
+	PROTO_STAT_ERR_EEXIST,      /* uffd ioctl errors by class */
+	PROTO_STAT_ERR_EAGAIN,
+	PROTO_STAT_ERR_ENOENT,
+	PROTO_STAT_ERR_ESRCH,
+	PROTO_STAT_ERR_ENOMEM,
+	PROTO_STAT_ERR_OTHER,
+	PROTO_STAT_EV_FORK,         /* uffd events handled */
+	PROTO_STAT_EV_REMAP,
+	PROTO_STAT_EV_UNMAP,
+	PROTO_STAT_EV_REMOVE,
+	PROTO_STAT_PROCS_RECLAIMED, /* fork children found dead and released */
+	PROTO_STAT_CLIENTS_CLOSED,  /* sessions closed for bad input */
+	PROTO_STAT_UNTRACKED,       /* fork children past the limit, served untracked */
+	PROTO_STAT_COUNT
+};
+#define PROTO_STATS_MAX 32u
+_Static_assert(PROTO_STAT_COUNT <= PROTO_STATS_MAX, "too many stats");
+
+struct proto_stats_reply {
+	int32_t status;
+	uint32_t count; /* valid entries in counters */
+	uint64_t counters[PROTO_STATS_MAX];
+};
+_Static_assert(sizeof(struct proto_stats_reply) == 8 + 8 * PROTO_STATS_MAX, "proto_stats_reply size");
+
+/* Why a packet was rejected. */
+enum proto_err {
+	PROTO_OK = 0,
+	PROTO_ESHORT,      /* shorter than a header, or than hdr.len says */
+	PROTO_ELONG,       /* longer than hdr.len says, or than PROTO_MAX_MSG */
+	PROTO_EVERSION,    /* header version is not PROTO_VERSION */
+	PROTO_ETYPE,       /* unknown type, or a reply where a request belongs */
+	PROTO_ELEN,        /* hdr.len is not the type's payload length */
+	PROTO_EFLAGS,      /* reserved header flags set */
+	PROTO_ERESERVED,   /* reserved payload field or flag set */
+	PROTO_EFD_MISSING, /* HELLO without a file descriptor */
+	PROTO_EFD_UNEXPECTED, /* a file descriptor on a message that takes none */
+	PROTO_EFD_MANY,    /* more than one file descriptor */
+	PROTO_ETRUNC,      /* MSG_TRUNC or MSG_CTRUNC: data or fds were lost */
+	PROTO_ERR_COUNT
+};
+
+const char *proto_err_str(enum proto_err e);
+const char *proto_type_name(uint16_t type);
+/* Name of STATS counter s (snake_case), "?" when unknown. */
+const char *proto_stat_name(unsigned s);
+
+/* Exact payload length of a type, or -1 for an unknown type. */
+long proto_payload_len(uint16_t type);
+
+/* Validate a received packet of n bytes that came with nfds descriptors
+ * (nfds > 1 means "more than one"). For requests (want_request) also checks
+ * reserved payload fields. On success *hdr points into buf. */
+enum proto_err proto_check(const void *buf, size_t n, int nfds, int want_request,
+			   const struct proto_hdr **hdr);
+
+/* Build header + payload into out (PROTO_MAX_MSG bytes). Returns the
+ * packet length. */
+size_t proto_build(void *out, uint16_t type, uint32_t seq, const void *payload, uint32_t len);
+
+/* sendmsg one packet, with fd >= 0 attached as SCM_RIGHTS. 0 or -errno.
+ * MSG_NOSIGNAL: a dead peer gives -EPIPE, never SIGPIPE. */
+int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint32_t len, int fd,
+	       int flags);
+
+/* recvmsg one packet into buf (PROTO_MAX_MSG bytes). Returns its length
+ * (0 on orderly shutdown) or -errno. *fd gets the received descriptor
+ * (close-on-exec) or -1; *nfds the number received (all but the first are
+ * closed). *truncated is set when MSG_TRUNC or MSG_CTRUNC was reported. */
+long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags);
+
+#endif
