@@ -1,0 +1,14 @@
+#!/bin/bash
+# Install what refpaged needs to build and test on Debian 12.
+set -euo pipefail
+pkgs=(cmake gcc clang make pkg-config libev-dev libseccomp-dev libsystemd-dev libcmocka-dev
+      systemd util-linux procps strace gnuplot-nox)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq "${missing[@]}"
+fi
