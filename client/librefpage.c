@@ -100,8 +100,13 @@ static int roundtrip(struct rp_client *c, uint16_t type, const void *payload, ui
 		close(rfd);
 	if (n <= 0)
 		return n == 0 || n == -ECONNRESET ? -ENOTCONN : (int)n;
-	if (trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK || h->seq != seq)
+	if (trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK)
 		return -EPROTO;
+	if (h->seq != seq) {
+		/* seq 0: the daemon refused the connection itself (a limit). */
+		const struct proto_reply *pr = (const void *)(h + 1);
+		return h->seq == 0 && h->type == PROTO_REPLY && pr->status < 0 ? pr->status : -EPROTO;
+	}
 	if (h->type == PROTO_REPLY && rep_type != PROTO_REPLY) {
 		/* The daemon refused the request with a plain status. */
 		const struct proto_reply *pr = (const void *)(h + 1);
@@ -256,6 +261,10 @@ static int enter(struct rp_client *c)
 		return 0;
 	}
 	pthread_mutex_unlock(&c->lock);
+	/* refpage.h: once the daemon is gone, calls fail with -ENOTCONN
+	 * until one finds it back, not with connect(2)'s errno. */
+	if (c->lost && (r == -ECONNREFUSED || r == -ENOENT))
+		r = -ENOTCONN;
 	return r;
 }
 
@@ -409,9 +418,12 @@ static size_t page_round(size_t len)
 	return (len + PAGE - 1) & ~(size_t)(PAGE - 1);
 }
 
+/* MAP_SHARED_VALIDATE (3) contains MAP_PRIVATE's bit: compare the type. */
 static int map_flags_ok(int flags)
 {
-	return !(flags & (MAP_SHARED | MAP_SHARED_VALIDATE | MAP_HUGETLB));
+	int type = flags & MAP_TYPE;
+
+	return type != MAP_SHARED && type != MAP_SHARED_VALIDATE && !(flags & MAP_HUGETLB);
 }
 
 /* mmap + register, under c->lock. */

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "acct.h"
 #include "template.h"
 
 struct worker;
@@ -17,7 +18,9 @@ struct rp_limits {
 	uint64_t bytes;          /* registered bytes per address space */
 	uint32_t store;          /* distinct templates in the whole daemon */
 	uint32_t connections;    /* connections in the whole daemon */
+	uint32_t descendants;    /* processes in one client's fork tree */
 	uint32_t hello_timeout_s; /* a connection must say HELLO or STATS by then */
+	struct acct_limits per_uid;
 };
 
 struct rp_config {

@@ -115,8 +115,12 @@ enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags)
 	addr &= ~(uint64_t)(PAGE - 1);
 	pthread_mutex_lock(&mm->lock);
 	struct range *r = range_lookup(&mm->ranges, addr);
-	if (!r)
+	if (!r) {
+		/* The gauges and the uid's account follow the table. */
+		uint64_t b0 = mm->ranges.bytes;
 		r = range_extend_to(&mm->ranges, addr, PAGE);
+		mm_account(mm, mm->ranges.n, b0);
+	}
 	if (r) {
 		got = fill_from_range(mm, r, addr, flags);
 	} else {

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -38,6 +39,12 @@ static void usage(FILE *f)
 		"  --max-store N         distinct templates in all (default 65536)\n"
 		"  --max-ranges N        ranges per process (default 65536)\n"
 		"  --max-bytes N         registered bytes per process (default 1 TiB)\n"
+		"  --max-descendants N   processes in one client's fork tree (default 16384)\n"
+		"  --uid-connections N   connections per uid (default 1024)\n"
+		"  --uid-templates N     template handles per uid (default 16384)\n"
+		"  --uid-ranges N        ranges per uid (default 1048576)\n"
+		"  --uid-bytes N         registered bytes per uid (default 64 TiB)\n"
+		"  --uid-processes N     served processes per uid, fork children included (default 32768)\n"
 		"  --hello-timeout S     seconds a new connection may stay silent (default 10)\n"
 		"  --help, --version\n",
 		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES);
@@ -68,6 +75,12 @@ static const struct option opts[] = {
 	{ "max-store", required_argument, NULL, 'S' },
 	{ "max-ranges", required_argument, NULL, 'R' },
 	{ "max-bytes", required_argument, NULL, 'B' },
+	{ "max-descendants", required_argument, NULL, 'D' },
+	{ "uid-connections", required_argument, NULL, 'c' },
+	{ "uid-templates", required_argument, NULL, 't' },
+	{ "uid-ranges", required_argument, NULL, 'r' },
+	{ "uid-bytes", required_argument, NULL, 'b' },
+	{ "uid-processes", required_argument, NULL, 'p' },
 	{ "hello-timeout", required_argument, NULL, 'H' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -99,6 +112,12 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 		case 'S': c->lim.store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
 		case 'R': c->lim.ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
 		case 'B': c->lim.bytes = parse_num(name, optarg, 4096, 1ull << 56); break;
+		case 'D': c->lim.descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+		case 'c': c->lim.per_uid.max[ACCT_CONNECTIONS] = parse_num(name, optarg, 1, 1u << 20); break;
+		case 't': c->lim.per_uid.max[ACCT_TEMPLATES] = parse_num(name, optarg, 1, 1u << 24); break;
+		case 'r': c->lim.per_uid.max[ACCT_RANGES] = parse_num(name, optarg, 1, 1u << 30); break;
+		case 'b': c->lim.per_uid.max[ACCT_BYTES] = parse_num(name, optarg, 4096, 1ull << 56); break;
+		case 'p': c->lim.per_uid.max[ACCT_PROCESSES] = parse_num(name, optarg, 1, 1u << 24); break;
 		case 'H': c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600); break;
 		case 'h': usage(stdout); exit(0);
 		case 'V': printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
@@ -169,6 +188,19 @@ static void setup_loop(struct rp_daemon *d)
 	ev_timer_again(d->loop, &d->watchdog);
 }
 
+/* Every served process costs a descriptor (its uffd): take all the
+ * descriptors the hard limit allows. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("cannot raise the descriptor limit: %s", strerror(errno));
+	}
+}
+
 static void shutdown_all(struct rp_daemon *d)
 {
 	listener_close(d);
@@ -186,7 +218,11 @@ int main(int argc, char **argv)
 			.workers = (int)sysconf(_SC_NPROCESSORS_ONLN),
 			.fault_around = 16,
 			.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40,
-				 .store = 65536, .connections = 4096, .hello_timeout_s = 10 },
+				 .store = 65536, .connections = 4096, .descendants = 16384,
+				 .hello_timeout_s = 10,
+				 .per_uid.max = { [ACCT_CONNECTIONS] = 1024, [ACCT_TEMPLATES] = 16384,
+						  [ACCT_RANGES] = 1u << 20, [ACCT_BYTES] = 1ull << 46,
+						  [ACCT_PROCESSES] = 32768 } },
 		},
 	};
 	int r;
@@ -194,6 +230,8 @@ int main(int argc, char **argv)
 	parse_args(argc, argv, &d.cfg);
 	if (d.cfg.workers < 1)
 		d.cfg.workers = 1;
+	acct_init(&d.cfg.lim.per_uid);
+	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
 	d.loop = ev_default_loop(EVFLAG_AUTO);
 	if (!d.loop || tmpl_store_init(&d.tmpls, d.cfg.lim.store) < 0) {

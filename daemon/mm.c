@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "acct.h"
 #include "daemon.h"
 #include "log.h"
 #include "stats.h"
@@ -40,7 +41,8 @@ static const struct range_ops mm_range_ops = {
 	.put = range_tmpl_put,
 };
 
-struct rp_mm *mm_new(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid)
+static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
+			      struct rp_tree *tree, pid_t pid)
 {
 	struct rp_mm *mm = calloc(1, sizeof(*mm));
 
@@ -48,15 +50,84 @@ struct rp_mm *mm_new(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid
 		return NULL;
 	range_store = &d->tmpls;
 	mm->uffd = uffd;
-	mm->uid = uid;
+	mm->uid = a->uid;
 	mm->pid = pid;
+	mm->pidfd = -1;
 	mm->features = features;
 	mm->d = d;
+	mm->acct = a;
+	mm->tree = tree;
 	atomic_init(&mm->refs, 1);
 	atomic_init(&mm->dead, 0);
 	pthread_mutex_init(&mm->lock, NULL);
 	range_table_init(&mm->ranges, d->cfg.lim.ranges, &mm_range_ops);
+	atomic_fetch_add(&tree->procs, 1);
 	stat_inc(PROTO_STAT_PROCESSES);
+	return mm;
+}
+
+struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid)
+{
+	struct acct *a = acct_get(uid);
+	struct rp_tree *tree = calloc(1, sizeof(*tree));
+	struct rp_mm *mm = NULL;
+	int e = ENOMEM;
+
+	if (a && tree && (e = -acct_charge(a, ACCT_PROCESSES, 1)) == 0) {
+		atomic_init(&tree->refs, 1);
+		if (!(mm = mm_alloc(d, uffd, features, a, tree, pid))) {
+			acct_uncharge(a, ACCT_PROCESSES, 1);
+			e = ENOMEM;
+		}
+	}
+	if (!mm) {
+		if (a)
+			acct_put(a);
+		free(tree);
+		errno = e;
+	}
+	return mm;
+}
+
+/* The tree's descendant limit: the client itself plus its descendants. */
+static int tree_full(struct rp_mm *parent)
+{
+	uint32_t max = parent->d->cfg.lim.descendants;
+	struct rp_tree *t = parent->tree;
+
+	if (!max || atomic_load(&t->procs) <= max)
+		return 0;
+	if (!atomic_exchange(&t->warned, 1))
+		log_warn("uid %d: a process tree reached %u descendants; further fork children get "
+			 "ordinary anonymous memory (logged once per tree)", (int)parent->uid, max);
+	return 1;
+}
+
+struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd)
+{
+	struct rp_mm *mm;
+
+	if (tree_full(parent) || acct_charge(parent->acct, ACCT_PROCESSES, 1) < 0) {
+		errno = EDQUOT;
+		return NULL;
+	}
+	struct acct *a = acct_get(parent->uid);
+	if (!a || !(mm = mm_alloc(parent->d, ufd, parent->features, a, parent->tree, 0))) {
+		if (a)
+			acct_put(a);
+		acct_uncharge(parent->acct, ACCT_PROCESSES, 1);
+		errno = ENOMEM;
+		return NULL;
+	}
+	atomic_fetch_add(&parent->tree->refs, 1);
+	mm->is_child = 1;
+	pthread_mutex_lock(&parent->lock);
+	int r = range_copy(&mm->ranges, &parent->ranges);
+	pthread_mutex_unlock(&parent->lock);
+	mm_account(mm, 0, 0);
+	if (r < 0)
+		log_err("pid %d: fork child uffd %d: cannot copy ranges: %s", (int)parent->pid, ufd,
+			strerror(-r));
 	return mm;
 }
 
@@ -67,13 +138,20 @@ void mm_ref(struct rp_mm *mm)
 
 static void mm_free(struct rp_mm *mm)
 {
-	stat_add(PROTO_STAT_RANGES, -(int64_t)mm->ranges.n);
-	stat_add(PROTO_STAT_BYTES, -(int64_t)mm->ranges.bytes);
+	size_t n0 = mm->ranges.n;
+	uint64_t b0 = mm->ranges.bytes;
+
 	range_table_fini(&mm->ranges);
+	mm_account(mm, n0, b0);
 	pthread_mutex_destroy(&mm->lock);
 	if (mm->uffd >= 0)
 		close(mm->uffd);
 	free(mm->pending);
+	acct_uncharge(mm->acct, ACCT_PROCESSES, 1);
+	acct_put(mm->acct);
+	atomic_fetch_sub(&mm->tree->procs, 1);
+	if (atomic_fetch_sub(&mm->tree->refs, 1) == 1)
+		free(mm->tree);
 	stat_add(PROTO_STAT_PROCESSES, -1);
 	free(mm);
 }
@@ -103,11 +181,15 @@ static int uffd_unregister(int uffd, uint64_t addr, uint64_t len)
 	return 0;
 }
 
-/* Keep the gauges in step with the table across one change. */
-static void account(struct rp_mm *mm, size_t n0, uint64_t b0)
+void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0)
 {
-	stat_add(PROTO_STAT_RANGES, (int64_t)mm->ranges.n - (int64_t)n0);
-	stat_add(PROTO_STAT_BYTES, (int64_t)mm->ranges.bytes - (int64_t)b0);
+	int64_t dn = (int64_t)mm->ranges.n - (int64_t)n0;
+	int64_t db = (int64_t)mm->ranges.bytes - (int64_t)b0;
+
+	stat_add(PROTO_STAT_RANGES, dn);
+	stat_add(PROTO_STAT_BYTES, db);
+	acct_adjust(mm->acct, ACCT_RANGES, dn);
+	acct_adjust(mm->acct, ACCT_BYTES, db);
 }
 
 int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
@@ -117,8 +199,13 @@ int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
-	if (mm->d->cfg.lim.bytes && b0 + len > mm->d->cfg.lim.bytes) {
+	if ((mm->d->cfg.lim.bytes && b0 + len > mm->d->cfg.lim.bytes) ||
+	    acct_check(mm->acct, ACCT_BYTES, len) < 0 || acct_check(mm->acct, ACCT_RANGES, 1) < 0) {
 		r = -EDQUOT;
+		goto out;
+	}
+	if (mm->uffd < 0) {
+		r = -ENOTCONN;
 		goto out;
 	}
 	/* Into the table first: the first fault may arrive on the worker
@@ -132,7 +219,7 @@ int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
 	if (r < 0)
 		range_remove(&mm->ranges, addr, addr + len);
 out:
-	account(mm, n0, b0);
+	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	return r;
 }
@@ -155,7 +242,7 @@ int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len)
 			uffd_unregister(mm->uffd, s, e - s);
 	}
 	removed = range_remove(&mm->ranges, addr, end);
-	account(mm, n0, b0);
+	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	return removed < 0 ? (int)removed : 0;
 }
@@ -166,7 +253,7 @@ void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
 	long long r = range_remove(&mm->ranges, start, end);
-	account(mm, n0, b0);
+	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	if (r < 0)
 		log_warn("pid %d uffd %d: cannot split range at unmap [%#llx, %#llx): %s",
@@ -180,7 +267,7 @@ void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
 	int r = range_move(&mm->ranges, from, to, len);
-	account(mm, n0, b0);
+	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	if (r < 0)
 		log_warn("pid %d uffd %d: cannot follow mremap %#llx -> %#llx: %s",

@@ -18,9 +18,17 @@
 
 #include "range.h"
 
+struct acct;
 struct rp_daemon;
 struct tmpl;
 struct worker;
+
+/* A client and every descendant adopted from its fork events. */
+struct rp_tree {
+	atomic_uint procs;  /* live mms in the tree */
+	atomic_uint refs;
+	atomic_int warned;  /* descendant limit hit logged once */
+};
 
 struct pending_fault {
 	uint64_t addr;
@@ -37,6 +45,10 @@ struct rp_mm {
 	atomic_int refs;
 	atomic_int dead;        /* closed or found gone: no more work */
 	int is_child;           /* adopted from a fork event */
+	struct acct *acct;      /* the uid's account, charged for all below */
+	struct rp_tree *tree;
+	int pidfd;              /* process exit watch (worker.c), -1 if none */
+	ev_io pidfd_io;
 	pthread_mutex_t lock;   /* ranges */
 	struct range_table ranges;
 	struct rp_daemon *d;
@@ -51,8 +63,13 @@ struct rp_mm {
 	struct rp_mm *add_next, *del_next; /* worker inboxes */
 };
 
-/* A new mm for uffd (already through UFFDIO_API), one reference held. */
-struct rp_mm *mm_new(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid);
+/* A client's mm for uffd (already through UFFDIO_API), one reference
+ * held, charged to uid. NULL and errno (EDQUOT past a limit, ENOMEM). */
+struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid);
+/* A fork child of parent with uffd ufd: same uid, same tree, a copy of
+ * the parent's ranges. NULL and errno (EDQUOT past the uid's process limit
+ * or the tree's descendant limit, ENOMEM); ufd is not closed. */
+struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd);
 void mm_ref(struct rp_mm *mm);
 void mm_put(struct rp_mm *mm);
 
@@ -60,6 +77,10 @@ void mm_put(struct rp_mm *mm);
 int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t);
 /* Unregister and forget what we serve in [addr, addr+len). 0 or -errno. */
 int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len);
+
+/* Follow a change of mm->ranges (made under mm->lock) from n0 pieces and
+ * b0 bytes in the gauges and the uid's account. */
+void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0);
 
 /* Apply range bookkeeping of uffd events (called by the worker). */
 void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end);

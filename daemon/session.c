@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acct.h"
 #include "daemon.h"
 #include "log.h"
 #include "mm.h"
@@ -52,16 +53,31 @@ static void list_del(struct rp_daemon *d, struct session *s)
 	stat_add(PROTO_STAT_CLIENTS, -1);
 }
 
+/* Refuse a connection with a status the client library reports. */
+static void refuse(int fd, int32_t status)
+{
+	struct proto_reply r = { .status = status };
+	proto_send(fd, PROTO_REPLY, 0, &r, sizeof(r), -1, MSG_DONTWAIT);
+	close(fd);
+}
+
 void session_start(struct rp_daemon *d, int fd)
 {
 	struct session *s = calloc(1, sizeof(*s));
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 
-	if (!s || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+	if (!s || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+	    !(s->acct = acct_get(cred.uid))) {
 		log_err("connection fd %d refused: %s", fd, s ? strerror(errno) : "out of memory");
 		free(s);
-		close(fd);
+		refuse(fd, -ENOMEM);
+		return;
+	}
+	if (acct_charge(s->acct, ACCT_CONNECTIONS, 1) < 0) {
+		acct_put(s->acct);
+		free(s);
+		refuse(fd, -EMFILE);
 		return;
 	}
 	s->d = d;
@@ -81,9 +97,12 @@ void session_start(struct rp_daemon *d, int fd)
 
 static void drop_templates(struct session *s)
 {
-	for (uint32_t i = 0; i < s->ntmpls; i++)
-		if (s->tmpls[i])
-			tmpl_put(&s->d->tmpls, s->tmpls[i]);
+	for (uint32_t i = 0; i < s->ntmpls; i++) {
+		if (!s->tmpls[i])
+			continue;
+		tmpl_put(&s->d->tmpls, s->tmpls[i]);
+		acct_uncharge(s->acct, ACCT_TEMPLATES, 1);
+	}
 	free(s->tmpls);
 	free(s->tmpl_uses);
 }
@@ -105,6 +124,8 @@ void session_close(struct session *s, const char *why)
 	if (s->mm)
 		worker_del(s->mm->w, s->mm);
 	drop_templates(s);
+	acct_uncharge(s->acct, ACCT_CONNECTIONS, 1);
+	acct_put(s->acct);
 	close(s->fd);
 	list_del(d, s);
 	free(s);
@@ -130,6 +151,25 @@ static int reply(struct session *s, uint32_t seq, int32_t status, uint32_t id, u
 	return -1;
 }
 
+static int grow_handles(struct session *s)
+{
+	if (s->ntmpls >= s->d->cfg.lim.templates)
+		return -EDQUOT;
+	if (s->ntmpls < s->captmpls)
+		return 0;
+	uint32_t cap = s->captmpls ? s->captmpls * 2 : 8;
+	struct tmpl **t2 = realloc(s->tmpls, cap * sizeof(*t2));
+	if (!t2)
+		return -ENOMEM;
+	s->tmpls = t2;
+	uint32_t *u2 = realloc(s->tmpl_uses, cap * sizeof(*u2));
+	if (!u2)
+		return -ENOMEM;
+	s->tmpl_uses = u2;
+	s->captmpls = cap;
+	return 0;
+}
+
 /* A template handle for t: the same id again if this session already has
  * one for it, so repeated identical creates cost one slot. */
 static int tmpl_handle(struct session *s, struct tmpl *t, uint32_t *id)
@@ -146,20 +186,13 @@ static int tmpl_handle(struct session *s, struct tmpl *t, uint32_t *id)
 		if (!s->tmpls[i] && free_slot == UINT32_MAX)
 			free_slot = i;
 	}
+	if (acct_charge(s->acct, ACCT_TEMPLATES, 1) < 0)
+		return -EDQUOT;
 	if (free_slot == UINT32_MAX) {
-		if (s->ntmpls >= s->d->cfg.lim.templates)
-			return -EDQUOT;
-		if (s->ntmpls == s->captmpls) {
-			uint32_t cap = s->captmpls ? s->captmpls * 2 : 8;
-			struct tmpl **t2 = realloc(s->tmpls, cap * sizeof(*t2));
-			if (!t2)
-				return -ENOMEM;
-			s->tmpls = t2;
-			uint32_t *u2 = realloc(s->tmpl_uses, cap * sizeof(*u2));
-			if (!u2)
-				return -ENOMEM;
-			s->tmpl_uses = u2;
-			s->captmpls = cap;
+		int r = grow_handles(s);
+		if (r < 0) {
+			acct_uncharge(s->acct, ACCT_TEMPLATES, 1);
+			return r;
 		}
 		free_slot = s->ntmpls++;
 	}
@@ -197,6 +230,7 @@ static int do_release(struct session *s, uint32_t seq, const struct proto_templa
 	if (--s->tmpl_uses[m->id - 1] == 0) {
 		s->tmpls[m->id - 1] = NULL;
 		tmpl_put(&s->d->tmpls, t);
+		acct_uncharge(s->acct, ACCT_TEMPLATES, 1);
 	}
 	return reply(s, seq, 0, m->id, 0);
 }
@@ -268,11 +302,12 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 					      : "userfaultfd handshake refused");
 		return -1;
 	}
-	s->mm = mm_new(s->d, fd, features, s->uid, s->pid);
+	s->mm = mm_new_client(s->d, fd, features, s->uid, s->pid);
 	if (!s->mm) {
+		int e = errno;
 		close(fd);
-		reply(s, seq, -ENOMEM, PROTO_VERSION, 0);
-		session_close(s, "out of memory");
+		reply(s, seq, -e, PROTO_VERSION, 0);
+		session_close(s, e == EDQUOT ? "process limit of its uid reached" : "out of memory");
 		return -1;
 	}
 	s->mm->w = daemon_pick_worker(s->d);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct acct;
 struct rp_daemon;
 struct rp_mm;
 struct tmpl;
@@ -17,6 +18,7 @@ struct session {
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
+	struct acct *acct;       /* charged for the connection and its templates */
 	ev_io io;
 	ev_timer hello_timer;
 	struct rp_mm *mm;        /* after HELLO */

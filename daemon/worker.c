@@ -6,6 +6,7 @@
 #include <linux/userfaultfd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -47,6 +48,45 @@ static void list_unlink(struct worker *w, struct rp_mm *mm)
 	atomic_fetch_sub(&w->nmms, 1);
 }
 
+static void mm_gone(struct worker *w, struct rp_mm *mm);
+
+static void unwatch(struct worker *w, struct rp_mm *mm)
+{
+	if (mm->pidfd < 0)
+		return;
+	ev_io_stop(w->loop, &mm->pidfd_io);
+	close(mm->pidfd);
+	mm->pidfd = -1;
+}
+
+/* The watched process exited. The pid may not be the mm's owner (a fault's
+ * thread id is in the faulting task's pid namespace, and a mm can be
+ * shared), so the uffd itself has the last word. */
+static void on_exit_seen(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct rp_mm *mm = io->data;
+	struct worker *w = ev_userdata(loop);
+
+	(void)revents;
+	unwatch(w, mm);
+	if (!fault_probe_alive(mm))
+		mm_gone(w, mm);
+}
+
+/* Learn of the process's exit at once instead of at the next probe. */
+static void watch(struct worker *w, struct rp_mm *mm, pid_t pid)
+{
+	if (mm->pidfd >= 0 || pid <= 0)
+		return;
+	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (fd < 0)
+		return; /* not a thread group leader, or gone: the probe covers it */
+	mm->pidfd = fd;
+	ev_io_init(&mm->pidfd_io, on_exit_seen, fd, EV_READ);
+	mm->pidfd_io.data = mm;
+	ev_io_start(w->loop, &mm->pidfd_io);
+}
+
 static void serve(struct worker *w, struct rp_mm *mm)
 {
 	mm->w = w;
@@ -56,6 +96,7 @@ static void serve(struct worker *w, struct rp_mm *mm)
 	mm->io.data = mm;
 	ev_io_start(w->loop, &mm->io);
 	list_link(w, mm);
+	watch(w, mm, mm->pid);
 }
 
 /* Stop serving: close the uffd so that every fault still waiting falls
@@ -66,6 +107,7 @@ static void retire(struct worker *w, struct rp_mm *mm)
 	if (!ev_is_active(&mm->io))
 		return;
 	ev_io_stop(w->loop, &mm->io);
+	unwatch(w, mm);
 	list_unlink(w, mm);
 	atomic_store(&mm->dead, 1);
 	pthread_mutex_lock(&mm->lock);
@@ -133,8 +175,10 @@ static void on_fault(struct worker *w, struct rp_mm *mm, const struct uffd_msg *
 	uint64_t flags = m->arg.pagefault.flags;
 	enum uffd_err_class c = fault_serve(mm, addr, flags);
 
-	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID))
+	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID)) {
 		mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
+		watch(w, mm, mm->pid);
+	}
 	if (c == UFFD_RETRY && pending_push(mm, addr, flags, m->arg.pagefault.feat.ptid) == 0)
 		retry_arm(w, mm);
 	else if (c == UFFD_RETRY)
@@ -150,23 +194,16 @@ static void on_fork(struct worker *w, struct rp_mm *parent, int ufd)
 		close(ufd);
 		return;
 	}
-	struct rp_mm *child = mm_new(parent->d, ufd, parent->features, parent->uid, 0);
+	struct rp_mm *child = mm_new_child(parent, ufd);
 	if (!child) {
-		/* Closing it hands the child's pages back to the kernel. */
-		log_err("pid %d: no memory to adopt a fork child; it gets zero pages", (int)parent->pid);
+		/* Closing it hands the child's pages to the kernel: its faults
+		 * are answered (zeros), never left waiting. */
+		if (errno != EDQUOT)
+			log_err("pid %d: cannot adopt a fork child: %s", (int)parent->pid, strerror(errno));
 		stat_inc(PROTO_STAT_UNTRACKED);
 		close(ufd);
 		return;
 	}
-	child->is_child = 1;
-	pthread_mutex_lock(&parent->lock);
-	int r = range_copy(&child->ranges, &parent->ranges);
-	pthread_mutex_unlock(&parent->lock);
-	stat_add(PROTO_STAT_RANGES, (int64_t)child->ranges.n);
-	stat_add(PROTO_STAT_BYTES, (int64_t)child->ranges.bytes);
-	if (r < 0)
-		log_err("pid %d: fork child uffd %d: cannot copy ranges: %s", (int)parent->pid, ufd,
-			strerror(-r));
 	serve(w, child);
 	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
 }
@@ -251,10 +288,10 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 			mm_gone(w, mm);
 			continue;
 		}
-		if (!mm->is_child || now < mm->probe_at)
+		if (now < mm->probe_at)
 			continue;
 		if (!fault_probe_alive(mm)) {
-			drop_child(w, mm, "process gone");
+			mm_gone(w, mm);
 			continue;
 		}
 		mm->probe_every = mm->probe_every * 2 > PROBE_MAX_S ? PROBE_MAX_S : mm->probe_every * 2;
