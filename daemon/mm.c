@@ -24,7 +24,8 @@
 	(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |                \
 	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID)
 
-static struct tmpl_store *range_store;
+/* Set by every mm_alloc, on the main thread and on workers alike. */
+static struct tmpl_store *_Atomic range_store;
 
 static void range_tmpl_get(void *t)
 {

@@ -87,9 +87,10 @@ static void watch(struct worker *w, struct rp_mm *mm, pid_t pid)
 	ev_io_start(w->loop, &mm->pidfd_io);
 }
 
+/* mm->w is set before: by the session for a client (which reads it on
+ * the main thread), by on_fork for a child. */
 static void serve(struct worker *w, struct rp_mm *mm)
 {
-	mm->w = w;
 	mm->probe_every = PROBE_MIN_S;
 	mm->probe_at = ev_now(w->loop) + PROBE_MIN_S;
 	ev_io_init(&mm->io, mm_readable, mm->uffd, EV_READ);
@@ -204,6 +205,7 @@ static void on_fork(struct worker *w, struct rp_mm *parent, int ufd)
 		close(ufd);
 		return;
 	}
+	child->w = w;
 	serve(w, child);
 	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
 }
