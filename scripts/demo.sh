@@ -4,6 +4,7 @@
 # No systemd needed.   scripts/demo.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 tmp=$(mktemp -d /tmp/refpaged-demo.XXXXXX)

@@ -3,6 +3,7 @@
 # --sanitize builds with ASan+UBSan into build-san/ instead of build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/deps.sh
 dir=build flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 if [[ ${1:-} == --sanitize ]]; then
 	shift
