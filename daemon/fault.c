@@ -71,20 +71,35 @@ static long fill(int uffd, uint64_t addr, unsigned n, const void *src)
 	return z.zeropage > 0 ? (long)(z.zeropage / PAGE) : -errno;
 }
 
-/* Adaptive fault-around: a fault where the previous fill ended continues
- * a sequential stream and doubles the window, anything else starts over
- * at one page, so random access never fills pages it did not touch. */
+/* Adaptive fault-around: a fault where one of the range's streams expects
+ * it continues that stream and doubles its window; any other fault starts
+ * a stream at one page in the least recently used slot, so random access
+ * never fills pages it did not touch, and threads sweeping different
+ * parts of one mapping do not reset each other. */
 static unsigned window_for(struct range *r, uint64_t addr, uint32_t cap)
 {
+	struct fault_stream *s = NULL, *lru = &r->fs[0];
 	unsigned w = 1;
 
-	if (cap > 1 && addr == r->next_fault && r->window)
-		w = r->window * 2 > cap ? cap : r->window * 2;
+	for (int i = 0; i < RANGE_STREAMS; i++) {
+		struct fault_stream *f = &r->fs[i];
+		if (f->window && f->next == addr) {
+			s = f;
+			break;
+		}
+		if (!f->window ? lru->window != 0 : lru->window && f->stamp < lru->stamp)
+			lru = f; /* an empty slot first, else the oldest */
+	}
+	if (s && cap > 1)
+		w = s->window * 2 > cap ? cap : s->window * 2;
+	else if (!s)
+		s = lru;
 	uint64_t left = (r->end - addr) / PAGE;
 	if (w > left)
 		w = (unsigned)left;
-	r->window = w;
-	r->next_fault = addr + (uint64_t)w * PAGE;
+	s->window = w;
+	s->next = addr + (uint64_t)w * PAGE;
+	s->stamp = ++r->clock;
 	return w;
 }
 

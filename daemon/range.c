@@ -124,7 +124,7 @@ static void drop(struct range_table *rt, size_t a, size_t b)
 
 /* Cuts the piece that has addr strictly inside in two; the caller has
  * reserved the slot. Both halves keep the fault-around state: the stream
- * goes on in whichever half holds next_fault. */
+ * goes on in whichever half holds its next fault. */
 static void split_at(struct range_table *rt, uint64_t addr)
 {
 	size_t i = first_from(rt, addr);
@@ -262,8 +262,8 @@ static void relocate(struct range_table *rt, uint64_t from, uint64_t to,
 		r->start = r->start - from + to;
 		r->end = r->end - from + to;
 		/* The stream it followed was at the old addresses. */
-		r->next_fault = 0;
-		r->window = 0;
+		memset(r->fs, 0, sizeof(r->fs));
+		r->clock = 0;
 	}
 	if (to > from)
 		rotate(rt->v, a, b, c < b ? b : c);
@@ -343,8 +343,8 @@ int range_copy(struct range_table *dst, const struct range_table *src)
 	for (size_t k = 0; k < src->n; k++) {
 		dst->v[k] = src->v[k];
 		/* The child has not faulted anything yet. */
-		dst->v[k].next_fault = 0;
-		dst->v[k].window = 0;
+		memset(dst->v[k].fs, 0, sizeof(dst->v[k].fs));
+		dst->v[k].clock = 0;
 		dst->ops->get(dst->v[k].tmpl);
 	}
 	dst->n = src->n;

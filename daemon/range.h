@@ -15,13 +15,24 @@ struct range_ops {
 	void (*put)(void *tmpl);
 };
 
+/* Fault-around state of one sequential stream (daemon/fault.c): where its
+ * next fault is expected, its current fill window in pages (0: unused
+ * slot), and when it was last seen. */
+struct fault_stream {
+	uint64_t next;
+	uint32_t window;
+	uint32_t stamp;
+};
+
+/* Streams followed per range: threads sweeping different parts of one
+ * mapping each keep their own window. */
+#define RANGE_STREAMS 4
+
 struct range {
 	uint64_t start, end; /* page aligned, start < end */
 	void *tmpl;
-	/* Fault-around state (daemon/fault.c): where a sequential stream is
-	 * expected next, and the current fill window in pages. */
-	uint64_t next_fault;
-	uint32_t window;
+	struct fault_stream fs[RANGE_STREAMS];
+	uint32_t clock;      /* stamps for fs */
 	uint32_t reserved;
 };
 

@@ -562,8 +562,8 @@ static void test_move_invalid(void **state)
 
 static void set_stream(struct range *r, uint64_t next_fault, uint32_t window)
 {
-	r->next_fault = next_fault;
-	r->window = window;
+	r->fs[0].next = next_fault;
+	r->fs[0].window = window;
 }
 
 /* A moved piece forgets its fault stream; one that stays keeps it. */
@@ -576,16 +576,16 @@ static void test_move_fault_state(void **state)
 	set_stream(&f->rt.v[1], PG(9), 4);
 	assert_int_equal(range_move(&f->rt, PG(8), PG(20), PG(4)), 0);
 	assert_int_equal(f->rt.v[1].start, PG(20));
-	assert_int_equal(f->rt.v[1].next_fault, 0);
-	assert_int_equal(f->rt.v[1].window, 0);
-	assert_int_equal(f->rt.v[0].next_fault, PG(2));
-	assert_int_equal(f->rt.v[0].window, 8);
+	assert_int_equal(f->rt.v[1].fs[0].next, 0);
+	assert_int_equal(f->rt.v[1].fs[0].window, 0);
+	assert_int_equal(f->rt.v[0].fs[0].next, PG(2));
+	assert_int_equal(f->rt.v[0].fs[0].window, 8);
 	/* The halves of a split both keep it: the stream goes on in one. */
 	assert_int_equal(range_remove(&f->rt, PG(1), PG(2)), PG(1));
 	assert_int_equal(f->rt.v[1].start, PG(2));
-	assert_int_equal(f->rt.v[0].next_fault, PG(2));
-	assert_int_equal(f->rt.v[1].next_fault, PG(2));
-	assert_int_equal(f->rt.v[1].window, 8);
+	assert_int_equal(f->rt.v[0].fs[0].next, PG(2));
+	assert_int_equal(f->rt.v[1].fs[0].next, PG(2));
+	assert_int_equal(f->rt.v[1].fs[0].window, 8);
 	expect_table(f,
 		     (struct piece[]){ { 0, 1, 0 }, { 2, 4, 0 }, { 20, 24, 1 } },
 		     3);
@@ -659,10 +659,10 @@ static void test_copy(void **state)
 		assert_int_equal(dst.v[k].start, f->rt.v[k].start);
 		assert_int_equal(dst.v[k].end, f->rt.v[k].end);
 		assert_ptr_equal(dst.v[k].tmpl, f->rt.v[k].tmpl);
-		assert_int_equal(dst.v[k].next_fault, 0);
-		assert_int_equal(dst.v[k].window, 0);
+		assert_int_equal(dst.v[k].fs[0].next, 0);
+		assert_int_equal(dst.v[k].fs[0].window, 0);
 	}
-	assert_int_equal(f->rt.v[0].window, 16);
+	assert_int_equal(f->rt.v[0].fs[0].window, 16);
 	assert_int_equal(f->t[0].gets, 4);
 	assert_int_equal(f->t[1].gets, 2);
 	/* The copy lives on its own. */

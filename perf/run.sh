@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# perf/run.sh: build if needed, start private refpaged daemons on temporary
+# sockets, run refpage-bench over the matrix, and write
+#   RESULTS/bench.json  bench.md  bench.txt   (and PNG plots if gnuplot is there)
+#   RESULTS/tmp/        TSV, plot data and latency CDFs (not committed)
+# RESULTS is perf/results, or perf/results/tmp/quick for --quick.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+build=${BUILD_DIR:-$root/build}
+out=""
+quick=0
+pin=""
+daemon_args=()
+daemon_args_given=0
+extra=()
+
+usage() {
+	cat <<EOF
+usage: perf/run.sh [options] [-- refpage-bench options]
+  --quick              smoke-sized run (16 MiB, 3 reps, seq-write, seq-read,
+                       rand-write-10, many-small x 100, 1 and 2 threads); results
+                       go to perf/results/tmp/quick unless --out is given
+  --daemon-args "ARGS" start one more refpaged with ARGS and measure it as its own
+                       mode, labelled from ARGS ("--fault-around 1" -> refpaged-fa1);
+                       repeatable. Default: two daemons, "" and "--fault-around 1"
+  --pin same|split     same: workers, uffd handler and daemons all on CPU 0;
+                       split: handler and daemons on CPU 0, workers on the others
+  --out DIR            results directory (default perf/results)
+  --build DIR          build tree (default: \$BUILD_DIR or ./build; configured
+                       RelWithDebInfo if it does not exist yet)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) quick=1 ;;
+	--daemon-args) daemon_args+=("${2?--daemon-args needs a value}"); daemon_args_given=1; shift ;;
+	--daemon-args=*) daemon_args+=("${1#*=}"); daemon_args_given=1 ;;
+	--pin) pin=${2?--pin needs same or split}; shift ;;
+	--out) out=${2?--out needs a directory}; shift ;;
+	--build) build=${2?--build needs a directory}; shift ;;
+	-h | --help) usage; exit 0 ;;
+	--) shift; extra=("$@"); break ;;
+	*) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+	esac
+	shift
+done
+[ $daemon_args_given = 1 ] || daemon_args=("" "--fault-around 1")
+if [ -z "$out" ]; then
+	if [ $quick = 1 ]; then out=$here/results/tmp/quick; else out=$here/results; fi
+fi
+mkdir -p "$out/tmp/latency"
+rm -f "$out"/tmp/latency/*.cdf
+
+# --- build -------------------------------------------------------------------
+if [ ! -f "$build/CMakeCache.txt" ]; then
+	cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+fi
+btype=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
+case $btype in
+Release | RelWithDebInfo) ;;
+*) echo "run.sh: warning: $build is a '$btype' build; timings want RelWithDebInfo or Release" >&2 ;;
+esac
+if grep -q '^RP_[AUT]SAN:BOOL=ON' "$build/CMakeCache.txt"; then
+	echo "run.sh: warning: $build has sanitizers on; timings are not representative" >&2
+fi
+cmake --build "$build" -j"$(nproc)" --target refpaged refpage-bench >/dev/null
+bench=$build/perf/refpage-bench
+daemon=$build/daemon/refpaged
+
+# --- CPU placement -----------------------------------------------------------
+ncpu=$(nproc)
+srv_prefix=()
+pin_args=()
+case $pin in
+"") ;;
+same) srv_prefix=(taskset -c 0); pin_args=(--cpus 0 --handler-cpu 0) ;;
+split)
+	[ "$ncpu" -ge 2 ] || { echo "run.sh: --pin split needs 2 CPUs" >&2; exit 2; }
+	srv_prefix=(taskset -c 0)
+	pin_args=(--cpus "$(seq -s, 1 $((ncpu - 1)))" --handler-cpu 0) ;;
+*) echo "run.sh: --pin: same or split" >&2; exit 2 ;;
+esac
+
+# --- daemons -----------------------------------------------------------------
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/refpage-bench.XXXXXX")
+pids=()
+# shellcheck disable=SC2317 # called from the trap
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# "--fault-around 1 --workers 2" -> refpaged-fa1-w2
+label_for() {
+	local -a a
+	read -r -a a <<<"$1"
+	local l=refpaged i=0
+	while [ $i -lt ${#a[@]} ]; do
+		local k=${a[$i]} v=${a[$((i + 1))]:-}
+		case $k in
+		--fault-around=* | --workers=*) v=${k#*=}; k=${k%%=*}; i=$((i - 1)) ;;
+		esac
+		case $k in
+		--fault-around) l+="-fa$v"; i=$((i + 2)) ;;
+		--workers) l+="-w$v"; i=$((i + 2)) ;;
+		*) l+="-$(printf '%s' "$k" | tr -cd 'A-Za-z0-9')"; i=$((i + 1)) ;;
+		esac
+	done
+	printf '%s\n' "$l"
+}
+
+sock_args=()
+for i in "${!daemon_args[@]}"; do
+	args=${daemon_args[$i]}
+	sock=$tmp/d$i.sock
+	# shellcheck disable=SC2086 # ARGS are words on purpose
+	"${srv_prefix[@]}" "$daemon" --socket "$sock" $args >"$tmp/d$i.log" 2>&1 &
+	pid=$!
+	pids+=("$pid")
+	for _ in $(seq 200); do
+		[ -S "$sock" ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	if [ ! -S "$sock" ]; then
+		echo "run.sh: refpaged $args did not come up:" >&2
+		cat "$tmp/d$i.log" >&2
+		exit 1
+	fi
+	sock_args+=(--socket "$sock" --label "$(label_for "$args")" --daemon-pid "$pid")
+done
+
+# --- the run -----------------------------------------------------------------
+if [ $quick = 1 ]; then
+	size=(--mib 16 --reps 3 --lat-reps 1 --small-count 100 --threads "1,2"
+		--workloads "seq-write,seq-read,rand-write-10,many-small")
+else
+	size=(--mib 256 --reps 7 --lat-reps 3 --threads "1,2,nproc")
+fi
+status=0
+"$bench" "${sock_args[@]}" "${size[@]}" "${pin_args[@]}" \
+	--json "$out/bench.json" --markdown "$out/bench.md" --tsv "$out/tmp/bench.tsv" \
+	--latency-dir "$out/tmp/latency" "${extra[@]}" | tee "$out/bench.txt" || status=$?
+
+# --- plots -------------------------------------------------------------------
+if ! command -v gnuplot >/dev/null; then
+	echo "run.sh: gnuplot is not installed (Debian: apt-get install gnuplot-nox): no plots"
+	exit $status
+fi
+"$here/plot.sh" "$out" || echo "run.sh: plotting failed" >&2
+echo "results in $out"
+exit $status
