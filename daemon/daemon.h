@@ -27,6 +27,7 @@ struct rp_config {
 	const char *socket_path;  /* NULL: systemd's, else the default */
 	int workers;              /* fault worker threads */
 	uint32_t fault_around;    /* largest fill window in pages (1 = off) */
+	uint32_t poll_us;         /* busy-poll a uffd this long before sleeping (0 = off) */
 	struct rp_limits lim;
 };
 

@@ -123,10 +123,11 @@ static long fill_from_range(struct rp_mm *mm, struct range *r, uint64_t addr, ui
 	return got;
 }
 
-enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags)
+enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint64_t *end)
 {
 	long got;
 
+	*end = 0;
 	addr &= ~(uint64_t)(PAGE - 1);
 	pthread_mutex_lock(&mm->lock);
 	struct range *r = range_lookup(&mm->ranges, addr);
@@ -147,6 +148,7 @@ enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags)
 	}
 	pthread_mutex_unlock(&mm->lock);
 	if (got > 0) {
+		*end = addr + (uint64_t)got * PAGE;
 		stat_inc(PROTO_STAT_FAULTS);
 		return UFFD_OK;
 	}

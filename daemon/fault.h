@@ -20,8 +20,9 @@ enum uffd_err_class uffd_classify(int err);
 
 /* Answer one fault. Returns UFFD_OK when the thread was answered (filled
  * or woken), UFFD_RETRY when it must be retried later (the caller keeps it
- * pending), UFFD_GONE_MM when the address space is gone. */
-enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags);
+ * pending), UFFD_GONE_MM when the address space is gone. *end gets the end
+ * of the pages filled (every thread waiting in them is woken), else 0. */
+enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint64_t *end);
 
 /* 1 if the mm is still alive, 0 if gone (the ESRCH probe of DESIGN.md). */
 int fault_probe_alive(struct rp_mm *mm);

@@ -1,9 +1,10 @@
 /* refpaged: serves reference pages to client processes over userfaultfd.
  *
- * Start-up order: parse the command line, take the listening socket, start
- * the workers, then tell systemd READY=1. Shutdown (SIGTERM/SIGINT): say
- * STOPPING=1, close every client (their pages fall back to ordinary
- * anonymous memory, no thread is left waiting), stop the workers. */
+ * Start-up order: parse the command line, take the listening socket, drop
+ * capabilities, start the workers, enter the seccomp sandbox, then tell
+ * systemd READY=1. Shutdown (SIGTERM/SIGINT): say STOPPING=1, close every
+ * client (their pages fall back to ordinary anonymous memory, no thread is
+ * left waiting), stop the workers. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -19,12 +20,16 @@
 #include "listener.h"
 #include "log.h"
 #include "proto.h"
+#include "sandbox.h"
 #include "session.h"
 #include "stats.h"
 #include "template.h"
 #include "worker.h"
 
 #define STATUS_EVERY_S 2.0
+
+/* --no-sandbox; --debug-forbidden-syscall (tests only, not in --help). */
+static int no_sandbox, debug_forbidden_syscall;
 
 static void usage(FILE *f)
 {
@@ -34,6 +39,8 @@ static void usage(FILE *f)
 		"  --workers N           fault worker threads (default: online CPUs)\n"
 		"  --log-level LEVEL     err|warning|notice|info|debug (default info)\n"
 		"  --fault-around N      largest fill window in pages, 1 = off (default 16, max %u)\n"
+		"  --poll-us N           busy-poll a client's uffd for N microseconds after a fault\n"
+		"                        before sleeping; costs CPU (default 0: off)\n"
 		"  --max-connections N   connections in all (default 4096)\n"
 		"  --max-templates N     template handles per connection (default 4096)\n"
 		"  --max-store N         distinct templates in all (default 65536)\n"
@@ -46,6 +53,7 @@ static void usage(FILE *f)
 		"  --uid-bytes N         registered bytes per uid (default 64 TiB)\n"
 		"  --uid-processes N     served processes per uid, fork children included (default 32768)\n"
 		"  --hello-timeout S     seconds a new connection may stay silent (default 10)\n"
+		"  --no-sandbox          keep capabilities, no seccomp filter: for debugging only\n"
 		"  --help, --version\n",
 		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES);
 }
@@ -70,6 +78,7 @@ static const struct option opts[] = {
 	{ "workers", required_argument, NULL, 'w' },
 	{ "log-level", required_argument, NULL, 'l' },
 	{ "fault-around", required_argument, NULL, 'f' },
+	{ "poll-us", required_argument, NULL, 'P' },
 	{ "max-connections", required_argument, NULL, 'C' },
 	{ "max-templates", required_argument, NULL, 'T' },
 	{ "max-store", required_argument, NULL, 'S' },
@@ -82,6 +91,8 @@ static const struct option opts[] = {
 	{ "uid-bytes", required_argument, NULL, 'b' },
 	{ "uid-processes", required_argument, NULL, 'p' },
 	{ "hello-timeout", required_argument, NULL, 'H' },
+	{ "no-sandbox", no_argument, NULL, 'N' },
+	{ "debug-forbidden-syscall", no_argument, NULL, 'X' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -107,6 +118,7 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 			log_set_level(lvl);
 			break;
 		case 'f': c->fault_around = (uint32_t)parse_num(name, optarg, 1, TMPL_SLAB_PAGES); break;
+		case 'P': c->poll_us = (uint32_t)parse_num(name, optarg, 0, 100000); break;
 		case 'C': c->lim.connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
 		case 'T': c->lim.templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
 		case 'S': c->lim.store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
@@ -119,6 +131,8 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 		case 'b': c->lim.per_uid.max[ACCT_BYTES] = parse_num(name, optarg, 4096, 1ull << 56); break;
 		case 'p': c->lim.per_uid.max[ACCT_PROCESSES] = parse_num(name, optarg, 1, 1u << 24); break;
 		case 'H': c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600); break;
+		case 'N': no_sandbox = 1; break;
+		case 'X': debug_forbidden_syscall = 1; break;
 		case 'h': usage(stdout); exit(0);
 		case 'V': printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
 		default: usage(stderr); exit(2);
@@ -201,6 +215,24 @@ static void raise_fd_limit(void)
 	}
 }
 
+/* Everything is set up: from here on only the syscalls of serving. */
+static int enter_sandbox(struct rp_daemon *d)
+{
+	struct sandbox_opts o = {
+		.notify = getenv("NOTIFY_SOCKET") != NULL,
+		.unlink_socket = d->listen_owned,
+	};
+	int r;
+
+	if (no_sandbox) {
+		log_warn("--no-sandbox: running without the seccomp filter");
+		return 0;
+	}
+	if ((r = sandbox_enter(&o)) < 0)
+		log_err("cannot enter the sandbox: %s", strerror(-r));
+	return r;
+}
+
 static void shutdown_all(struct rp_daemon *d)
 {
 	listener_close(d);
@@ -238,18 +270,29 @@ int main(int argc, char **argv)
 		log_err("cannot initialise: out of memory");
 		return 1;
 	}
-	if ((r = workers_start(&d, d.cfg.workers)) < 0) {
-		log_err("cannot start workers: %s", strerror(-r));
+	if (listener_open(&d) < 0)
+		return 1;
+	/* Before the first thread: each thread has its own capability sets. */
+	if (!no_sandbox && (r = sandbox_drop_caps()) < 0) {
+		log_err("cannot drop capabilities: %s", strerror(-r));
+		listener_close(&d);
 		return 1;
 	}
-	if (listener_open(&d) < 0) {
-		workers_stop(&d);
+	if ((r = workers_start(&d, d.cfg.workers)) < 0) {
+		log_err("cannot start workers: %s", strerror(-r));
+		listener_close(&d);
 		return 1;
 	}
 	setup_loop(&d);
+	if (enter_sandbox(&d) < 0) {
+		shutdown_all(&d);
+		return 1;
+	}
 	sd_notifyf(0, "READY=1\nSTATUS=serving, %d workers", d.nworkers);
-	log_notice("refpaged %s ready: %d workers, fault-around %u pages", RP_VERSION, d.nworkers,
-		   d.cfg.fault_around);
+	log_notice("refpaged %s ready: %d workers, fault-around %u pages, poll %u us", RP_VERSION,
+		   d.nworkers, d.cfg.fault_around, d.cfg.poll_us);
+	if (debug_forbidden_syscall)
+		sandbox_forbidden_syscall();
 	ev_run(d.loop, 0);
 	shutdown_all(&d);
 	log_notice("stopped");

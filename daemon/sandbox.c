@@ -1,0 +1,330 @@
+/* The sandbox: see sandbox.h.
+ *
+ * The seccomp filter is an allow-list, one line per syscall (or per
+ * allowed argument value) with who needs it. Anything else kills the whole
+ * process with SIGSYS; the kernel logs the culprit ("audit: type=1326 ...
+ * syscall=N" in dmesg or the journal), so a syscall a new libc or
+ * libsystemd starts making shows up as a clean crash with its number
+ * rather than as a daemon that half works. Found by running the daemon
+ * under strace -f through the integration scenarios (clients, fork,
+ * munmap, mremap, madvise, killed clients, bad input, SIGTERM), with and
+ * without the sanitizers. */
+#include "sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/userfaultfd.h>
+#include <malloc.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define CAP_KEEP CAP_SYS_PTRACE
+
+/* Capabilities, without libcap: two 32-bit words per set. */
+static int caps_get(struct __user_cap_data_struct d[2])
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+
+	return syscall(SYS_capget, &h, d) < 0 ? -errno : 0;
+}
+
+static int caps_set(struct __user_cap_data_struct d[2])
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+
+	return syscall(SYS_capset, &h, d) < 0 ? -errno : 0;
+}
+
+static int cap_has(const struct __user_cap_data_struct d[2], int cap, int effective)
+{
+	uint32_t set = effective ? d[CAP_TO_INDEX(cap)].effective : d[CAP_TO_INDEX(cap)].permitted;
+
+	return !!(set & CAP_TO_MASK(cap));
+}
+
+/* The bounding set limits what an execve could ever regain. Dropping from
+ * it takes CAP_SETPCAP; without it (a systemd unit's
+ * CapabilityBoundingSet= did the job, or we are not root) it stays. */
+static int drop_bounding(void)
+{
+	for (int c = 0;; c++) {
+		int r = prctl(PR_CAPBSET_READ, c, 0, 0, 0);
+		if (r < 0)
+			return errno == EINVAL ? 0 : -errno; /* past the last cap */
+		if (r == 1 && c != CAP_KEEP && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0)
+			return -errno;
+	}
+}
+
+int sandbox_drop_caps(void)
+{
+	struct __user_cap_data_struct d[2];
+	int r;
+
+	if ((r = caps_get(d)) < 0)
+		return r;
+	if (cap_has(d, CAP_SETPCAP, 1) && (r = drop_bounding()) < 0)
+		return r;
+	/* Lowering the ambient set needs no privilege; EINVAL: no ambient
+	 * capabilities on this kernel. We never execve, so none is needed. */
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+		return -errno;
+	int change = 0;
+	for (int i = 0; i < 2; i++) {
+		uint32_t keep = CAP_TO_INDEX(CAP_KEEP) == i ? CAP_TO_MASK(CAP_KEEP) : 0;
+		struct __user_cap_data_struct old = d[i];
+		d[i].permitted &= keep;
+		d[i].effective = d[i].permitted; /* raise it if only permitted */
+		d[i].inheritable &= keep;
+		change |= memcmp(&old, &d[i], sizeof(old)) != 0;
+	}
+	/* Under systemd (User=, AmbientCapabilities=CAP_SYS_PTRACE) there is
+	 * nothing to drop, and the unit's SystemCallFilter= denies capset. */
+	if (change && (r = caps_set(d)) < 0)
+		return r;
+	if (!cap_has(d, CAP_KEEP, 1))
+		log_warn("running without CAP_SYS_PTRACE: the kernel refuses us "
+			 "UFFD_FEATURE_EVENT_FORK (EPERM)");
+	return 0;
+}
+
+struct sb_rule {
+	int nr;
+	unsigned nargs;
+	struct scmp_arg_cmp args[2];
+};
+
+#define ARG_EQ(i, v) { .arg = (i), .op = SCMP_CMP_EQ, .datum_a = (scmp_datum_t)(v) }
+/* (arg & m) == 0 */
+#define ARG_NONE_OF(i, m) \
+	{ .arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), .datum_b = 0 }
+#define ALLOW(name) { .nr = SCMP_SYS(name) }
+#define ALLOW1(name, a) { .nr = SCMP_SYS(name), .nargs = 1, .args = { a } }
+#define ALLOW2(name, a, b) { .nr = SCMP_SYS(name), .nargs = 2, .args = { a, b } }
+
+/* What the daemon does once it serves, in every build. */
+static const struct sb_rule rules[] = {
+	/* libev's epoll backend: every loop (main, workers) */
+	ALLOW(epoll_wait),
+	ALLOW(epoll_ctl),
+	/* uffd messages (worker.c); libev wake-ups: eventfd reads and the
+	 * writes of ev_async_send and of its signal handler */
+	ALLOW(read),
+	/* log.c lines to stderr; libev wake-ups */
+	ALLOW(write),
+	/* clients, uffds, sd_notify's socket, libev's fds at shutdown */
+	ALLOW(close),
+	/* listener.c */
+	ALLOW(accept4),
+	/* proto.c requests and replies (SCM_RIGHTS); sd_notify */
+	ALLOW(recvmsg),
+	ALLOW(sendmsg),
+	/* session.c: SO_PEERCRED of a new client; sd_notify: SO_SNDBUF */
+	ALLOW2(getsockopt, ARG_EQ(1, SOL_SOCKET), ARG_EQ(2, SO_PEERCRED)),
+	ALLOW2(getsockopt, ARG_EQ(1, SOL_SOCKET), ARG_EQ(2, SO_SNDBUF)),
+	/* mm.c: is this fd a userfaultfd? (/proc/self/fd/N) */
+	ALLOW(readlink),
+	/* mm.c, worker.c: O_NONBLOCK and FD_CLOEXEC on received uffds */
+	ALLOW1(fcntl, ARG_EQ(1, F_GETFL)),
+	ALLOW1(fcntl, ARG_EQ(1, F_SETFL)),
+	ALLOW1(fcntl, ARG_EQ(1, F_SETFD)),
+	/* The uffd requests, exactly: mm.c handshake and (un)registration,
+	 * fault.c fills, wake-ups and liveness probes */
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_API)),
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_REGISTER)),
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_UNREGISTER)),
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_COPY)),
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_ZEROPAGE)),
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_WAKE)),
+	/* malloc, template.c and range.c slabs; never executable memory */
+	ALLOW1(mmap, ARG_NONE_OF(2, PROT_EXEC)),
+	ALLOW1(mprotect, ARG_NONE_OF(2, PROT_EXEC)), /* malloc grows arenas */
+	ALLOW(munmap),
+	ALLOW(mremap), /* realloc of large blocks */
+	ALLOW(madvise), /* malloc trims; glibc frees exiting threads' stacks */
+	ALLOW(brk),
+	/* worker.c: learn at once that a served process exited */
+	ALLOW1(pidfd_open, ARG_EQ(1, 0)),
+	/* pthread mutexes, pthread_join, atomics' slow paths */
+	ALLOW(futex),
+	/* libev's clock when the vDSO falls back to the kernel */
+	ALLOW(clock_gettime),
+	ALLOW(gettimeofday),
+	/* libev's SIGTERM/SIGINT handler returns; a futex wait it interrupted
+	 * restarts */
+	ALLOW(rt_sigreturn),
+	ALLOW(restart_syscall),
+	/* glibc: exiting threads and abort() block signals */
+	ALLOW(rt_sigprocmask),
+	/* sd_notify decides whether to send credentials */
+	ALLOW(getuid),
+	ALLOW(geteuid),
+	ALLOW(getgid),
+	ALLOW(getegid),
+	/* abort() (assert, session.c's unreachable default): raise(SIGABRT);
+	 * tgkill itself is added for our own pid and SIGABRT only */
+	ALLOW(getpid),
+	ALLOW(gettid),
+	/* glibc's start_thread registers these in the new thread itself,
+	 * which may first run after the filter is in: pthread_create does not
+	 * wait for it */
+	ALLOW(rseq),
+	ALLOW(set_robust_list),
+	/* workers_stop: worker threads return; main returns */
+	ALLOW(exit),
+	ALLOW(exit_group),
+};
+
+/* sd_notify opens a datagram socket per message, and only when
+ * $NOTIFY_SOCKET is set. */
+static const struct sb_rule notify_rules[] = {
+	ALLOW2(socket, ARG_EQ(0, AF_UNIX), ARG_EQ(1, SOCK_DGRAM | SOCK_CLOEXEC)),
+	ALLOW2(setsockopt, ARG_EQ(1, SOL_SOCKET), ARG_EQ(2, SO_SNDBUF)),
+	ALLOW2(setsockopt, ARG_EQ(1, SOL_SOCKET), ARG_EQ(2, SO_SNDBUFFORCE)),
+	/* libsystemd >= 254 connects before sending; 252 uses msg_name */
+	ALLOW(connect),
+};
+
+/* listener.c removes the socket file it bound (never systemd's) at exit. */
+static const struct sb_rule unlink_rules[] = {
+	ALLOW(getsockname),
+	ALLOW(unlink),
+};
+
+#ifdef RP_SANITIZER
+/* Sanitizer runtimes only (RP_ASAN/RP_UBSAN builds), never in a release
+ * build: reports, thread teardown and LeakSanitizer's check at exit (a
+ * tracer task that ptrace-stops every thread). */
+static const struct sb_rule sanitizer_rules[] = {
+	/* reports: /proc/self/maps, then the symbolizer reads our ELF files
+	 * (libbacktrace: openat, fstat, lseek, read-only mmap) */
+	ALLOW1(open, ARG_NONE_OF(1, O_ACCMODE | O_CREAT | O_TRUNC)),
+	ALLOW1(openat, ARG_NONE_OF(2, O_ACCMODE | O_CREAT | O_TRUNC)),
+	ALLOW(newfstatat),
+	ALLOW(fstat),
+	ALLOW(lseek),
+	/* reports: isatty(stderr) decides on colours */
+	ALLOW1(ioctl, ARG_EQ(1, TCGETS)),
+	/* every thread's alternate signal stack (deadly-signal reports) */
+	ALLOW(sigaltstack),
+	ALLOW(rt_sigaction),
+	/* the allocator counts CPUs */
+	ALLOW(sched_getaffinity),
+	/* LeakSanitizer: StopTheWorld makes us dumpable again for a moment,
+	 * names its tracer as our ptracer and clones it; the tracer dies
+	 * with us, lists /proc/PID/task and ptrace-stops every thread */
+	ALLOW1(prctl, ARG_EQ(0, PR_GET_DUMPABLE)),
+	ALLOW1(prctl, ARG_EQ(0, PR_SET_DUMPABLE)),
+	ALLOW1(prctl, ARG_EQ(0, PR_SET_PTRACER)),
+	ALLOW1(prctl, ARG_EQ(0, PR_SET_PDEATHSIG)),
+	ALLOW(clone),
+	ALLOW(wait4),
+	ALLOW(sched_yield),
+	ALLOW(getppid),
+	ALLOW(getdents),
+	ALLOW(getdents64),
+	ALLOW(ptrace),
+	/* ThreadSanitizer's background thread wakes up every 100 ms */
+	ALLOW(nanosleep),
+	ALLOW(clock_nanosleep),
+};
+#endif
+
+static int add_rules(scmp_filter_ctx ctx, const struct sb_rule *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (r[i].nr < 0)
+			continue; /* not a syscall on this architecture */
+		int e = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, r[i].nr, r[i].nargs, r[i].args);
+		if (e < 0) {
+			char *name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, r[i].nr);
+			log_err("seccomp: cannot allow %s: %s", name ? name : "?", strerror(-e));
+			free(name);
+			return e;
+		}
+	}
+	return 0;
+}
+
+#define ADD(ctx, table) add_rules((ctx), (table), sizeof(table) / sizeof((table)[0]))
+
+static int build_filter(scmp_filter_ctx ctx, const struct sandbox_opts *o)
+{
+	int r;
+
+	if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
+	    (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)) < 0 ||
+	    (r = seccomp_attr_set(ctx, SCMP_FLTATR_API_SYSRAWRC, 1)) < 0 || (r = ADD(ctx, rules)) < 0)
+		return r;
+	if (o->notify && (r = ADD(ctx, notify_rules)) < 0)
+		return r;
+	if (o->unlink_socket && (r = ADD(ctx, unlink_rules)) < 0)
+		return r;
+#ifdef RP_SANITIZER
+	if ((r = ADD(ctx, sanitizer_rules)) < 0)
+		return r;
+#endif
+	/* abort(): SIGABRT to one of our own threads, nothing else */
+	const struct sb_rule self_abort[] = {
+		ALLOW2(tgkill, ARG_EQ(0, getpid()), ARG_EQ(2, SIGABRT)),
+	};
+	return ADD(ctx, self_abort);
+}
+
+/* glibc's malloc computes its arena limit the first time a ninth thread
+ * allocates, by reading /sys/devices/system/cpu/online: an open(2) the
+ * filter kills. Give it the same limit now (M_ARENA_MAX, glibc's default
+ * of 8 arenas per online CPU on 64-bit) so that it never has to look. */
+static void malloc_presize(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	mallopt(M_ARENA_MAX, (int)(8 * (cpus > 0 ? cpus : 1)));
+}
+
+int sandbox_enter(const struct sandbox_opts *o)
+{
+	malloc_presize();
+	/* Set here rather than by seccomp_load, and first: TSYNC carries it
+	 * into every thread with the filter. */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return -errno;
+	/* No core dumps of client pages and templates, and no ptrace or
+	 * /proc/PID access by other processes of our uid. /proc/self/fd
+	 * still works: a task may always look at its own fds. */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		return -errno;
+	scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_KILL_PROCESS);
+	if (!ctx)
+		return -ENOMEM;
+	int r = build_filter(ctx, o);
+	if (r == 0)
+		r = seccomp_load(ctx); /* the kernel's errno (SYSRAWRC) */
+	seccomp_release(ctx);
+	if (r < 0)
+		return r;
+	log_info("sandbox: seccomp filter installed in every thread");
+	return 0;
+}
+
+void sandbox_forbidden_syscall(void)
+{
+	static char *const argv[] = { "true", NULL };
+
+	/* What an exploit would do first; nothing in the daemon execs. If the
+	 * filter let it through, /bin/true replaces us and exits 0. */
+	execve("/bin/true", argv, NULL);
+}

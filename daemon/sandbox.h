@@ -1,0 +1,32 @@
+/* refpaged's sandbox: capabilities, no_new_privs, non-dumpable, seccomp.
+ *
+ * Two steps, because capability sets are per thread and a thread starts
+ * with its creator's: drop the capabilities before the first worker thread
+ * exists, install the seccomp filter (synchronised into every thread) once
+ * everything is set up, just before READY=1. */
+#ifndef REFPAGED_SANDBOX_H
+#define REFPAGED_SANDBOX_H
+
+/* Keep CAP_SYS_PTRACE (UFFD_FEATURE_EVENT_FORK needs it), drop every other
+ * capability from the effective, permitted and inheritable sets and, when
+ * we may (CAP_SETPCAP), from the bounding set; clear the ambient set (we
+ * never execve). Having fewer capabilities already, CAP_SYS_PTRACE
+ * included, is not an error. Call it before starting any thread. 0 or
+ * -errno. */
+int sandbox_drop_caps(void);
+
+struct sandbox_opts {
+	int notify;        /* $NOTIFY_SOCKET is set: sd_notify needs a socket */
+	int unlink_socket; /* we bound the socket path and unlink it at exit */
+};
+
+/* PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE 0, then the seccomp allow-list
+ * (anything else kills the process with SIGSYS) in every thread of the
+ * process. 0 or -errno. */
+int sandbox_enter(const struct sandbox_opts *o);
+
+/* Test hook: make a syscall the filter forbids. Returns only if the
+ * filter let it through. */
+void sandbox_forbidden_syscall(void);
+
+#endif
