@@ -83,6 +83,40 @@ static int make_uffd(int *user_mode_only)
 	return fd >= 0 ? fd : -errno;
 }
 
+/* Receive one packet. A daemon that closes the connection with our
+ * request unread (it refused the connection: a limit) makes the first
+ * receive fail with ECONNRESET, before the replies still queued: its
+ * refusal among them. */
+static long recv_packet(int sock, uint8_t *buf, int *nfds, int *trunc, int flags)
+{
+	long n = -ECONNRESET;
+	int rfd;
+
+	for (int i = 0; i < 2 && n == -ECONNRESET; i++) {
+		n = proto_recv(sock, buf, &rfd, nfds, trunc, flags);
+		if (rfd >= 0)
+			close(rfd);
+	}
+	return n;
+}
+
+/* After a send found the connection closed: the daemon may have refused
+ * it before reading anything, and its reason is still queued. Returns
+ * that status, or -ENOTCONN. */
+static int refusal(int sock)
+{
+	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
+	const struct proto_hdr *h;
+	int nfds, trunc;
+	long n = recv_packet(sock, buf, &nfds, &trunc, MSG_DONTWAIT);
+
+	if (n <= 0 || trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK ||
+	    h->type != PROTO_REPLY || h->seq != 0)
+		return -ENOTCONN;
+	const struct proto_reply *pr = (const void *)(h + 1);
+	return pr->status < 0 ? pr->status : -ENOTCONN;
+}
+
 /* One request, one reply, under c->lock. rep gets the payload. */
 static int roundtrip(struct rp_client *c, uint16_t type, const void *payload, uint32_t len, int fd,
 		     uint16_t rep_type, void *rep, uint32_t rep_len)
@@ -90,18 +124,23 @@ static int roundtrip(struct rp_client *c, uint16_t type, const void *payload, ui
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
 	const struct proto_hdr *h;
 	uint32_t seq = ++c->seq;
-	int rfd, nfds, trunc;
+	int nfds, trunc;
 	int r = proto_send(c->sock, type, seq, payload, len, fd, 0);
 
 	if (r < 0)
-		return r == -EPIPE || r == -ECONNRESET ? -ENOTCONN : r;
-	long n = proto_recv(c->sock, buf, &rfd, &nfds, &trunc, 0);
-	if (rfd >= 0)
-		close(rfd);
-	if (n <= 0)
-		return n == 0 || n == -ECONNRESET ? -ENOTCONN : (int)n;
-	if (trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK)
-		return -EPROTO;
+		return r == -EPIPE || r == -ECONNRESET ? refusal(c->sock) : r;
+	long n;
+	do {
+		n = recv_packet(c->sock, buf, &nfds, &trunc, 0);
+		if (n <= 0)
+			return n == 0 || n == -ECONNRESET ? -ENOTCONN : (int)n;
+		if (trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK)
+			return -EPROTO;
+		/* A daemon killed after answering an earlier request, but
+		 * before taking it off the socket, answers it again once
+		 * restarted (daemon/session.c): that reply is stale. */
+	} while ((h->type == PROTO_REPLY || h->type == PROTO_STATS_REPLY) && h->seq && h->seq != seq &&
+		 (int32_t)(seq - h->seq) > 0);
 	if (h->seq != seq) {
 		/* seq 0: the daemon refused the connection itself (a limit). */
 		const struct proto_reply *pr = (const void *)(h + 1);

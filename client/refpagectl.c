@@ -1,6 +1,7 @@
 /* refpagectl: talk to a running refpaged.
  *   refpagectl [--socket PATH] stats [--json]
- * STATS needs no handshake, so this never creates a userfaultfd. */
+ *   refpagectl [--socket PATH] upgrade
+ * Neither needs the handshake, so this never creates a userfaultfd. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -15,6 +16,10 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: refpagectl [--socket PATH] stats [--json]\n"
+		   "       refpagectl [--socket PATH] upgrade\n"
+		   "  stats    print the daemon's counters\n"
+		   "  upgrade  make the daemon re-execute its binary (a new version installed at its\n"
+		   "           path) without its clients noticing; prints the new daemon's pid\n"
 		   "  PATH defaults to $REFPAGED_SOCKET, else %s\n",
 		PROTO_DEFAULT_SOCKET);
 }
@@ -65,6 +70,41 @@ static int fetch_stats(int s, struct proto_stats_reply *out)
 	return 0;
 }
 
+/* Exit status: 0 upgraded; 3 the new binary cannot read the state (the
+ * old daemon goes on, as for every failure); 1 otherwise. */
+static int upgrade(int s)
+{
+	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
+	struct proto_upgrade u = { 0 };
+	const struct proto_hdr *h;
+	int fd, nfds, trunc;
+	int r = proto_send(s, PROTO_UPGRADE, 1, &u, sizeof(u), -1, 0);
+
+	if (r < 0) {
+		fprintf(stderr, "refpagectl: send: %s\n", strerror(-r));
+		return 1;
+	}
+	long n = proto_recv(s, buf, &fd, &nfds, &trunc, 0);
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0 || trunc || proto_check(buf, (size_t)n, nfds, 0, &h) != PROTO_OK ||
+	    h->type != PROTO_REPLY) {
+		fprintf(stderr, "refpagectl: bad or no reply from the daemon\n");
+		return 1;
+	}
+	const struct proto_reply *rep = (const void *)(h + 1);
+	if (rep->status == 0) {
+		printf("upgraded: refpaged pid %u serves now\n", rep->id);
+		return 0;
+	}
+	fprintf(stderr, "refpagectl: upgrade failed: %s%s\n", strerror(-rep->status),
+		rep->status == -EPROTONOSUPPORT ? " (the new binary cannot read the state snapshot)"
+		: rep->status == -EPERM ? " (root or the daemon's user only)" : "");
+	if (rep->status != -EPERM && rep->status != -EOPNOTSUPP)
+		fprintf(stderr, "refpagectl: the running daemon goes on serving; see its log\n");
+	return rep->status == -EPROTONOSUPPORT ? 3 : 1;
+}
+
 static void print_stats(const struct proto_stats_reply *r, int json)
 {
 	unsigned n = r->count < PROTO_STATS_MAX ? r->count : PROTO_STATS_MAX;
@@ -101,7 +141,8 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (optind != argc - 1 || strcmp(argv[optind], "stats")) {
+	if (optind != argc - 1 ||
+	    (strcmp(argv[optind], "stats") && strcmp(argv[optind], "upgrade"))) {
 		usage(stderr);
 		return 2;
 	}
@@ -109,6 +150,11 @@ int main(int argc, char **argv)
 		path = PROTO_DEFAULT_SOCKET;
 	struct proto_stats_reply r;
 	int s = dial(path);
+	if (s >= 0 && !strcmp(argv[optind], "upgrade")) {
+		int rc = upgrade(s);
+		close(s);
+		return rc;
+	}
 	if (s < 0 || fetch_stats(s, &r) < 0)
 		return 1;
 	close(s);

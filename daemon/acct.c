@@ -95,3 +95,11 @@ void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n)
 {
 	atomic_fetch_sub(&a->used[res], n);
 }
+
+void acct_foreach(void (*fn)(const struct acct *a, void *arg), void *arg)
+{
+	pthread_mutex_lock(&table_lock);
+	for (struct acct *a = table; a; a = a->next)
+		fn(a, arg);
+	pthread_mutex_unlock(&table_lock);
+}

@@ -48,5 +48,7 @@ int acct_check(struct acct *a, enum acct_res res, uint64_t n);
 void acct_adjust(struct acct *a, enum acct_res res, int64_t delta);
 
 const char *acct_res_name(enum acct_res res);
+/* fn on every uid's account, under the table lock (the snapshot). */
+void acct_foreach(void (*fn)(const struct acct *a, void *arg), void *arg);
 
 #endif

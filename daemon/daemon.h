@@ -9,6 +9,7 @@
 #include "acct.h"
 #include "template.h"
 
+struct persist;
 struct worker;
 struct session;
 
@@ -43,9 +44,10 @@ struct rp_daemon {
 	ev_io listen_io;
 	struct session *sessions; /* doubly linked */
 	uint32_t nsessions;
-	ev_signal sigterm, sigint;
+	ev_signal sigterm, sigint, sighup;
 	ev_timer watchdog;
 	int stopping;
+	struct persist *persist; /* snapshot and fd store (persist.c) */
 };
 
 /* Pick the worker that gets a new address space. */

@@ -13,6 +13,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "proto.h"
+#include "restore.h"
 #include "session.h"
 
 /* Out of descriptors: stop accepting for a moment instead of spinning on
@@ -56,26 +57,35 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 	}
 }
 
-static int from_systemd(struct rp_daemon *d)
+static int is_listener(int fd)
 {
-	int n = sd_listen_fds(1);
+	return sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 1) > 0;
+}
 
-	if (n <= 0)
-		return n;
-	if (n > 1) {
-		log_err("systemd passed %d sockets, expected one", n);
-		return -EINVAL;
-	}
-	int fd = SD_LISTEN_FDS_START;
-	if (sd_is_socket(fd, AF_UNIX, SOCK_SEQPACKET, 1) <= 0) {
-		log_err("systemd's socket is not a listening AF_UNIX SOCK_SEQPACKET socket");
+/* The socket unit's, by its FileDescriptorName=, else whichever passed
+ * descriptor is a listening socket: the others are for restore.c. */
+static int from_fds(struct rp_daemon *d, struct fdset *fds)
+{
+	int fd = fdset_take(fds, LISTENER_NAME);
+
+	if (fd < 0)
+		fd = fdset_take_if(fds, is_listener);
+	if (fd < 0)
+		return 0;
+	if (!is_listener(fd)) {
+		log_err("the socket named '%s' is not a listening AF_UNIX SOCK_SEQPACKET socket",
+			LISTENER_NAME);
+		close(fd);
 		return -EINVAL;
 	}
 	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+		close(fd);
 		return -errno;
+	}
 	d->listen_fd = fd;
-	log_info("listening on the socket systemd passed");
+	d->listen_owned = fds->listen_owned;
+	log_info("listening on the socket %s passed", fds->from);
 	return 1;
 }
 
@@ -129,12 +139,10 @@ static int bind_path(struct rp_daemon *d, const char *path)
 	return 0;
 }
 
-int listener_open(struct rp_daemon *d)
+int listener_open(struct rp_daemon *d, struct fdset *fds)
 {
-	int r = 0;
+	int r = from_fds(d, fds);
 
-	if (!d->cfg.socket_path)
-		r = from_systemd(d);
 	if (r < 0)
 		return r;
 	if (r == 0 && (r = bind_path(d, d->cfg.socket_path ? d->cfg.socket_path : PROTO_DEFAULT_SOCKET)) < 0)

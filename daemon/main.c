@@ -1,13 +1,18 @@
 /* refpaged: serves reference pages to client processes over userfaultfd.
  *
- * Start-up order: parse the command line, take the listening socket, drop
- * capabilities, start the workers, enter the seccomp sandbox, then tell
- * systemd READY=1. Shutdown (SIGTERM/SIGINT): say STOPPING=1, close every
- * client (their pages fall back to ordinary anonymous memory, no thread is
- * left waiting), stop the workers. */
+ * Start-up order: parse the command line; take what a previous daemon left
+ * (systemd's stored descriptors, or those of the daemon handing over on an
+ * upgrade); take the listening socket; drop capabilities; fork the exec
+ * helper (handover.c); start the workers; rebuild the state (restore.c)
+ * and, on an upgrade, take over; enter the seccomp sandbox; tell systemd
+ * READY=1. Shutdown (SIGTERM/SIGINT): say STOPPING=1, close every client
+ * (their pages fall back to ordinary anonymous memory, no thread is left
+ * waiting), stop the workers; with the fd store, leave every client to it
+ * instead (handover_detach). SIGHUP: upgrade in place. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,25 +22,36 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "handover.h"
 #include "listener.h"
 #include "log.h"
+#include "persist.h"
 #include "proto.h"
+#include "restore.h"
 #include "sandbox.h"
 #include "session.h"
+#include "snapshot.h"
 #include "stats.h"
 #include "template.h"
 #include "worker.h"
 
 #define STATUS_EVERY_S 2.0
 
-/* --no-sandbox; --debug-forbidden-syscall (tests only, not in --help). */
+/* --no-sandbox; --debug-forbidden-syscall and --debug-stall-after (tests
+ * only, not in --help). */
 static int no_sandbox, debug_forbidden_syscall;
+static int debug_stall_after = -1;
+/* --fd-store; --handover FD (the exec helper passes it) and
+ * --debug-snapshot-version N (tests: write a format no binary reads). */
+static int fd_store, handover_fd = -1;
+static uint32_t snapshot_version = SNAP_VERSION;
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: refpaged [options]\n"
-		"  --socket PATH         listen on PATH (default: systemd's socket, else %s)\n"
+		"  --socket PATH         listen on PATH when no socket is passed in (by systemd, or by\n"
+		"                        the previous daemon on an upgrade); default %s\n"
 		"  --workers N           fault worker threads (default: online CPUs)\n"
 		"  --log-level LEVEL     err|warning|notice|info|debug (default info)\n"
 		"  --fault-around N      largest fill window in pages, 1 = off (default 16, max %u)\n"
@@ -53,6 +69,9 @@ static void usage(FILE *f)
 		"  --uid-bytes N         registered bytes per uid (default 64 TiB)\n"
 		"  --uid-processes N     served processes per uid, fork children included (default 32768)\n"
 		"  --hello-timeout S     seconds a new connection may stay silent (default 10)\n"
+		"  --fd-store            keep every client's descriptors and the state snapshot in systemd's\n"
+		"                        fd store (FileDescriptorStoreMax=): a restart, even after SIGKILL,\n"
+		"                        goes on serving the same clients\n"
 		"  --no-sandbox          keep capabilities, no seccomp filter: for debugging only\n"
 		"  --help, --version\n",
 		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES);
@@ -93,6 +112,10 @@ static const struct option opts[] = {
 	{ "hello-timeout", required_argument, NULL, 'H' },
 	{ "no-sandbox", no_argument, NULL, 'N' },
 	{ "debug-forbidden-syscall", no_argument, NULL, 'X' },
+	{ "debug-stall-after", required_argument, NULL, 'Y' },
+	{ "fd-store", no_argument, NULL, 'F' },
+	{ "handover", required_argument, NULL, 'O' },
+	{ "debug-snapshot-version", required_argument, NULL, 'Z' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -133,6 +156,10 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 		case 'H': c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600); break;
 		case 'N': no_sandbox = 1; break;
 		case 'X': debug_forbidden_syscall = 1; break;
+		case 'Y': debug_stall_after = (int)parse_num(name, optarg, 0, 3600); break;
+		case 'F': fd_store = 1; break;
+		case 'O': handover_fd = (int)parse_num(name, optarg, 3, INT_MAX); break;
+		case 'Z': snapshot_version = (uint32_t)parse_num(name, optarg, 0, UINT32_MAX); break;
 		case 'h': usage(stdout); exit(0);
 		case 'V': printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
 		default: usage(stderr); exit(2);
@@ -159,10 +186,19 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
 	struct rp_daemon *d = w->data;
 
 	(void)revents;
-	log_notice("signal %d: stopping; clients fall back to anonymous memory", w->signum);
+	log_notice("signal %d: stopping; %s", w->signum,
+		   persist_fdstore(d) ? "the fd store keeps the clients"
+				      : "clients fall back to anonymous memory");
 	sd_notify(0, "STOPPING=1\nSTATUS=stopping");
 	d->stopping = 1;
 	ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_upgrade(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	handover_request(w->data, -1, 0, 0);
 }
 
 /* Watchdog pings and STATUS= come from the main loop itself: a wedged
@@ -186,6 +222,24 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
 	sd_notify(0, "WATCHDOG=1");
 }
 
+/* --debug-stall-after: the main loop deadlocks for good (a wait on a
+ * condition nobody signals: futex, which the sandbox allows), as a bug
+ * would wedge it; watchdog pings stop, and tests/systemd checks that
+ * systemd restarts us. */
+static void on_debug_stall(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+	static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+
+	(void)loop;
+	(void)t;
+	(void)revents;
+	log_warn("--debug-stall-after: stalling the main loop");
+	pthread_mutex_lock(&m);
+	for (;;)
+		pthread_cond_wait(&never, &m);
+}
+
 static void setup_loop(struct rp_daemon *d)
 {
 	uint64_t usec = 0;
@@ -193,9 +247,11 @@ static void setup_loop(struct rp_daemon *d)
 
 	ev_signal_init(&d->sigterm, on_stop, SIGTERM);
 	ev_signal_init(&d->sigint, on_stop, SIGINT);
-	d->sigterm.data = d->sigint.data = d;
+	ev_signal_init(&d->sighup, on_upgrade, SIGHUP);
+	d->sigterm.data = d->sigint.data = d->sighup.data = d;
 	ev_signal_start(d->loop, &d->sigterm);
 	ev_signal_start(d->loop, &d->sigint);
+	ev_signal_start(d->loop, &d->sighup);
 	if (sd_watchdog_enabled(0, &usec) > 0 && usec / 2e6 < every)
 		every = usec / 2e6;
 	ev_timer_init(&d->watchdog, on_tick, 0., every);
@@ -221,6 +277,7 @@ static int enter_sandbox(struct rp_daemon *d)
 	struct sandbox_opts o = {
 		.notify = getenv("NOTIFY_SOCKET") != NULL,
 		.unlink_socket = d->listen_owned,
+		.snapshot_fd = persist_fd(d),
 	};
 	int r;
 
@@ -233,13 +290,72 @@ static int enter_sandbox(struct rp_daemon *d)
 	return r;
 }
 
-static void shutdown_all(struct rp_daemon *d)
+static void shutdown_all(struct rp_daemon *d, int status)
 {
+	/* With the fd store, nothing of a client's is closed: see handover.h. */
+	if (persist_fdstore(d))
+		handover_detach(d, status);
 	listener_close(d);
 	while (d->sessions)
 		session_close(d->sessions, NULL);
 	workers_stop(d);
+	persist_fini(d);
 	tmpl_store_fini(&d->tmpls);
+}
+
+static int init_persist(struct rp_daemon *d)
+{
+	const char *env = getenv("FDSTORE"); /* systemd >= 254: FileDescriptorStoreMax= */
+	struct persist_opts o = { .version = snapshot_version };
+
+	o.fdstore = fd_store || (env && atoi(env) > 0);
+	if (o.fdstore && !getenv("NOTIFY_SOCKET")) {
+		log_warn("--fd-store: no $NOTIFY_SOCKET, so no fd store: a restart loses every client");
+		o.fdstore = 0;
+	}
+	return persist_init(d, &o);
+}
+
+/* What a previous daemon left: the old daemon's on an upgrade, else
+ * whatever systemd passes (its socket, and the fd store's contents). */
+static int inherit(struct fdset *fds, int *snap_fd)
+{
+	if (handover_fd >= 0) {
+		fds->from = "the previous daemon";
+		return handover_receive(handover_fd, fds, snap_fd);
+	}
+	fds->from = "systemd";
+	int r = fdset_from_systemd(fds);
+	if (r < 0)
+		log_err("cannot take the descriptors systemd passed: %s", strerror(-r));
+	*snap_fd = fdset_take(fds, PERSIST_SNAP_NAME);
+	return 0;
+}
+
+/* Rebuild the state, and on an upgrade take over from the old daemon. */
+static int take_over(struct rp_daemon *d, struct fdset *fds, int snap_fd)
+{
+	struct restore *rs = restore_run(d, fds, snap_fd, handover_fd >= 0);
+
+	fdset_free(fds);
+	if (handover_fd >= 0 && !rs)
+		handover_refuse(handover_fd, -ECANCELED, "cannot rebuild the state");
+	if (handover_fd >= 0 && (!rs || handover_commit(handover_fd) < 0))
+		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on: touch nothing */
+	if (!rs)
+		return -1;
+	restore_finish(d, rs);
+	return 0;
+}
+
+/* A handover can be refused until COMMIT; after, we are the daemon. */
+static int fail_early(const char *why)
+{
+	if (handover_fd >= 0) {
+		handover_refuse(handover_fd, -ECANCELED, why);
+		_exit(HANDOVER_EXIT_FAILED);
+	}
+	return 1;
 }
 
 int main(int argc, char **argv)
@@ -257,8 +373,13 @@ int main(int argc, char **argv)
 						  [ACCT_PROCESSES] = 32768 } },
 		},
 	};
-	int r;
+	struct fdset fds = { 0 };
+	int r, snap_fd = -1;
+	/* getopt permutes argv: the exec helper gets it as it came. */
+	char **args = calloc((size_t)argc + 1, sizeof(*args));
 
+	for (int i = 0; args && i < argc; i++)
+		args[i] = argv[i];
 	parse_args(argc, argv, &d.cfg);
 	if (d.cfg.workers < 1)
 		d.cfg.workers = 1;
@@ -266,26 +387,37 @@ int main(int argc, char **argv)
 	raise_fd_limit();
 	signal(SIGPIPE, SIG_IGN);
 	d.loop = ev_default_loop(EVFLAG_AUTO);
-	if (!d.loop || tmpl_store_init(&d.tmpls, d.cfg.lim.store) < 0) {
+	if (!args || !d.loop || tmpl_store_init(&d.tmpls, d.cfg.lim.store) < 0 ||
+	    init_persist(&d) < 0) {
 		log_err("cannot initialise: out of memory");
-		return 1;
+		return fail_early("out of memory");
 	}
-	if (listener_open(&d) < 0)
-		return 1;
+	persist_loop_made(d.loop);
+	if (inherit(&fds, &snap_fd) < 0)
+		return HANDOVER_EXIT_FAILED;
+	if (listener_open(&d, &fds) < 0)
+		return fail_early("no listening socket");
 	/* Before the first thread: each thread has its own capability sets. */
 	if (!no_sandbox && (r = sandbox_drop_caps()) < 0) {
 		log_err("cannot drop capabilities: %s", strerror(-r));
 		listener_close(&d);
-		return 1;
+		return fail_early("cannot drop capabilities");
 	}
+	/* Single threaded still, and not yet in the sandbox. */
+	handover_helper_start(argc, args);
+	free(args);
 	if ((r = workers_start(&d, d.cfg.workers)) < 0) {
 		log_err("cannot start workers: %s", strerror(-r));
 		listener_close(&d);
+		return fail_early("cannot start workers");
+	}
+	if (take_over(&d, &fds, snap_fd) < 0) {
+		shutdown_all(&d, 1);
 		return 1;
 	}
 	setup_loop(&d);
 	if (enter_sandbox(&d) < 0) {
-		shutdown_all(&d);
+		shutdown_all(&d, 1);
 		return 1;
 	}
 	sd_notifyf(0, "READY=1\nSTATUS=serving, %d workers", d.nworkers);
@@ -293,8 +425,13 @@ int main(int argc, char **argv)
 		   d.nworkers, d.cfg.fault_around, d.cfg.poll_us);
 	if (debug_forbidden_syscall)
 		sandbox_forbidden_syscall();
+	ev_timer stall;
+	if (debug_stall_after >= 0) {
+		ev_timer_init(&stall, on_debug_stall, debug_stall_after, 0.);
+		ev_timer_start(d.loop, &stall);
+	}
 	ev_run(d.loop, 0);
-	shutdown_all(&d);
+	shutdown_all(&d, 0);
 	log_notice("stopped");
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include "acct.h"
 #include "daemon.h"
 #include "log.h"
+#include "persist.h"
 #include "stats.h"
 #include "template.h"
 
@@ -43,13 +44,14 @@ static const struct range_ops mm_range_ops = {
 };
 
 static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
-			      struct rp_tree *tree, pid_t pid)
+			      struct rp_tree *tree, pid_t pid, uint32_t id)
 {
 	struct rp_mm *mm = calloc(1, sizeof(*mm));
 
 	if (!mm)
 		return NULL;
 	range_store = &d->tmpls;
+	mm->snap_id = id ? id : persist_new_id(d, PERSIST_MM);
 	mm->uffd = uffd;
 	mm->uid = a->uid;
 	mm->pid = pid;
@@ -76,7 +78,8 @@ struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, ui
 
 	if (a && tree && (e = -acct_charge(a, ACCT_PROCESSES, 1)) == 0) {
 		atomic_init(&tree->refs, 1);
-		if (!(mm = mm_alloc(d, uffd, features, a, tree, pid))) {
+		tree->snap_id = persist_new_id(d, PERSIST_TREE);
+		if (!(mm = mm_alloc(d, uffd, features, a, tree, pid, 0))) {
 			acct_uncharge(a, ACCT_PROCESSES, 1);
 			e = ENOMEM;
 		}
@@ -86,7 +89,10 @@ struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, ui
 			acct_put(a);
 		free(tree);
 		errno = e;
+		return NULL;
 	}
+	persist_store(d, PERSIST_MM, mm->snap_id, uffd);
+	persist_mm_link(mm);
 	return mm;
 }
 
@@ -113,7 +119,7 @@ struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd)
 		return NULL;
 	}
 	struct acct *a = acct_get(parent->uid);
-	if (!a || !(mm = mm_alloc(parent->d, ufd, parent->features, a, parent->tree, 0))) {
+	if (!a || !(mm = mm_alloc(parent->d, ufd, parent->features, a, parent->tree, 0, 0))) {
 		if (a)
 			acct_put(a);
 		acct_uncharge(parent->acct, ACCT_PROCESSES, 1);
@@ -129,7 +135,39 @@ struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd)
 	if (r < 0)
 		log_err("pid %d: fork child uffd %d: cannot copy ranges: %s", (int)parent->pid, ufd,
 			strerror(-r));
+	persist_store(mm->d, PERSIST_MM, mm->snap_id, ufd);
+	persist_mm_link(mm);
 	return mm;
+}
+
+struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid,
+			 struct rp_tree **tree, int is_child, uint32_t id)
+{
+	struct acct *a = acct_get(uid);
+	struct rp_mm *mm = NULL;
+
+	if (a && !*tree && (*tree = calloc(1, sizeof(**tree))))
+		atomic_init(&(*tree)->refs, 0);
+	if (a && *tree && (mm = mm_alloc(d, uffd, features, a, *tree, pid, id))) {
+		acct_adjust(a, ACCT_PROCESSES, 1);
+		atomic_fetch_add(&(*tree)->refs, 1);
+		mm->is_child = is_child;
+		return mm;
+	}
+	if (a)
+		acct_put(a);
+	return NULL;
+}
+
+int mm_restore_range(struct rp_mm *mm, uint64_t start, uint64_t end, struct tmpl *t)
+{
+	pthread_mutex_lock(&mm->lock);
+	size_t n0 = mm->ranges.n;
+	uint64_t b0 = mm->ranges.bytes;
+	int r = range_insert(&mm->ranges, start, end, t);
+	mm_account(mm, n0, b0);
+	pthread_mutex_unlock(&mm->lock);
+	return r;
 }
 
 void mm_ref(struct rp_mm *mm)
@@ -142,6 +180,7 @@ static void mm_free(struct rp_mm *mm)
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
 
+	persist_mm_unlink(mm);
 	range_table_fini(&mm->ranges);
 	mm_account(mm, n0, b0);
 	pthread_mutex_destroy(&mm->lock);
@@ -191,6 +230,8 @@ void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0)
 	stat_add(PROTO_STAT_BYTES, db);
 	acct_adjust(mm->acct, ACCT_RANGES, dn);
 	acct_adjust(mm->acct, ACCT_BYTES, db);
+	if (dn || db)
+		persist_changed(mm->d);
 }
 
 int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
@@ -233,19 +274,57 @@ int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len)
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
-	/* Only what we registered, piece by piece: parts already unmapped by
-	 * the process leave holes the kernel would refuse in one call. */
-	for (size_t i = 0; i < mm->ranges.n; i++) {
-		struct range *p = &mm->ranges.v[i];
-		uint64_t s = p->start > addr ? p->start : addr;
-		uint64_t e = p->end < end ? p->end : end;
-		if (s < e)
-			uffd_unregister(mm->uffd, s, e - s);
+	struct range *in = range_lookup(&mm->ranges, addr);
+	if (in && in->start < addr && end < in->end) {
+		/* A hole in one piece: the only cut that needs a table slot,
+		 * which the limit may refuse. The table goes first, so that a
+		 * refusal leaves the range registered and served. */
+		removed = range_remove(&mm->ranges, addr, end);
+		if (removed >= 0)
+			uffd_unregister(mm->uffd, addr, len);
+	} else {
+		/* Only what we registered, piece by piece: parts already
+		 * unmapped by the process leave holes the kernel would refuse
+		 * in one call. This cut frees slots and cannot fail. */
+		for (size_t i = 0; i < mm->ranges.n; i++) {
+			struct range *p = &mm->ranges.v[i];
+			uint64_t s = p->start > addr ? p->start : addr;
+			uint64_t e = p->end < end ? p->end : end;
+			if (s < e)
+				uffd_unregister(mm->uffd, s, e - s);
+		}
+		removed = range_remove(&mm->ranges, addr, end);
 	}
-	removed = range_remove(&mm->ranges, addr, end);
 	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
+	/* As for MAP: a full table is the client's limit. */
+	if (removed == -ENOSPC)
+		return -EDQUOT;
 	return removed < 0 ? (int)removed : 0;
+}
+
+/* The kernel has made the change already: the table follows it even past
+ * its limit (a hole or a move may need pieces), or it would go on
+ * charging, and standing in the way of, memory that is gone. The next MAP
+ * is refused until the table is back under its limit. */
+static long long follow_unmap(struct range_table *rt, uint64_t start, uint64_t end)
+{
+	size_t max = rt->max;
+
+	rt->max = 0;
+	long long r = range_remove(rt, start, end);
+	rt->max = max;
+	return r;
+}
+
+static int follow_move(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len)
+{
+	size_t max = rt->max;
+
+	rt->max = 0;
+	int r = range_move(rt, from, to, len);
+	rt->max = max;
+	return r;
 }
 
 void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
@@ -253,7 +332,7 @@ void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
-	long long r = range_remove(&mm->ranges, start, end);
+	long long r = follow_unmap(&mm->ranges, start, end);
 	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	if (r < 0)
@@ -267,7 +346,7 @@ void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
-	int r = range_move(&mm->ranges, from, to, len);
+	int r = follow_move(&mm->ranges, from, to, len);
 	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	if (r < 0)
@@ -278,7 +357,7 @@ void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 
 /* An anonymous inode's link reads "anon_inode:[name]": the only way to
  * tell a uffd from an eventfd or a pipe before trusting it with ioctls. */
-static int is_uffd(int fd)
+int mm_is_uffd(int fd)
 {
 	char path[64], link[64];
 
@@ -294,7 +373,7 @@ long long mm_uffd_handshake(int fd, uint64_t *features)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = RP_UFFD_FEATURES };
 
-	if (!is_uffd(fd))
+	if (!mm_is_uffd(fd))
 		return -EBADF;
 	if (ioctl(fd, UFFDIO_API, &api) < 0)
 		return -errno;

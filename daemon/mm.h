@@ -28,6 +28,7 @@ struct rp_tree {
 	atomic_uint procs;  /* live mms in the tree */
 	atomic_uint refs;
 	atomic_int warned;  /* descendant limit hit logged once */
+	uint32_t snap_id;   /* in the snapshot (persist.c) */
 };
 
 struct pending_fault {
@@ -61,6 +62,11 @@ struct rp_mm {
 	ev_tstamp probe_at, probe_every;
 	struct rp_mm *prev, *next; /* worker's list */
 	struct rp_mm *add_next, *del_next; /* worker inboxes */
+	/* The snapshot (persist.c): "u<snap_id>" in the fd store, and the
+	 * registry of everything served, under its lock. */
+	uint32_t snap_id;
+	int snap_linked;
+	struct rp_mm *snap_prev, *snap_next;
 };
 
 /* A client's mm for uffd (already through UFFDIO_API), one reference
@@ -85,6 +91,20 @@ void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0);
 /* Apply range bookkeeping of uffd events (called by the worker). */
 void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end);
 void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len);
+
+/* A served address space brought back by a restart (restore.c): uffd is
+ * past UFFDIO_API and its ranges are registered already; *tree is made if
+ * NULL. Charged to uid without limits (the kernel side exists already).
+ * One reference held; not served and not in the snapshot until
+ * persist_mm_link. NULL on ENOMEM. */
+struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid,
+			 struct rp_tree **tree, int is_child, uint32_t id);
+/* Put back one range of a restored mm, without registering it again. 0 or
+ * -errno (range_insert's). */
+int mm_restore_range(struct rp_mm *mm, uint64_t start, uint64_t end, struct tmpl *t);
+
+/* 1 if fd is a userfaultfd (its /proc/self/fd link). */
+int mm_is_uffd(int fd);
 
 /* Check that fd is a userfaultfd and do the API handshake on it. Returns
  * the features granted or -errno (-EBADF: not a uffd; -EINVAL: handshake

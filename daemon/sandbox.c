@@ -79,7 +79,8 @@ int sandbox_drop_caps(void)
 	if (cap_has(d, CAP_SETPCAP, 1) && (r = drop_bounding()) < 0)
 		return r;
 	/* Lowering the ambient set needs no privilege; EINVAL: no ambient
-	 * capabilities on this kernel. We never execve, so none is needed. */
+	 * capabilities on this kernel. We never execve, so none is needed
+	 * (the exec helper, handover.c, raises what the next binary needs). */
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
 		return -errno;
 	int change = 0;
@@ -117,7 +118,8 @@ struct sb_rule {
 
 /* What the daemon does once it serves, in every build. */
 static const struct sb_rule rules[] = {
-	/* libev's epoll backend: every loop (main, workers) */
+	/* libev's epoll backend: every loop (main, workers); persist.c takes
+	 * an fd the fd store may still hold out of a loop before closing it */
 	ALLOW(epoll_wait),
 	ALLOW(epoll_ctl),
 	/* uffd messages (worker.c); libev wake-ups: eventfd reads and the
@@ -204,6 +206,13 @@ static const struct sb_rule unlink_rules[] = {
 	ALLOW(unlink),
 };
 
+/* Restarts and upgrades: handover.c waits for the new binary and the exec
+ * helper with a deadline (glibc's poll() is ppoll on some builds). */
+static const struct sb_rule handover_rules[] = {
+	ALLOW(poll),
+	ALLOW(ppoll),
+};
+
 #ifdef RP_SANITIZER
 /* Sanitizer runtimes only (RP_ASAN/RP_UBSAN builds), never in a release
  * build: reports, thread teardown and LeakSanitizer's check at exit (a
@@ -272,6 +281,15 @@ static int build_filter(scmp_filter_ctx ctx, const struct sandbox_opts *o)
 	if (o->notify && (r = ADD(ctx, notify_rules)) < 0)
 		return r;
 	if (o->unlink_socket && (r = ADD(ctx, unlink_rules)) < 0)
+		return r;
+	if ((r = ADD(ctx, handover_rules)) < 0)
+		return r;
+	/* persist.c writes the state snapshot: into that memfd and no other
+	 * file (template pages, bodies, slot descriptors). */
+	const struct sb_rule snapshot_rules[] = {
+		ALLOW1(pwrite64, ARG_EQ(0, o->snapshot_fd)),
+	};
+	if (o->snapshot_fd >= 0 && (r = ADD(ctx, snapshot_rules)) < 0)
 		return r;
 #ifdef RP_SANITIZER
 	if ((r = ADD(ctx, sanitizer_rules)) < 0)

@@ -9,8 +9,9 @@
 
 /* Keep CAP_SYS_PTRACE (UFFD_FEATURE_EVENT_FORK needs it), drop every other
  * capability from the effective, permitted and inheritable sets and, when
- * we may (CAP_SETPCAP), from the bounding set; clear the ambient set (we
- * never execve). Having fewer capabilities already, CAP_SYS_PTRACE
+ * we may (CAP_SETPCAP), from the bounding set; clear the ambient set (the
+ * daemon never execve's; the exec helper of handover.c raises
+ * CAP_SYS_PTRACE in it again for the binary it starts). Having fewer capabilities already, CAP_SYS_PTRACE
  * included, is not an error. Call it before starting any thread. 0 or
  * -errno. */
 int sandbox_drop_caps(void);
@@ -18,6 +19,7 @@ int sandbox_drop_caps(void);
 struct sandbox_opts {
 	int notify;        /* $NOTIFY_SOCKET is set: sd_notify needs a socket */
 	int unlink_socket; /* we bound the socket path and unlink it at exit */
+	int snapshot_fd;   /* the state snapshot (persist.c), written to, -1: none */
 };
 
 /* PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE 0, then the seccomp allow-list

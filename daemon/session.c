@@ -17,7 +17,9 @@
 #include "acct.h"
 #include "daemon.h"
 #include "log.h"
+#include "handover.h"
 #include "mm.h"
+#include "persist.h"
 #include "proto.h"
 #include "stats.h"
 #include "template.h"
@@ -61,6 +63,25 @@ static void refuse(int fd, int32_t status)
 	close(fd);
 }
 
+/* Serve s (acct charged, fd non-blocking) from now on. */
+static void session_init(struct rp_daemon *d, struct session *s, int fd, const struct ucred *cred,
+			 uint32_t id)
+{
+	s->d = d;
+	s->fd = fd;
+	s->snap_id = id;
+	s->pid = cred->pid;
+	s->uid = cred->uid;
+	s->gid = cred->gid;
+	ev_io_init(&s->io, on_readable, fd, EV_READ);
+	s->io.data = s;
+	ev_io_start(d->loop, &s->io);
+	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
+	s->hello_timer.data = s;
+	ev_timer_start(d->loop, &s->hello_timer);
+	list_add(d, s);
+}
+
 void session_start(struct rp_daemon *d, int fd)
 {
 	struct session *s = calloc(1, sizeof(*s));
@@ -80,19 +101,22 @@ void session_start(struct rp_daemon *d, int fd)
 		refuse(fd, -EMFILE);
 		return;
 	}
-	s->d = d;
-	s->fd = fd;
-	s->pid = cred.pid;
-	s->uid = cred.uid;
-	s->gid = cred.gid;
-	ev_io_init(&s->io, on_readable, fd, EV_READ);
-	s->io.data = s;
-	ev_io_start(d->loop, &s->io);
-	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
-	s->hello_timer.data = s;
-	ev_timer_start(d->loop, &s->hello_timer);
-	list_add(d, s);
+	session_init(d, s, fd, &cred, persist_new_id(d, PERSIST_SESSION));
+	persist_store(d, PERSIST_SESSION, s->snap_id, fd);
 	log_debug("pid %d uid %d: connected (fd %d)", (int)s->pid, (int)s->uid, fd);
+}
+
+struct session *session_adopt(struct rp_daemon *d, int fd, const struct ucred *cred, uint32_t id)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (!s || !(s->acct = acct_get(cred->uid))) {
+		free(s);
+		return NULL;
+	}
+	acct_adjust(s->acct, ACCT_CONNECTIONS, 1);
+	session_init(d, s, fd, cred, id);
+	return s;
 }
 
 static void drop_templates(struct session *s)
@@ -111,6 +135,9 @@ void session_close(struct session *s, const char *why)
 {
 	struct rp_daemon *d = s->d;
 
+	/* A request left unread makes the kernel reset the connection,
+	 * and the client would not see our last reply. */
+	session_consume(s);
 	if (why) {
 		log_warn("pid %d uid %d fd %d: closing client: %s", (int)s->pid, (int)s->uid, s->fd, why);
 		stat_inc(PROTO_STAT_CLIENTS_CLOSED);
@@ -126,9 +153,12 @@ void session_close(struct session *s, const char *why)
 	drop_templates(s);
 	acct_uncharge(s->acct, ACCT_CONNECTIONS, 1);
 	acct_put(s->acct);
-	close(s->fd);
+	/* The fd store's copy would keep the connection open. */
+	persist_unstore(d, PERSIST_SESSION, s->snap_id);
+	persist_close_watched(d->loop, s->fd);
 	list_del(d, s);
 	free(s);
+	persist_changed(d);
 }
 
 static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -143,12 +173,32 @@ static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 static int reply(struct session *s, uint32_t seq, int32_t status, uint32_t id, uint64_t value)
 {
 	struct proto_reply r = { .status = status, .id = id, .value = value };
+
+	/* Kept, with the state it answers, before the client sees it: a
+	 * mapping the client was told about is in the snapshot before its
+	 * first fault, and a request a killed daemon answered but did not
+	 * consume is answered again, not done twice (handle_one). */
+	s->last = r;
+	s->last_seq = seq;
+	s->replied = 1;
+	persist_sync(s->d);
 	int e = proto_send(s->fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 
 	if (e == 0)
 		return 0;
 	session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
 	return -1;
+}
+
+/* The last word to a client being closed: the reply is best effort (its
+ * socket may be full), and the session is closed exactly once. */
+static void reply_and_close(struct session *s, uint32_t seq, int32_t status, uint32_t id,
+			    const char *why)
+{
+	struct proto_reply r = { .status = status, .id = id };
+
+	proto_send(s->fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
+	session_close(s, why);
 }
 
 static int grow_handles(struct session *s)
@@ -284,30 +334,28 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 
 	if (s->mm) {
 		close(fd);
-		reply(s, seq, -EPROTO, 0, 0);
-		session_close(s, "second HELLO");
+		reply_and_close(s, seq, -EPROTO, 0, "second HELLO");
 		return -1;
 	}
 	if (h->page_size != TMPL_PAGE) {
 		close(fd);
-		reply(s, seq, -EINVAL, PROTO_VERSION, 0);
-		session_close(s, "page size mismatch");
+		reply_and_close(s, seq, -EINVAL, PROTO_VERSION, "page size mismatch");
 		return -1;
 	}
 	r = mm_uffd_handshake(fd, &features);
 	if (r < 0) {
 		close(fd);
-		reply(s, seq, (int32_t)r, PROTO_VERSION, 0);
-		session_close(s, r == -EBADF ? "HELLO fd is not a userfaultfd"
-					      : "userfaultfd handshake refused");
+		reply_and_close(s, seq, (int32_t)r, PROTO_VERSION,
+				r == -EBADF ? "HELLO fd is not a userfaultfd"
+					    : "userfaultfd handshake refused");
 		return -1;
 	}
 	s->mm = mm_new_client(s->d, fd, features, s->uid, s->pid);
 	if (!s->mm) {
 		int e = errno;
 		close(fd);
-		reply(s, seq, -e, PROTO_VERSION, 0);
-		session_close(s, e == EDQUOT ? "process limit of its uid reached" : "out of memory");
+		reply_and_close(s, seq, -e, PROTO_VERSION,
+				e == EDQUOT ? "process limit of its uid reached" : "out of memory");
 		return -1;
 	}
 	s->mm->w = daemon_pick_worker(s->d);
@@ -330,9 +378,15 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 		ev_timer_stop(s->d->loop, &s->hello_timer);
 		return do_stats(s, h->seq);
 	}
+	if (h->type == PROTO_UPGRADE) {
+		ev_timer_stop(s->d->loop, &s->hello_timer);
+		/* Gone from the socket first: the next daemon must not upgrade again. */
+		session_consume(s);
+		handover_request(s->d, s->fd, h->seq, s->uid);
+		return 0;
+	}
 	if (!s->mm) {
-		reply(s, h->seq, -EPROTO, 0, 0);
-		session_close(s, "request before HELLO");
+		reply_and_close(s, h->seq, -EPROTO, 0, "request before HELLO");
 		return -1;
 	}
 	switch (h->type) {
@@ -356,17 +410,64 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 
 /* Read and handle one packet. Returns 1 to go on, 0 when drained, -1 if s
  * was closed. */
+void session_consume(struct session *s)
+{
+	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
+	int fd, nfds, trunc;
+
+	if (!s->peeked)
+		return;
+	s->peeked = 0;
+	proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* A restored session's first request may be the one the previous daemon
+ * answered (the answer is in the snapshot) but had not taken off the
+ * socket yet: it is answered again, not done twice. A client that already
+ * had the answer skips it as stale. 1 if so, 0 if not, -1 if s was closed. */
+static int replayed(struct session *s, const struct proto_hdr *h, int fd)
+{
+	int first = s->replay;
+
+	s->replay = 0;
+	if (!first || !s->replied || h->seq != s->last_seq || h->type == PROTO_STATS ||
+	    h->type == PROTO_UPGRADE)
+		return 0;
+	if (fd >= 0)
+		close(fd);
+	log_info("pid %d uid %d: %s seq %u was answered before the restart: answering again",
+		 (int)s->pid, (int)s->uid, proto_type_name(h->type), h->seq);
+	int e = proto_send(s->fd, PROTO_REPLY, h->seq, &s->last, sizeof(s->last), -1, MSG_DONTWAIT);
+	if (e) {
+		session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
+		return -1;
+	}
+	session_consume(s);
+	return 1;
+}
+
+/* A request is peeked at, handled, answered and only then taken off the
+ * socket: a daemon killed in between leaves it there for the next one. */
 static int handle_one(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
 	const struct proto_hdr *h = NULL;
 	int fd, nfds, trunc;
-	long n = proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT);
+	long n = proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT | MSG_PEEK);
+
+	s->peeked = n >= 0;
 
 	if (n == -EAGAIN)
 		return 0;
 	if (n <= 0) {
-		session_close(s, n == 0 || n == -ECONNRESET ? NULL : "receive failed");
+		/* An empty packet reads as end of file, but may still carry
+		 * descriptors: each one would leak. */
+		if (fd >= 0)
+			close(fd);
+		session_close(s, nfds ? "bad message: empty, with a file descriptor"
+			      : n == 0 || n == -ECONNRESET ? NULL : "receive failed");
 		return -1;
 	}
 	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);
@@ -378,13 +479,17 @@ static int handle_one(struct session *s)
 		uint32_t seq = 0;
 		if (n >= (long)sizeof(struct proto_hdr))
 			seq = ((const struct proto_hdr *)buf)->seq;
-		struct proto_reply r = { .status = e == PROTO_EVERSION ? -EPROTO : -EBADMSG };
-		proto_send(s->fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 		snprintf(why, sizeof(why), "bad message: %s", proto_err_str(e));
-		session_close(s, why);
+		reply_and_close(s, seq, e == PROTO_EVERSION ? -EPROTO : -EBADMSG, 0, why);
 		return -1;
 	}
-	return dispatch(s, h, fd) < 0 ? -1 : 1;
+	int r = replayed(s, h, fd);
+	if (r)
+		return r;
+	if (dispatch(s, h, fd) < 0)
+		return -1;
+	session_consume(s);
+	return 1;
 }
 
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)

@@ -5,7 +5,10 @@
 
 #include <ev.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+
+#include "proto.h"
 
 struct acct;
 struct rp_daemon;
@@ -26,10 +29,24 @@ struct session {
 	uint32_t *tmpl_uses;     /* how many times the handle was handed out */
 	uint32_t ntmpls, captmpls;
 	struct session *prev, *next;
+	/* Restarts (persist.c, restore.c): "c<snap_id>" in the fd store; the
+	 * last reply sent, kept in the snapshot; the request being handled is
+	 * still on the socket (peeked); the first request after a restore may
+	 * be the last one again. */
+	uint32_t snap_id;
+	uint32_t last_seq;
+	struct proto_reply last;
+	uint8_t replied, peeked, replay;
 };
 
 /* Takes over fd (accepted, non-blocking). */
 void session_start(struct rp_daemon *d, int fd);
+/* A connection brought back by a restart (restore.c), with the peer's
+ * credentials from then: charged without limits, its HELLO timer running.
+ * NULL on ENOMEM (fd untouched). */
+struct session *session_adopt(struct rp_daemon *d, int fd, const struct ucred *cred, uint32_t id);
+/* Take the request being handled off the socket (see handle_one). */
+void session_consume(struct session *s);
 /* Close with a logged reason (NULL: orderly). */
 void session_close(struct session *s, const char *why);
 

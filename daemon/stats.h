@@ -1,5 +1,6 @@
 /* Daemon-wide counters, indexed by enum proto_stat: atomics, bumped from
- * the main loop and every worker. */
+ * the main loop and every worker. Once serving they live in the state
+ * snapshot's memfd (persist.c), so that they outlive the process. */
 #ifndef REFPAGED_STATS_H
 #define REFPAGED_STATS_H
 
@@ -8,7 +9,20 @@
 
 #include "proto.h"
 
-extern _Atomic uint64_t rp_stats[PROTO_STAT_COUNT];
+extern _Atomic uint64_t *rp_stats;
+
+/* Point the counters at v (its values already set), before any thread
+ * but the main one counts. */
+void stats_move(_Atomic uint64_t *v);
+/* The counters back in the process, with their values (at exit). */
+void stats_move_home(void);
+
+/* Gauges follow what the daemon holds; the others only ever add up. */
+static inline int stat_is_gauge(unsigned s)
+{
+	return s == PROTO_STAT_CLIENTS || s == PROTO_STAT_PROCESSES || s == PROTO_STAT_RANGES ||
+	       s == PROTO_STAT_BYTES || s == PROTO_STAT_TEMPLATES;
+}
 
 static inline void stat_add(enum proto_stat s, int64_t v)
 {

@@ -253,6 +253,15 @@ size_t tmpl_count(struct tmpl_store *s)
 	return n;
 }
 
+void tmpl_store_foreach(struct tmpl_store *s, void (*fn)(struct tmpl *t, void *arg), void *arg)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nbuckets; i++)
+		for (struct tmpl *t = s->buckets[i]; t; t = t->next)
+			fn(t, arg);
+	pthread_mutex_unlock(&s->lock);
+}
+
 static uint8_t *slab_make(const uint8_t *page)
 {
 	size_t len = (size_t)TMPL_SLAB_PAGES * TMPL_PAGE;

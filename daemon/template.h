@@ -21,6 +21,10 @@ struct tmpl {
 	uint8_t is_zero;     /* all zero: read faults can use UFFDIO_ZEROPAGE */
 	uint8_t reserved[3];
 	struct tmpl *next;   /* hash chain */
+	/* daemon/persist.c's: where the page is in the snapshot (page + 1,
+	 * 0: not written yet), its CRC32C, and its position in the body being
+	 * built. Only the main thread touches them. */
+	uint32_t snap_page, snap_crc, snap_pos;
 };
 
 struct tmpl_store {
@@ -42,6 +46,9 @@ struct tmpl *tmpl_get_fill(struct tmpl_store *s, uint8_t byte);
 void tmpl_ref(struct tmpl_store *s, struct tmpl *t);
 void tmpl_put(struct tmpl_store *s, struct tmpl *t);
 size_t tmpl_count(struct tmpl_store *s);
+/* fn on every live template, under the store lock: fn must not call into
+ * the store. */
+void tmpl_store_foreach(struct tmpl_store *s, void (*fn)(struct tmpl *t, void *arg), void *arg);
 
 /* n (1..TMPL_SLAB_PAGES) consecutive copies of the page, for one
  * UFFDIO_COPY of n pages. NULL and errno ENOMEM if the slab cannot be made

@@ -14,6 +14,7 @@
 #include "fault.h"
 #include "log.h"
 #include "mm.h"
+#include "persist.h"
 #include "stats.h"
 
 /* Messages taken per read(2), and reads per wake-up of one uffd before the
@@ -116,8 +117,11 @@ static void retire(struct worker *w, struct rp_mm *mm)
 	unwatch(w, mm);
 	list_unlink(w, mm);
 	atomic_store(&mm->dead, 1);
+	/* The fd store's copy would keep the uffd open: it goes too. */
+	persist_unstore(w->d, PERSIST_MM, mm->snap_id);
+	persist_changed(w->d);
 	pthread_mutex_lock(&mm->lock);
-	close(mm->uffd);
+	persist_close_watched(w->loop, mm->uffd);
 	mm->uffd = -1;
 	pthread_mutex_unlock(&mm->lock);
 	mm_put(mm);
@@ -401,6 +405,21 @@ static void take_inbox(struct worker *w, struct rp_mm **add, struct rp_mm **del,
 	pthread_mutex_unlock(&w->inbox_lock);
 }
 
+/* workers_pause: nothing of this loop runs until workers_resume; faults
+ * wait in the kernel meanwhile. */
+static void pause_here(struct worker *w)
+{
+	pthread_mutex_lock(&w->inbox_lock);
+	if (w->pause) {
+		w->paused = 1;
+		pthread_cond_broadcast(&w->cond);
+		while (w->pause)
+			pthread_cond_wait(&w->cond, &w->inbox_lock);
+		w->paused = 0;
+	}
+	pthread_mutex_unlock(&w->inbox_lock);
+}
+
 static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 {
 	struct worker *w = ev_userdata(loop);
@@ -423,7 +442,9 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 		while (w->mms)
 			retire(w, w->mms);
 		ev_break(loop, EVBREAK_ALL);
+		return;
 	}
+	pause_here(w);
 }
 
 static void *worker_main(void *arg)
@@ -441,8 +462,10 @@ static int worker_init(struct rp_daemon *d, struct worker *w, int id)
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop)
 		return -ENOMEM;
+	persist_loop_made(w->loop);
 	ev_set_userdata(w->loop, w);
 	pthread_mutex_init(&w->inbox_lock, NULL);
+	pthread_cond_init(&w->cond, NULL);
 	ev_async_init(&w->wake, on_wake);
 	ev_async_start(w->loop, &w->wake);
 	ev_timer_init(&w->probe, on_timer, PROBE_MIN_S, 0.);
@@ -480,6 +503,7 @@ void workers_stop(struct rp_daemon *d)
 		pthread_join(d->workers[i].thread, NULL);
 		ev_loop_destroy(d->workers[i].loop);
 		pthread_mutex_destroy(&d->workers[i].inbox_lock);
+		pthread_cond_destroy(&d->workers[i].cond);
 	}
 	free(d->workers);
 	d->workers = NULL;
@@ -502,4 +526,33 @@ void worker_del(struct worker *w, struct rp_mm *mm)
 	w->inbox_del = mm;
 	pthread_mutex_unlock(&w->inbox_lock);
 	ev_async_send(w->loop, &w->wake);
+}
+
+void workers_pause(struct rp_daemon *d)
+{
+	for (int i = 0; i < d->nworkers; i++) {
+		struct worker *w = &d->workers[i];
+		pthread_mutex_lock(&w->inbox_lock);
+		w->pause = 1;
+		pthread_mutex_unlock(&w->inbox_lock);
+		ev_async_send(w->loop, &w->wake);
+	}
+	for (int i = 0; i < d->nworkers; i++) {
+		struct worker *w = &d->workers[i];
+		pthread_mutex_lock(&w->inbox_lock);
+		while (!w->paused)
+			pthread_cond_wait(&w->cond, &w->inbox_lock);
+		pthread_mutex_unlock(&w->inbox_lock);
+	}
+}
+
+void workers_resume(struct rp_daemon *d)
+{
+	for (int i = 0; i < d->nworkers; i++) {
+		struct worker *w = &d->workers[i];
+		pthread_mutex_lock(&w->inbox_lock);
+		w->pause = 0;
+		pthread_cond_broadcast(&w->cond);
+		pthread_mutex_unlock(&w->inbox_lock);
+	}
 }

@@ -22,12 +22,19 @@ struct worker {
 	struct rp_mm *inbox_add; /* through ->add_next */
 	struct rp_mm *inbox_del; /* through ->del_next */
 	int stop;
+	int pause, paused;       /* workers_pause, under inbox_lock */
+	pthread_cond_t cond;     /* paused or resumed */
 	struct rp_mm *mms;       /* served here, doubly linked */
 	atomic_uint nmms;
 };
 
 int workers_start(struct rp_daemon *d, int n);
 void workers_stop(struct rp_daemon *d);
+
+/* Main thread: stop every worker's loop (between two callbacks: no fault,
+ * event or probe half handled), and go on. For the handover. */
+void workers_pause(struct rp_daemon *d);
+void workers_resume(struct rp_daemon *d);
 
 /* From any thread: serve mm on w (takes over the caller's reference). */
 void worker_add(struct worker *w, struct rp_mm *mm);

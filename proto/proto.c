@@ -38,6 +38,7 @@ const char *proto_type_name(uint16_t type)
 	case PROTO_MAP: return "MAP";
 	case PROTO_UNMAP: return "UNMAP";
 	case PROTO_STATS: return "STATS";
+	case PROTO_UPGRADE: return "UPGRADE";
 	case PROTO_REPLY: return "REPLY";
 	case PROTO_STATS_REPLY: return "STATS_REPLY";
 	default: return "?";
@@ -83,6 +84,7 @@ long proto_payload_len(uint16_t type)
 	case PROTO_MAP: return sizeof(struct proto_map);
 	case PROTO_UNMAP: return sizeof(struct proto_unmap);
 	case PROTO_STATS: return 0;
+	case PROTO_UPGRADE: return sizeof(struct proto_upgrade);
 	case PROTO_REPLY: return sizeof(struct proto_reply);
 	case PROTO_STATS_REPLY: return sizeof(struct proto_stats_reply);
 	default: return -1;
@@ -91,7 +93,7 @@ long proto_payload_len(uint16_t type)
 
 static int is_request(uint16_t type)
 {
-	return type >= PROTO_HELLO && type <= PROTO_STATS;
+	return type >= PROTO_HELLO && type <= PROTO_UPGRADE;
 }
 
 static int all_zero(const uint8_t *p, size_t n)
@@ -124,6 +126,10 @@ static enum proto_err check_reserved(uint16_t type, const void *payload)
 	case PROTO_MAP: {
 		const struct proto_map *m = payload;
 		return m->flags ? PROTO_ERESERVED : PROTO_OK;
+	}
+	case PROTO_UPGRADE: {
+		const struct proto_upgrade *u = payload;
+		return u->flags || u->reserved ? PROTO_ERESERVED : PROTO_OK;
 	}
 	default:
 		return PROTO_OK;

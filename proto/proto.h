@@ -29,6 +29,7 @@ enum proto_type {
 	PROTO_MAP = 5,              /* c->d */
 	PROTO_UNMAP = 6,            /* c->d */
 	PROTO_STATS = 7,            /* c->d */
+	PROTO_UPGRADE = 8,          /* c->d: re-exec the daemon binary, keeping every client */
 	PROTO_REPLY = 64,           /* d->c: answer to every request but STATS */
 	PROTO_STATS_REPLY = 65,     /* d->c */
 	PROTO_TYPE_MAX = 66
@@ -86,9 +87,23 @@ struct proto_unmap {
 };
 _Static_assert(sizeof(struct proto_unmap) == 16, "proto_unmap size");
 
+/* UPGRADE: the daemon re-executes its binary (the file at the path it was
+ * started from, so a new version installed there), handing over every
+ * client; only root and the daemon's own uid may ask. Allowed before
+ * HELLO, like STATS. The reply comes once it is done: status 0 and id the
+ * new daemon's pid; -EPERM; -EBUSY (one at a time); -EOPNOTSUPP (no exec
+ * helper); -EPROTONOSUPPORT (the new binary cannot read the state
+ * snapshot: the old one goes on serving); -ECANCELED (the new binary
+ * failed otherwise: the old one goes on serving). */
+struct proto_upgrade {
+	uint32_t flags;    /* zero */
+	uint32_t reserved; /* zero */
+};
+_Static_assert(sizeof(struct proto_upgrade) == 8, "proto_upgrade size");
+
 struct proto_reply {
 	int32_t status; /* 0 or -errno */
-	uint32_t id;    /* TEMPLATE_*: the template id; HELLO: PROTO_VERSION */
+	uint32_t id;    /* TEMPLATE_*: the template id; HELLO: PROTO_VERSION; UPGRADE: new pid */
 	uint64_t value; /* HELLO: uffd features granted; else zero */
 };
 _Static_assert(sizeof(struct proto_reply) == 16, "proto_reply size");

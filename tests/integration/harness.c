@@ -50,6 +50,11 @@ const char *h_daemon_prog(void)
 	return RP_DAEMON_PATH;
 }
 
+const char *h_ctl_prog(void)
+{
+	return RP_CTL_PATH;
+}
+
 /* --- environment ------------------------------------------------------ */
 
 int h_make_uffd(void)
@@ -203,8 +208,12 @@ static void exec_daemon(const struct h_daemon *d)
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() == 1)
 		_exit(127);
-	execl(RP_DAEMON_PATH, RP_DAEMON_PATH, "--socket", d->sock, "--log-level", "debug",
-	      (char *)NULL);
+	const char *argv[64] = { RP_DAEMON_PATH, "--socket", d->sock, "--log-level", "debug" };
+	int n = 5;
+	for (int i = 0; d->extra && d->extra[i] && n < 63; i++)
+		argv[n++] = d->extra[i];
+	argv[n] = NULL;
+	execv(RP_DAEMON_PATH, (char *const *)argv);
 	_exit(127);
 }
 
@@ -242,7 +251,13 @@ int h_daemon_respawn(struct h_daemon *d)
 
 int h_daemon_start(struct h_daemon *d)
 {
+	return h_daemon_start_args(d, NULL);
+}
+
+int h_daemon_start_args(struct h_daemon *d, const char *const *extra)
+{
 	memset(d, 0, sizeof(*d));
+	d->extra = extra;
 	strcpy(d->dir, "/tmp/rp-itest-XXXXXX");
 	if (!mkdtemp(d->dir) || chmod(d->dir, 0755) < 0) {
 		fprintf(stderr, "harness: temp dir: %s\n", strerror(errno));

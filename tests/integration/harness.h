@@ -29,6 +29,7 @@ struct h_daemon {
 	char log[128];
 	pid_t pid;        /* 0: not running */
 	off_t log_mark;   /* log offset where the current test started */
+	const char *const *extra; /* more daemon options (NULL-terminated) or NULL */
 };
 
 double h_now(void);
@@ -40,6 +41,9 @@ int h_can_run_as_nobody(char *why, size_t n);
 
 /* Make the temp dir and start refpaged on dir/sock; 0 or -1 (log printed). */
 int h_daemon_start(struct h_daemon *d);
+/* The same with more options after the harness's own (e.g. limits):
+ * extra is NULL-terminated and must outlive the daemon (respawns reuse it). */
+int h_daemon_start_args(struct h_daemon *d, const char *const *extra);
 /* Start refpaged again on the same socket path (after h_daemon_kill). */
 int h_daemon_respawn(struct h_daemon *d);
 /* SIGKILL and reap. */
@@ -103,6 +107,7 @@ int h_reap(pid_t pid, double timeout_s);
 const char *h_client_prog(void);
 const char *h_fork_prog(void);
 const char *h_daemon_prog(void);
+const char *h_ctl_prog(void);
 
 /* Raw protocol. */
 int h_dial(const char *path);

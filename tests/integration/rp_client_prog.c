@@ -8,7 +8,8 @@
  *       fork semantics, a grandchild, and the library in fork children.
  *   rp_client_prog fault-forever SOCKET THREADS [fork]
  *       maps 256 MiB and faults it in THREADS threads (and in a fork child
- *       with "fork") until killed; prints "ready" once faults are flowing.
+ *       with "fork") until killed; prints "ready WHO PID ADDR" (ADDR: the
+ *       mapping) once faults are flowing.
  *
  * Exit status 0 when every check held; 1 after a "FAIL: ..." line. */
 #include <errno.h>
@@ -327,7 +328,7 @@ static void ff_run(struct ff *ff, const char *who)
 	}
 	while (atomic_load(&ff->faults) < 1024)
 		usleep(1000);
-	printf("ready %s %d\n", who, (int)getpid());
+	printf("ready %s %d %p\n", who, (int)getpid(), (void *)ff->p);
 	fflush(stdout);
 	for (;;)
 		pause();

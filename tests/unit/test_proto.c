@@ -24,7 +24,7 @@
 
 static const uint16_t all_types[] = {
 	PROTO_HELLO, PROTO_TEMPLATE_FILL, PROTO_TEMPLATE_CREATE, PROTO_TEMPLATE_RELEASE,
-	PROTO_MAP, PROTO_UNMAP, PROTO_STATS, PROTO_REPLY, PROTO_STATS_REPLY,
+	PROTO_MAP, PROTO_UNMAP, PROTO_STATS, PROTO_UPGRADE, PROTO_REPLY, PROTO_STATS_REPLY,
 };
 
 union payload {
@@ -34,6 +34,7 @@ union payload {
 	struct proto_template_release release;
 	struct proto_map map;
 	struct proto_unmap unmap;
+	struct proto_upgrade upgrade;
 	struct proto_reply reply;
 	struct proto_stats_reply stats;
 };
@@ -236,7 +237,7 @@ struct check_case {
 static const struct check_case check_cases[] = {
 	OK(PROTO_HELLO, 1), OK(PROTO_TEMPLATE_FILL, 1), OK(PROTO_TEMPLATE_CREATE, 1),
 	OK(PROTO_TEMPLATE_RELEASE, 1), OK(PROTO_MAP, 1), OK(PROTO_UNMAP, 1), OK(PROTO_STATS, 1),
-	OK(PROTO_REPLY, 0), OK(PROTO_STATS_REPLY, 0),
+	OK(PROTO_UPGRADE, 1), OK(PROTO_REPLY, 0), OK(PROTO_STATS_REPLY, 0),
 	/* Short: below a header, or below what hdr.len says. */
 	CUT("empty", PROTO_MAP, 1, -40, PROTO_ESHORT),
 	CUT("half header", PROTO_STATS, 1, -8, PROTO_ESHORT),
@@ -255,13 +256,14 @@ static const struct check_case check_cases[] = {
 	POKE("version 2", PROTO_MAP, 1, HDRF(version), 2, PROTO_EVERSION),
 	POKE("version max", PROTO_REPLY, 0, HDRF(version), 0xffff, PROTO_EVERSION),
 	POKE("type 0", PROTO_STATS, 1, HDRF(type), 0, PROTO_ETYPE),
-	POKE("type 8", PROTO_STATS, 1, HDRF(type), 8, PROTO_ETYPE),
+	POKE("type 9", PROTO_STATS, 1, HDRF(type), 9, PROTO_ETYPE),
 	POKE("type 63", PROTO_STATS, 1, HDRF(type), 63, PROTO_ETYPE),
 	POKE("type max", PROTO_STATS, 1, HDRF(type), PROTO_TYPE_MAX, PROTO_ETYPE),
 	POKE("type ffff", PROTO_REPLY, 0, HDRF(type), 0xffff, PROTO_ETYPE),
 	POKE("len 0 for MAP", PROTO_MAP, 1, HDRF(len), 0, PROTO_ELEN),
 	POKE("len 23 for MAP", PROTO_MAP, 1, HDRF(len), 23, PROTO_ELEN),
 	POKE("len 1 for STATS", PROTO_STATS, 1, HDRF(len), 1, PROTO_ELEN),
+	POKE("len 0 for UPGRADE", PROTO_UPGRADE, 1, HDRF(len), 0, PROTO_ELEN),
 	POKE("len huge for HELLO", PROTO_HELLO, 1, HDRF(len), UINT32_MAX, PROTO_ELEN),
 	POKE("len 8 for REPLY", PROTO_REPLY, 0, HDRF(len), 8, PROTO_ELEN),
 	POKE("len of MAP for UNMAP", PROTO_UNMAP, 1, HDRF(len), sizeof(struct proto_map),
@@ -286,10 +288,14 @@ static const struct check_case check_cases[] = {
 	     FIELD(proto_template_release, reserved), 1, PROTO_ERESERVED),
 	POKE("map flags", PROTO_MAP, 1, FIELD(proto_map, flags), 1, PROTO_ERESERVED),
 	POKE("map flag 31", PROTO_MAP, 1, FIELD(proto_map, flags), 0x80000000u, PROTO_ERESERVED),
+	POKE("upgrade flags", PROTO_UPGRADE, 1, FIELD(proto_upgrade, flags), 1, PROTO_ERESERVED),
+	POKE("upgrade reserved", PROTO_UPGRADE, 1, FIELD(proto_upgrade, reserved), 0x100,
+	     PROTO_ERESERVED),
 	FDS("hello without fd", PROTO_HELLO, 1, 0, PROTO_EFD_MISSING),
 	FDS("hello two fds", PROTO_HELLO, 1, 2, PROTO_EFD_MANY),
 	FDS("map with fd", PROTO_MAP, 1, 1, PROTO_EFD_UNEXPECTED),
 	FDS("stats with fd", PROTO_STATS, 1, 1, PROTO_EFD_UNEXPECTED),
+	FDS("upgrade with fd", PROTO_UPGRADE, 1, 1, PROTO_EFD_UNEXPECTED),
 	FDS("create two fds", PROTO_TEMPLATE_CREATE, 1, 2, PROTO_EFD_MANY),
 	FDS("reply with fd", PROTO_REPLY, 0, 1, PROTO_EFD_UNEXPECTED),
 	FDS("stats reply with fd", PROTO_STATS_REPLY, 0, 1, PROTO_EFD_UNEXPECTED),
@@ -581,6 +587,29 @@ static void test_names(void **state)
 	assert_int_equal(proto_payload_len(PROTO_TYPE_MAX), -1);
 }
 
+/* UPGRADE was appended: every older type keeps its number and its payload
+ * length, so that old clients and old daemons still understand each other. */
+static void test_type_numbers(void **state)
+{
+	static const struct {
+		uint16_t type;
+		long len;
+	} wire[] = {
+		{ PROTO_HELLO, 16 }, { PROTO_TEMPLATE_FILL, 8 }, { PROTO_TEMPLATE_CREATE, 4096 },
+		{ PROTO_TEMPLATE_RELEASE, 8 }, { PROTO_MAP, 24 }, { PROTO_UNMAP, 16 },
+		{ PROTO_STATS, 0 }, { PROTO_UPGRADE, 8 }, { PROTO_REPLY, 16 },
+		{ PROTO_STATS_REPLY, 8 + 8 * PROTO_STATS_MAX },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(wire); i++) {
+		assert_int_equal(wire[i].type, i < 8 ? i + 1 : 64 + (i - 8));
+		assert_int_equal(proto_payload_len(wire[i].type), wire[i].len);
+	}
+	assert_int_equal(PROTO_VERSION, 1);
+	assert_string_equal(proto_type_name(PROTO_UPGRADE), "UPGRADE");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -596,6 +625,7 @@ int main(void)
 		cmocka_unit_test(test_send_closed_peer),
 		cmocka_unit_test(test_recv_shutdown),
 		cmocka_unit_test(test_names),
+		cmocka_unit_test(test_type_numbers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,882 @@
+/* librefpage-preload.so: pattern-initialised large allocations for
+ * unmodified programs (LD_PRELOAD, set up by refpage-run).
+ *
+ * Requests of at least the threshold (REFPAGE_RUN_THRESHOLD, 128 KiB) get
+ * a mapping of their own, whose untouched pages read as the pattern
+ * (REFPAGE_RUN_PATTERN, 0xAA):
+ *   refpage  a refpage mapping served by refpaged (librefpage, linked in
+ *            statically), falling back to memset when that is impossible;
+ *   memset   an anonymous mapping filled with the pattern at once, which is
+ *            what pattern-initialising allocators do today;
+ *   anon     an anonymous mapping left alone (zeros): the baseline.
+ * Large calloc always gets a plain anonymous mapping: zeros, untouched.
+ * Smaller requests, and pointers that are not ours, go to the next
+ * allocator (libc's), found with dlsym(RTLD_NEXT).
+ *
+ * Our blocks are page aligned and recorded in a side table (address ->
+ * length and kind), so no header page is written and free() of a foreign
+ * pointer never reads memory around it. The table is guarded by one mutex,
+ * held for a few dozen instructions and re-made in a fork child; the
+ * daemon connection is librefpage's, which rebinds itself after fork.
+ *
+ * Nothing here calls malloc. dlsym may (calloc for dlerror state): while
+ * the next allocator is being looked up, requests are served from a static
+ * bootstrap buffer. A thread-local guard sends any request made from
+ * inside the shim straight to the next allocator. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "proto.h"
+#include "refpage.h"
+#include "runopt.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define TLS __thread __attribute__((tls_model("initial-exec")))
+#define PAGE 4096u
+#define likely(x) __builtin_expect(!!(x), 1)
+
+static size_t page_round(size_t n)
+{
+	return (n + PAGE - 1) & ~(size_t)(PAGE - 1);
+}
+
+/* --- settings, from the environment refpage-run prepared --------------- */
+
+struct shim_cfg {
+	enum runopt_mode mode;
+	uint8_t pattern;
+	size_t threshold;
+	int strict;    /* no refpages: exit(1) instead of falling back */
+	int allow_umo; /* use refpages even with a user-mode-only uffd */
+	int stats;     /* a summary on stderr at exit */
+};
+
+static struct shim_cfg cfg = {
+	.mode = RUNOPT_REFPAGE,
+	.pattern = RUNOPT_DEFAULT_PATTERN,
+	.threshold = RUNOPT_DEFAULT_THRESHOLD,
+};
+
+/* --- messages: write(2), no stdio (stdio allocates) -------------------- */
+
+struct msg {
+	char b[768];
+	size_t n;
+};
+
+static void m_str(struct msg *m, const char *s)
+{
+	while (s && *s && m->n < sizeof(m->b) - 1)
+		m->b[m->n++] = *s++;
+}
+
+static void m_num(struct msg *m, unsigned long long v)
+{
+	char d[24];
+	int i = (int)sizeof(d);
+
+	d[--i] = 0;
+	do
+		d[--i] = (char)('0' + v % 10);
+	while ((v /= 10) && i > 0);
+	m_str(m, d + i);
+}
+
+static void m_hex(struct msg *m, unsigned v)
+{
+	static const char x[] = "0123456789abcdef";
+	char d[5] = { '0', 'x', x[(v >> 4) & 15], x[v & 15], 0 };
+
+	m_str(m, d);
+}
+
+static void m_begin(struct msg *m)
+{
+	m->n = 0;
+	m_str(m, "refpage-run[");
+	m_num(m, (unsigned long long)getpid());
+	m_str(m, "]: ");
+}
+
+static void m_emit_to(struct msg *m, int fd)
+{
+	m->b[m->n++] = '\n';
+	for (size_t off = 0; off < m->n;) {
+		ssize_t w = write(fd, m->b + off, m->n - off);
+		if (w <= 0 && errno != EINTR)
+			return;
+		off += w > 0 ? (size_t)w : 0;
+	}
+}
+
+static void m_emit(struct msg *m)
+{
+	m_emit_to(m, STDERR_FILENO);
+}
+
+static void say2(const char *a, const char *b)
+{
+	struct msg m;
+
+	m_begin(&m);
+	m_str(&m, a);
+	m_str(&m, b);
+	m_emit(&m);
+}
+
+static void load_cfg(void)
+{
+	const char *v;
+
+	if ((v = getenv(RUNOPT_ENV_MODE)) && runopt_mode(v, &cfg.mode) < 0)
+		say2("ignoring bad " RUNOPT_ENV_MODE " (want refpage, memset or anon): ", v);
+	if ((v = getenv(RUNOPT_ENV_PATTERN)) && runopt_pattern(v, &cfg.pattern) < 0)
+		say2("ignoring bad " RUNOPT_ENV_PATTERN " (want 0..255), using 0xaa: ", v);
+	if ((v = getenv(RUNOPT_ENV_THRESHOLD)) && runopt_threshold(v, &cfg.threshold) < 0)
+		say2("ignoring bad " RUNOPT_ENV_THRESHOLD " (want 1 byte..1 TiB), using 131072: ", v);
+	if ((v = getenv(RUNOPT_ENV_STRICT)) && runopt_bool(v, &cfg.strict) < 0)
+		say2("ignoring bad " RUNOPT_ENV_STRICT " (want 0 or 1): ", v);
+	if ((v = getenv(RUNOPT_ENV_ALLOW_UMO)) && runopt_bool(v, &cfg.allow_umo) < 0)
+		say2("ignoring bad " RUNOPT_ENV_ALLOW_UMO " (want 0 or 1): ", v);
+	if ((v = getenv(RUNOPT_ENV_STATS)) && runopt_bool(v, &cfg.stats) < 0)
+		say2("ignoring bad " RUNOPT_ENV_STATS " (want 0 or 1): ", v);
+}
+
+/* --- the next allocator, and the bootstrap buffer ---------------------- */
+
+static struct {
+	void *(*malloc)(size_t);
+	void (*free)(void *);
+	void *(*calloc)(size_t, size_t);
+	void *(*realloc)(void *, size_t);
+	int (*posix_memalign)(void **, size_t, size_t);
+	void *(*aligned_alloc)(size_t, size_t);
+	void *(*memalign)(size_t, size_t);
+	void *(*valloc)(size_t);
+	void *(*pvalloc)(size_t);
+	size_t (*malloc_usable_size)(void *);
+} next;
+
+/* Depth of shim code on this thread: a request made from inside (dlsym,
+ * or anything librefpage might call one day) must not come back in. */
+static TLS int in_shim;
+
+/* dlsym's own allocations, before next.* exist. Never freed; a block
+ * keeps its size just before it for realloc. */
+#define BOOT_SIZE (64u << 10)
+static _Alignas(PAGE) unsigned char boot_buf[BOOT_SIZE];
+static atomic_size_t boot_used;
+
+static int is_boot(const void *p)
+{
+	return (const unsigned char *)p >= boot_buf && (const unsigned char *)p < boot_buf + BOOT_SIZE;
+}
+
+static void *boot_alloc(size_t n, size_t align)
+{
+	size_t old = atomic_load(&boot_used), start, end;
+
+	if (align < 16)
+		align = 16;
+	do {
+		start = (old + sizeof(size_t) + align - 1) & ~(align - 1);
+		if (align > PAGE || n > BOOT_SIZE || start + n > BOOT_SIZE) {
+			errno = ENOMEM;
+			return NULL;
+		}
+		end = start + n;
+	} while (!atomic_compare_exchange_weak(&boot_used, &old, end));
+	memcpy(boot_buf + start - sizeof(size_t), &n, sizeof(n));
+	return boot_buf + start;
+}
+
+static size_t boot_size(const void *p)
+{
+	size_t n;
+
+	memcpy(&n, (const unsigned char *)p - sizeof(size_t), sizeof(n));
+	return n;
+}
+
+static void die(const char *what)
+{
+	say2("cannot find libc's ", what);
+	_exit(127);
+}
+
+#define RESOLVE(f)                                          \
+	do {                                                \
+		next.f = (__typeof__(next.f))dlsym(RTLD_NEXT, #f); \
+	} while (0)
+
+static void resolve(void)
+{
+	RESOLVE(malloc);
+	RESOLVE(free);
+	RESOLVE(calloc);
+	RESOLVE(realloc);
+	RESOLVE(posix_memalign);
+	RESOLVE(aligned_alloc);
+	RESOLVE(memalign);
+	RESOLVE(valloc);
+	RESOLVE(pvalloc);
+	RESOLVE(malloc_usable_size);
+	if (!next.malloc || !next.free || !next.calloc || !next.realloc)
+		die("malloc, free, calloc or realloc");
+	if (!next.posix_memalign || !next.malloc_usable_size)
+		die("posix_memalign or malloc_usable_size");
+}
+
+/* 0: not started, 1: one thread resolving, 2: ready. */
+static atomic_int init_state;
+
+static int init_slow(void)
+{
+	int expect = 0;
+
+	if (in_shim)
+		return 0; /* dlsym calling back: the bootstrap buffer */
+	if (atomic_compare_exchange_strong(&init_state, &expect, 1)) {
+		in_shim++;
+		resolve();
+		load_cfg();
+		in_shim--;
+		atomic_store_explicit(&init_state, 2, memory_order_release);
+		return 1;
+	}
+	while (atomic_load_explicit(&init_state, memory_order_acquire) != 2)
+		sched_yield();
+	return 1;
+}
+
+/* 1 once next.* and cfg may be used. */
+static inline int ready(void)
+{
+	if (likely(atomic_load_explicit(&init_state, memory_order_acquire) == 2))
+		return 1;
+	return init_slow();
+}
+
+/* --- the block table --------------------------------------------------- */
+
+enum blk_kind { BLK_REFPAGE = 1, BLK_MEMSET = 2, BLK_ANON = 3 };
+
+struct blk {
+	uintptr_t addr; /* 0: free slot */
+	uintptr_t len;  /* page multiple; the kind in the low bits */
+};
+
+static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct blk *tab;
+static unsigned tab_bits;
+static size_t tab_used;
+/* Bounds of every address we ever handed out: most foreign frees stop
+ * here without the lock. */
+static atomic_uintptr_t tab_lo = UINTPTR_MAX, tab_hi;
+
+static size_t slot_of(uintptr_t a, unsigned bits)
+{
+	return (size_t)(((a >> 12) * 0x9E3779B97F4A7C15ull) >> (64 - bits));
+}
+
+static void tab_place(struct blk *t, unsigned bits, struct blk b)
+{
+	size_t mask = ((size_t)1 << bits) - 1, i = slot_of(b.addr, bits);
+
+	while (t[i].addr)
+		i = (i + 1) & mask;
+	t[i] = b;
+}
+
+/* Double the table (or make the first one). -1 if mmap fails. */
+static int tab_grow(void)
+{
+	unsigned bits = tab ? tab_bits + 1 : 8;
+	size_t cap = (size_t)1 << bits, old = tab ? (size_t)1 << tab_bits : 0;
+	struct blk *t = mmap(NULL, cap * sizeof(*t), PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (t == MAP_FAILED)
+		return -1;
+	for (size_t i = 0; i < old; i++)
+		if (tab[i].addr)
+			tab_place(t, bits, tab[i]);
+	if (tab)
+		munmap(tab, old * sizeof(*tab));
+	tab = t;
+	tab_bits = bits;
+	return 0;
+}
+
+/* Record a block. Grows at half full; past that only a failed grow at
+ * three quarters full refuses (-1). */
+static int tab_put(void *p, size_t len, enum blk_kind kind)
+{
+	uintptr_t a = (uintptr_t)p;
+	int r = 0;
+
+	pthread_mutex_lock(&tab_lock);
+	size_t cap = tab ? (size_t)1 << tab_bits : 0;
+	if ((tab_used + 1) * 2 > cap && tab_grow() < 0 && (tab_used + 1) * 4 > cap * 3)
+		r = -1;
+	if (r == 0) {
+		tab_place(tab, tab_bits, (struct blk){ a, len | kind });
+		tab_used++;
+		if (a < atomic_load_explicit(&tab_lo, memory_order_relaxed))
+			atomic_store_explicit(&tab_lo, a, memory_order_relaxed);
+		if (a + len > atomic_load_explicit(&tab_hi, memory_order_relaxed))
+			atomic_store_explicit(&tab_hi, a + len, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&tab_lock);
+	return r;
+}
+
+/* Linear probing with backward-shift deletion: no tombstones. */
+static void tab_delete(size_t i)
+{
+	size_t mask = ((size_t)1 << tab_bits) - 1, j = i;
+
+	for (;;) {
+		j = (j + 1) & mask;
+		if (!tab[j].addr)
+			break;
+		size_t k = slot_of(tab[j].addr, tab_bits);
+		/* The entry at j may move to the hole at i unless its home
+		 * slot k lies cyclically in (i, j]. */
+		if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) {
+			tab[i] = tab[j];
+			i = j;
+		}
+	}
+	tab[i].addr = 0;
+	tab_used--;
+}
+
+static inline int maybe_ours(const void *p)
+{
+	uintptr_t a = (uintptr_t)p;
+
+	return !(a & (PAGE - 1)) && a >= atomic_load_explicit(&tab_lo, memory_order_relaxed) &&
+	       a < atomic_load_explicit(&tab_hi, memory_order_relaxed);
+}
+
+/* Look p up; with take, also remove it. 1 if found (*out filled). */
+static int tab_find(const void *p, struct blk *out, int take)
+{
+	uintptr_t a = (uintptr_t)p;
+	int found = 0;
+
+	if (!maybe_ours(p))
+		return 0;
+	pthread_mutex_lock(&tab_lock);
+	if (tab) {
+		size_t mask = ((size_t)1 << tab_bits) - 1;
+		for (size_t i = slot_of(a, tab_bits); tab[i].addr; i = (i + 1) & mask) {
+			if (tab[i].addr == a) {
+				*out = tab[i];
+				found = 1;
+				if (take)
+					tab_delete(i);
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&tab_lock);
+	return found;
+}
+
+static size_t blk_len(struct blk b)
+{
+	return b.len & ~(uintptr_t)(PAGE - 1);
+}
+
+static enum blk_kind blk_kind(struct blk b)
+{
+	return (enum blk_kind)(b.len & (PAGE - 1));
+}
+
+/* --- counters for --stats ---------------------------------------------- */
+
+static atomic_ulong n_blocks[4];    /* by kind */
+static atomic_ulong n_fallbacks;    /* refpage wanted, memset given */
+static atomic_ulong n_remaps;
+
+/* --- the refpage backend ----------------------------------------------- */
+
+enum { RP_NONE, RP_CONNECTING, RP_READY, RP_OFF };
+static atomic_int rp_state;
+static rp_client *rp_cl;
+static uint32_t rp_tmpl;
+static atomic_flag said_fallback = ATOMIC_FLAG_INIT;
+static atomic_flag said_map_error = ATOMIC_FLAG_INIT;
+
+static const char *sock_path(void)
+{
+	const char *p = getenv(RUNOPT_ENV_SOCKET);
+
+	return p && *p ? p : PROTO_DEFAULT_SOCKET;
+}
+
+/* No refpages for this request: say why (once per process), or end the
+ * program under --strict. */
+static void no_refpage(atomic_flag *once, const char *why, const char *detail, int err)
+{
+	struct msg m;
+
+	if (!cfg.strict && atomic_flag_test_and_set(once))
+		return;
+	m_begin(&m);
+	m_str(&m, why);
+	m_str(&m, detail);
+	if (err) {
+		m_str(&m, ": ");
+		m_str(&m, strerrordesc_np(err));
+	}
+	if (cfg.strict) {
+		m_str(&m, "; --strict: exiting with status 1");
+		m_emit(&m);
+		_exit(1);
+	}
+	m_str(&m, "; large allocations fall back to memset of ");
+	m_hex(&m, cfg.pattern);
+	m_emit(&m);
+}
+
+static int rp_bring_up(void)
+{
+	rp_client *c;
+	uint32_t id;
+	int r;
+
+	if (!cfg.allow_umo && !runopt_full_uffd()) {
+		no_refpage(&said_fallback,
+			   "this process can only make a user-mode-only userfaultfd "
+			   "(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd), "
+			   "so system calls reading or writing untouched refpage memory would fail with EFAULT",
+			   " (--allow-user-mode-only to use refpages anyway)", 0);
+		return 0;
+	}
+	if ((r = rp_connect(NULL, &c)) < 0) {
+		no_refpage(&said_fallback, "cannot reach refpaged at ", sock_path(), -r);
+		return 0;
+	}
+	if ((r = rp_template_fill(c, cfg.pattern, &id)) < 0) {
+		rp_disconnect(c);
+		no_refpage(&said_fallback, "refpaged refused the template at ", sock_path(), -r);
+		return 0;
+	}
+	rp_cl = c;
+	rp_tmpl = id;
+	return 1;
+}
+
+/* 1 once refpage mappings can be asked for. One thread connects, the
+ * others wait for its verdict, which holds for the process's life. */
+static int rp_backend(void)
+{
+	int s = atomic_load_explicit(&rp_state, memory_order_acquire), expect = RP_NONE;
+
+	if (likely(s == RP_READY))
+		return 1;
+	if (s == RP_NONE && atomic_compare_exchange_strong(&rp_state, &expect, RP_CONNECTING)) {
+		s = rp_bring_up() ? RP_READY : RP_OFF;
+		atomic_store_explicit(&rp_state, s, memory_order_release);
+		return s == RP_READY;
+	}
+	while ((s = atomic_load_explicit(&rp_state, memory_order_acquire)) == RP_CONNECTING)
+		sched_yield();
+	return s == RP_READY;
+}
+
+/* --- blocks ------------------------------------------------------------ */
+
+static void *map_span(size_t len, enum blk_kind kind)
+{
+	void *p;
+
+	if (kind == BLK_REFPAGE) {
+		if (!rp_backend())
+			return NULL;
+		p = rp_map(rp_cl, NULL, len, PROT_READ | PROT_WRITE, 0, rp_tmpl);
+		if (p == MAP_FAILED) {
+			no_refpage(&said_map_error, "refpaged did not map a block", "", errno);
+			return NULL;
+		}
+		return p;
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static void unmap_span(void *p, size_t len, enum blk_kind kind)
+{
+	if (kind == BLK_REFPAGE)
+		rp_unmap(rp_cl, p, len);
+	else
+		munmap(p, len);
+}
+
+/* len bytes (a page multiple) at an address aligned to align: larger
+ * alignments over-map and trim both ends. */
+static void *map_block(size_t len, size_t align, enum blk_kind kind)
+{
+	size_t span = len;
+
+	if (align > PAGE) {
+		if (len > SIZE_MAX - align)
+			return NULL;
+		span = len + align - PAGE;
+	}
+	char *base = map_span(span, kind);
+	if (!base)
+		return NULL;
+	char *a = (char *)(((uintptr_t)base + align - 1) & ~(uintptr_t)(align - 1));
+	if (align <= PAGE)
+		a = base;
+	if (a > base)
+		unmap_span(base, (size_t)(a - base), kind);
+	if (a + len < base + span)
+		unmap_span(a + len, (size_t)(base + span - (a + len)), kind);
+	if (kind == BLK_MEMSET)
+		memset(a, cfg.pattern, len);
+	return a;
+}
+
+static enum blk_kind mode_kind(void)
+{
+	return cfg.mode == RUNOPT_REFPAGE ? BLK_REFPAGE : cfg.mode == RUNOPT_MEMSET ? BLK_MEMSET : BLK_ANON;
+}
+
+/* A block of at least n bytes; kind 0 follows the mode. NULL + ENOMEM. */
+static void *large_alloc(size_t n, size_t align, enum blk_kind kind)
+{
+	int e = errno;
+	void *p = NULL;
+
+	if (n > SIZE_MAX - PAGE) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	size_t len = page_round(n);
+	in_shim++;
+	if (!kind)
+		kind = mode_kind();
+	if (kind == BLK_REFPAGE && !(p = map_block(len, align, kind))) {
+		kind = BLK_MEMSET;
+		atomic_fetch_add_explicit(&n_fallbacks, 1, memory_order_relaxed);
+	}
+	if (!p)
+		p = map_block(len, align, kind);
+	if (p && tab_put(p, len, kind) < 0) {
+		unmap_span(p, len, kind);
+		p = NULL;
+	}
+	in_shim--;
+	if (!p) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	atomic_fetch_add_explicit(&n_blocks[kind], 1, memory_order_relaxed);
+	errno = e;
+	return p;
+}
+
+static void release(void *p, struct blk b)
+{
+	int e = errno;
+
+	in_shim++;
+	unmap_span(p, blk_len(b), blk_kind(b));
+	in_shim--;
+	errno = e;
+}
+
+/* realloc of one of our blocks, already taken out of the table. */
+static void *large_realloc(void *p, struct blk b, size_t n)
+{
+	size_t len = blk_len(b);
+	enum blk_kind kind = blk_kind(b);
+
+	if (n == 0) {
+		release(p, b);
+		return NULL;
+	}
+	if (n < cfg.threshold) {
+		void *q = next.malloc(n);
+		if (q) {
+			memcpy(q, p, n);
+			release(p, b);
+		} else {
+			tab_put(p, len, kind);
+		}
+		return q;
+	}
+	if (n > SIZE_MAX - PAGE || page_round(n) == len) {
+		tab_put(p, len, kind);
+		if (page_round(n) == len)
+			return p;
+		errno = ENOMEM;
+		return NULL;
+	}
+	/* mremap moves the pages (and refpaged the template with them);
+	 * a grown refpage block reads the pattern in its new part. */
+	size_t nlen = page_round(n);
+	in_shim++;
+	char *q = mremap(p, len, nlen, MREMAP_MAYMOVE);
+	in_shim--;
+	if (q == MAP_FAILED) {
+		tab_put(p, len, kind);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (kind == BLK_MEMSET && nlen > len)
+		memset(q + len, cfg.pattern, nlen - len);
+	tab_put(q, nlen, kind);
+	atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
+	return q;
+}
+
+/* realloc of someone else's block to a large size: into one of ours. */
+static void *grow_foreign(void *p, size_t n)
+{
+	size_t old = next.malloc_usable_size(p);
+	void *q = large_alloc(n, 0, 0);
+
+	if (!q)
+		return NULL;
+	memcpy(q, p, old < n ? old : n);
+	next.free(p);
+	return q;
+}
+
+/* --- the interface ----------------------------------------------------- */
+
+EXPORT void *malloc(size_t n)
+{
+	if (!ready())
+		return boot_alloc(n, 16);
+	if (likely(n < cfg.threshold) || in_shim)
+		return next.malloc(n);
+	return large_alloc(n, 0, 0);
+}
+
+EXPORT void free(void *p)
+{
+	struct blk b;
+
+	if (!p || is_boot(p))
+		return;
+	if (tab_find(p, &b, 1)) {
+		release(p, b);
+		return;
+	}
+	if (ready())
+		next.free(p);
+}
+
+EXPORT void *calloc(size_t a, size_t b)
+{
+	size_t n;
+
+	if (__builtin_mul_overflow(a, b, &n)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (!ready())
+		return boot_alloc(n, 16); /* never reused: still zero */
+	if (likely(n < cfg.threshold) || in_shim)
+		return next.calloc(a, b);
+	return large_alloc(n, 0, BLK_ANON);
+}
+
+EXPORT void *realloc(void *p, size_t n)
+{
+	struct blk b;
+
+	if (!p)
+		return malloc(n);
+	if (is_boot(p)) {
+		void *q = malloc(n);
+		size_t old = boot_size(p);
+		if (q)
+			memcpy(q, p, old < n ? old : n);
+		return q;
+	}
+	if (tab_find(p, &b, 1))
+		return large_realloc(p, b, n);
+	if (!ready())
+		return NULL;
+	if (n >= cfg.threshold && !in_shim)
+		return grow_foreign(p, n);
+	return next.realloc(p, n);
+}
+
+EXPORT void *reallocarray(void *p, size_t a, size_t b)
+{
+	size_t n;
+
+	if (__builtin_mul_overflow(a, b, &n)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return realloc(p, n);
+}
+
+static int pow2(size_t a)
+{
+	return a && !(a & (a - 1));
+}
+
+/* The aligned family: large requests are ours (page aligned, or
+ * over-mapped for more); small ones go to the same function of libc. */
+EXPORT int posix_memalign(void **out, size_t align, size_t n)
+{
+	if (!pow2(align) || align % sizeof(void *))
+		return EINVAL;
+	if (!ready()) {
+		void *p = boot_alloc(n, align);
+		if (!p)
+			return ENOMEM;
+		*out = p;
+		return 0;
+	}
+	if (n < cfg.threshold || in_shim)
+		return next.posix_memalign(out, align, n);
+	void *p = large_alloc(n, align, 0);
+	if (!p)
+		return ENOMEM;
+	*out = p;
+	return 0;
+}
+
+/* memalign semantics: a non-power-of-two alignment rounds up. */
+EXPORT void *memalign(size_t align, size_t n)
+{
+	if (align > (SIZE_MAX >> 1) + 1) {
+		errno = EINVAL;
+		return NULL;
+	}
+	while (!pow2(align))
+		align = align ? (align | (align >> 1)) + 1 : 1;
+	if (!ready())
+		return boot_alloc(n, align);
+	if ((n < cfg.threshold || in_shim) && next.memalign)
+		return next.memalign(align, n);
+	if (n < cfg.threshold || in_shim) {
+		void *p;
+		int r = next.posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, n);
+		errno = r ? r : errno;
+		return r ? NULL : p;
+	}
+	return large_alloc(n, align, 0);
+}
+
+/* Small requests keep libc's own checks on align. */
+EXPORT void *aligned_alloc(size_t align, size_t n)
+{
+	if (ready() && (n < cfg.threshold || in_shim) && next.aligned_alloc)
+		return next.aligned_alloc(align, n);
+	return memalign(align, n);
+}
+
+EXPORT void *valloc(size_t n)
+{
+	if (ready() && (n < cfg.threshold || in_shim) && next.valloc)
+		return next.valloc(n);
+	return memalign(PAGE, n);
+}
+
+EXPORT void *pvalloc(size_t n)
+{
+	if (n > SIZE_MAX - PAGE) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (ready() && (n < cfg.threshold || in_shim) && next.pvalloc)
+		return next.pvalloc(n);
+	return memalign(PAGE, n ? page_round(n) : PAGE);
+}
+
+EXPORT size_t malloc_usable_size(void *p)
+{
+	struct blk b;
+
+	if (!p)
+		return 0;
+	if (is_boot(p))
+		return boot_size(p);
+	if (tab_find(p, &b, 0))
+		return blk_len(b);
+	return ready() ? next.malloc_usable_size(p) : 0;
+}
+
+/* --- process life ------------------------------------------------------ */
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&tab_lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&tab_lock);
+}
+
+/* The table is consistent (the lock was held across fork). A connection
+ * another thread was making does not exist here: make one on demand. */
+static void fork_child(void)
+{
+	pthread_mutex_init(&tab_lock, NULL);
+	int s = RP_CONNECTING;
+	atomic_compare_exchange_strong(&rp_state, &s, RP_NONE);
+}
+
+/* --stats writes at exit, after programs that close stderr on their way
+ * out (gnulib's close_stdout, xz) have done so: keep a copy. */
+static int stats_fd = -1;
+
+__attribute__((constructor)) static void shim_start(void)
+{
+	ready();
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+	if (cfg.stats)
+		stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
+}
+
+__attribute__((destructor)) static void shim_stop(void)
+{
+	struct msg m;
+
+	if (!cfg.stats)
+		return;
+	m_begin(&m);
+	m_str(&m, "mode ");
+	m_str(&m, runopt_mode_name(cfg.mode));
+	m_str(&m, ", threshold ");
+	m_num(&m, cfg.threshold);
+	m_str(&m, ", pattern ");
+	m_hex(&m, cfg.pattern);
+	m_str(&m, ": large blocks refpage ");
+	m_num(&m, atomic_load(&n_blocks[BLK_REFPAGE]));
+	m_str(&m, ", memset ");
+	m_num(&m, atomic_load(&n_blocks[BLK_MEMSET]));
+	m_str(&m, ", anon ");
+	m_num(&m, atomic_load(&n_blocks[BLK_ANON]));
+	m_str(&m, "; fallbacks ");
+	m_num(&m, atomic_load(&n_fallbacks));
+	m_str(&m, ", remaps ");
+	m_num(&m, atomic_load(&n_remaps));
+	m_str(&m, ", live ");
+	m_num(&m, tab_used);
+	m_emit_to(&m, stats_fd >= 0 ? stats_fd : STDERR_FILENO);
+}

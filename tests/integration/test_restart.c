@@ -1,0 +1,1016 @@
+/* Restarts and upgrades that clients never notice (daemon/handover.c,
+ * persist.c, restore.c):
+ *   - 20 upgrades (`refpagectl upgrade`, and SIGHUP) under a client with
+ *     16 threads and a fork child with 4, all faulting without a pause over
+ *     four refpage mappings: not one wrong byte, no fault slower than a
+ *     handover, STATS going on, the same connection throughout;
+ *   - an upgrade the new binary refuses (a snapshot format it cannot read):
+ *     the old daemon goes on serving; uid 65534 may not upgrade;
+ *   - the fd store, with this process standing in for systemd
+ *     ($NOTIFY_SOCKET, FDSTORE=1/FDNAME=/FDSTOREREMOVE=1, LISTEN_FDS and
+ *     LISTEN_FDNAMES): SIGKILL and a restart lose nothing; then each kind
+ *     of damage between the kill and the restart (a corrupt slot, a
+ *     truncated snapshot, an unknown version, a fork child gone, a
+ *     descriptor that is not a uffd) with its outcome checked.
+ * Deadlines only keep a broken build from hanging. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "snapshot.h"
+
+#define PAGE H_PAGE
+#define RW (PROT_READ | PROT_WRITE)
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+extern char **environ;
+
+/* --- the load: threads faulting over four mappings, in us and a fork child */
+
+#define LD_MAPS 4
+#define LD_PAGES 512
+#define LD_MAX_THREADS 16
+#define LD_CHILD_THREADS 4
+/* Map 3 reads a created page, the others a fill byte. */
+static const uint8_t ld_fill[LD_MAPS - 1] = { 0xA1, 0xB2, 0xC3 };
+
+struct ld_side {
+	atomic_ulong touches;  /* first touches timed (mostly faults) */
+	atomic_ulong max_ns;   /* the slowest */
+	atomic_ulong zeros;    /* pages read as zeros (allowed when lenient) */
+	atomic_ulong rounds;
+};
+
+/* MAP_SHARED: the fork child reports here too. */
+struct ld_shared {
+	atomic_int stop;
+	atomic_int lenient;    /* the daemon let us go: zeros are right too */
+	atomic_int bad;
+	char why[256];
+	struct ld_side side[2]; /* 0: this process, 1: the fork child */
+	uint8_t tpage[PAGE];    /* map 3's template */
+};
+
+struct load {
+	struct ld_shared *sh;
+	uint8_t *map[LD_MAPS];
+	int nthreads;
+	pthread_t th[LD_MAX_THREADS];
+	pid_t child;
+};
+
+struct ld_arg {
+	struct load *ld;
+	int idx, nthreads, side;
+};
+
+static struct ld_arg ld_args[LD_MAX_THREADS + LD_CHILD_THREADS];
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void ld_bad(struct ld_shared *sh, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (atomic_fetch_add(&sh->bad, 1))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(sh->why, sizeof(sh->why), fmt, ap);
+	va_end(ap);
+}
+
+/* 1 if the page is the template's, 0 if zeros (and allowed), else bad. */
+static int ld_check(struct ld_arg *a, int m, size_t pg, const uint8_t *p)
+{
+	struct ld_shared *sh = a->ld->sh;
+	long off = m < LD_MAPS - 1 ? h_first_not(p, PAGE, ld_fill[m]) : h_first_diff(p, sh->tpage, PAGE);
+
+	if (off < 0)
+		return 1;
+	if (atomic_load(&sh->lenient) && h_first_not(p, PAGE, 0) < 0) {
+		atomic_fetch_add(&sh->side[a->side].zeros, 1);
+		return 0;
+	}
+	ld_bad(sh, "%s thread %d: map %d page %zu byte %ld reads %#x", a->side ? "child" : "parent",
+	       a->idx, m, pg, off, p[off]);
+	return -1;
+}
+
+static void ld_max(atomic_ulong *max, uint64_t v)
+{
+	uint64_t cur = atomic_load(max);
+
+	while (v > cur && !atomic_compare_exchange_weak(max, &cur, v))
+		;
+}
+
+/* One round over the thread's share of one mapping: drop it, touch each
+ * page (timed: most first touches are faults), check it, write a marker
+ * into every fifth, then check the markers and the rest again. */
+static void ld_round(struct ld_arg *a, int m, unsigned round)
+{
+	struct ld_side *sd = &a->ld->sh->side[a->side];
+	size_t per = LD_PAGES / (size_t)a->nthreads;
+	uint8_t *base = a->ld->map[m] + (size_t)a->idx * per * PAGE;
+	uint8_t mark = (uint8_t)(0x10 + a->idx + 17 * a->side);
+
+	madvise(base, per * PAGE, MADV_DONTNEED);
+	for (size_t i = 0; i < per; i++) {
+		volatile uint8_t *p = base + i * PAGE;
+		uint64_t t0 = now_ns();
+		(void)p[0];
+		uint64_t t = now_ns() - t0;
+		atomic_fetch_add(&sd->touches, 1);
+		ld_max(&sd->max_ns, t);
+		if (ld_check(a, m, i, base + i * PAGE) < 0)
+			return;
+		if ((i + round) % 5 == 0)
+			memset(base + i * PAGE, mark, PAGE);
+	}
+	for (size_t i = 0; i < per; i++) {
+		const uint8_t *p = base + i * PAGE;
+		if ((i + round) % 5 == 0) {
+			long off = h_first_not(p, PAGE, mark);
+			if (off >= 0) {
+				ld_bad(a->ld->sh, "%s thread %d: map %d page %zu lost its write at %ld",
+				       a->side ? "child" : "parent", a->idx, m, i, off);
+				return;
+			}
+		} else if (ld_check(a, m, i, p) < 0) {
+			return;
+		}
+	}
+}
+
+static void *ld_thread(void *arg)
+{
+	struct ld_arg *a = arg;
+	struct ld_shared *sh = a->ld->sh;
+
+	for (unsigned round = 0; !atomic_load(&sh->stop) && !atomic_load(&sh->bad); round++) {
+		for (int m = 0; m < LD_MAPS; m++)
+			ld_round(a, m, round);
+		atomic_fetch_add(&sh->side[a->side].rounds, 1);
+	}
+	return NULL;
+}
+
+/* The fork child: its own threads over its own copy, until told to stop.
+ * It holds none of our descriptors (some are the fd store's). */
+static void __attribute__((noreturn)) ld_child(struct load *ld)
+{
+	pthread_t th[LD_CHILD_THREADS];
+
+	close_range(3, ~0u, 0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (int i = 0; i < LD_CHILD_THREADS; i++) {
+		ld_args[LD_MAX_THREADS + i] = (struct ld_arg){ ld, i, LD_CHILD_THREADS, 1 };
+		if (pthread_create(&th[i], NULL, ld_thread, &ld_args[LD_MAX_THREADS + i]))
+			_exit(2);
+	}
+	for (int i = 0; i < LD_CHILD_THREADS; i++)
+		pthread_join(th[i], NULL);
+	_exit(0);
+}
+
+static void ld_start(struct load *ld, rp_client *c, int nthreads, int with_child)
+{
+	uint32_t id[LD_MAPS];
+
+	memset(ld, 0, sizeof(*ld));
+	ld->sh = mmap(NULL, sizeof(*ld->sh), RW, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_ptr_not_equal(ld->sh, MAP_FAILED);
+	h_fill_page(ld->sh->tpage, 77);
+	for (int m = 0; m < LD_MAPS - 1; m++)
+		assert_int_equal(rp_template_fill(c, ld_fill[m], &id[m]), 0);
+	assert_int_equal(rp_template_create(c, ld->sh->tpage, &id[LD_MAPS - 1]), 0);
+	for (int m = 0; m < LD_MAPS; m++) {
+		ld->map[m] = rp_map(c, NULL, LD_PAGES * PAGE, RW, 0, id[m]);
+		assert_ptr_not_equal(ld->map[m], MAP_FAILED);
+	}
+	ld->child = -1;
+	if (with_child) {
+		fflush(NULL);
+		ld->child = fork();
+		assert_true(ld->child >= 0);
+		if (ld->child == 0)
+			ld_child(ld);
+	}
+	ld->nthreads = nthreads;
+	for (int i = 0; i < nthreads; i++) {
+		ld_args[i] = (struct ld_arg){ ld, i, nthreads, 0 };
+		assert_int_equal(pthread_create(&ld->th[i], NULL, ld_thread, &ld_args[i]), 0);
+	}
+}
+
+static int ld_flowing(void *arg)
+{
+	struct load *ld = arg;
+
+	return atomic_load(&ld->sh->side[0].rounds) >= (unsigned)ld->nthreads &&
+	       (ld->child < 0 || atomic_load(&ld->sh->side[1].rounds) >= LD_CHILD_THREADS);
+}
+
+/* Rounds go on, in us and in the child, from now. */
+static void ld_wait_progress(struct load *ld)
+{
+	unsigned long r0 = atomic_load(&ld->sh->side[0].rounds), r1 = atomic_load(&ld->sh->side[1].rounds);
+	double end = h_now() + H_DEADLINE_S;
+
+	while (atomic_load(&ld->sh->side[0].rounds) < r0 + (unsigned)ld->nthreads ||
+	       (ld->child > 0 && atomic_load(&ld->sh->side[1].rounds) < r1 + LD_CHILD_THREADS)) {
+		if (h_now() > end)
+			fail_msg("faulting threads stopped making progress (parent %lu -> %lu, child %lu "
+				 "-> %lu)", r0, atomic_load(&ld->sh->side[0].rounds), r1,
+				 atomic_load(&ld->sh->side[1].rounds));
+		usleep(2000);
+	}
+}
+
+static void ld_stop(struct load *ld)
+{
+	atomic_store(&ld->sh->stop, 1);
+	for (int i = 0; i < ld->nthreads; i++) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += (time_t)H_DEADLINE_S;
+		if (pthread_timedjoin_np(ld->th[i], NULL, &ts))
+			fail_msg("faulting thread %d is stuck", i);
+	}
+	if (ld->child > 0) {
+		int st = h_reap(ld->child, H_DEADLINE_S);
+		if (st == -1) {
+			kill(ld->child, SIGKILL);
+			h_reap(ld->child, H_DEADLINE_S);
+			fail_msg("the fork child's faulting threads are stuck");
+		}
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		ld->child = -1;
+	}
+}
+
+static void ld_assert_good(const struct load *ld)
+{
+	if (atomic_load(&ld->sh->bad))
+		fail_msg("%d wrong pages, first: %s", atomic_load(&ld->sh->bad), ld->sh->why);
+}
+
+static void ld_free(struct load *ld)
+{
+	for (int m = 0; m < LD_MAPS; m++)
+		if (ld->map[m])
+			munmap(ld->map[m], LD_PAGES * PAGE);
+	munmap(ld->sh, sizeof(*ld->sh));
+}
+
+/* --- upgrades ---------------------------------------------------------------- */
+
+struct fx {
+	struct h_daemon d;
+	rp_client *c;
+	int ok;
+};
+
+static const char *const two_workers[] = { "--workers", "2", NULL };
+static const char *const bad_version[] = { "--workers", "2", "--debug-snapshot-version", "999", NULL };
+
+static int fx_setup(void **state, const char *const *extra)
+{
+	struct fx *fx = calloc(1, sizeof(*fx));
+
+	if (!fx || h_daemon_start_args(&fx->d, extra) < 0) {
+		free(fx);
+		return -1;
+	}
+	int r = rp_connect(fx->d.sock, &fx->c);
+	if (r < 0) {
+		fprintf(stderr, "setup: rp_connect: %s\n", strerror(-r));
+		h_daemon_destroy(&fx->d);
+		free(fx);
+		return -1;
+	}
+	*state = fx;
+	return 0;
+}
+
+static int setup_plain(void **state)
+{
+	return fx_setup(state, two_workers);
+}
+
+static int setup_bad_version(void **state)
+{
+	return fx_setup(state, bad_version);
+}
+
+static int fx_teardown(void **state)
+{
+	struct fx *fx = *state;
+
+	if (!fx)
+		return 0;
+	if (!fx->ok)
+		h_daemon_dump_log(&fx->d, 0);
+	rp_disconnect(fx->c);
+	int r = h_daemon_destroy(&fx->d);
+	free(fx);
+	*state = NULL;
+	return r;
+}
+
+/* `refpagectl upgrade`: the new pid, or 0 with *status its exit status. */
+static pid_t ctl_upgrade(struct fx *fx, int as_nobody, int *status, char *out, size_t n)
+{
+	const char *argv[] = { h_ctl_prog(), "--socket", fx->d.sock, "upgrade", NULL };
+	unsigned pid = 0;
+
+	*status = h_run(argv, as_nobody, H_DEADLINE_S * 2, out, n);
+	if (*status != -1 && WIFEXITED(*status) && WEXITSTATUS(*status) == 0 &&
+	    sscanf(out, "upgraded: refpaged pid %u", &pid) == 1)
+		return (pid_t)pid;
+	return 0;
+}
+
+/* SIGHUP: the new pid from the log ("upgrade: pid N serves now"). */
+static pid_t hup_upgrade(struct fx *fx)
+{
+	double end = h_now() + H_DEADLINE_S * 2;
+	char line[64];
+
+	snprintf(line, sizeof(line), "upgrade: pid ");
+	h_daemon_mark_log(&fx->d);
+	assert_int_equal(kill(fx->d.pid, SIGHUP), 0);
+	while (h_now() < end) {
+		char buf[8192];
+		int fd = open(fx->d.log, O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd >= 0 ? pread(fd, buf, sizeof(buf) - 1, fx->d.log_mark) : -1;
+		if (fd >= 0)
+			close(fd);
+		if (n > 0) {
+			buf[n] = '\0';
+			const char *p = strstr(buf, line);
+			unsigned pid;
+			if (p && sscanf(p, "upgrade: pid %u serves now", &pid) == 1)
+				return (pid_t)pid;
+		}
+		usleep(5000);
+	}
+	return 0;
+}
+
+static double log_pause_ms(struct fx *fx)
+{
+	char buf[16384];
+	double ms = -1;
+	int fd = open(fx->d.log, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? pread(fd, buf, sizeof(buf) - 1, fx->d.log_mark) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	if (n > 0) {
+		buf[n] = '\0';
+		const char *p = strstr(buf, "clients waited at most ");
+		if (p)
+			sscanf(p, "clients waited at most %lf ms", &ms);
+	}
+	return ms;
+}
+
+#define UPGRADES 20
+
+static void test_upgrade_storm(void **state)
+{
+	struct fx *fx = *state;
+	struct load ld;
+	struct h_stats s;
+	double wall_max = 0, wall_sum = 0, pause_max = 0;
+	char out[1024];
+	int st;
+
+	ld_start(&ld, fx->c, LD_MAX_THREADS, 1);
+	assert_int_equal(h_wait_until(ld_flowing, &ld, H_DEADLINE_S), 0);
+	assert_int_equal(h_stats_read(fx->c, &s), 0);
+	uint64_t faults = h_stat(&s, "faults"), procs = h_stat(&s, "processes");
+	assert_int_equal(procs, 2); /* our connection's, the fork child's */
+	assert_int_equal(h_stat(&s, "ev_fork"), 1);
+	/* From here on, a second "client up" would be a reconnection. */
+	h_daemon_mark_log(&fx->d);
+	off_t mark0 = fx->d.log_mark;
+	for (int i = 0; i < UPGRADES; i++) {
+		pid_t old = fx->d.pid, pid;
+		double t0 = h_now();
+		h_daemon_mark_log(&fx->d);
+		if (i % 5 == 4) {
+			pid = hup_upgrade(fx);
+		} else {
+			pid = ctl_upgrade(fx, 0, &st, out, sizeof(out));
+			if (!pid)
+				fail_msg("upgrade %d: refpagectl status %#x: %s", i, st, out);
+		}
+		if (!pid)
+			fail_msg("upgrade %d by SIGHUP: no new daemon", i);
+		double wall = (h_now() - t0) * 1e3, pause = log_pause_ms(fx);
+		wall_max = wall > wall_max ? wall : wall_max;
+		pause_max = pause > pause_max ? pause : pause_max;
+		wall_sum += wall;
+		st = h_reap(old, H_DEADLINE_S);
+		assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		fx->d.pid = pid;
+		assert_int_equal(rp_alive(fx->c), 1);
+		ld_wait_progress(&ld);
+		assert_int_equal(h_stats_read(fx->c, &s), 0);
+		if (h_stat(&s, "faults") < faults)
+			fail_msg("upgrade %d: faults went back from %llu to %llu", i,
+				 (unsigned long long)faults, (unsigned long long)h_stat(&s, "faults"));
+		faults = h_stat(&s, "faults");
+		assert_int_equal(h_stat(&s, "processes"), procs);
+		assert_int_equal(h_stat(&s, "ev_fork"), 1);
+		ld_assert_good(&ld);
+	}
+	ld_stop(&ld);
+	ld_assert_good(&ld);
+	assert_int_equal(rp_alive(fx->c), 1);
+	fx->d.log_mark = mark0;
+	assert_false(h_daemon_log_has(&fx->d, "client up"));
+	double fault_max = (double)atomic_load(&ld.sh->side[0].max_ns) / 1e6,
+	       child_max = (double)atomic_load(&ld.sh->side[1].max_ns) / 1e6;
+	printf("  %d upgrades: refpagectl upgrade %.1f ms average, %.1f ms at most; clients paused "
+	       "%.2f ms at most (daemon's log)\n",
+	       UPGRADES, wall_sum / UPGRADES, wall_max, pause_max);
+	printf("  slowest first touch: %.2f ms (%lu touches, 16 threads), %.2f ms in the fork child "
+	       "(%lu touches, 4 threads); %llu faults served in all\n",
+	       fault_max, atomic_load(&ld.sh->side[0].touches), child_max,
+	       atomic_load(&ld.sh->side[1].touches), (unsigned long long)faults);
+	/* A fault waits for one handover at most; the rest is the scheduler
+	 * (21 threads on this machine's CPUs). */
+	if (fault_max > wall_max + 250 || child_max > wall_max + 250)
+		fail_msg("a fault took %.1f ms, a handover at most %.1f ms",
+			 fault_max > child_max ? fault_max : child_max, wall_max);
+	ld_free(&ld);
+	fx->ok = 1;
+}
+
+static void test_upgrade_refused(void **state)
+{
+	struct fx *fx = *state;
+	struct load ld;
+	char out[1024], why[160];
+	int st;
+
+	ld_start(&ld, fx->c, 4, 0);
+	assert_int_equal(h_wait_until(ld_flowing, &ld, H_DEADLINE_S), 0);
+	pid_t pid0 = fx->d.pid;
+	h_daemon_mark_log(&fx->d);
+	/* The daemon writes a format no binary reads: the new one refuses. */
+	assert_int_equal(ctl_upgrade(fx, 0, &st, out, sizeof(out)), 0);
+	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 3)
+		fail_msg("refpagectl upgrade: status %#x, want exit 3: %s", st, out);
+	assert_non_null(strstr(out, "cannot read the state snapshot"));
+	assert_true(h_daemon_alive(&fx->d));
+	assert_int_equal(fx->d.pid, pid0);
+	assert_true(h_daemon_log_has(&fx->d, "the snapshot is format version 999"));
+	assert_true(h_daemon_log_has(&fx->d, "(exit status 3)"));
+	assert_true(h_daemon_log_has(&fx->d, "still serving"));
+	ld_wait_progress(&ld);
+	assert_int_equal(rp_alive(fx->c), 1);
+	/* Only root and the daemon's own uid may ask. */
+	if (h_can_run_as_nobody(why, sizeof(why))) {
+		assert_int_equal(ctl_upgrade(fx, 1, &st, out, sizeof(out)), 0);
+		assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1);
+		assert_non_null(strstr(out, "Operation not permitted"));
+		assert_true(h_daemon_log_has(&fx->d, "upgrade asked by uid 65534: refused"));
+	} else {
+		printf("  uid 65534 part skipped: %s\n", why);
+	}
+	ld_wait_progress(&ld);
+	ld_stop(&ld);
+	ld_assert_good(&ld);
+	ld_free(&ld);
+	fx->ok = 1;
+}
+
+/* --- the fd store: this process stands in for systemd ------------------------ */
+
+#define STORE_MAX 256
+
+struct store {
+	int sock;
+	pthread_t th;
+	pthread_mutex_t lock;
+	struct {
+		char name[32];
+		int fd;
+	} e[STORE_MAX];
+	int n;
+	atomic_int ready;  /* READY=1 received */
+	atomic_int stop;
+};
+
+static void store_add(struct store *st, const char *name, int fd)
+{
+	if (st->n == STORE_MAX) {
+		close(fd);
+		return;
+	}
+	snprintf(st->e[st->n].name, sizeof(st->e[st->n].name), "%s", name);
+	st->e[st->n++].fd = fd;
+}
+
+static void store_remove(struct store *st, const char *name)
+{
+	int k = 0;
+
+	for (int i = 0; i < st->n; i++) {
+		if (!strcmp(st->e[i].name, name))
+			close(st->e[i].fd);
+		else
+			st->e[k++] = st->e[i];
+	}
+	st->n = k;
+}
+
+/* What systemd does with a notification: FDSTORE=1 (each fd named
+ * FDNAME=), FDSTOREREMOVE=1 (every fd of that name), READY=1. */
+static void store_handle(struct store *st, char *msg, int *fds, int nfds)
+{
+	char name[32] = "stored";
+	int fdstore = 0, remove = 0;
+
+	for (char *l = strtok(msg, "\n"); l; l = strtok(NULL, "\n")) {
+		if (!strcmp(l, "FDSTORE=1"))
+			fdstore = 1;
+		else if (!strcmp(l, "FDSTOREREMOVE=1"))
+			remove = 1;
+		else if (!strncmp(l, "FDNAME=", 7))
+			snprintf(name, sizeof(name), "%s", l + 7);
+		else if (!strcmp(l, "READY=1"))
+			atomic_fetch_add(&st->ready, 1);
+	}
+	pthread_mutex_lock(&st->lock);
+	for (int i = 0; i < nfds; i++) {
+		if (fdstore)
+			store_add(st, name, fds[i]);
+		else
+			close(fds[i]);
+	}
+	if (remove)
+		store_remove(st, name);
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void *store_main(void *arg)
+{
+	struct store *st = arg;
+
+	while (!atomic_load(&st->stop)) {
+		char buf[4096];
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
+		} cm;
+		struct iovec iov = { buf, sizeof(buf) - 1 };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
+				     .msg_controllen = sizeof(cm.b) };
+		struct pollfd p = { .fd = st->sock, .events = POLLIN };
+		if (poll(&p, 1, 50) <= 0)
+			continue;
+		ssize_t n = recvmsg(st->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0)
+			continue;
+		buf[n] = '\0';
+		int fds[16], nfds = 0;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+				for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 16; i++)
+					memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+		store_handle(st, buf, fds, nfds);
+	}
+	return NULL;
+}
+
+/* The stored fd named name (the store keeps it), or -1. */
+static int store_get(struct store *st, const char *name)
+{
+	int fd = -1;
+
+	pthread_mutex_lock(&st->lock);
+	for (int i = 0; i < st->n && fd < 0; i++)
+		if (!strcmp(st->e[i].name, name))
+			fd = st->e[i].fd;
+	pthread_mutex_unlock(&st->lock);
+	return fd;
+}
+
+/* The name of the stored uffd with the highest id (the last adopted). */
+static int store_last_uffd(struct store *st, char *name, size_t n)
+{
+	unsigned best = 0, id;
+
+	pthread_mutex_lock(&st->lock);
+	for (int i = 0; i < st->n; i++)
+		if (sscanf(st->e[i].name, "u%u", &id) == 1 && id > best)
+			best = id;
+	pthread_mutex_unlock(&st->lock);
+	snprintf(name, n, "u%u", best);
+	return best ? 0 : -1;
+}
+
+struct sfx {
+	struct h_daemon d; /* dir, sock, log, pid: started by us, not the harness */
+	char notify[128];
+	int listen_fd;     /* the "socket unit"'s */
+	struct store st;
+	rp_client *c;
+	struct load ld;
+	int ok;
+};
+
+static int sfx_setup(void **state)
+{
+	struct sfx *f = calloc(1, sizeof(*f));
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int one = 1;
+
+	if (!f)
+		return -1;
+	strcpy(f->d.dir, "/tmp/rp-itest-XXXXXX");
+	if (!mkdtemp(f->d.dir) || chmod(f->d.dir, 0755) < 0)
+		return -1;
+	snprintf(f->d.sock, sizeof(f->d.sock), "%s/sock", f->d.dir);
+	snprintf(f->d.log, sizeof(f->d.log), "%s/daemon.log", f->d.dir);
+	snprintf(f->notify, sizeof(f->notify), "%s/notify", f->d.dir);
+	/* The socket unit: a listening socket, FileDescriptorName=refpaged. */
+	f->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	strcpy(sa.sun_path, f->d.sock);
+	if (f->listen_fd < 0 || bind(f->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(f->listen_fd, 128) < 0)
+		return -1;
+	f->st.sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	strcpy(sa.sun_path, f->notify);
+	if (f->st.sock < 0 || bind(f->st.sock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    setsockopt(f->st.sock, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) < 0)
+		return -1;
+	pthread_mutex_init(&f->st.lock, NULL);
+	if (pthread_create(&f->st.th, NULL, store_main, &f->st))
+		return -1;
+	f->ld.child = -1;
+	*state = f;
+	return 0;
+}
+
+/* Start refpaged as systemd would: LISTEN_FDS = the listener and the
+ * store's contents, named; $NOTIFY_SOCKET; --fd-store. Through posix_spawn
+ * (no fork event: a vfork-style child shares our mm) and a shell that
+ * puts its own pid in LISTEN_PID before exec'ing setpriv, which ties the
+ * daemon's life to ours. Returns once READY=1 came. */
+static void sfx_start(struct sfx *f)
+{
+	int high[STORE_MAX + 1], n = 0;
+	char names[STORE_MAX * 33 + 16] = "refpaged", env_fds[32], env_names[sizeof(names) + 32],
+	     env_notify[160], setpriv[] = "/usr/bin/setpriv";
+	const char *envp[256];
+	int ne = 0, ready0 = atomic_load(&f->st.ready);
+
+	high[n++] = fcntl(f->listen_fd, F_DUPFD_CLOEXEC, 1000);
+	pthread_mutex_lock(&f->st.lock);
+	for (int i = 0; i < f->st.n; i++) {
+		high[n++] = fcntl(f->st.e[i].fd, F_DUPFD_CLOEXEC, 1000);
+		strcat(names, ":");
+		strcat(names, f->st.e[i].name);
+	}
+	pthread_mutex_unlock(&f->st.lock);
+	snprintf(env_fds, sizeof(env_fds), "LISTEN_FDS=%d", n);
+	snprintf(env_names, sizeof(env_names), "LISTEN_FDNAMES=%s", names);
+	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", f->notify);
+	for (char **e = environ; *e && ne < 250; e++)
+		if (strncmp(*e, "LISTEN_", 7) && strncmp(*e, "NOTIFY_SOCKET=", 14))
+			envp[ne++] = *e;
+	envp[ne++] = env_fds;
+	envp[ne++] = env_names;
+	envp[ne++] = env_notify;
+	envp[ne] = NULL;
+	const char *argv[] = { "/bin/sh", "-c",
+			       "export LISTEN_PID=$$; exec \"$0\" --pdeathsig KILL -- \"$@\"", setpriv,
+			       h_daemon_prog(), "--fd-store", "--log-level", "debug", "--workers", "2",
+			       NULL };
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 1, f->d.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	for (int i = 0; i < n; i++)
+		posix_spawn_file_actions_adddup2(&fa, high[i], 3 + i);
+	posix_spawn_file_actions_addclosefrom_np(&fa, 3 + n);
+	fflush(NULL);
+	int e = posix_spawn(&f->d.pid, argv[0], &fa, NULL, (char *const *)argv, (char *const *)envp);
+	posix_spawn_file_actions_destroy(&fa);
+	for (int i = 0; i < n; i++)
+		close(high[i]);
+	assert_int_equal(e, 0);
+	double end = h_now() + H_DEADLINE_S * 2;
+	while (atomic_load(&f->st.ready) == ready0) {
+		if (h_now() > end || waitpid(f->d.pid, NULL, WNOHANG) == f->d.pid) {
+			h_daemon_dump_log(&f->d, 0);
+			fail_msg("refpaged with the fd store did not say READY=1");
+		}
+		usleep(2000);
+	}
+}
+
+static void sfx_kill(struct sfx *f)
+{
+	kill(f->d.pid, SIGKILL);
+	h_reap(f->d.pid, H_DEADLINE_S);
+	f->d.pid = 0;
+}
+
+/* A client (us: 16 threads) and a fork child faulting, served. */
+static void sfx_clients(struct sfx *f, int nthreads)
+{
+	sfx_start(f);
+	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	ld_start(&f->ld, f->c, nthreads, 1);
+	assert_int_equal(h_wait_until(ld_flowing, &f->ld, H_DEADLINE_S), 0);
+}
+
+static int sfx_teardown(void **state)
+{
+	struct sfx *f = *state;
+
+	if (!f)
+		return 0;
+	if (f->ld.sh) {
+		/* Our threads must not wait on a uffd the store keeps once the
+		 * daemon is gone. */
+		atomic_store(&f->ld.sh->lenient, 1);
+		ld_stop(&f->ld);
+		ld_free(&f->ld);
+	}
+	if (f->d.pid) {
+		kill(f->d.pid, SIGTERM);
+		int st = h_reap(f->d.pid, H_DEADLINE_S);
+		if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st))
+			f->ok = 0;
+	}
+	if (!f->ok)
+		h_daemon_dump_log(&f->d, 0);
+	atomic_store(&f->st.stop, 1);
+	pthread_join(f->st.th, NULL);
+	for (int i = 0; i < f->st.n; i++)
+		close(f->st.e[i].fd);
+	close(f->st.sock);
+	close(f->listen_fd);
+	if (f->c)
+		rp_disconnect(f->c);
+	if (!getenv("RP_ITEST_KEEP")) {
+		unlink(f->d.sock);
+		unlink(f->notify);
+		unlink(f->d.log);
+		rmdir(f->d.dir);
+	}
+	free(f);
+	*state = NULL;
+	return 0;
+}
+
+static int log_has(struct sfx *f, const char *needle)
+{
+	return h_daemon_log_has(&f->d, needle);
+}
+
+static uint64_t stat_of(rp_client *c, const char *name)
+{
+	struct h_stats s;
+
+	assert_int_equal(h_stats_read(c, &s), 0);
+	return h_stat(&s, name);
+}
+
+/* SIGKILL, a pause with the threads faulting into the void, a restart:
+ * nothing lost, nothing answered with zeros, no reconnection. */
+static void test_store_kill(void **state)
+{
+	struct sfx *f = *state;
+
+	sfx_clients(f, LD_MAX_THREADS);
+	uint64_t faults = stat_of(f->c, "faults");
+	assert_int_equal(stat_of(f->c, "processes"), 2);
+	assert_true(store_get(&f->st, "snap") >= 0);
+	h_daemon_mark_log(&f->d);
+	for (int k = 0; k < 3; k++) {
+		double t0 = h_now();
+		sfx_kill(f);
+		usleep(200000); /* faults pile up: nobody reads the uffds the store holds */
+		sfx_start(f);
+		double down = (h_now() - t0) * 1e3;
+		ld_wait_progress(&f->ld);
+		ld_assert_good(&f->ld);
+		assert_int_equal(rp_alive(f->c), 1);
+		uint64_t now = stat_of(f->c, "faults");
+		if (now < faults)
+			fail_msg("kill %d: faults went back from %llu to %llu", k,
+				 (unsigned long long)faults, (unsigned long long)now);
+		faults = now;
+		assert_int_equal(stat_of(f->c, "processes"), 2);
+		assert_int_equal(stat_of(f->c, "ev_fork"), 1);
+		printf("  kill %d: down %.0f ms, slowest first touch so far %.1f ms\n", k, down,
+		       (double)atomic_load(&f->ld.sh->side[0].max_ns) / 1e6);
+	}
+	assert_true(log_has(f, "restore: from systemd, snapshot generation"));
+	assert_false(log_has(f, "dropped;"));
+	assert_false(log_has(f, "client up"));
+	/* A fault that came during the kill waited for the restart. */
+	assert_true(atomic_load(&f->ld.sh->side[0].max_ns) > 100000000ull);
+	assert_int_equal(atomic_load(&f->ld.sh->side[0].zeros), 0);
+	f->ok = 1;
+}
+
+enum damage { CORRUPT_NEWEST, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD };
+
+struct damage_row {
+	const char *name;
+	enum damage what;
+	const char *log;   /* what the restarted daemon must say */
+	int drops_all;     /* the snapshot is lost: every client is let go */
+};
+
+static const struct damage_row damage_rows[] = {
+	{ "newest slot corrupt", CORRUPT_NEWEST, "checksum mismatch; using generation", 0 },
+	{ "truncated memfd", TRUNCATED, "the snapshot is unusable: truncated", 1 },
+	{ "unknown version", UNKNOWN_VERSION, "the snapshot is format version 999", 1 },
+	{ "fork child gone", CHILD_GONE, "the process is gone; released", 0 },
+	{ "not a uffd", NOT_A_UFFD, "not a userfaultfd; dropped", 0 },
+};
+
+static void corrupt_newest(int snap)
+{
+	struct snap_image img;
+	uint32_t version;
+	uint8_t b;
+
+	assert_int_equal(snap_read(snap, &img, &version), SNAP_OK);
+	uint64_t off = SNAP_SLOT_OFF(img.slot) + img.len / 2;
+	printf("  newest: generation %llu in slot %d, %zu bytes\n", (unsigned long long)img.gen,
+	       img.slot, img.len);
+	snap_image_free(&img);
+	assert_int_equal(pread(snap, &b, 1, (off_t)off), 1);
+	b ^= 0x40;
+	assert_int_equal(pwrite(snap, &b, 1, (off_t)off), 1);
+}
+
+static void do_damage(struct sfx *f, const struct damage_row *row)
+{
+	int snap = store_get(&f->st, "snap");
+	uint32_t v = 999;
+	char name[32];
+
+	assert_true(snap >= 0);
+	switch (row->what) {
+	case CORRUPT_NEWEST:
+		corrupt_newest(snap);
+		break;
+	case TRUNCATED:
+		assert_int_equal(ftruncate(snap, SNAP_PAGE), 0);
+		break;
+	case UNKNOWN_VERSION:
+		assert_int_equal(pwrite(snap, &v, sizeof(v), offsetof(struct snap_file_hdr, version)), 4);
+		break;
+	case CHILD_GONE:
+		kill(f->ld.child, SIGKILL);
+		assert_true(h_reap(f->ld.child, H_DEADLINE_S) != -1);
+		f->ld.child = -1;
+		break;
+	case NOT_A_UFFD:
+		/* The child's uffd goes (its faults fall back to the kernel),
+		 * an eventfd takes its name. */
+		assert_int_equal(store_last_uffd(&f->st, name, sizeof(name)), 0);
+		pthread_mutex_lock(&f->st.lock);
+		store_remove(&f->st, name);
+		store_add(&f->st, name, eventfd(0, EFD_CLOEXEC));
+		pthread_mutex_unlock(&f->st.lock);
+		break;
+	}
+}
+
+/* Every thread of ours has read zeros since: none is stuck on a uffd. */
+static int parent_sees_zeros(void *arg)
+{
+	return atomic_load(&((struct sfx *)arg)->ld.sh->side[0].zeros) >= LD_MAX_THREADS;
+}
+
+static int not_alive(void *arg)
+{
+	return rp_alive(((struct sfx *)arg)->c) == 0;
+}
+
+static void check_dropped_all(struct sfx *f)
+{
+	assert_int_equal(h_wait_until(not_alive, f, H_DEADLINE_S), 0);
+	assert_int_equal(h_wait_until(parent_sees_zeros, f, H_DEADLINE_S), 0);
+	ld_wait_progress(&f->ld);
+	/* The library connects again on the next calls; the daemon serves. */
+	uint32_t id;
+	int r = rp_template_fill(f->c, 0x5A, &id);
+	if (r == -ENOTCONN)
+		r = rp_template_fill(f->c, 0x5A, &id);
+	assert_int_equal(r, 0);
+	uint8_t *p = rp_map(f->c, NULL, 8 * PAGE, RW, 0, id);
+	assert_ptr_not_equal(p, MAP_FAILED);
+	assert_int_equal(h_first_not(p, 8 * PAGE, 0x5A), -1);
+	assert_int_equal(rp_unmap(f->c, p, 8 * PAGE), 0);
+	assert_int_equal(rp_alive(f->c), 1);
+}
+
+static void test_store_damage(void **state)
+{
+	struct sfx *f = *state;
+
+	for (size_t k = 0; k < ARRAY_LEN(damage_rows); k++) {
+		const struct damage_row *row = &damage_rows[k];
+		printf("  case: %s\n", row->name);
+		if (k) {
+			/* A fresh start: no daemon, an empty store. */
+			sfx_teardown(state);
+			assert_int_equal(sfx_setup(state), 0);
+			f = *state;
+		}
+		sfx_clients(f, 4);
+		if (row->what == CORRUPT_NEWEST) {
+			/* One more change, so that the other slot has a
+			 * generation with every mapping too. */
+			uint32_t id;
+			assert_int_equal(rp_template_fill(f->c, 0x77, &id), 0);
+		}
+		h_daemon_mark_log(&f->d);
+		sfx_kill(f);
+		if (row->drops_all || row->what == NOT_A_UFFD)
+			atomic_store(&f->ld.sh->lenient, 1);
+		do_damage(f, row);
+		sfx_start(f);
+		if (!log_has(f, row->log))
+			fail_msg("%s: the log does not say '%s'", row->name, row->log);
+		if (row->drops_all) {
+			check_dropped_all(f);
+		} else {
+			ld_wait_progress(&f->ld);
+			assert_int_equal(rp_alive(f->c), 1);
+			/* Our own pages were served throughout. */
+			assert_int_equal(atomic_load(&f->ld.sh->side[0].zeros), 0);
+			assert_int_equal(stat_of(f->c, "processes"), row->what == CORRUPT_NEWEST ? 2 : 1);
+		}
+		ld_assert_good(&f->ld);
+		f->ok = 1;
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_upgrade_storm, setup_plain, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_refused, setup_bad_version, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_kill, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_damage, sfx_setup, sfx_teardown),
+	};
+	char why[256];
+
+	if (!h_uffd_usable(why, sizeof(why))) {
+		printf("SKIP: %s\n", why);
+		return H_EXIT_SKIP;
+	}
+	if (geteuid() != 0) {
+		printf("SKIP: not root: the daemon needs CAP_SYS_PTRACE for fork events\n");
+		return H_EXIT_SKIP;
+	}
+	/* Upgraded daemons are children of their exec helper; when it goes,
+	 * they come back to us, to be reaped. */
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
+}

@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# tests/preload/preload-test.sh CASE: refpage-run and librefpage-preload.so
+# against a private refpaged, under real programs. CTest passes the paths:
+#   RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD
+# Cases: cli uninit programs-root programs-nobody fork fallback jemalloc
+# Exit status 0: passed, 1: failed (what and why printed), 77: skipped (why).
+set -uo pipefail
+
+case_name=${1:?usage: preload-test.sh CASE}
+for v in RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD; do
+	[ -n "${!v:-}" ] || { echo "preload-test: \$$v is not set"; exit 1; }
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/refpage-preload.XXXXXX")
+chmod 755 "$tmp" # uid 65534 reaches the socket and the inputs
+dpid=
+failures=0
+# shellcheck disable=SC2317 # called from the trap
+cleanup() {
+	stop_daemon
+	if [ -n "${RP_TEST_KEEP:-}" ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+skip() { echo "SKIP: $*"; exit 77; }
+pass() { echo "ok   $*"; }
+fail() {
+	echo "FAIL $*"
+	failures=$((failures + 1))
+}
+
+start_daemon() {
+	"$RP_DAEMON" --socket "$tmp/d.sock" >"$tmp/d.log" 2>&1 &
+	dpid=$!
+	for _ in $(seq 200); do
+		[ -S "$tmp/d.sock" ] && return 0
+		kill -0 "$dpid" 2>/dev/null || break
+		sleep 0.05
+	done
+	echo "refpaged did not start:"; cat "$tmp/d.log"; exit 1
+}
+
+stop_daemon() {
+	if [ -n "$dpid" ]; then
+		kill "$dpid" 2>/dev/null
+		wait "$dpid" 2>/dev/null
+		dpid=
+	fi
+}
+
+nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups --)
+need_nobody() {
+	[ "$(id -u)" = 0 ] || skip "not root: cannot run programs as uid 65534"
+	command -v setpriv >/dev/null || skip "setpriv(1) not found"
+}
+
+# Refpages usable here at all (a userfaultfd, the daemon answering)?
+need_refpages() {
+	"$RP_RUN" --strict --socket "$tmp/d.sock" -- true 2>"$tmp/probe.err" ||
+		skip "refpages unusable here: $(cat "$tmp/probe.err")"
+}
+
+# run NAME [as nobody] -- CMD...: stdout to $tmp/NAME.out, stderr to
+# $tmp/NAME.err, exit status in $rc.
+run() {
+	local name=$1 pre=()
+	shift
+	[ "$1" = nobody ] && pre=("${nobody[@]}")
+	shift 2 # the user and "--"
+	"${pre[@]}" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" </dev/null
+	rc=$?
+}
+
+rp() { echo "$RP_RUN" --socket "$tmp/d.sock"; }
+
+expect_out() { # NAME TEXT
+	if [ "$rc" = 0 ] && [ "$(cat "$tmp/$1.out")" = "$2" ]; then
+		pass "$1: $2"
+	else
+		fail "$1: wanted '$2' and status 0, got '$(cat "$tmp/$1.out")' status $rc; stderr:"
+		cat "$tmp/$1.err"
+	fi
+}
+
+# count_err NAME REGEX WANT: the number of stderr lines matching REGEX.
+count_err() {
+	local n
+	n=$(grep -cE -- "$2" "$tmp/$1.err")
+	if [ "$n" = "$3" ]; then
+		pass "$1: $3 line(s) matching '$2' on stderr"
+	else
+		fail "$1: $n lines matching '$2' on stderr, wanted $3:"
+		cat "$tmp/$1.err"
+	fi
+}
+
+# --- cases ----------------------------------------------------------------
+
+case_cli() {
+	local args
+	while IFS='|' read -r args want; do
+		# shellcheck disable=SC2086 # word splitting wanted
+		"$RP_RUN" $args >"$tmp/cli.out" 2>"$tmp/cli.err"
+		rc=$?
+		if [ "$rc" = 2 ] && grep -qF -- "$want" "$tmp/cli.err"; then
+			pass "refpage-run $args: status 2, '$want'"
+		else
+			fail "refpage-run $args: status $rc, stderr:"; cat "$tmp/cli.err"
+		fi
+	done <<-'EOF'
+		|no PROGRAM given
+		--mode|needs a value
+		--mode bogus -- true|--mode: want refpage, memset or anon
+		--pattern 256 -- true|--pattern: want a byte value
+		--pattern 0xZZ -- true|--pattern: want a byte value
+		--pattern -1 -- true|--pattern: want a byte value
+		--threshold 0 -- true|--threshold: want a size
+		--threshold 12q -- true|--threshold: want a size
+		--threshold 2048g -- true|--threshold: want a size
+		--bogus -- true|unknown option '--bogus'
+	EOF
+	"$RP_RUN" --mode anon -- "$tmp/no-such-program" 2>"$tmp/cli.err"
+	rc=$?
+	if [ "$rc" = 127 ] && grep -q "cannot run" "$tmp/cli.err"; then
+		pass "missing program: status 127"
+	else
+		fail "missing program: status $rc"
+	fi
+	"$RP_RUN" --help | grep -q -- "--threshold BYTES" && pass "--help" || fail "--help"
+	# The shim checks its environment itself: each bad value said once,
+	# defaults used (mode memset asked for, the pattern falls back to 0xaa).
+	run env-bad root -- env LD_PRELOAD="$RP_SHIM" REFPAGE_RUN_MODE=memset REFPAGE_RUN_PATTERN=0x1ff \
+		REFPAGE_RUN_THRESHOLD=abc REFPAGE_RUN_STRICT=yes "$RP_UNINIT"
+	expect_out env-bad "uninit: aa aa aa aa"
+	count_err env-bad "ignoring bad REFPAGE_RUN_PATTERN" 1
+	count_err env-bad "ignoring bad REFPAGE_RUN_THRESHOLD" 1
+	count_err env-bad "ignoring bad REFPAGE_RUN_STRICT" 1
+	run env-mode root -- env LD_PRELOAD="$RP_SHIM" REFPAGE_RUN_MODE=fast REFPAGED_SOCKET="$tmp/none" \
+		"$RP_UNINIT"
+	expect_out env-mode "uninit: aa aa aa aa"
+	count_err env-mode "ignoring bad REFPAGE_RUN_MODE" 1
+	count_err env-mode "cannot reach refpaged" 1
+}
+
+case_uninit() {
+	start_daemon
+	need_refpages
+	run plain root -- "$RP_UNINIT"
+	expect_out plain "uninit: 00 00 00 00"
+	for m in refpage memset anon; do
+		want="uninit: aa aa aa aa"
+		[ $m = anon ] && want="uninit: 00 00 00 00"
+		run "uninit-$m" root -- $(rp) --stats --mode $m -- "$RP_UNINIT"
+		expect_out "uninit-$m" "$want"
+		count_err "uninit-$m" "large blocks.* $m [1-9]" 1
+	done
+	run pattern root -- $(rp) --pattern 0x5c -- "$RP_UNINIT"
+	expect_out pattern "uninit: 5c 5c 5c 5c"
+	run threshold root -- $(rp) --stats --threshold 64m -- "$RP_UNINIT"
+	count_err threshold "large blocks refpage 0, memset 0, anon 0;" 1
+
+	need_nobody
+	run nobody-memset nobody -- $(rp) --mode memset -- "$RP_UNINIT"
+	expect_out nobody-memset "uninit: aa aa aa aa"
+	# uid 65534 only gets a user-mode-only uffd here: refpage-run says so
+	# once and uses memset, unless told to use refpages anyway.
+	if "${nobody[@]}" "$RP_RUN" --strict --socket "$tmp/d.sock" -- true 2>/dev/null; then
+		echo "note: uid 65534 can make a full userfaultfd here"
+	else
+		run nobody-refpage nobody -- $(rp) --stats -- "$RP_UNINIT"
+		expect_out nobody-refpage "uninit: aa aa aa aa"
+		count_err nobody-refpage "user-mode-only userfaultfd" 1
+		count_err nobody-refpage "large blocks refpage 0, memset [1-9]" 1
+	fi
+	run nobody-umo nobody -- $(rp) --stats --allow-user-mode-only -- "$RP_UNINIT"
+	expect_out nobody-umo "uninit: aa aa aa aa"
+	count_err nobody-umo "large blocks refpage [1-9]" 1
+}
+
+make_inputs() {
+	seq 1 1000000 >"$tmp/seq.txt"
+	awk 'BEGIN { x = 7; for (i = 0; i < 300000; i++) { x = (x * 1103515245 + 12345) % 2147483648; print x, i } }' \
+		>"$tmp/shuf.txt"
+	chmod 644 "$tmp"/*.txt
+}
+
+# The programs, byte-identical output under every mode to a plain run.
+programs() {
+	local user=$1 p m
+	local -A cmd=(
+		[xz]="/usr/bin/xz -T2 --block-size=1MiB -6 -c $tmp/seq.txt"
+		[unxz]="/usr/bin/xz -T2 -dc $tmp/seq.txt.xz"
+		[sort]="/usr/bin/sort --parallel=2 -S 32M -k1,1n $tmp/shuf.txt"
+		[python3]="/usr/bin/python3 $RP_WORKLOAD 300000"
+	)
+	for b in /usr/bin/xz /usr/bin/sort /usr/bin/python3; do
+		[ -x $b ] || skip "$b not installed (scripts/deps.sh installs it)"
+	done
+	make_inputs
+	/usr/bin/xz -T2 --block-size=1MiB -6 -c "$tmp/seq.txt" >"$tmp/seq.txt.xz"
+	chmod 644 "$tmp/seq.txt.xz"
+	for p in xz unxz sort python3; do
+		# shellcheck disable=SC2086 # the commands are word lists
+		run "$p-$user-plain" "$user" -- ${cmd[$p]}
+		[ "$rc" = 0 ] || { fail "$p as $user without the shim: status $rc"; cat "$tmp/$p-$user-plain.err"; continue; }
+		for m in refpage memset anon; do
+			local n="$p-$user-$m"
+			# shellcheck disable=SC2086
+			run "$n" "$user" -- $(rp) --stats --mode $m -- ${cmd[$p]}
+			if [ "$rc" = 0 ] && cmp -s "$tmp/$p-$user-plain.out" "$tmp/$n.out"; then
+				pass "$p as $user, --mode $m: output identical ($(wc -c <"$tmp/$n.out") bytes)"
+			else
+				fail "$p as $user, --mode $m: status $rc, output $(cmp "$tmp/$p-$user-plain.out" "$tmp/$n.out" 2>&1 | head -1)"
+				cat "$tmp/$n.err"
+			fi
+			# Not passing vacuously: the blocks really came from that mode.
+			local want=$m
+			[ "$user" = nobody ] && [ $m = refpage ] && want=memset
+			[ $p = unxz ] && continue # its buffers are small
+			grep -qE "large blocks.* $want [1-9]" "$tmp/$n.err" ||
+				{ fail "$p as $user, --mode $m: no large $want blocks:"; cat "$tmp/$n.err"; }
+		done
+	done
+}
+
+case_programs-root() {
+	start_daemon
+	need_refpages
+	programs root
+}
+
+case_programs-nobody() {
+	need_nobody
+	start_daemon
+	need_refpages
+	programs nobody
+}
+
+case_fork() {
+	start_daemon
+	need_refpages
+	run fork-plain root -- "$RP_FORKALLOC" any
+	expect_out fork-plain "forkalloc: ok"
+	for user in root nobody; do
+		[ $user = nobody ] && need_nobody
+		for m in refpage memset anon; do
+			e=0xaa
+			[ $m = anon ] && e=0
+			run "fork-$user-$m" $user -- $(rp) --mode $m -- "$RP_FORKALLOC" $e 8
+			expect_out "fork-$user-$m" "forkalloc: ok"
+		done
+	done
+	run fork-umo nobody -- $(rp) --allow-user-mode-only -- "$RP_FORKALLOC" 0xaa 8
+	expect_out fork-umo "forkalloc: ok"
+}
+
+case_fallback() {
+	# No daemon at all: said once, the output still right.
+	local none="$tmp/none.sock"
+	run fb-run root -- "$RP_RUN" --socket "$none" --stats -- "$RP_FORKALLOC" 0xaa 4
+	expect_out fb-run "forkalloc: ok"
+	count_err fb-run "cannot reach refpaged" 1
+	count_err fb-run "large blocks refpage 0, memset [1-9]" 1
+	# The shim on its own (no launcher to check first): one process, one
+	# message, however many blocks and fork children follow.
+	run fb-shim root -- env LD_PRELOAD="$RP_SHIM" REFPAGED_SOCKET="$none" REFPAGE_RUN_STATS=1 \
+		"$RP_FORKALLOC" 0xaa 4
+	expect_out fb-shim "forkalloc: ok"
+	count_err fb-shim "cannot reach refpaged" 1
+	count_err fb-shim "fallbacks [1-9]" 1
+	# --strict: refpage-run refuses before the program starts...
+	run fb-strict root -- "$RP_RUN" --socket "$none" --strict -- "$RP_UNINIT"
+	if [ "$rc" = 1 ] && [ ! -s "$tmp/fb-strict.out" ]; then
+		pass "--strict without a daemon: status 1, program not run"
+	else
+		fail "--strict without a daemon: status $rc"
+	fi
+	count_err fb-strict "^refpage-run: --strict: cannot reach refpaged" 1
+	# ...and the shim ends a process that finds no daemon later.
+	run fb-strict-shim root -- env LD_PRELOAD="$RP_SHIM" REFPAGED_SOCKET="$none" REFPAGE_RUN_STRICT=1 \
+		"$RP_UNINIT"
+	[ "$rc" = 1 ] && pass "strict shim without a daemon: status 1" || fail "strict shim: status $rc"
+	count_err fb-strict-shim "cannot reach refpaged.*--strict: exiting with status 1" 1
+	start_daemon
+	run strict-ok root -- $(rp) --strict -- "$RP_UNINIT"
+	expect_out strict-ok "uninit: aa aa aa aa"
+}
+
+# The jemalloc extent hooks example (tests/preload/test_jemalloc.c).
+case_jemalloc() {
+	start_daemon
+	need_refpages
+	# jemalloc's default (opt.retain true): the retaining arena; then with
+	# opt.retain off, where extents may also be unmapped.
+	for conf in "" retain:false; do
+		echo "== MALLOC_CONF=$conf"
+		MALLOC_CONF=$conf REFPAGED_SOCKET="$tmp/d.sock" "$RP_JEMALLOC_TEST"
+		rc=$?
+		[ "$rc" = 77 ] && skip "test_jemalloc skipped itself"
+		[ "$rc" = 0 ] || fail "test_jemalloc (MALLOC_CONF=$conf): status $rc"
+	done
+}
+
+"case_$case_name" || true
+if [ "$failures" != 0 ]; then
+	echo "preload-test $case_name: $failures failure(s); daemon log:"
+	[ -f "$tmp/d.log" ] && cat "$tmp/d.log"
+	exit 1
+fi
+echo "preload-test $case_name: passed"
