@@ -346,6 +346,18 @@ RP_API int rp_alive(rp_client *c)
 
 /* --- templates ------------------------------------------------------- */
 
+/* 1 if every page of [p, p + PAGE) is mapped. mincore() asks without
+ * touching: a copy from an unmapped address would kill the caller where
+ * the kernel patch's mmap() returns an error. */
+static int mapped(const void *p)
+{
+	uintptr_t a = (uintptr_t)p & ~(uintptr_t)(PAGE - 1);
+	uintptr_t end = (uintptr_t)p + PAGE;
+	unsigned char vec[2];
+
+	return mincore((void *)a, end - a, vec) == 0;
+}
+
 static struct rp_tmpl_rec *rec_find(struct rp_client *c, uint32_t id)
 {
 	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
@@ -421,6 +433,8 @@ RP_API int rp_template_create(rp_client *c, const void *page, uint32_t *id)
 
 	if (!page)
 		return -EINVAL;
+	if (!mapped(page))
+		return -EFAULT;
 	/* Copied in user mode first: the page may itself be an untouched
 	 * refpage, which a user-mode-only uffd cannot fault in for sendmsg. */
 	memcpy(copy, page, sizeof(copy));
@@ -601,6 +615,10 @@ RP_API void *refpage_mmap(void *addr, size_t len, int prot, int flags, const voi
 
 	if (!refpage || !len || !map_flags_ok(flags)) {
 		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	if (!mapped(refpage)) {
+		errno = EINVAL; /* as the kernel patch answers an unmapped refpage */
 		return MAP_FAILED;
 	}
 	memcpy(copy, refpage, sizeof(copy));
