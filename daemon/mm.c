@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,10 +235,23 @@ void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0)
 		persist_changed(mm->d);
 }
 
+/* munmap() and mremap() return once their event is read, not applied: a
+ * client may reuse the address in its next MAP before the worker has
+ * dropped the old range. Wait until every batch read so far is applied
+ * (at most one batch of work on the worker). */
+static void wait_events_applied(struct rp_mm *mm)
+{
+	uint64_t t = atomic_load(&mm->ev_started);
+
+	while (atomic_load(&mm->ev_done) < t && !atomic_load(&mm->dead))
+		sched_yield();
+}
+
 int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
 {
 	int r;
 
+	wait_events_applied(mm);
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;

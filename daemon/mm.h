@@ -55,6 +55,11 @@ struct rp_mm {
 	struct rp_daemon *d;
 	struct worker *w;
 	ev_io io;               /* on w's loop */
+	/* Batches of uffd messages the worker has started to read and has
+	 * finished applying: a munmap() returns as soon as its UNMAP event is
+	 * read, so a MAP that finds the old range still in the table waits
+	 * until every batch read before it is applied (mm_map). */
+	_Atomic uint64_t ev_started, ev_done;
 	/* Faults that could not be filled yet (EAGAIN, ENOMEM), retried. */
 	struct pending_fault *pending;
 	uint32_t npending, cappending;

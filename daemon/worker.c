@@ -275,8 +275,10 @@ static int drain(struct worker *w, struct rp_mm *mm)
 
 	for (int round = 0; round < READS_PER_WAKE; round++) {
 		struct filled f = { .n = 0 };
+		uint64_t ticket = atomic_fetch_add(&mm->ev_started, 1) + 1;
 		ssize_t n = read(mm->uffd, msgs, sizeof(msgs));
 		if (n < 0) {
+			atomic_store(&mm->ev_done, ticket);
 			if (errno == EAGAIN || errno == EINTR)
 				break;
 			log_warn("pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd, strerror(errno));
@@ -304,6 +306,7 @@ static int drain(struct worker *w, struct rp_mm *mm)
 				on_msg(w, mm, m);
 			}
 		}
+		atomic_store(&mm->ev_done, ticket);
 		handled += (int)((size_t)n / sizeof(msgs[0]));
 		if ((size_t)n < sizeof(msgs))
 			break;

@@ -98,6 +98,29 @@ static int test_teardown(void **state)
 	return 0;
 }
 
+/* munmap() returns as soon as the daemon has read its UNMAP event, maybe
+ * before it has dropped the range: an allocator that maps again at the
+ * same address at once must still get a working mapping (no EEXIST). */
+static void test_munmap_then_map_same_address(void **state)
+{
+	struct fx *fx = *state;
+	size_t len = 16 * PAGE;
+	uint8_t *p = rp_map(fx->c, NULL, len, PROT_READ | PROT_WRITE, 0, fx->aa);
+
+	assert_true(p != MAP_FAILED);
+	for (int i = 0; i < 2000; i++) {
+		p[(size_t)(i % 16) * PAGE] = 1; /* a fault, so the worker is busy too */
+		assert_int_equal(munmap(p, len), 0);
+		uint8_t *q = rp_map(fx->c, p, len, PROT_READ | PROT_WRITE, MAP_FIXED_NOREPLACE, fx->aa);
+		if (q == MAP_FAILED)
+			fail_msg("round %d: rp_map at the address just unmapped: %s", i, strerror(errno));
+		assert_ptr_equal(q, p);
+		assert_int_equal(q[PAGE], 0xAA);
+	}
+	assert_int_equal(rp_unmap(fx->c, p, len), 0);
+	fx->ok = 1;
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, test_setup, test_teardown)
 
 /* --- helpers --------------------------------------------------------------- */
@@ -988,6 +1011,7 @@ int main(void)
 		T(test_madvise_dontneed),
 		T(test_rp_unmap_partial),
 		T(test_munmap_partial),
+		T(test_munmap_then_map_same_address),
 		T(test_mremap_fixed),
 		T(test_mremap_onto_refpage),
 		T(test_mremap_grow_in_place),
