@@ -30,6 +30,10 @@ struct rp_config {
 	uint32_t fault_around;    /* largest fill window in pages (1 = off) */
 	uint32_t poll_us;         /* busy-poll a uffd this long before sleeping (0 = off) */
 	struct rp_limits lim;
+	/* Tests (--debug-die-peeked/--debug-die-answered N): die at once with
+	 * the N-th request read but not handled, or handled and answered but
+	 * still on its socket (session.c). 0: off. */
+	uint32_t die_peeked, die_answered;
 };
 
 struct rp_daemon {

@@ -80,8 +80,9 @@ static int from_fds(struct rp_daemon *d, struct fdset *fds)
 	}
 	int fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+		int e = errno;
 		close(fd);
-		return -errno;
+		return -e;
 	}
 	d->listen_fd = fd;
 	d->listen_owned = fds->listen_owned;

@@ -41,8 +41,9 @@
  * only, not in --help). */
 static int no_sandbox, debug_forbidden_syscall;
 static int debug_stall_after = -1;
-/* --fd-store; --handover FD (the exec helper passes it) and
- * --debug-snapshot-version N (tests: write a format no binary reads). */
+/* --fd-store; --handover FD (the exec helper passes it); for tests:
+ * --debug-snapshot-version N (write a format no binary reads) and
+ * --debug-die-peeked/--debug-die-answered N (daemon.h). */
 static int fd_store, handover_fd = -1;
 static uint32_t snapshot_version = SNAP_VERSION;
 
@@ -116,6 +117,8 @@ static const struct option opts[] = {
 	{ "fd-store", no_argument, NULL, 'F' },
 	{ "handover", required_argument, NULL, 'O' },
 	{ "debug-snapshot-version", required_argument, NULL, 'Z' },
+	{ "debug-die-peeked", required_argument, NULL, 'K' },
+	{ "debug-die-answered", required_argument, NULL, 'A' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -160,6 +163,8 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 		case 'F': fd_store = 1; break;
 		case 'O': handover_fd = (int)parse_num(name, optarg, 3, INT_MAX); break;
 		case 'Z': snapshot_version = (uint32_t)parse_num(name, optarg, 0, UINT32_MAX); break;
+		case 'K': c->die_peeked = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
+		case 'A': c->die_answered = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
 		case 'h': usage(stdout); exit(0);
 		case 'V': printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
 		default: usage(stderr); exit(2);
@@ -394,7 +399,7 @@ int main(int argc, char **argv)
 	}
 	persist_loop_made(d.loop);
 	if (inherit(&fds, &snap_fd) < 0)
-		return HANDOVER_EXIT_FAILED;
+		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on */
 	if (listener_open(&d, &fds) < 0)
 		return fail_early("no listening socket");
 	/* Before the first thread: each thread has its own capability sets. */

@@ -272,8 +272,9 @@ static void restore_mm(struct restore *r, const struct snap_mview *v)
 		r->dropped[1]++;
 		return;
 	}
-	if (!mm_is_uffd(fd) || set_flags(fd) < 0 || idmap_get(&r->mms, m->id)) {
-		drop_fd(r, name, fd, "%s", !mm_is_uffd(fd) ? "not a userfaultfd" : "unusable");
+	int is_uffd = mm_is_uffd(fd);
+	if (!is_uffd || set_flags(fd) < 0 || idmap_get(&r->mms, m->id)) {
+		drop_fd(r, name, fd, "%s", is_uffd ? "unusable" : "not a userfaultfd");
 		r->dropped[1]++;
 		return;
 	}
@@ -388,6 +389,12 @@ static void restore_session(struct restore *r, const struct snap_sview *v)
 		r->dropped[0]++;
 		return;
 	}
+	/* Closed now, its address space is released as unclaimed. */
+	if (restore_handles(r, s, v) < 0) {
+		session_close(s, "out of memory restoring its templates");
+		r->dropped[0]++;
+		return;
+	}
 	if (rm) {
 		rm->claimed = 1;
 		mm_ref(rm->mm); /* the session's */
@@ -398,11 +405,6 @@ static void restore_session(struct restore *r, const struct snap_sview *v)
 	s->last_seq = rec->last_seq;
 	s->replied = !!(rec->flags & SNAP_SESSION_REPLIED);
 	s->replay = 1;
-	if (restore_handles(r, s, v) < 0) {
-		session_close(s, "out of memory restoring its templates");
-		r->dropped[0]++;
-		return;
-	}
 	r->kept[0]++;
 }
 
@@ -438,7 +440,8 @@ static void drop_rest(struct restore *r)
 	for (size_t i = 0; i < r->set->n; i++) {
 		struct named_fd *e = &r->set->v[i];
 		if (e->fd >= 0) {
-			drop_fd(r, e->name, e->fd, "not in the snapshot");
+			drop_fd(r, e->name, e->fd, "%s",
+				r->have_img ? "not in the snapshot" : "no usable snapshot");
 			e->fd = -1;
 		}
 	}

@@ -410,6 +410,17 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 
 /* Read and handle one packet. Returns 1 to go on, 0 when drained, -1 if s
  * was closed. */
+/* --debug-die-peeked/--debug-die-answered N: the N-th request handled. */
+static uint32_t nrequests;
+
+static void debug_die(uint32_t at, const char *when)
+{
+	if (at && at == nrequests) {
+		log_warn("--debug-die-%s %u: dying here", when, at);
+		_exit(99);
+	}
+}
+
 void session_consume(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
@@ -486,8 +497,11 @@ static int handle_one(struct session *s)
 	int r = replayed(s, h, fd);
 	if (r)
 		return r;
+	nrequests++;
+	debug_die(s->d->cfg.die_peeked, "peeked");
 	if (dispatch(s, h, fd) < 0)
 		return -1;
+	debug_die(s->d->cfg.die_answered, "answered");
 	session_consume(s);
 	return 1;
 }

@@ -499,6 +499,7 @@ int snap_commit(struct snap_writer *w, const void *body, size_t len)
 		w->pages_now = t;
 	}
 	/* Built afresh for the next body, on success or not. */
-	memset(w->pages_now, 0, w->nwords * sizeof(*w->pages_now));
+	if (w->nwords)
+		memset(w->pages_now, 0, w->nwords * sizeof(*w->pages_now));
 	return r;
 }

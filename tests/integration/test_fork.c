@@ -300,6 +300,9 @@ static void storm(struct fx *fx, int as_nobody)
 	const char *argv[] = { h_fork_prog(), "storm", fx->d.sock, children, "8", NULL };
 
 	assert_int_equal(h_wait_stats(fx->c, at_rest, 4, H_DEADLINE_S), 0);
+	/* A fault answered means the worker serves our mm, exit watch and
+	 * all: the descriptor count is settled. */
+	assert_int_equal(*(volatile uint8_t *)(fx->p + 200 * PAGE), 0xAA);
 	int fds = h_count_fds(fx->d.pid);
 	long rss = daemon_rss_kib(fx->d.pid);
 	int st = h_run(argv, as_nobody, 120, out, sizeof(out));

@@ -62,6 +62,7 @@ struct ld_side {
 	atomic_ulong max_ns;   /* the slowest */
 	atomic_ulong zeros;    /* pages read as zeros (allowed when lenient) */
 	atomic_ulong rounds;
+	atomic_ulong thread_rounds[LD_MAX_THREADS];
 };
 
 /* MAP_SHARED: the fork child reports here too. */
@@ -180,6 +181,7 @@ static void *ld_thread(void *arg)
 		for (int m = 0; m < LD_MAPS; m++)
 			ld_round(a, m, round);
 		atomic_fetch_add(&sh->side[a->side].rounds, 1);
+		atomic_fetch_add(&sh->side[a->side].thread_rounds[a->idx], 1);
 	}
 	return NULL;
 }
@@ -240,20 +242,25 @@ static int ld_flowing(void *arg)
 	       (ld->child < 0 || atomic_load(&ld->sh->side[1].rounds) >= LD_CHILD_THREADS);
 }
 
-/* Rounds go on, in us and in the child, from now. */
+/* Every thread, in us and in the child, finishes a round from now: none
+ * is left waiting on a fault (say, one a previous daemon read). */
 static void ld_wait_progress(struct load *ld)
 {
-	unsigned long r0 = atomic_load(&ld->sh->side[0].rounds), r1 = atomic_load(&ld->sh->side[1].rounds);
+	unsigned long was[2][LD_MAX_THREADS];
+	int n[2] = { ld->nthreads, ld->child > 0 ? LD_CHILD_THREADS : 0 };
 	double end = h_now() + H_DEADLINE_S;
 
-	while (atomic_load(&ld->sh->side[0].rounds) < r0 + (unsigned)ld->nthreads ||
-	       (ld->child > 0 && atomic_load(&ld->sh->side[1].rounds) < r1 + LD_CHILD_THREADS)) {
-		if (h_now() > end)
-			fail_msg("faulting threads stopped making progress (parent %lu -> %lu, child %lu "
-				 "-> %lu)", r0, atomic_load(&ld->sh->side[0].rounds), r1,
-				 atomic_load(&ld->sh->side[1].rounds));
-		usleep(2000);
-	}
+	for (int side = 0; side < 2; side++)
+		for (int i = 0; i < n[side]; i++)
+			was[side][i] = atomic_load(&ld->sh->side[side].thread_rounds[i]);
+	for (int side = 0; side < 2; side++)
+		for (int i = 0; i < n[side]; i++)
+			while (atomic_load(&ld->sh->side[side].thread_rounds[i]) == was[side][i]) {
+				if (h_now() > end)
+					fail_msg("%s thread %d made no progress in %.0f s",
+						 side ? "child" : "parent", i, H_DEADLINE_S);
+				usleep(2000);
+			}
 }
 
 static void ld_stop(struct load *ld)
@@ -266,6 +273,7 @@ static void ld_stop(struct load *ld)
 		if (pthread_timedjoin_np(ld->th[i], NULL, &ts))
 			fail_msg("faulting thread %d is stuck", i);
 	}
+	ld->nthreads = 0;
 	if (ld->child > 0) {
 		int st = h_reap(ld->child, H_DEADLINE_S);
 		if (st == -1) {
@@ -290,6 +298,44 @@ static void ld_free(struct load *ld)
 		if (ld->map[m])
 			munmap(ld->map[m], LD_PAGES * PAGE);
 	munmap(ld->sh, sizeof(*ld->sh));
+}
+
+/* rp_alive() every millisecond: the client must never see its connection
+ * go, not even for a moment. */
+struct alive_mon {
+	rp_client *c;
+	pthread_t th;
+	atomic_int stop;
+	atomic_ulong checks, dead;
+};
+
+static void *alive_main(void *arg)
+{
+	struct alive_mon *m = arg;
+
+	while (!atomic_load(&m->stop)) {
+		if (!rp_alive(m->c))
+			atomic_fetch_add(&m->dead, 1);
+		atomic_fetch_add(&m->checks, 1);
+		usleep(1000);
+	}
+	return NULL;
+}
+
+static void alive_start(struct alive_mon *m, rp_client *c)
+{
+	memset(m, 0, sizeof(*m));
+	m->c = c;
+	assert_int_equal(pthread_create(&m->th, NULL, alive_main, m), 0);
+}
+
+static void alive_stop(struct alive_mon *m)
+{
+	atomic_store(&m->stop, 1);
+	pthread_join(m->th, NULL);
+	if (atomic_load(&m->dead))
+		fail_msg("rp_alive() said 0 in %lu of %lu checks", atomic_load(&m->dead),
+			 atomic_load(&m->checks));
 }
 
 /* --- upgrades ---------------------------------------------------------------- */
@@ -425,6 +471,8 @@ static void test_upgrade_storm(void **state)
 	/* From here on, a second "client up" would be a reconnection. */
 	h_daemon_mark_log(&fx->d);
 	off_t mark0 = fx->d.log_mark;
+	struct alive_mon mon;
+	alive_start(&mon, fx->c);
 	for (int i = 0; i < UPGRADES; i++) {
 		pid_t old = fx->d.pid, pid;
 		double t0 = h_now();
@@ -457,6 +505,7 @@ static void test_upgrade_storm(void **state)
 		ld_assert_good(&ld);
 	}
 	ld_stop(&ld);
+	alive_stop(&mon);
 	ld_assert_good(&ld);
 	assert_int_equal(rp_alive(fx->c), 1);
 	fx->d.log_mark = mark0;
@@ -644,6 +693,31 @@ static int store_last_uffd(struct store *st, char *name, size_t n)
 	return best ? 0 : -1;
 }
 
+/* Stored descriptors whose name starts with c (connections: 'c',
+ * uffds: 'u'). */
+static int store_count(struct store *st, char c)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&st->lock);
+	for (int i = 0; i < st->n; i++)
+		n += st->e[i].name[0] == c && st->e[i].name[1] >= '0' && st->e[i].name[1] <= '9';
+	pthread_mutex_unlock(&st->lock);
+	return n;
+}
+
+static void wait_store_count(struct store *st, char c, int want)
+{
+	double end = h_now() + H_DEADLINE_S;
+
+	while (store_count(st, c) != want) {
+		if (h_now() > end)
+			fail_msg("the fd store holds %d '%c' descriptors, want %d", store_count(st, c), c,
+				 want);
+		usleep(2000);
+	}
+}
+
 struct sfx {
 	struct h_daemon d; /* dir, sock, log, pid: started by us, not the harness */
 	char notify[128];
@@ -653,6 +727,19 @@ struct sfx {
 	struct load ld;
 	int ok;
 };
+
+/* A client of a daemon that died waits for the next one, the fd store
+ * holding its connection: a test that breaks the daemon must not wait
+ * for ever. */
+static void on_alarm(int sig)
+{
+	static const char msg[] = "test_restart: stuck for 120 s (a daemon died?); giving up\n";
+
+	(void)sig;
+	if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0)
+		_exit(2);
+	_exit(1);
+}
 
 static int sfx_setup(void **state)
 {
@@ -683,6 +770,8 @@ static int sfx_setup(void **state)
 	if (pthread_create(&f->st.th, NULL, store_main, &f->st))
 		return -1;
 	f->ld.child = -1;
+	signal(SIGALRM, on_alarm);
+	alarm(120);
 	*state = f;
 	return 0;
 }
@@ -692,7 +781,7 @@ static int sfx_setup(void **state)
  * (no fork event: a vfork-style child shares our mm) and a shell that
  * puts its own pid in LISTEN_PID before exec'ing setpriv, which ties the
  * daemon's life to ours. Returns once READY=1 came. */
-static void sfx_start(struct sfx *f)
+static void sfx_start_args(struct sfx *f, const char *const *extra)
 {
 	int high[STORE_MAX + 1], n = 0;
 	char names[STORE_MAX * 33 + 16] = "refpaged", env_fds[32], env_names[sizeof(names) + 32],
@@ -718,10 +807,11 @@ static void sfx_start(struct sfx *f)
 	envp[ne++] = env_names;
 	envp[ne++] = env_notify;
 	envp[ne] = NULL;
-	const char *argv[] = { "/bin/sh", "-c",
-			       "export LISTEN_PID=$$; exec \"$0\" --pdeathsig KILL -- \"$@\"", setpriv,
-			       h_daemon_prog(), "--fd-store", "--log-level", "debug", "--workers", "2",
-			       NULL };
+	const char *argv[16] = { "/bin/sh", "-c",
+				 "export LISTEN_PID=$$; exec \"$0\" --pdeathsig KILL -- \"$@\"", setpriv,
+				 h_daemon_prog(), "--fd-store", "--log-level", "debug", "--workers", "2" };
+	for (int i = 0, k = 10; extra && extra[i] && k < 15; i++)
+		argv[k++] = extra[i];
 	posix_spawn_file_actions_t fa;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 1, f->d.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -743,6 +833,11 @@ static void sfx_start(struct sfx *f)
 		}
 		usleep(2000);
 	}
+}
+
+static void sfx_start(struct sfx *f)
+{
+	sfx_start_args(f, NULL);
 }
 
 static void sfx_kill(struct sfx *f)
@@ -798,6 +893,7 @@ static int sfx_teardown(void **state)
 	}
 	free(f);
 	*state = NULL;
+	alarm(0);
 	return 0;
 }
 
@@ -824,7 +920,11 @@ static void test_store_kill(void **state)
 	uint64_t faults = stat_of(f->c, "faults");
 	assert_int_equal(stat_of(f->c, "processes"), 2);
 	assert_true(store_get(&f->st, "snap") >= 0);
+	assert_int_equal(store_count(&f->st, 'c'), 1);
+	assert_int_equal(store_count(&f->st, 'u'), 2);
 	h_daemon_mark_log(&f->d);
+	struct alive_mon mon;
+	alive_start(&mon, f->c);
 	for (int k = 0; k < 3; k++) {
 		double t0 = h_now();
 		sfx_kill(f);
@@ -844,12 +944,92 @@ static void test_store_kill(void **state)
 		printf("  kill %d: down %.0f ms, slowest first touch so far %.1f ms\n", k, down,
 		       (double)atomic_load(&f->ld.sh->side[0].max_ns) / 1e6);
 	}
+	alive_stop(&mon);
 	assert_true(log_has(f, "restore: from systemd, snapshot generation"));
 	assert_false(log_has(f, "dropped;"));
 	assert_false(log_has(f, "client up"));
+	/* What goes away leaves the store: a connection, a fork child. */
+	int s = h_dial(f->d.sock);
+	assert_true(s >= 0);
+	wait_store_count(&f->st, 'c', 2);
+	close(s);
+	wait_store_count(&f->st, 'c', 1);
 	/* A fault that came during the kill waited for the restart. */
 	assert_true(atomic_load(&f->ld.sh->side[0].max_ns) > 100000000ull);
 	assert_int_equal(atomic_load(&f->ld.sh->side[0].zeros), 0);
+	ld_stop(&f->ld);
+	ld_assert_good(&f->ld);
+	wait_store_count(&f->st, 'u', 1);
+	f->ok = 1;
+}
+
+struct bg_map {
+	rp_client *c;
+	uint32_t id;
+	uint8_t *p;
+};
+
+static void *bg_map_main(void *arg)
+{
+	struct bg_map *b = arg;
+
+	b->p = rp_map(b->c, NULL, 16 * PAGE, RW, 0, b->id);
+	return NULL;
+}
+
+/* A request in flight when the daemon dies is neither lost nor done twice:
+ * the daemon takes a request off its socket only once it has answered it,
+ * and the snapshot keeps its last answer (daemon/session.c). */
+static void test_store_in_flight(void **state)
+{
+	static const char *const die_answered[] = { "--debug-die-answered", "3", NULL };
+	static const char *const die_peeked[] = { "--debug-die-peeked", "1", NULL };
+	struct sfx *f = *state;
+	uint32_t id;
+	int st;
+
+	/* Requests: HELLO, TEMPLATE_FILL, MAP; the daemon dies having answered
+	 * the MAP, with the MAP still on the socket. */
+	sfx_start_args(f, die_answered);
+	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_template_fill(f->c, 0xAA, &id), 0);
+	uint8_t *p = rp_map(f->c, NULL, 16 * PAGE, RW, 0, id);
+	assert_ptr_not_equal(p, MAP_FAILED);
+	st = h_reap(f->d.pid, H_DEADLINE_S);
+	assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 99);
+	f->d.pid = 0;
+	h_daemon_mark_log(&f->d);
+	sfx_start(f);
+	/* The next daemon finds the MAP again and answers it again, once. */
+	double end = h_now() + H_DEADLINE_S;
+	while (!log_has(f, "MAP seq") && h_now() < end)
+		usleep(2000);
+	assert_true(log_has(f, "was answered before the restart: answering again"));
+	assert_int_equal(h_first_not(p, 16 * PAGE, 0xAA), -1);
+	/* The library skips the answer it had already. */
+	uint8_t *q = rp_map(f->c, NULL, 16 * PAGE, RW, 0, id);
+	assert_ptr_not_equal(q, MAP_FAILED);
+	assert_int_equal(h_first_not(q, 16 * PAGE, 0xAA), -1);
+	assert_int_equal(stat_of(f->c, "ranges"), 2);
+	assert_int_equal(rp_alive(f->c), 1);
+
+	/* The next daemon dies having read a MAP, before doing it: the client
+	 * waits, and the daemon after does it. */
+	sfx_kill(f);
+	sfx_start_args(f, die_peeked);
+	struct bg_map b = { f->c, id, NULL };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, bg_map_main, &b), 0);
+	st = h_reap(f->d.pid, H_DEADLINE_S);
+	assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 99);
+	f->d.pid = 0;
+	usleep(100000); /* still waiting, for nobody */
+	sfx_start(f);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_ptr_not_equal(b.p, MAP_FAILED);
+	assert_int_equal(h_first_not(b.p, 16 * PAGE, 0xAA), -1);
+	assert_int_equal(stat_of(f->c, "ranges"), 3);
+	assert_int_equal(rp_alive(f->c), 1);
 	f->ok = 1;
 }
 
@@ -991,13 +1171,68 @@ static void test_store_damage(void **state)
 	}
 }
 
-int main(void)
+/* --- what the fd store costs a request ---------------------------------------- */
+
+#define COST_PAIRS 300
+
+/* Microseconds per MAP + UNMAP of 16 pages, with n other ranges registered
+ * (the snapshot is rewritten, whole, before each reply). */
+static double map_cost_us(rp_client *c, int n)
+{
+	uint8_t **keep = calloc((size_t)n, sizeof(*keep));
+	uint32_t id;
+
+	assert_non_null(keep);
+	assert_int_equal(rp_template_fill(c, 0xAA, &id), 0);
+	for (int i = 0; i < n; i++) {
+		keep[i] = rp_map(c, NULL, PAGE, RW, 0, id);
+		assert_ptr_not_equal(keep[i], MAP_FAILED);
+	}
+	double t0 = h_now();
+	for (int i = 0; i < COST_PAIRS; i++) {
+		uint8_t *p = rp_map(c, NULL, 16 * PAGE, RW, 0, id);
+		assert_ptr_not_equal(p, MAP_FAILED);
+		assert_int_equal(rp_unmap(c, p, 16 * PAGE), 0);
+	}
+	double us = (h_now() - t0) * 1e6 / COST_PAIRS;
+	for (int i = 0; i < n; i++)
+		assert_int_equal(rp_unmap(c, keep[i], PAGE), 0);
+	free(keep);
+	return us;
+}
+
+/* Informational; RP_COST_RANGES=N for another state size (default 1000). */
+static void test_store_cost(void **state)
+{
+	struct sfx *f = *state;
+	struct h_daemon plain;
+	const char *env = getenv("RP_COST_RANGES");
+	int n = env ? atoi(env) : 1000;
+	rp_client *c;
+
+	assert_int_equal(h_daemon_start_args(&plain, two_workers), 0);
+	assert_int_equal(rp_connect(plain.sock, &c), 0);
+	double without = map_cost_us(c, n);
+	rp_disconnect(c);
+	assert_int_equal(h_daemon_destroy(&plain), 0);
+	sfx_start(f);
+	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	double with = map_cost_us(f->c, n);
+	printf("  MAP + UNMAP (16 pages) with %d other ranges: %.1f us without the fd store, %.1f us "
+	       "with it\n", n, without, with);
+	f->ok = 1;
+}
+
+/* itest_restart [TEST]: one test (a cmocka filter, e.g. test_store_kill). */
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_upgrade_storm, setup_plain, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_upgrade_refused, setup_bad_version, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_kill, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_damage, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_in_flight, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_cost, sfx_setup, sfx_teardown),
 	};
 	char why[256];
 
@@ -1012,5 +1247,7 @@ int main(void)
 	/* Upgraded daemons are children of their exec helper; when it goes,
 	 * they come back to us, to be reaped. */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
 	return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
 }

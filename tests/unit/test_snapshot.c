@@ -491,12 +491,34 @@ static void test_random_damage(void **state)
 	}
 }
 
+/* A daemon with no client yet: a body of nothing but its header, and no
+ * template page ever allocated. */
+static void test_empty_state(void **state)
+{
+	struct snap_writer w;
+	struct snap_image img;
+	struct snap_body h = { .magic = SNAP_BODY_MAGIC, .next_session = 1, .next_mm = 1, .next_tree = 1 };
+	int fd = new_memfd();
+
+	(void)state;
+	assert_int_equal(snap_writer_init(&w, fd, SNAP_VERSION), 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(snap_commit(&w, &h, sizeof(h)), 0);
+	assert_int_equal(read_snap(fd, &img), SNAP_OK);
+	assert_int_equal(img.gen, 3);
+	assert_int_equal(img.hdr->nsessions + img.hdr->nmms + img.hdr->ntmpls, 0);
+	snap_image_free(&img);
+	snap_writer_fini(&w);
+	close(fd);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c),
+		cmocka_unit_test(test_empty_state),
 		T(test_round_trip),
 		T(test_slots_alternate),
 		T(test_checksum_fallback),
