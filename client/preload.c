@@ -273,7 +273,8 @@ enum blk_kind { BLK_REFPAGE = 1, BLK_MEMSET = 2, BLK_ANON = 3 };
 
 struct blk {
 	uintptr_t addr; /* 0: free slot */
-	uintptr_t len;  /* page multiple; the kind in the low bits */
+	uintptr_t len;  /* mapped, a page multiple; the kind in the low bits */
+	size_t req;     /* the size asked for: what realloc must carry over */
 };
 
 static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -320,7 +321,7 @@ static int tab_grow(void)
 
 /* Record a block. Grows at half full; past that only a failed grow at
  * three quarters full refuses (-1). */
-static int tab_put(void *p, size_t len, enum blk_kind kind)
+static int tab_put(void *p, size_t len, enum blk_kind kind, size_t req)
 {
 	uintptr_t a = (uintptr_t)p;
 	int r = 0;
@@ -330,7 +331,7 @@ static int tab_put(void *p, size_t len, enum blk_kind kind)
 	if ((tab_used + 1) * 2 > cap && tab_grow() < 0 && (tab_used + 1) * 4 > cap * 3)
 		r = -1;
 	if (r == 0) {
-		tab_place(tab, tab_bits, (struct blk){ a, len | kind });
+		tab_place(tab, tab_bits, (struct blk){ a, len | kind, req });
 		tab_used++;
 		if (a < atomic_load_explicit(&tab_lo, memory_order_relaxed))
 			atomic_store_explicit(&tab_lo, a, memory_order_relaxed);
@@ -577,7 +578,7 @@ static void *large_alloc(size_t n, size_t align, enum blk_kind kind)
 	}
 	if (!p)
 		p = map_block(len, align, kind);
-	if (p && tab_put(p, len, kind) < 0) {
+	if (p && tab_put(p, len, kind, n) < 0) {
 		unmap_span(p, len, kind);
 		p = NULL;
 	}
@@ -601,12 +602,79 @@ static void release(void *p, struct blk b)
 	errno = e;
 }
 
+/* Shrink in place: the tail goes (through refpaged first for a refpage
+ * block) once it is at least half the block; a smaller tail stays, as
+ * usable size. */
+static void *large_shrink(void *p, struct blk b, size_t n)
+{
+	size_t len = blk_len(b), nlen = page_round(n);
+
+	if (nlen <= len / 2) {
+		in_shim++;
+		unmap_span((char *)p + nlen, len - nlen, blk_kind(b));
+		in_shim--;
+		len = nlen;
+	}
+	tab_put(p, len, blk_kind(b), n);
+	return p;
+}
+
+/* Grow an anonymous or memset block: mremap may move it (no daemon
+ * involved); memset mode fills the new part. */
+static void *anon_grow(void *p, struct blk b, size_t n)
+{
+	size_t len = blk_len(b), nlen = page_round(n);
+
+	in_shim++;
+	char *q = mremap(p, len, nlen, MREMAP_MAYMOVE);
+	in_shim--;
+	if (q == MAP_FAILED) {
+		tab_put(p, len, blk_kind(b), b.req);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (blk_kind(b) == BLK_MEMSET)
+		memset(q + len, cfg.pattern, nlen - len);
+	tab_put(q, nlen, blk_kind(b), n);
+	atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
+	return q;
+}
+
+/* Grow a refpage block. Never by a moving mremap: that frees the old
+ * addresses before refpaged has applied the REMAP event, and a block
+ * mapped there meanwhile by another thread would have its new range
+ * moved away by the late event (its faults then read zeros). In place
+ * if the addresses above are free (refpaged serves the grown part from
+ * the same range); else a new block, the contents copied, the old one
+ * unmapped through refpaged. A new block gets twice the size asked for,
+ * room for the next growths in place: untouched, that room costs address
+ * space, not memory. */
+static void *refpage_grow(void *p, struct blk b, size_t n)
+{
+	size_t len = blk_len(b), nlen = page_round(n);
+	size_t room = n < SIZE_MAX - PAGE - n ? page_round(2 * n) : nlen;
+
+	in_shim++;
+	char *q = mremap(p, len, nlen, 0);
+	in_shim--;
+	if (q != MAP_FAILED) {
+		tab_put(p, nlen, BLK_REFPAGE, n);
+		atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
+		return p;
+	}
+	q = large_alloc(room, 0, 0);
+	if (!q) {
+		tab_put(p, len, BLK_REFPAGE, b.req);
+		return NULL;
+	}
+	memcpy(q, p, b.req < n ? b.req : n);
+	release(p, b);
+	return q;
+}
+
 /* realloc of one of our blocks, already taken out of the table. */
 static void *large_realloc(void *p, struct blk b, size_t n)
 {
-	size_t len = blk_len(b);
-	enum blk_kind kind = blk_kind(b);
-
 	if (n == 0) {
 		release(p, b);
 		return NULL;
@@ -617,33 +685,18 @@ static void *large_realloc(void *p, struct blk b, size_t n)
 			memcpy(q, p, n);
 			release(p, b);
 		} else {
-			tab_put(p, len, kind);
+			tab_put(p, blk_len(b), blk_kind(b), b.req);
 		}
 		return q;
 	}
-	if (n > SIZE_MAX - PAGE || page_round(n) == len) {
-		tab_put(p, len, kind);
-		if (page_round(n) == len)
-			return p;
+	if (n > SIZE_MAX - PAGE) {
+		tab_put(p, blk_len(b), blk_kind(b), b.req);
 		errno = ENOMEM;
 		return NULL;
 	}
-	/* mremap moves the pages (and refpaged the template with them);
-	 * a grown refpage block reads the pattern in its new part. */
-	size_t nlen = page_round(n);
-	in_shim++;
-	char *q = mremap(p, len, nlen, MREMAP_MAYMOVE);
-	in_shim--;
-	if (q == MAP_FAILED) {
-		tab_put(p, len, kind);
-		errno = ENOMEM;
-		return NULL;
-	}
-	if (kind == BLK_MEMSET && nlen > len)
-		memset(q + len, cfg.pattern, nlen - len);
-	tab_put(q, nlen, kind);
-	atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
-	return q;
+	if (page_round(n) <= blk_len(b))
+		return large_shrink(p, b, n);
+	return blk_kind(b) == BLK_REFPAGE ? refpage_grow(p, b, n) : anon_grow(p, b, n);
 }
 
 /* realloc of someone else's block to a large size: into one of ours. */

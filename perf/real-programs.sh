@@ -128,20 +128,30 @@ mode_pre() {
 	esac
 }
 
-# one_run PROG MODE: a line "PROG MODE WALL_S MAXRSS_KIB DIGEST" on raw.
+# CPU seconds the private refpaged has used (utime + stime), or 0.
+daemon_cpu() {
+	[ -n "$dpid" ] && [ -r "/proc/$dpid/stat" ] || { echo 0; return; }
+	awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$dpid/stat"
+}
+
+# one_run PROG MODE: a line "PROG MODE WALL_S MAXRSS_KIB DIGEST CPU_S
+# DAEMON_CPU_S" on raw (CPU: the program's user + system time).
 one_run() {
-	local o=$w/out
+	local o=$w/out d0 d1
 	rm -rf "$o" && mkdir "$o"
 	prog_cmd "$1" "$o"
 	mode_pre "$2"
-	if ! /usr/bin/time -f "%e %M" -o "$w/time" "${pre[@]}" "${cmd[@]}" >"$o/stdout" 2>"$w/stderr"; then
+	d0=$(daemon_cpu)
+	if ! /usr/bin/time -f "%e %M %U %S" -o "$w/time" "${pre[@]}" "${cmd[@]}" >"$o/stdout" 2>"$w/stderr"; then
 		echo "real-programs: $1 under $2 failed:" >&2
 		cat "$w/stderr" >&2
 		exit 1
 	fi
+	d1=$(daemon_cpu)
 	local digest
 	digest=$(cd "$o" && sha256sum -- * | sha256sum | cut -c1-16)
-	echo "$1 $2 $(tail -1 "$w/time") $digest" >>"$w/raw"
+	tail -1 "$w/time" | awk -v p="$1" -v m="$2" -v dg="$digest" -v d0="$d0" -v d1="$d1" \
+		'{ print p, m, $1, $2, dg, $3 + $4, d1 - d0 }' >>"$w/raw"
 }
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -168,10 +178,12 @@ bad=0
 	echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); kernel $(uname -r);" \
 		"THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo n/a); refpaged ${fault_around:-(external)};" \
 		"refpage-run threshold 131072 bytes, pattern 0xAA. Wall time and max RSS from \`/usr/bin/time -f \"%e %M\"\`." \
-		"Load average (1/5/15 min) $load0 at the start, $load1 at the end: other work on the machine shows in wall times."
+		"Load average (1/5/15 min) $load0 at the start, $load1 at the end: other work on the machine shows in wall times." \
+		"CPU s: the program's user + system time; refpaged's own CPU time during the run is beside it (the pager's work" \
+		"runs in the daemon, on another CPU when one is free)."
 	echo
-	echo "| program | mode | wall s | × anon | max RSS KiB | × anon | output |"
-	echo "|---|---|--:|--:|--:|--:|---|"
+	echo "| program | mode | wall s | wall min–max | × anon | CPU s | + refpaged CPU s | max RSS KiB | × anon | output |"
+	echo "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"
 	for p in "${progs[@]}"; do
 		ref=$(awk -v p="$p" '$1 == p && $2 == "anon" { print $5; exit }' "$w/raw")
 		aw=$(awk -v p="$p" '$1 == p && $2 == "anon" { print $3 }' "$w/raw" | median)
@@ -179,11 +191,16 @@ bad=0
 		for m in "${modes[@]}"; do
 			wall=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | median)
 			rss=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | median)
+			cpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $6 }' "$w/raw" | median)
+			dcpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $7 }' "$w/raw" | median)
+			[ "$m" = refpage ] || dcpu=-
+			range=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g |
+				awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }')
 			ndiff=$(awk -v p="$p" -v m="$m" -v r="$ref" '$1 == p && $2 == m && $5 != r' "$w/raw" | wc -l)
 			same="identical"
 			((ndiff == 0)) || { same="DIFFERS in $ndiff run(s)"; bad=1; }
-			printf '| %s | %s | %.3f | %.3f | %.0f | %.3f | %s |\n' "$p" "$m" "$wall" \
-				"$(awk -v a="$wall" -v b="$aw" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$rss" \
+			printf '| %s | %s | %.3f | %s | %.3f | %.2f | %s | %.0f | %.3f | %s |\n' "$p" "$m" "$wall" "$range" \
+				"$(awk -v a="$wall" -v b="$aw" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$cpu" "$dcpu" "$rss" \
 				"$(awk -v a="$rss" -v b="$ar" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$same"
 		done
 	done

@@ -23,14 +23,22 @@ static unsigned char expect;
 static int any;
 static atomic_int stop, bad;
 
+static void say_bad(const char *what, const unsigned char *p, size_t off, unsigned char want)
+{
+	fprintf(stderr, "forkalloc: %s: byte %zu of block %p is %#x, want %#x\n", what, off,
+		(const void *)p, p[off], want);
+}
+
 static int fresh_ok(const unsigned char *p, size_t n)
 {
 	if (any)
 		return 1;
 	for (size_t i = 0; i < n; i += 509)
 		if (p[i] != expect)
-			return 0;
-	return p[n - 1] == expect;
+			return say_bad("fresh block", p, i, expect), 0;
+	if (p[n - 1] != expect)
+		return say_bad("fresh block", p, n - 1, expect), 0;
+	return 1;
 }
 
 /* Allocate, check the pattern, write, check the writes, free. */
@@ -43,13 +51,19 @@ static int churn(unsigned seed, int rounds)
 			return -1;
 		unsigned char v = (unsigned char)(seed * 31 + (unsigned)r);
 		memset(p + n / 3, v, n / 3);
-		if (p[n / 3] != v || p[2 * (n / 3) - 1] != v || (!any && p[n / 3 - 1] != expect))
+		if (p[n / 3] != v || p[2 * (n / 3) - 1] != v || (!any && p[n / 3 - 1] != expect)) {
+			fprintf(stderr, "forkalloc: written block %p reads back wrong\n", (void *)p);
 			return -1;
+		}
 		/* Grown in place or moved (mremap): contents kept, the new
 		 * part reads like a fresh block. */
 		unsigned char *q = realloc(p, 2 * n);
-		if (!q || q[n / 3] != v || q[2 * (n / 3) - 1] != v || (!any && q[2 * n - 1] != expect))
+		if (!q || q[n / 3] != v || q[2 * (n / 3) - 1] != v) {
+			fprintf(stderr, "forkalloc: realloc to %zu bytes = %p lost contents\n", 2 * n, (void *)q);
 			return -1;
+		}
+		if (!any && q[2 * n - 1] != expect)
+			return say_bad("grown part of realloc'd block", q, 2 * n - 1, expect), -1;
 		/* Page-aligned small blocks: not ours, past the table. */
 		void *a = NULL;
 		if (posix_memalign(&a, 4096, 64) != 0)
