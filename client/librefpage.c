@@ -11,17 +11,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -59,29 +56,6 @@ static const char *socket_path(const char *p)
 	return p && *p ? p : PROTO_DEFAULT_SOCKET;
 }
 
-/* A userfaultfd for this process, unconfigured: /dev/userfaultfd, else the
- * syscall, else the user-mode-only syscall that unprivileged processes
- * get when vm.unprivileged_userfaultfd is 0. */
-static int make_uffd(int *user_mode_only)
-{
-	int flags = O_CLOEXEC | O_NONBLOCK;
-	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-
-	*user_mode_only = 0;
-	if (dev >= 0) {
-		int fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
-		close(dev);
-		if (fd >= 0)
-			return fd;
-	}
-	int fd = (int)syscall(SYS_userfaultfd, flags);
-	if (fd >= 0)
-		return fd;
-	fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
-	if (fd >= 0)
-		*user_mode_only = 1;
-	return fd >= 0 ? fd : -errno;
-}
 
 /* Receive one packet. A daemon that closes the connection with our
  * request unread (it refused the connection: a limit) makes the first
@@ -174,23 +148,6 @@ static int request(struct rp_client *c, uint16_t type, const void *p, uint32_t l
 	return r < 0 ? r : rep->status;
 }
 
-static int open_socket(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -errno;
-	if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = -errno;
-		close(s);
-		return e;
-	}
-	return s;
-}
 
 /* Connect and hand the daemon a fresh uffd. Our copy of the uffd is
  * closed right after: a dead daemon then takes the last reference with it
@@ -203,9 +160,9 @@ static int do_connect(struct rp_client *c)
 
 	if (sysconf(_SC_PAGESIZE) != PAGE)
 		return -EINVAL;
-	if ((c->sock = open_socket(c->path)) < 0)
+	if ((c->sock = proto_dial(c->path)) < 0)
 		return c->sock;
-	if ((uffd = make_uffd(&umo)) < 0) {
+	if ((uffd = proto_uffd_create(&umo)) < 0) {
 		r = uffd;
 		goto fail;
 	}

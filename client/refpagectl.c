@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "proto.h"
@@ -26,21 +25,11 @@ static void usage(FILE *f)
 
 static int dial(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int s = proto_dial(path);
 
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		fprintf(stderr, "refpagectl: socket path too long: %s\n", path);
-		return -1;
-	}
-	strcpy(sa.sun_path, path);
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "refpagectl: cannot connect to %s: %s\n", path, strerror(errno));
-		if (s >= 0)
-			close(s);
-		return -1;
-	}
-	return s;
+	if (s < 0)
+		fprintf(stderr, "refpagectl: cannot connect to %s: %s\n", path, strerror(-s));
+	return s < 0 ? -1 : s;
 }
 
 static int fetch_stats(int s, struct proto_stats_reply *out)

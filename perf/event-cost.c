@@ -22,9 +22,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "proto.h"
 
 #define PAGE 4096u
 #define LEN (16 * PAGE)
@@ -48,17 +49,6 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int make_uffd(void)
-{
-	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-	if (dev >= 0) {
-		int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-		close(dev);
-		if (fd >= 0)
-			return fd;
-	}
-	return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-}
 
 /* Reads and drops events; answers faults with zero pages (none expected:
  * the timed pages are written before the timed call). */
@@ -144,7 +134,7 @@ static int start_handler(struct handler *h, uint64_t features)
 	h->uffd = -1;
 	if (features == UINT64_MAX)
 		return 0;
-	h->uffd = make_uffd();
+	h->uffd = proto_uffd_create(NULL);
 	if (h->uffd < 0 || ioctl(h->uffd, UFFDIO_API, &api) < 0)
 		return -errno;
 	return pthread_create(&h->th, NULL, handler_main, h) ? -EAGAIN : 0;

@@ -2,6 +2,7 @@
  * zero, for the anon baseline). Setup, which may be slow, happens once per
  * run; mode_map() and, for many-small, mode_unmap() are timed. */
 #include "bench.h"
+#include "proto.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +14,6 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #define PAGE BENCH_PAGE
@@ -68,24 +68,6 @@ static int memfd_setup(struct mode *m, size_t len)
 
 /* --- uffd-thread ------------------------------------------------------ */
 
-/* Like librefpage: the device node, else the syscall, else the user-mode
- * only variant left to unprivileged processes. */
-static int uffd_open(void)
-{
-	int flags = O_CLOEXEC | O_NONBLOCK;
-	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-
-	if (dev >= 0) {
-		int fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
-		close(dev);
-		if (fd >= 0)
-			return fd;
-	}
-	int fd = (int)syscall(SYS_userfaultfd, flags);
-	if (fd < 0)
-		fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
-	return fd < 0 ? -errno : fd;
-}
 
 static void uffd_serve(struct mode *m, uint64_t addr)
 {
@@ -130,7 +112,7 @@ static void *uffd_handler(void *arg)
 static int uffd_setup(struct mode *m)
 {
 	struct uffdio_api api = { .api = UFFD_API };
-	int fd = uffd_open();
+	int fd = proto_uffd_create(NULL);
 
 	if (fd < 0)
 		return skip(m, "no userfaultfd for this process", -fd);

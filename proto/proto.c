@@ -2,8 +2,13 @@
 #include "proto.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static const char *const err_str[PROTO_ERR_COUNT] = {
@@ -279,4 +284,43 @@ long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int fla
 	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		*truncated = 1;
 	return r;
+}
+
+int proto_dial(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = -errno;
+		close(s);
+		return e;
+	}
+	return s;
+}
+
+int proto_uffd_create(int *user_mode_only)
+{
+	int flags = O_CLOEXEC | O_NONBLOCK;
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	int umo = 0, fd = -1;
+
+	if (dev >= 0) {
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+		close(dev);
+	}
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, flags);
+	if (fd < 0) {
+		fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
+		umo = fd >= 0;
+	}
+	if (user_mode_only)
+		*user_mode_only = umo;
+	return fd >= 0 ? fd : -errno;
 }

@@ -190,4 +190,15 @@ int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint3
  * closed). *truncated is set when MSG_TRUNC or MSG_CTRUNC was reported. */
 long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags);
 
+/* Connect a SOCK_SEQPACKET socket (close-on-exec) to path. The fd or
+ * -errno (-ENAMETOOLONG for a path that does not fit). */
+int proto_dial(const char *path);
+
+/* An unconfigured userfaultfd for the calling process (O_CLOEXEC |
+ * O_NONBLOCK): /dev/userfaultfd, else userfaultfd(2), else
+ * userfaultfd(UFFD_USER_MODE_ONLY), which unprivileged processes get when
+ * vm.unprivileged_userfaultfd is 0. The fd or -errno; *user_mode_only
+ * (may be NULL) says whether the last fallback was taken. */
+int proto_uffd_create(int *user_mode_only);
+
 #endif

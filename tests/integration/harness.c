@@ -4,19 +4,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,19 +55,7 @@ const char *h_ctl_prog(void)
 
 int h_make_uffd(void)
 {
-	int flags = O_CLOEXEC | O_NONBLOCK;
-	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-
-	if (dev >= 0) {
-		int fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
-		close(dev);
-		if (fd >= 0)
-			return fd;
-	}
-	int fd = (int)syscall(SYS_userfaultfd, flags);
-	if (fd < 0)
-		fd = (int)syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
-	return fd >= 0 ? fd : -errno;
+	return proto_uffd_create(NULL);
 }
 
 int h_uffd_usable(char *why, size_t n)
@@ -584,20 +568,7 @@ int h_read_line(int fd, char *buf, size_t n, double timeout_s)
 
 int h_dial(const char *path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -errno;
-	if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = -errno;
-		close(s);
-		return e;
-	}
-	return s;
+	return proto_dial(path);
 }
 
 int h_send_raw(int s, const struct proto_hdr *h, const void *payload, size_t len, int fd)
