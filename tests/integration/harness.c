@@ -632,39 +632,3 @@ int h_wait_closed(int s, double timeout_s)
 	}
 	return 0;
 }
-
-/* --- memory ---------------------------------------------------------------- */
-
-long h_first_not(const void *p, size_t n, uint8_t b)
-{
-	const volatile uint8_t *q = p;
-
-	for (size_t i = 0; i < n; i++)
-		if (q[i] != b)
-			return (long)i;
-	return -1;
-}
-
-long h_first_diff(const void *a, const void *b, size_t n)
-{
-	const volatile uint8_t *x = a;
-	const uint8_t *y = b;
-
-	for (size_t i = 0; i < n; i++)
-		if (x[i] != y[i])
-			return (long)i;
-	return -1;
-}
-
-void h_fill_page(void *page, uint32_t seed)
-{
-	uint32_t x = seed * 2654435761u + 1;
-	uint8_t *p = page;
-
-	for (size_t i = 0; i < H_PAGE; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		p[i] = (uint8_t)(x >> 11);
-	}
-}

@@ -14,6 +14,7 @@
 
 #include <refpage.h>
 
+#include "load.h"
 #include "proto.h"
 
 #define H_PAGE 4096u
@@ -123,11 +124,18 @@ int h_wait_closed(int s, double timeout_s);
 /* A fresh unconfigured userfaultfd, as the library makes it, or -errno. */
 int h_make_uffd(void);
 
-/* Offset of the first byte of [p, p + n) that is not b, or -1. */
-long h_first_not(const void *p, size_t n, uint8_t b);
-/* Offset of the first byte where a and b differ, or -1. */
-long h_first_diff(const void *a, const void *b, size_t n);
-/* A page of arbitrary, non-repeating contents from seed. */
-void h_fill_page(void *page, uint32_t seed);
+/* Memory checks: tests/common/load.h (the restart load uses them too). */
+static inline long h_first_not(const void *p, size_t n, uint8_t b)
+{
+	return load_first_not(p, n, b);
+}
+static inline long h_first_diff(const void *a, const void *b, size_t n)
+{
+	return load_first_diff(a, b, n);
+}
+static inline void h_fill_page(void *page, uint32_t seed)
+{
+	load_fill_page(page, seed);
+}
 
 #endif

@@ -40,6 +40,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "load.h"
 #include "snapshot.h"
 
 #define PAGE H_PAGE
@@ -48,242 +49,35 @@
 
 extern char **environ;
 
-/* --- the load: threads faulting over four mappings, in us and a fork child */
+/* --- the load (tests/common/load.h), failing the test on any error ------------ */
 
-#define LD_MAPS 4
-#define LD_PAGES 512
-#define LD_MAX_THREADS 16
-#define LD_CHILD_THREADS 4
-/* Map 3 reads a created page, the others a fill byte. */
-static const uint8_t ld_fill[LD_MAPS - 1] = { 0xA1, 0xB2, 0xC3 };
-
-struct ld_side {
-	atomic_ulong touches;  /* first touches timed (mostly faults) */
-	atomic_ulong max_ns;   /* the slowest */
-	atomic_ulong zeros;    /* pages read as zeros (allowed when lenient) */
-	atomic_ulong rounds;
-	atomic_ulong thread_rounds[LD_MAX_THREADS];
-};
-
-/* MAP_SHARED: the fork child reports here too. */
-struct ld_shared {
-	atomic_int stop;
-	atomic_int lenient;    /* the daemon let us go: zeros are right too */
-	atomic_int bad;
-	char why[256];
-	struct ld_side side[2]; /* 0: this process, 1: the fork child */
-	uint8_t tpage[PAGE];    /* map 3's template */
-};
-
-struct load {
-	struct ld_shared *sh;
-	uint8_t *map[LD_MAPS];
-	int nthreads;
-	pthread_t th[LD_MAX_THREADS];
-	pid_t child;
-};
-
-struct ld_arg {
-	struct load *ld;
-	int idx, nthreads, side;
-};
-
-static struct ld_arg ld_args[LD_MAX_THREADS + LD_CHILD_THREADS];
-
-static uint64_t now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-static void ld_bad(struct ld_shared *sh, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (atomic_fetch_add(&sh->bad, 1))
-		return;
-	va_start(ap, fmt);
-	vsnprintf(sh->why, sizeof(sh->why), fmt, ap);
-	va_end(ap);
-}
-
-/* 1 if the page is the template's, 0 if zeros (and allowed), else bad. */
-static int ld_check(struct ld_arg *a, int m, size_t pg, const uint8_t *p)
-{
-	struct ld_shared *sh = a->ld->sh;
-	long off = m < LD_MAPS - 1 ? h_first_not(p, PAGE, ld_fill[m]) : h_first_diff(p, sh->tpage, PAGE);
-
-	if (off < 0)
-		return 1;
-	if (atomic_load(&sh->lenient) && h_first_not(p, PAGE, 0) < 0) {
-		atomic_fetch_add(&sh->side[a->side].zeros, 1);
-		return 0;
-	}
-	ld_bad(sh, "%s thread %d: map %d page %zu byte %ld reads %#x", a->side ? "child" : "parent",
-	       a->idx, m, pg, off, p[off]);
-	return -1;
-}
-
-static void ld_max(atomic_ulong *max, uint64_t v)
-{
-	uint64_t cur = atomic_load(max);
-
-	while (v > cur && !atomic_compare_exchange_weak(max, &cur, v))
-		;
-}
-
-/* One round over the thread's share of one mapping: drop it, touch each
- * page (timed: most first touches are faults), check it, write a marker
- * into every fifth, then check the markers and the rest again. */
-static void ld_round(struct ld_arg *a, int m, unsigned round)
-{
-	struct ld_side *sd = &a->ld->sh->side[a->side];
-	size_t per = LD_PAGES / (size_t)a->nthreads;
-	uint8_t *base = a->ld->map[m] + (size_t)a->idx * per * PAGE;
-	uint8_t mark = (uint8_t)(0x10 + a->idx + 17 * a->side);
-
-	madvise(base, per * PAGE, MADV_DONTNEED);
-	for (size_t i = 0; i < per; i++) {
-		volatile uint8_t *p = base + i * PAGE;
-		uint64_t t0 = now_ns();
-		(void)p[0];
-		uint64_t t = now_ns() - t0;
-		atomic_fetch_add(&sd->touches, 1);
-		ld_max(&sd->max_ns, t);
-		if (ld_check(a, m, i, base + i * PAGE) < 0)
-			return;
-		if ((i + round) % 5 == 0)
-			memset(base + i * PAGE, mark, PAGE);
-	}
-	for (size_t i = 0; i < per; i++) {
-		const uint8_t *p = base + i * PAGE;
-		if ((i + round) % 5 == 0) {
-			long off = h_first_not(p, PAGE, mark);
-			if (off >= 0) {
-				ld_bad(a->ld->sh, "%s thread %d: map %d page %zu lost its write at %ld",
-				       a->side ? "child" : "parent", a->idx, m, i, off);
-				return;
-			}
-		} else if (ld_check(a, m, i, p) < 0) {
-			return;
-		}
-	}
-}
-
-static void *ld_thread(void *arg)
-{
-	struct ld_arg *a = arg;
-	struct ld_shared *sh = a->ld->sh;
-
-	for (unsigned round = 0; !atomic_load(&sh->stop) && !atomic_load(&sh->bad); round++) {
-		for (int m = 0; m < LD_MAPS; m++)
-			ld_round(a, m, round);
-		atomic_fetch_add(&sh->side[a->side].rounds, 1);
-		atomic_fetch_add(&sh->side[a->side].thread_rounds[a->idx], 1);
-	}
-	return NULL;
-}
-
-/* The fork child: its own threads over its own copy, until told to stop.
- * It holds none of our descriptors (some are the fd store's). */
-static void __attribute__((noreturn)) ld_child(struct load *ld)
-{
-	pthread_t th[LD_CHILD_THREADS];
-
-	close_range(3, ~0u, 0);
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	for (int i = 0; i < LD_CHILD_THREADS; i++) {
-		ld_args[LD_MAX_THREADS + i] = (struct ld_arg){ ld, i, LD_CHILD_THREADS, 1 };
-		if (pthread_create(&th[i], NULL, ld_thread, &ld_args[LD_MAX_THREADS + i]))
-			_exit(2);
-	}
-	for (int i = 0; i < LD_CHILD_THREADS; i++)
-		pthread_join(th[i], NULL);
-	_exit(0);
-}
+#define LD_MAX_THREADS LOAD_MAX_THREADS
+#define LD_CHILD_THREADS LOAD_CHILD_THREADS
+#define ld_flowing load_flowing
+#define ld_free load_free
 
 static void ld_start(struct load *ld, rp_client *c, int nthreads, int with_child)
 {
-	uint32_t id[LD_MAPS];
+	char err[256];
 
-	memset(ld, 0, sizeof(*ld));
-	ld->sh = mmap(NULL, sizeof(*ld->sh), RW, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	assert_ptr_not_equal(ld->sh, MAP_FAILED);
-	h_fill_page(ld->sh->tpage, 77);
-	for (int m = 0; m < LD_MAPS - 1; m++)
-		assert_int_equal(rp_template_fill(c, ld_fill[m], &id[m]), 0);
-	assert_int_equal(rp_template_create(c, ld->sh->tpage, &id[LD_MAPS - 1]), 0);
-	for (int m = 0; m < LD_MAPS; m++) {
-		ld->map[m] = rp_map(c, NULL, LD_PAGES * PAGE, RW, 0, id[m]);
-		assert_ptr_not_equal(ld->map[m], MAP_FAILED);
-	}
-	ld->child = -1;
-	if (with_child) {
-		fflush(NULL);
-		ld->child = fork();
-		assert_true(ld->child >= 0);
-		if (ld->child == 0)
-			ld_child(ld);
-	}
-	ld->nthreads = nthreads;
-	for (int i = 0; i < nthreads; i++) {
-		ld_args[i] = (struct ld_arg){ ld, i, nthreads, 0 };
-		assert_int_equal(pthread_create(&ld->th[i], NULL, ld_thread, &ld_args[i]), 0);
-	}
+	if (load_start(ld, c, nthreads, with_child, err, sizeof(err)) < 0)
+		fail_msg("load: %s", err);
 }
 
-static int ld_flowing(void *arg)
-{
-	struct load *ld = arg;
-
-	return atomic_load(&ld->sh->side[0].rounds) >= (unsigned)ld->nthreads &&
-	       (ld->child < 0 || atomic_load(&ld->sh->side[1].rounds) >= LD_CHILD_THREADS);
-}
-
-/* Every thread, in us and in the child, finishes a round from now: none
- * is left waiting on a fault (say, one a previous daemon read). */
 static void ld_wait_progress(struct load *ld)
 {
-	unsigned long was[2][LD_MAX_THREADS];
-	int n[2] = { ld->nthreads, ld->child > 0 ? LD_CHILD_THREADS : 0 };
-	double end = h_now() + H_DEADLINE_S;
+	char err[256];
 
-	for (int side = 0; side < 2; side++)
-		for (int i = 0; i < n[side]; i++)
-			was[side][i] = atomic_load(&ld->sh->side[side].thread_rounds[i]);
-	for (int side = 0; side < 2; side++)
-		for (int i = 0; i < n[side]; i++)
-			while (atomic_load(&ld->sh->side[side].thread_rounds[i]) == was[side][i]) {
-				if (h_now() > end)
-					fail_msg("%s thread %d made no progress in %.0f s",
-						 side ? "child" : "parent", i, H_DEADLINE_S);
-				usleep(2000);
-			}
+	if (load_wait_progress(ld, H_DEADLINE_S, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
 }
 
 static void ld_stop(struct load *ld)
 {
-	atomic_store(&ld->sh->stop, 1);
-	for (int i = 0; i < ld->nthreads; i++) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += (time_t)H_DEADLINE_S;
-		if (pthread_timedjoin_np(ld->th[i], NULL, &ts))
-			fail_msg("faulting thread %d is stuck", i);
-	}
-	ld->nthreads = 0;
-	if (ld->child > 0) {
-		int st = h_reap(ld->child, H_DEADLINE_S);
-		if (st == -1) {
-			kill(ld->child, SIGKILL);
-			h_reap(ld->child, H_DEADLINE_S);
-			fail_msg("the fork child's faulting threads are stuck");
-		}
-		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-		ld->child = -1;
-	}
+	char err[256];
+
+	if (load_stop(ld, H_DEADLINE_S, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
 }
 
 static void ld_assert_good(const struct load *ld)
@@ -292,47 +86,14 @@ static void ld_assert_good(const struct load *ld)
 		fail_msg("%d wrong pages, first: %s", atomic_load(&ld->sh->bad), ld->sh->why);
 }
 
-static void ld_free(struct load *ld)
+static void alive_start(struct load_alive *m, rp_client *c)
 {
-	for (int m = 0; m < LD_MAPS; m++)
-		if (ld->map[m])
-			munmap(ld->map[m], LD_PAGES * PAGE);
-	munmap(ld->sh, sizeof(*ld->sh));
+	assert_int_equal(load_alive_start(m, c), 0);
 }
 
-/* rp_alive() every millisecond: the client must never see its connection
- * go, not even for a moment. */
-struct alive_mon {
-	rp_client *c;
-	pthread_t th;
-	atomic_int stop;
-	atomic_ulong checks, dead;
-};
-
-static void *alive_main(void *arg)
+static void alive_stop(struct load_alive *m)
 {
-	struct alive_mon *m = arg;
-
-	while (!atomic_load(&m->stop)) {
-		if (!rp_alive(m->c))
-			atomic_fetch_add(&m->dead, 1);
-		atomic_fetch_add(&m->checks, 1);
-		usleep(1000);
-	}
-	return NULL;
-}
-
-static void alive_start(struct alive_mon *m, rp_client *c)
-{
-	memset(m, 0, sizeof(*m));
-	m->c = c;
-	assert_int_equal(pthread_create(&m->th, NULL, alive_main, m), 0);
-}
-
-static void alive_stop(struct alive_mon *m)
-{
-	atomic_store(&m->stop, 1);
-	pthread_join(m->th, NULL);
+	load_alive_stop(m);
 	if (atomic_load(&m->dead))
 		fail_msg("rp_alive() said 0 in %lu of %lu checks", atomic_load(&m->dead),
 			 atomic_load(&m->checks));
@@ -471,7 +232,7 @@ static void test_upgrade_storm(void **state)
 	/* From here on, a second "client up" would be a reconnection. */
 	h_daemon_mark_log(&fx->d);
 	off_t mark0 = fx->d.log_mark;
-	struct alive_mon mon;
+	struct load_alive mon;
 	alive_start(&mon, fx->c);
 	for (int i = 0; i < UPGRADES; i++) {
 		pid_t old = fx->d.pid, pid;
@@ -923,7 +684,7 @@ static void test_store_kill(void **state)
 	assert_int_equal(store_count(&f->st, 'c'), 1);
 	assert_int_equal(store_count(&f->st, 'u'), 2);
 	h_daemon_mark_log(&f->d);
-	struct alive_mon mon;
+	struct load_alive mon;
 	alive_start(&mon, f->c);
 	for (int k = 0; k < 3; k++) {
 		double t0 = h_now();
