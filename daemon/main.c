@@ -191,9 +191,17 @@ static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
 	struct rp_daemon *d = w->data;
 
 	(void)revents;
-	log_notice("signal %d: stopping; %s", w->signum,
-		   persist_fdstore(d) ? "the fd store keeps the clients"
-				      : "clients fall back to anonymous memory");
+	unsigned long clients = (unsigned long)stat_get(PROTO_STAT_CLIENTS),
+		      procs = (unsigned long)stat_get(PROTO_STAT_PROCESSES);
+	if (persist_fdstore(d))
+		log_notice("signal %d: stopping; %lu clients (%lu processes) stay in the fd store: "
+			   "a restart resumes them, a stop (systemctl stop) releases them and "
+			   "their untouched refpages read zeros from then on",
+			   w->signum, clients, procs);
+	else
+		log_notice("signal %d: stopping; %lu clients (%lu processes) released: their "
+			   "untouched refpages read zeros from now on",
+			   w->signum, clients, procs);
 	sd_notify(0, "STOPPING=1\nSTATUS=stopping");
 	d->stopping = 1;
 	ev_break(loop, EVBREAK_ALL);

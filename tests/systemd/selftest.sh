@@ -214,6 +214,123 @@ else
 	fail "a client connecting right after a kill: $(cat /out/after-kill.log)"
 fi
 
+# --- restarts a client never notices: kill -9 x10, restart, reload -------
+# load_client, as rpuser: 16 threads and a fork child with 4 drop and
+# re-touch their pages of four refpage mappings without a pause, checking
+# every byte, while a monitor calls rp_alive() every millisecond. After
+# each event every thread, in both processes, must finish a round: none is
+# left hanging on a fault the dead daemon had read.
+kills=10
+coproc LOAD { as_user $bin/load_client $sock 16 2>&1; }
+lpid=$LOAD_PID
+exec {load_out}<&"${LOAD[0]}" {load_in}>&"${LOAD[1]}"
+reply=
+load_cmd() { # load_cmd COMMAND: the client's answer in $reply
+	reply=
+	echo "$1" >&$load_in
+	read -r -t 90 -u $load_out reply
+}
+field() { # field NAME: NAME=value from $reply
+	sed -nE "s/.* $1=([^ ]*).*/\1/p" <<< " $reply"
+}
+read -r -t 60 -u $load_out line
+if [ "${line:-}" != flowing ]; then
+	fail "load_client did not start: ${line:-nothing}"
+else
+	ups0=$(journalctl -u $svc -o cat --no-pager | grep -c "client up")
+	restores0=$(journalctl -u $svc -o cat --no-pager | grep -c "restore: from systemd")
+	n0=$(prop $svc NRestarts) worst_down=0 k=0 killed=0
+	while [ $k -lt $kills ]; do
+		k=$((k + 1))
+		pid=$(prop $svc MainPID)
+		t_kill=$(now)
+		systemctl kill -s KILL $svc
+		if ! wait_until 20 running_new "$pid"; then
+			fail "kill $k of $kills under load: not restarted: $(prop $svc ActiveState)/$(prop $svc SubState)"
+			break
+		fi
+		worst_down=$(awk -v a="$worst_down" -v b="$(elapsed "$t_kill" "$(now)")" 'BEGIN { print (b > a ? b : a) }')
+		load_cmd check
+		case $reply in
+		ok*) killed=$k ;;
+		*)
+			fail "kill $k of $kills under load: ${reply:-no answer from load_client}"
+			break
+			;;
+		esac
+	done
+	case $killed in
+	$kills)
+		pass "$kills x systemctl kill -s KILL under 16+4 faulting threads: every thread goes on, no wrong byte (NRestarts $n0 -> $(prop $svc NRestarts); $reply)"
+		metric kill_worst_down_s "$worst_down"
+		metric kill_worst_fault_ms "$(field max_ms)"
+		;;
+	esac
+	pid=$(prop $svc MainPID)
+	systemctl restart $svc
+	if wait_until 20 running_new "$pid"; then
+		load_cmd check
+		if [[ $reply == ok* ]]; then
+			pass "systemctl restart under load: the client is served on ($reply)"
+		else
+			fail "systemctl restart under load: ${reply:-no answer}"
+		fi
+	else
+		fail "systemctl restart: not running again"
+	fi
+	# ExecReload= sends SIGHUP: refpaged re-execs itself in place and hands
+	# MAINPID= to the new process (NotifyAccess=main).
+	pid=$(prop $svc MainPID)
+	t_reload=$(now)
+	if systemctl reload $svc && wait_until 20 running_new "$pid"; then
+		metric reload_s "$(elapsed "$t_reload" "$(now)")"
+		metric reload_pause_ms "$(journalctl -u $svc -o cat --no-pager |
+			sed -nE 's/.*serves now; clients waited at most ([0-9.]+) ms.*/\1/p' | tail -n 1)"
+		load_cmd check
+		npid=$(prop $svc MainPID)
+		if [[ $reply == ok* ]] && [ "$(ps -o comm= -p "$npid")" = refpaged ]; then
+			pass "systemctl reload under load: MainPID $pid -> $npid (refpaged), the client is served on ($reply)"
+		else
+			fail "systemctl reload under load: MainPID $npid ($(ps -o comm= -p "$npid")): ${reply:-no answer}"
+		fi
+		check "reload: no restart counted, no failure" sh -c \
+			"[ \$(systemctl show -P Result $svc) = success ] && [ \$(systemctl show -P NRestarts $svc) = $(prop $svc NRestarts) ]"
+	else
+		fail "systemctl reload: MainPID stayed $pid, $(prop $svc ActiveState)/$(prop $svc SubState)"
+	fi
+	journalctl -u $svc --no-pager > /out/journal-restarts.txt 2>&1
+	ups=$(journalctl -u $svc -o cat --no-pager | grep -c "client up")
+	restores=$(journalctl -u $svc -o cat --no-pager | grep -c "restore: from systemd")
+	check "the load's client never reconnected: no new 'client up' in the journal ($ups0 before, $ups after)" \
+		test "$ups" = "$ups0"
+	check "rp_alive() never said the connection was gone (dead=$(field dead))" \
+		sh -c "case '$(field dead)' in 0/*) exit 0 ;; *) exit 1 ;; esac"
+	check "each start restored the clients from the fd store ($((restores - restores0)) restores for $((kills + 1)) starts)" \
+		test $((restores - restores0)) -ge $((kills + 1))
+	check "nothing restored was dropped" sh -c "! journalctl -u $svc -o cat --no-pager | grep -q 'dropped;'"
+	# systemctl stop: systemd empties the fd store; the clients are let go.
+	load_cmd lenient
+	systemctl stop $svc
+	check "systemctl stop: the service is inactive" state_is $svc inactive/dead
+	check "systemctl stop: the log says the stop releases the clients" journal_has \
+		"stopping; [0-9]* clients ([0-9]* processes) stay in the fd store: a restart resumes them, a stop (systemctl stop) releases them"
+	load_cmd check
+	if [[ $reply == ok* ]] && [ "$(field zeros)" != 0 ] && [[ "$(field dead)" != 0/* ]]; then
+		pass "systemctl stop releases the client: untouched pages read zeros, nothing hangs ($reply)"
+	else
+		fail "systemctl stop under load: want ok, zeros and a dead connection: ${reply:-no answer}"
+	fi
+fi
+load_cmd stop
+wait "$lpid" 2> /dev/null
+rc=$?
+exec {load_out}<&- {load_in}>&-
+if [ $rc = 0 ] && [[ $reply == done* ]]; then
+	pass "load_client ends cleanly: no thread stuck, no wrong byte ($reply)"
+else
+	fail "load_client (status $rc): ${reply:-no answer}"
+fi
+
 # --- watchdog -----------------------------------------------------------
 # The shipped unit arms it; the override shortens it and stalls the main
 # loop 5 s (2.5 periods) after READY=1: the pings must keep the daemon

@@ -2,7 +2,7 @@
 # The .deb on a real systemd: systemd 252 as PID 1 of a systemd-nspawn
 # container booted from a Debian bookworm minbase root.
 #
-#   test_nspawn.sh BUILD_DIR DEMO HOLD_CLIENT FORK_CLIENT
+#   test_nspawn.sh BUILD_DIR DEMO HOLD_CLIENT FORK_CLIENT LOAD_CLIENT
 #
 # 1. cpack -G DEB in BUILD_DIR makes the package (into a scratch dir).
 # 2. The root is debootstrapped once and cached outside the repo, in
@@ -14,18 +14,21 @@
 # 3. Each run works on an overlay of that root (the cache stays pristine):
 #    the package is installed there offline (dpkg -i in a container without
 #    systemd: postinst only enables the socket), with an ordinary user
-#    rpuser, the clients DEMO, HOLD_CLIENT and FORK_CLIENT (built here, same
+#    rpuser, the clients DEMO, HOLD_CLIENT, FORK_CLIENT and LOAD_CLIENT (built here, same
 #    glibc; not part of the package), selftest.sh, and rp-selftest.service.
 # 4. It boots: systemd-nspawn -b; rp-selftest.service runs selftest.sh after
 #    multi-user.target, which checks socket activation, READY=1, an
 #    ordinary user's client with fork, STATUS=, journal priorities, restart
-#    after kill -9 and after a watchdog timeout, the online security score,
+#    after kill -9 and after a watchdog timeout, ten kill -9s, a restart and
+#    a reload under a faulting load that must not notice them, a stop that
+#    releases it, the online security score,
 #    remove, purge, and install on a running system; then powers off.
 # 5. Here: the online score must match the offline one within 0.1; the
 #    package size and the times measured inside are printed.
 # Exit 0: pass, 1: fail, 77: skipped (says why).
 set -u
 build=$(realpath "$1") demo=$(realpath "$2") hold=$(realpath "$3") forkc=$(realpath "$4")
+loadc=$(realpath "$5")
 here=$(cd "$(dirname "$0")" && pwd)
 suite=bookworm
 base_pkgs=(systemd systemd-sysv dbus procps)
@@ -130,6 +133,7 @@ cp "$deb" "$r/rp-test/"
 cp "$demo" "$r/rp-test/bin/refpage-demo"
 cp "$hold" "$r/rp-test/bin/hold_client"
 cp "$forkc" "$r/rp-test/bin/fork_client"
+cp "$loadc" "$r/rp-test/bin/load_client"
 cp "$here/selftest.sh" "$r/rp-test/"
 chmod -R a+rX "$r/rp-test"
 cat > "$r/etc/systemd/system/rp-selftest.service" << 'EOF'
@@ -198,6 +202,8 @@ echo "  of which in the container:     $(metric pid1_to_first_fault_s) s (its sy
 echo "service start to READY=1:       $(metric service_start_to_ready_ms) ms"
 echo "kill -9 to active (running):    $(metric restart_kill_to_active_s) s (RestartSec=$(metric restart_sec))"
 echo "kill -9 to next client served:  $(metric restart_kill_to_client_served_s) s"
+echo "10 kill -9s under load:         worst kill to active again $(metric kill_worst_down_s) s, slowest first touch $(metric kill_worst_fault_ms) ms (parent/fork child)"
+echo "reload (in-place re-exec):      $(metric reload_s) s from systemctl reload to the new MainPID seen; clients paused $(metric reload_pause_ms) ms (daemon's log)"
 echo "container: $(cat "$work/out/analyze-time.txt" 2> /dev/null | head -n 1)"
 
 if grep -q '^FAIL' "$res" || [ $bad = 1 ]; then
