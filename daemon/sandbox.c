@@ -26,6 +26,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -112,6 +113,9 @@ struct sb_rule {
 /* (arg & m) == 0 */
 #define ARG_NONE_OF(i, m) \
 	{ .arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), .datum_b = 0 }
+/* (arg & m) == m */
+#define ARG_ALL_OF(i, m) \
+	{ .arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), .datum_b = (scmp_datum_t)(m) }
 #define ALLOW(name) { .nr = SCMP_SYS(name) }
 #define ALLOW1(name, a) { .nr = SCMP_SYS(name), .nargs = 1, .args = { a } }
 #define ALLOW2(name, a, b) { .nr = SCMP_SYS(name), .nargs = 2, .args = { a, b } }
@@ -187,6 +191,10 @@ static const struct sb_rule rules[] = {
 	 * wait for it */
 	ALLOW(rseq),
 	ALLOW(set_robust_list),
+	/* libev's default loop reaps children from its SIGCHLD handler
+	 * (waitpid(-1, ..., WNOHANG | ...)): the exec helper dies first when
+	 * systemd's stop signals the whole cgroup. Never a blocking wait. */
+	ALLOW1(wait4, ARG_ALL_OF(2, WNOHANG)),
 	/* workers_stop: worker threads return; main returns */
 	ALLOW(exit),
 	ALLOW(exit_group),

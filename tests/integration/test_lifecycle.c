@@ -2,7 +2,9 @@
  *   - uid 65534 (user-mode-only uffd) gets the basic and fork semantics;
  *   - a client SIGKILLed while faulting gives every resource back;
  *   - a SIGKILLed daemon leaves no client hanging (semantic 7), and a
- *     restarted one serves the same client again.
+ *     restarted one serves the same client again;
+ *   - the daemon's exec helper (its only child) dying does not take the
+ *     sandboxed daemon with it.
  * Every test starts its own daemon: baselines are exact. */
 #include <errno.h>
 #include <pthread.h>
@@ -449,6 +451,88 @@ static void test_daemon_killed(void **state)
 	fx->ok = 1;
 }
 
+/* The daemon's child: the exec helper it forks before the sandbox for
+ * upgrades (daemon/handover.c). 0 if there is none. */
+static pid_t daemon_child(pid_t daemon)
+{
+	char path[64], buf[256];
+
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)daemon, (int)daemon);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	long pid = 0;
+	if (!fgets(buf, sizeof(buf), f) || sscanf(buf, "%ld", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return (pid_t)pid;
+}
+
+static int child_gone(void *arg)
+{
+	const pid_t *p = arg;
+	char path[64];
+	FILE *f;
+	char state = 'Z';
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)*p);
+	if (!(f = fopen(path, "r")))
+		return 1;
+	/* "pid (comm) S ...": a zombie or a reaped child is gone for us */
+	if (fscanf(f, "%*d (%*[^)]) %c", &state) != 1)
+		state = 'Z';
+	fclose(f);
+	return state == 'Z' || state == 'X';
+}
+
+static int upgrade_failed(void *arg)
+{
+	return h_daemon_log_has(arg, "upgrade failed: cannot start the new binary");
+}
+
+/* systemd's stop signals the whole cgroup, the exec helper included, and
+ * the daemon may see SIGCHLD before its own SIGTERM. The helper's death
+ * must neither kill the daemon (libev reaps it from its SIGCHLD handler:
+ * the sandbox must allow that) nor stop it from serving and exiting 0. */
+static void test_exec_helper_dies(void **state)
+{
+	struct fx *fx = *state;
+	uint32_t aa;
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)fx->d.pid, (int)fx->d.pid);
+	if (access(path, R_OK) < 0) {
+		printf("SKIP: no %s (CONFIG_PROC_CHILDREN): cannot find the exec helper\n", path);
+		fx->ok = 1;
+		skip();
+	}
+	pid_t helper = daemon_child(fx->d.pid);
+	if (!helper)
+		fail_msg("refpaged %d has no child: where is its exec helper?", (int)fx->d.pid);
+	assert_int_equal(kill(helper, SIGTERM), 0);
+	assert_int_equal(h_wait_until(child_gone, &helper, H_DEADLINE_S), 0);
+	/* A round trip lets the main loop handle the SIGCHLD first; then the
+	 * daemon must be alive and serving. */
+	assert_int_equal(rp_template_fill(fx->c, 0xAA, &aa), 0);
+	assert_int_equal(h_daemon_alive(&fx->d), 1);
+	uint8_t *p = rp_map(fx->c, NULL, 16 * PAGE, RW, 0, aa);
+	if (p == MAP_FAILED)
+		fail_msg("rp_map after the exec helper died: %s", strerror(errno));
+	for (size_t i = 0; i < 16; i++)
+		assert_int_equal(h_first_not(p + i * PAGE, PAGE, 0xAA), -1);
+	/* An upgrade now fails, and says so; the daemon goes on. */
+	assert_int_equal(kill(fx->d.pid, SIGHUP), 0);
+	assert_int_equal(rp_template_fill(fx->c, 0x5A, &aa), 0);
+	for (size_t i = 0; i < 16; i++)
+		assert_int_equal(h_first_not(p + i * PAGE, PAGE, 0xAA), -1);
+	assert_int_equal(rp_unmap(fx->c, p, 16 * PAGE), 0);
+	assert_int_equal(h_wait_until(upgrade_failed, &fx->d, H_DEADLINE_S), 0);
+	assert_int_equal(h_daemon_alive(&fx->d), 1);
+	/* And it still stops cleanly on SIGTERM (exit status 0). */
+	assert_int_equal(h_daemon_stop(&fx->d), 0);
+	fx->ok = 1;
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, test_setup, test_teardown)
 
 int main(void)
@@ -458,6 +542,7 @@ int main(void)
 		T(test_nobody_fork),
 		T(test_client_killed),
 		T(test_daemon_killed),
+		T(test_exec_helper_dies),
 	};
 	char why[256];
 
