@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "proto.h"
+#include "timing.h"
 
 #define PAGE 4096u
 #define LEN (16 * PAGE)
@@ -35,19 +36,6 @@ struct handler {
 	atomic_int stop;
 	pthread_t th;
 };
-
-static double now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
 
 
 /* Reads and drops events; answers faults with zero pages (none expected:
@@ -99,14 +87,14 @@ static double time_op(int uffd, enum op op)
 		exit(1);
 	}
 	memset(p, 1, LEN);
-	double t0 = now_ns();
+	double t0 = timing_now_ns();
 	if (op == OP_MUNMAP)
 		munmap(p, LEN);
 	else if (op == OP_DONTNEED)
 		madvise(p, LEN, MADV_DONTNEED);
 	else
 		p = mremap(p, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, spare);
-	double t = now_ns() - t0;
+	double t = timing_now_ns() - t0;
 	if (op != OP_MUNMAP)
 		munmap(p, LEN);
 	else
@@ -174,7 +162,7 @@ int main(int argc, char **argv)
 		printf("%-16s", configs[c].name);
 		for (int op = 0; op < 3; op++) {
 			double *v = &t[(c * 3 + op) * ROUNDS * per];
-			qsort(v, (size_t)per * ROUNDS, sizeof(double), cmp_double);
+			qsort(v, (size_t)per * ROUNDS, sizeof(double), timing_cmp_double);
 			printf(" %12.0f", v[per * ROUNDS / 2]);
 		}
 		printf("\n");

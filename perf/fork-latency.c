@@ -26,6 +26,8 @@
 
 #include <refpage.h>
 
+#include "timing.h"
+
 #define PAGE 4096u
 
 struct opts {
@@ -44,19 +46,6 @@ struct busy {
 	atomic_int *stop;
 	int idx;
 };
-
-static double now_ns(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
 
 /* Fault pages over and over: write then MADV_DONTNEED so they fault again. */
 static void *busy_main(void *arg)
@@ -85,17 +74,17 @@ static double time_forks(const struct opts *o, uint8_t *p, size_t len)
 		pthread_create(&b[i].th, NULL, busy_main, &b[i]);
 	}
 	for (int i = 0; i < o->reps; i++) {
-		double t0 = now_ns();
+		double t0 = timing_now_ns();
 		pid_t pid = fork();
 		if (pid == 0)
 			_exit(0);
-		t[i] = now_ns() - t0;
+		t[i] = timing_now_ns() - t0;
 		waitpid(pid, NULL, 0);
 	}
 	atomic_store(&stop, 1);
 	for (int i = 0; i < nb; i++)
 		pthread_join(b[i].th, NULL);
-	qsort(t, (size_t)o->reps, sizeof(*t), cmp_double);
+	qsort(t, (size_t)o->reps, sizeof(*t), timing_cmp_double);
 	double med = t[o->reps / 2];
 	free(t);
 	return med;
@@ -195,8 +184,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	qsort(a, ROUNDS, sizeof(double), cmp_double);
-	qsort(r, ROUNDS, sizeof(double), cmp_double);
+	qsort(a, ROUNDS, sizeof(double), timing_cmp_double);
+	qsort(r, ROUNDS, sizeof(double), timing_cmp_double);
 	double a1 = a[ROUNDS / 2], r1 = r[ROUNDS / 2];
 	if (o.json)
 		printf("{\"mib\": %zu, \"touch_pct\": %d, \"busy_threads\": %d, \"reps\": %d, "
