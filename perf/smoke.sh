@@ -6,31 +6,12 @@ set -euo pipefail
 
 daemon=${1?usage: smoke.sh REFPAGED REFPAGE-BENCH}
 bench=${2?usage: smoke.sh REFPAGED REFPAGE-BENCH}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/refpage-smoke.XXXXXX")
-pid=
-# shellcheck disable=SC2317 # called from the trap
-cleanup() {
-	if [ -n "$pid" ]; then
-		kill "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-"$daemon" --socket "$tmp/d.sock" >"$tmp/d.log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do
-	[ -S "$tmp/d.sock" ] && break
-	kill -0 "$pid" 2>/dev/null || break
-	sleep 0.05
-done
-if [ ! -S "$tmp/d.sock" ]; then
-	echo "smoke: refpaged did not start:"; cat "$tmp/d.log"; exit 1
-fi
+# shellcheck source=../scripts/private-daemon.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/private-daemon.sh"
+private_daemon smoke "$daemon"
 
 rc=0
-"$bench" --socket "$tmp/d.sock" --mib 8 --reps 1 --lat-reps 1 --threads 1 --small-count 100 \
+"$bench" --socket "$sock" --mib 8 --reps 1 --lat-reps 1 --threads 1 --small-count 100 \
 	--json "$tmp/b.json" --latency-dir "$tmp/lat" >"$tmp/out.txt" 2>&1 || rc=$?
 cat "$tmp/out.txt"
 fail=0
