@@ -29,6 +29,13 @@ struct rp_config {
 	int workers;              /* fault worker threads */
 	uint32_t fault_around;    /* largest fill window in pages (1 = off) */
 	uint32_t poll_us;         /* busy-poll a uffd this long before sleeping (0 = off) */
+	/* The fault loop's fast paths (worker.c), each switchable for the
+	 * benchmarks: uffd messages per read(2); read until the uffd is empty
+	 * (bounded) on each wake-up, else once; skip a fault on a page this
+	 * batch already filled; fill without waking and wake each filled span
+	 * once at the end of the batch. */
+	uint32_t batch;
+	int drain, coalesce, dontwake;
 	struct rp_limits lim;
 	/* Tests (--debug-die-peeked/--debug-die-answered N): die at once with
 	 * the N-th request read but not handled, or handled and answered but

@@ -1,7 +1,8 @@
 /* Answering page faults: see fault.h.
  *
  * Every fault read from a uffd ends in exactly one of: a fill (UFFDIO_COPY
- * or UFFDIO_ZEROPAGE, which wakes the thread), a UFFDIO_WAKE (the page was
+ * or UFFDIO_ZEROPAGE, which wakes the thread, or with --dontwake a fill
+ * the caller wakes at the end of its batch), a UFFDIO_WAKE (the page was
  * already there or the range went away: the thread retries and sees what
  * the kernel has), or a retry later (EAGAIN/ENOMEM). Nothing is dropped. */
 #include "fault.h"
@@ -52,20 +53,30 @@ static int uffd_wake(int uffd, uint64_t addr, uint64_t len)
 	return ioctl(uffd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }
 
+int fault_wake(struct rp_mm *mm, uint64_t start, uint64_t end)
+{
+	return uffd_wake(mm->uffd, start, end - start);
+}
+
 /* Fill [addr, addr + n pages) from src (n consecutive template copies) or
- * with zero pages (src NULL). Returns pages filled (> 0) or -errno. A
- * partial fill stops at the first page that is already present. */
-static long fill(int uffd, uint64_t addr, unsigned n, const void *src)
+ * with zero pages (src NULL), waking the threads waiting there unless
+ * dontwake. Returns pages filled (> 0) or -errno. A partial fill stops at
+ * the first page that is already present. */
+static long fill(int uffd, uint64_t addr, unsigned n, const void *src, int dontwake)
 {
 	if (src) {
 		struct uffdio_copy c = {
 			.dst = addr, .src = (uintptr_t)src, .len = (uint64_t)n * PAGE,
+			.mode = dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0,
 		};
 		if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
 			return n;
 		return c.copy > 0 ? (long)(c.copy / PAGE) : -errno;
 	}
-	struct uffdio_zeropage z = { .range = { .start = addr, .len = (uint64_t)n * PAGE } };
+	struct uffdio_zeropage z = {
+		.range = { .start = addr, .len = (uint64_t)n * PAGE },
+		.mode = dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0,
+	};
 	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
 		return n;
 	return z.zeropage > 0 ? (long)(z.zeropage / PAGE) : -errno;
@@ -103,7 +114,8 @@ static unsigned window_for(struct range *r, uint64_t addr, uint32_t cap)
 	return w;
 }
 
-static long fill_from_range(struct rp_mm *mm, struct range *r, uint64_t addr, uint64_t flags)
+static long fill_from_range(struct rp_mm *mm, struct range *r, uint64_t addr, uint64_t flags,
+			    int dontwake)
 {
 	struct tmpl *t = r->tmpl;
 	unsigned n = window_for(r, addr, mm->d->cfg.fault_around);
@@ -117,13 +129,14 @@ static long fill_from_range(struct rp_mm *mm, struct range *r, uint64_t addr, ui
 		src = t->page;
 		n = 1;
 	}
-	long got = fill(mm->uffd, addr, n, src);
+	long got = fill(mm->uffd, addr, n, src, dontwake);
 	if (got > 0)
 		stat_add(src ? PROTO_STAT_PAGES_COPIED : PROTO_STAT_PAGES_ZERO, got);
 	return got;
 }
 
-enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint64_t *end)
+enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, int dontwake,
+				uint64_t *end)
 {
 	long got;
 
@@ -138,11 +151,11 @@ enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags,
 		mm_account(mm, mm->ranges.n, b0);
 	}
 	if (r) {
-		got = fill_from_range(mm, r, addr, flags);
+		got = fill_from_range(mm, r, addr, flags, dontwake);
 	} else {
 		/* Not ours to know: answer it anyway, never leave it hanging. */
 		stat_inc(PROTO_STAT_UNKNOWN_FAULTS);
-		got = fill(mm->uffd, addr, 1, NULL);
+		got = fill(mm->uffd, addr, 1, NULL, dontwake);
 		if (got > 0)
 			stat_inc(PROTO_STAT_PAGES_ZERO);
 	}
@@ -165,7 +178,9 @@ enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags,
 		break;
 	}
 	/* EEXIST, ENOENT or a bug: the thread retries the access and gets
-	 * whatever the kernel has there now. */
+	 * whatever the kernel has there now. Woken at once, dontwake or not:
+	 * an EEXIST page may have been filled by a fill of this batch whose
+	 * wake is still to come, or long ago, and nothing else wakes it. */
 	int w = uffd_wake(mm->uffd, addr, PAGE);
 	if (w == -ESRCH)
 		return UFFD_GONE_MM;

@@ -21,8 +21,14 @@ enum uffd_err_class uffd_classify(int err);
 /* Answer one fault. Returns UFFD_OK when the thread was answered (filled
  * or woken), UFFD_RETRY when it must be retried later (the caller keeps it
  * pending), UFFD_GONE_MM when the address space is gone. *end gets the end
- * of the pages filled (every thread waiting in them is woken), else 0. */
-enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint64_t *end);
+ * of the pages filled, else 0: every thread waiting in them is woken, or
+ * with dontwake none is, and the caller must fault_wake the page-aligned
+ * [addr, *end) itself. Paths that fill nothing always wake at once. */
+enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, int dontwake,
+				uint64_t *end);
+
+/* UFFDIO_WAKE every thread waiting in [start, end): 0 or -errno. */
+int fault_wake(struct rp_mm *mm, uint64_t start, uint64_t end);
 
 /* 1 if the mm is still alive, 0 if gone (the ESRCH probe of DESIGN.md). */
 int fault_probe_alive(struct rp_mm *mm);

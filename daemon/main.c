@@ -9,6 +9,7 @@
  * (their pages fall back to ordinary anonymous memory, no thread is left
  * waiting), stop the workers; with the fd store, leave every client to it
  * instead (handover_detach). SIGHUP: upgrade in place. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -58,6 +59,12 @@ static void usage(FILE *f)
 		"  --fault-around N      largest fill window in pages, 1 = off (default 16, max %u)\n"
 		"  --poll-us N           busy-poll a client's uffd for N microseconds after a fault\n"
 		"                        before sleeping; costs CPU (default 0: off)\n"
+		"  --batch N             uffd messages taken per read (1 to %u, default %u)\n"
+		"  --drain on|off        on each wake-up, read a uffd until it is empty (bounded) or\n"
+		"                        once (default on)\n"
+		"  --coalesce on|off     skip a fault on a page its batch already filled (default on)\n"
+		"  --dontwake on|off     fill without waking, then wake each filled span once at the\n"
+		"                        end of the batch (default off)\n"
 		"  --max-connections N   connections in all (default 4096)\n"
 		"  --max-templates N     template handles per connection (default 4096)\n"
 		"  --max-store N         distinct templates in all (default 65536)\n"
@@ -75,22 +82,39 @@ static void usage(FILE *f)
 		"                        goes on serving the same clients\n"
 		"  --no-sandbox          keep capabilities, no seccomp filter: for debugging only\n"
 		"  --help, --version\n",
-		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES);
+		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES, WORKER_MSG_BATCH, WORKER_MSG_BATCH);
 }
 
-/* A whole decimal number in [lo, hi], or exit with a clear message. */
+/* A whole decimal number in [lo, hi] (digits only: no sign, no blank), or
+ * exit with a clear message. */
 static unsigned long long parse_num(const char *opt, const char *s, unsigned long long lo,
 				    unsigned long long hi)
 {
 	char *end;
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
+	if (errno || !isdigit((unsigned char)s[0]) || *end || v < lo || v > hi) {
 		fprintf(stderr, "refpaged: --%s: expected a number in [%llu, %llu], got '%s'\n", opt, lo,
 			hi, s);
 		exit(2);
 	}
 	return v;
+}
+
+/* "on" or "off", or exit with a clear message. */
+static int parse_onoff(const char *opt, const char *s)
+{
+	if (strcmp(s, "on") == 0)
+		return 1;
+	if (strcmp(s, "off") == 0)
+		return 0;
+	fprintf(stderr, "refpaged: --%s: expected on or off, got '%s'\n", opt, s);
+	exit(2);
+}
+
+static const char *onoff(int v)
+{
+	return v ? "on" : "off";
 }
 
 static const struct option opts[] = {
@@ -99,6 +123,10 @@ static const struct option opts[] = {
 	{ "log-level", required_argument, NULL, 'l' },
 	{ "fault-around", required_argument, NULL, 'f' },
 	{ "poll-us", required_argument, NULL, 'P' },
+	{ "batch", required_argument, NULL, 'm' },
+	{ "drain", required_argument, NULL, 'd' },
+	{ "coalesce", required_argument, NULL, 'o' },
+	{ "dontwake", required_argument, NULL, 'W' },
 	{ "max-connections", required_argument, NULL, 'C' },
 	{ "max-templates", required_argument, NULL, 'T' },
 	{ "max-store", required_argument, NULL, 'S' },
@@ -145,6 +173,10 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 			break;
 		case 'f': c->fault_around = (uint32_t)parse_num(name, optarg, 1, TMPL_SLAB_PAGES); break;
 		case 'P': c->poll_us = (uint32_t)parse_num(name, optarg, 0, 100000); break;
+		case 'm': c->batch = (uint32_t)parse_num(name, optarg, 1, WORKER_MSG_BATCH); break;
+		case 'd': c->drain = parse_onoff(name, optarg); break;
+		case 'o': c->coalesce = parse_onoff(name, optarg); break;
+		case 'W': c->dontwake = parse_onoff(name, optarg); break;
 		case 'C': c->lim.connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
 		case 'T': c->lim.templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
 		case 'S': c->lim.store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
@@ -378,6 +410,9 @@ int main(int argc, char **argv)
 		.cfg = {
 			.workers = (int)sysconf(_SC_NPROCESSORS_ONLN),
 			.fault_around = 16,
+			.batch = WORKER_MSG_BATCH,
+			.drain = 1,
+			.coalesce = 1,
 			.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40,
 				 .store = 65536, .connections = 4096, .descendants = 16384,
 				 .hello_timeout_s = 10,
@@ -434,8 +469,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	sd_notifyf(0, "READY=1\nSTATUS=serving, %d workers", d.nworkers);
-	log_notice("refpaged %s ready: %d workers, fault-around %u pages, poll %u us", RP_VERSION,
-		   d.nworkers, d.cfg.fault_around, d.cfg.poll_us);
+	log_notice("refpaged %s ready: %d workers, fault-around %u pages, poll %u us, batch %u, "
+		   "drain %s, coalesce %s, dontwake %s",
+		   RP_VERSION, d.nworkers, d.cfg.fault_around, d.cfg.poll_us, d.cfg.batch,
+		   onoff(d.cfg.drain), onoff(d.cfg.coalesce), onoff(d.cfg.dontwake));
 	if (debug_forbidden_syscall)
 		sandbox_forbidden_syscall();
 	ev_timer stall;

@@ -17,9 +17,8 @@
 #include "persist.h"
 #include "stats.h"
 
-/* Messages taken per read(2), and reads per wake-up of one uffd before the
- * loop looks at the others: a busy client cannot starve the rest. */
-#define MSG_BATCH 64
+/* Reads per wake-up of one uffd (--drain on) before the loop looks at
+ * the others: a busy client cannot starve the rest. */
 #define READS_PER_WAKE 8
 /* Retry pace for faults that hit EAGAIN (an event in flight) or ENOMEM. */
 #define RETRY_S 0.0005
@@ -160,7 +159,8 @@ static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint32_
 
 static void retry_arm(struct worker *w, struct rp_mm *mm);
 
-/* Retry what could not be filled. Returns 0, or -ESRCH if the mm is gone. */
+/* Retry what could not be filled, waking at once (--dontwake or not).
+ * Returns 0, or -ESRCH if the mm is gone. */
 static int pending_retry(struct worker *w, struct rp_mm *mm)
 {
 	uint32_t keep = 0;
@@ -168,7 +168,7 @@ static int pending_retry(struct worker *w, struct rp_mm *mm)
 	for (uint32_t i = 0; i < mm->npending; i++) {
 		struct pending_fault *f = &mm->pending[i];
 		uint64_t end;
-		enum uffd_err_class c = fault_serve(mm, f->addr, f->flags, &end);
+		enum uffd_err_class c = fault_serve(mm, f->addr, f->flags, 0, &end);
 		if (c == UFFD_GONE_MM)
 			return -ESRCH;
 		if (c == UFFD_RETRY)
@@ -181,12 +181,13 @@ static int pending_retry(struct worker *w, struct rp_mm *mm)
 }
 
 /* Answer one fault. Returns -1 if the mm is gone; *end is set to the end
- * of what was filled (and woken) when it was filled. */
-static int on_fault(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m, uint64_t *end)
+ * of what was filled (woken unless dontwake) when it was filled. */
+static int on_fault(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m, int dontwake,
+		    uint64_t *end)
 {
 	uint64_t addr = m->arg.pagefault.address;
 	uint64_t flags = m->arg.pagefault.flags;
-	enum uffd_err_class c = fault_serve(mm, addr, flags, end);
+	enum uffd_err_class c = fault_serve(mm, addr, flags, dontwake, end);
 
 	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID)) {
 		mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
@@ -251,32 +252,100 @@ static void on_msg(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m)
 	}
 }
 
-/* Pages filled (and so woken) by this drain: a second fault message for
- * the same page, from another thread, is already answered. */
-struct filled {
-	uint64_t lo[MSG_BATCH], hi[MSG_BATCH];
+/* What one read(2)'s batch filled. With --coalesce a second fault message
+ * for a page in it (another thread's) is already answered; with
+ * --dontwake nothing in it is woken until batch_wake. At most one span per
+ * message. */
+struct batch {
+	uint64_t lo[WORKER_MSG_BATCH], hi[WORKER_MSG_BATCH];
 	unsigned n;
 };
 
-static int already_filled(const struct filled *f, uint64_t addr)
+static int already_filled(const struct batch *b, uint64_t addr)
 {
-	for (unsigned i = 0; i < f->n; i++)
-		if (addr >= f->lo[i] && addr < f->hi[i])
+	for (unsigned i = 0; i < b->n; i++)
+		if (addr >= b->lo[i] && addr < b->hi[i])
 			return 1;
 	return 0;
 }
 
-/* Read and handle what the uffd has queued, a bounded amount. Returns the
+/* --dontwake: wake every thread waiting in what the batch filled, one
+ * UFFDIO_WAKE per contiguous span. Called on every way out of a batch,
+ * the mm's end included: a fill nobody wakes leaves its threads waiting
+ * for good. Faults skipped by --coalesce are in these spans; faults that
+ * filled nothing (EEXIST, ENOENT, errors) were woken by fault_serve, and
+ * pending retries fill and wake at once. */
+static void batch_wake(struct rp_mm *mm, struct batch *b)
+{
+	/* By start (insertion sort: a batch is small, and mostly in order). */
+	for (unsigned i = 1; i < b->n; i++) {
+		uint64_t lo = b->lo[i], hi = b->hi[i];
+		unsigned j = i;
+		for (; j && b->lo[j - 1] > lo; j--) {
+			b->lo[j] = b->lo[j - 1];
+			b->hi[j] = b->hi[j - 1];
+		}
+		b->lo[j] = lo;
+		b->hi[j] = hi;
+	}
+	for (unsigned i = 0; i < b->n;) {
+		uint64_t lo = b->lo[i], hi = b->hi[i];
+		for (i++; i < b->n && b->lo[i] <= hi; i++)
+			if (b->hi[i] > hi)
+				hi = b->hi[i];
+		int r = fault_wake(mm, lo, hi);
+		stat_inc(PROTO_STAT_BATCH_WAKES);
+		if (r < 0 && r != -ESRCH)
+			log_warn("pid %d uffd %d: wake of %#llx..%#llx failed: %s", (int)mm->pid,
+				 mm->uffd, (unsigned long long)lo, (unsigned long long)hi, strerror(-r));
+	}
+	b->n = 0;
+}
+
+/* Handle the n messages of one batch. Returns -1 if the mm is gone. */
+static int batch_serve(struct worker *w, struct rp_mm *mm, const struct uffd_msg *msgs, size_t n,
+		       struct batch *b)
+{
+	const struct rp_config *cfg = &w->d->cfg;
+
+	for (size_t i = 0; i < n; i++) {
+		const struct uffd_msg *m = &msgs[i];
+		if (m->event != UFFD_EVENT_PAGEFAULT) {
+			on_msg(w, mm, m);
+			continue;
+		}
+		uint64_t page = m->arg.pagefault.address & ~(uint64_t)(TMPL_PAGE - 1);
+		if (cfg->coalesce && already_filled(b, page)) {
+			stat_inc(PROTO_STAT_FAULTS);
+			stat_inc(PROTO_STAT_FAULTS_COALESCED);
+			continue;
+		}
+		uint64_t end = 0;
+		if (on_fault(w, mm, m, cfg->dontwake, &end) < 0)
+			return -1;
+		if (end) {
+			b->lo[b->n] = page;
+			b->hi[b->n++] = end;
+		}
+	}
+	return 0;
+}
+
+/* Read and handle what the uffd has queued, a bounded amount: --batch
+ * messages per read(2), and with --drain up to READS_PER_WAKE reads, else
+ * one (the loop calls again while the uffd is readable). Returns the
  * number of messages handled, or -1 if the mm is gone (and retired). */
 static int drain(struct worker *w, struct rp_mm *mm)
 {
-	struct uffd_msg msgs[MSG_BATCH];
-	int handled = 0;
+	const struct rp_config *cfg = &w->d->cfg;
+	struct uffd_msg msgs[WORKER_MSG_BATCH];
+	size_t want = cfg->batch * sizeof(msgs[0]);
+	int rounds = cfg->drain ? READS_PER_WAKE : 1, handled = 0;
 
-	for (int round = 0; round < READS_PER_WAKE; round++) {
-		struct filled f = { .n = 0 };
+	for (int round = 0; round < rounds; round++) {
+		struct batch b = { .n = 0 };
 		uint64_t ticket = atomic_fetch_add(&mm->ev_started, 1) + 1;
-		ssize_t n = read(mm->uffd, msgs, sizeof(msgs));
+		ssize_t n = read(mm->uffd, msgs, want);
 		if (n < 0) {
 			atomic_store(&mm->ev_done, ticket);
 			if (errno == EAGAIN || errno == EINTR)
@@ -285,30 +354,16 @@ static int drain(struct worker *w, struct rp_mm *mm)
 			mm_gone(w, mm);
 			return -1;
 		}
-		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
-			const struct uffd_msg *m = &msgs[i];
-			if (m->event == UFFD_EVENT_PAGEFAULT) {
-				uint64_t page = m->arg.pagefault.address & ~(uint64_t)(TMPL_PAGE - 1);
-				if (already_filled(&f, page)) {
-					stat_inc(PROTO_STAT_FAULTS);
-					continue;
-				}
-				uint64_t end = 0;
-				if (on_fault(w, mm, m, &end) < 0) {
-					mm_gone(w, mm);
-					return -1;
-				}
-				if (end) {
-					f.lo[f.n] = page;
-					f.hi[f.n++] = end;
-				}
-			} else {
-				on_msg(w, mm, m);
-			}
+		int r = batch_serve(w, mm, msgs, (size_t)n / sizeof(msgs[0]), &b);
+		if (cfg->dontwake)
+			batch_wake(mm, &b);
+		if (r < 0) {
+			mm_gone(w, mm);
+			return -1;
 		}
 		atomic_store(&mm->ev_done, ticket);
 		handled += (int)((size_t)n / sizeof(msgs[0]));
-		if ((size_t)n < sizeof(msgs))
+		if ((size_t)n < want)
 			break;
 	}
 	if (mm->npending && pending_retry(w, mm) < 0) {

@@ -11,6 +11,9 @@
 struct rp_daemon;
 struct rp_mm;
 
+/* Most uffd messages taken per read(2) (--batch). */
+#define WORKER_MSG_BATCH 64
+
 struct worker {
 	int id;
 	struct rp_daemon *d;

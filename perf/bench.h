@@ -51,7 +51,7 @@ struct server_ref {
 
 struct mode {
 	enum mode_kind kind;
-	char name[48];
+	char name[64]; /* room for perf/run.sh's labels of every switch at once */
 	char why[192]; /* why it is skipped; "" when available */
 	uint8_t expect; /* what an untouched page reads as */
 	uint8_t *pattern; /* one page of the pattern (uffd-thread, kernel-refpage) */

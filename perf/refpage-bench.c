@@ -217,7 +217,7 @@ static void add_mode(struct run *run, enum mode_kind k, const char *name)
 
 static void make_modes(struct run *run, const struct opts *o)
 {
-	char name[48];
+	char name[64];
 
 	add_mode(run, MODE_ANON, "anon");
 	add_mode(run, MODE_MEMSET, "memset");

@@ -96,7 +96,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# "--fault-around 1 --workers 2" -> refpaged-fa1-w2
+# "--fault-around 1 --workers 2" -> refpaged-fa1-w2; the fault loop's
+# switches: "--batch 1 --drain off" -> refpaged-batch1-drain-off
 label_for() {
 	local -a a
 	read -r -a a <<<"$1"
@@ -104,11 +105,14 @@ label_for() {
 	while [ $i -lt ${#a[@]} ]; do
 		local k=${a[$i]} v=${a[$((i + 1))]:-}
 		case $k in
-		--fault-around=* | --workers=*) v=${k#*=}; k=${k%%=*}; i=$((i - 1)) ;;
+		--fault-around=* | --workers=* | --batch=* | --drain=* | --coalesce=* | --dontwake=*)
+			v=${k#*=}; k=${k%%=*}; i=$((i - 1)) ;;
 		esac
 		case $k in
 		--fault-around) l+="-fa$v"; i=$((i + 2)) ;;
 		--workers) l+="-w$v"; i=$((i + 2)) ;;
+		--batch) l+="-batch$v"; i=$((i + 2)) ;;
+		--drain | --coalesce | --dontwake) l+="-${k#--}-$v"; i=$((i + 2)) ;;
 		*) l+="-$(printf '%s' "$k" | tr -cd 'A-Za-z0-9')"; i=$((i + 1)) ;;
 		esac
 	done

@@ -75,6 +75,8 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_PROCS_RECLAIMED] = "processes_reclaimed",
 		[PROTO_STAT_CLIENTS_CLOSED] = "clients_closed_bad_input",
 		[PROTO_STAT_UNTRACKED] = "forks_untracked",
+		[PROTO_STAT_FAULTS_COALESCED] = "faults_coalesced",
+		[PROTO_STAT_BATCH_WAKES] = "batch_wakes",
 	};
 	return s < PROTO_STAT_COUNT ? names[s] : "?";
 }

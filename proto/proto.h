@@ -132,6 +132,8 @@ enum proto_stat {
 	PROTO_STAT_PROCS_RECLAIMED, /* fork children found dead and released */
 	PROTO_STAT_CLIENTS_CLOSED,  /* sessions closed for bad input */
 	PROTO_STAT_UNTRACKED,       /* fork children past the limit, served untracked */
+	PROTO_STAT_FAULTS_COALESCED, /* faults answered by an earlier fill of their batch */
+	PROTO_STAT_BATCH_WAKES,     /* UFFDIO_WAKEs of filled spans (--dontwake) */
 	PROTO_STAT_COUNT
 };
 #define PROTO_STATS_MAX 32u

@@ -373,6 +373,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	d.listen_fd = -1;
 	d.cfg.workers = 1;
 	d.cfg.fault_around = 16;
+	/* The fault loop's switches as main.c's defaults. */
+	d.cfg.batch = WORKER_MSG_BATCH;
+	d.cfg.drain = d.cfg.coalesce = 1;
 	d.cfg.lim = (struct rp_limits){
 		.templates = LIM_TEMPLATES,
 		.ranges = LIM_RANGES,

@@ -194,6 +194,20 @@ static void exec_daemon(const struct h_daemon *d)
 		_exit(127);
 	const char *argv[64] = { RP_DAEMON_PATH, "--socket", d->sock, "--log-level", "debug" };
 	int n = 5;
+	/* Forked from a test that may have threads: no malloc from here. */
+	static char env_args[512];
+	const char *env = getenv("RP_ITEST_DAEMON_ARGS");
+	char *save = NULL;
+	if (env && strlen(env) >= sizeof(env_args)) {
+		dprintf(STDERR_FILENO, "harness: $RP_ITEST_DAEMON_ARGS is too long\n");
+		_exit(127);
+	}
+	if (env) {
+		strcpy(env_args, env);
+		for (char *a = strtok_r(env_args, " \t", &save); a && n < 63;
+		     a = strtok_r(NULL, " \t", &save))
+			argv[n++] = a;
+	}
 	for (int i = 0; d->extra && d->extra[i] && n < 63; i++)
 		argv[n++] = d->extra[i];
 	argv[n] = NULL;

@@ -40,7 +40,10 @@ int h_uffd_usable(char *why, size_t n);
 /* 1 if tests may run programs as uid 65534, else 0 with the reason. */
 int h_can_run_as_nobody(char *why, size_t n);
 
-/* Make the temp dir and start refpaged on dir/sock; 0 or -1 (log printed). */
+/* Make the temp dir and start refpaged on dir/sock; 0 or -1 (log printed).
+ * Every daemon the harness starts also gets the options in
+ * $RP_ITEST_DAEMON_ARGS (split at blanks, before the test's own extra
+ * options): CTest runs some groups again with the fault loop's switches. */
 int h_daemon_start(struct h_daemon *d);
 /* The same with more options after the harness's own (e.g. limits):
  * extra is NULL-terminated and must outlive the daemon (respawns reuse it). */
