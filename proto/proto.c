@@ -75,6 +75,8 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_PROCS_RECLAIMED] = "processes_reclaimed",
 		[PROTO_STAT_CLIENTS_CLOSED] = "clients_closed_bad_input",
 		[PROTO_STAT_UNTRACKED] = "forks_untracked",
+		[PROTO_STAT_MAPS_WAITED] = "maps_waited",
+		[PROTO_STAT_MAPS_WAIT_EXPIRED] = "maps_wait_expired",
 	};
 	return s < PROTO_STAT_COUNT ? names[s] : "?";
 }

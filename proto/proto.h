@@ -132,6 +132,8 @@ enum proto_stat {
 	PROTO_STAT_PROCS_RECLAIMED, /* fork children found dead and released */
 	PROTO_STAT_CLIENTS_CLOSED,  /* sessions closed for bad input */
 	PROTO_STAT_UNTRACKED,       /* fork children past the limit, served untracked */
+	PROTO_STAT_MAPS_WAITED,     /* MAPs held back for an unmap/mremap event in flight */
+	PROTO_STAT_MAPS_WAIT_EXPIRED, /* of those, MAPs that went ahead at the wait's cap */
 	PROTO_STAT_COUNT
 };
 #define PROTO_STATS_MAX 32u
