@@ -640,15 +640,15 @@ static void *anon_grow(void *p, struct blk b, size_t n)
 	return q;
 }
 
-/* Grow a refpage block. Never by a moving mremap: that frees the old
- * addresses before refpaged has applied the REMAP event, and a block
- * mapped there meanwhile by another thread would have its new range
- * moved away by the late event (its faults then read zeros). In place
- * if the addresses above are free (refpaged serves the grown part from
- * the same range); else a new block, the contents copied, the old one
- * unmapped through refpaged. A new block gets twice the size asked for,
- * room for the next growths in place: untouched, that room costs address
- * space, not memory. */
+/* Grow a refpage block. Never by a moving mremap: that sends a REMAP and
+ * then, late, an UNMAP of the old addresses, and a block another thread
+ * moves there in between loses its range in refpaged to that UNMAP
+ * (docs/preload.md, "Moving refpage blocks"; a MAP there waits for it,
+ * a move does not). In place if the addresses above are free (refpaged
+ * serves the grown part from the same range); else a new block, the
+ * contents copied, the old one unmapped through refpaged. A new block gets
+ * twice the size asked for, room for the next growths in place:
+ * untouched, that room costs address space, not memory. */
 static void *refpage_grow(void *p, struct blk b, size_t n)
 {
 	size_t len = blk_len(b), nlen = page_round(n);

@@ -238,13 +238,45 @@ void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0)
 /* munmap() and mremap() return once their event is read, not applied: a
  * client may reuse the address in its next MAP before the worker has
  * dropped the old range. Wait until every batch read so far is applied
- * (at most one batch of work on the worker). */
+ * (at most one batch of work on the worker). An event not read yet is
+ * mm_event_in_flight's, and the session's, business. */
 static void wait_events_applied(struct rp_mm *mm)
 {
 	uint64_t t = atomic_load(&mm->ev_started);
 
 	while (atomic_load(&mm->ev_done) < t && !atomic_load(&mm->dead))
 		sched_yield();
+}
+
+/* The kernel raises the uffd's mmap_changing in the prep step of munmap,
+ * mremap and fork (under the client's mmap_lock, before the address range
+ * is freed) and drops it only once we have read the event, queued after
+ * mmap_lock is dropped (fs/userfaultfd.c: userfaultfd_unmap_prep,
+ * mremap_userfaultfd_prep, dup_userfaultfd; userfaultfd_event_wait_completion).
+ * UFFDIO_WRITEPROTECT tests it first (userfaultfd_writeprotect, again under
+ * map_changing_lock in mwriteprotect_range), so mode 0 on one page is a
+ * probe that changes nothing on our ranges:
+ *   EAGAIN        mmap_changing is up: an event is in flight, not read yet;
+ *   ENOENT        it is not: the vma is not registered for write-protect
+ *                 (ours never are), or nothing is mapped there;
+ *   EINVAL/ENOTTY a kernel without the ioctl (before 5.7) or an address it
+ *                 refuses: no answer, the caller goes on as if none;
+ *   anything else (0, ESRCH for an exited mm): no event to wait for. */
+int mm_event_in_flight(struct rp_mm *mm, uint64_t addr)
+{
+	struct uffdio_writeprotect wp = { .range = { .start = addr, .len = TMPL_PAGE }, .mode = 0 };
+	int fd, e = 0;
+
+	/* Under the lock: the worker closes a dead mm's uffd under it. */
+	pthread_mutex_lock(&mm->lock);
+	fd = mm->uffd;
+	if (fd >= 0 && ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0)
+		e = errno;
+	pthread_mutex_unlock(&mm->lock);
+	if (e && e != EAGAIN && e != ENOENT)
+		log_debug("pid %d uffd %d: UFFDIO_WRITEPROTECT probe at %#llx: %s; not waiting",
+			  (int)mm->pid, fd, (unsigned long long)addr, strerror(e));
+	return e == EAGAIN;
 }
 
 int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)

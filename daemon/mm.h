@@ -84,6 +84,11 @@ struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd);
 void mm_ref(struct rp_mm *mm);
 void mm_put(struct rp_mm *mm);
 
+/* 1 if an UNMAP, REMAP or FORK event of mm's process is in flight
+ * (the kernel has started the change but we have not read its event), 0 if
+ * not or if the kernel cannot say (mm.c says how it is asked). A MAP of an
+ * address that munmap or mremap has just freed must wait for that event. */
+int mm_event_in_flight(struct rp_mm *mm, uint64_t addr);
 /* Register [addr, addr+len) with template t (a reference is taken). 0 or -errno. */
 int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t);
 /* Unregister and forget what we serve in [addr, addr+len). 0 or -errno. */

@@ -148,13 +148,16 @@ static const struct sb_rule rules[] = {
 	ALLOW1(fcntl, ARG_EQ(1, F_SETFL)),
 	ALLOW1(fcntl, ARG_EQ(1, F_SETFD)),
 	/* The uffd requests, exactly: mm.c handshake and (un)registration,
-	 * fault.c fills, wake-ups and liveness probes */
+	 * fault.c fills, wake-ups and liveness probes, and mm.c's probe for an
+	 * event in flight before a MAP (WRITEPROTECT with mode 0, on ranges
+	 * never registered for write-protect: it changes nothing) */
 	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_API)),
 	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_REGISTER)),
 	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_UNREGISTER)),
 	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_COPY)),
 	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_ZEROPAGE)),
 	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_WAKE)),
+	ALLOW1(ioctl, ARG_EQ(1, UFFDIO_WRITEPROTECT)),
 	/* malloc, template.c and range.c slabs; never executable memory */
 	ALLOW1(mmap, ARG_NONE_OF(2, PROT_EXEC)),
 	ALLOW1(mprotect, ARG_NONE_OF(2, PROT_EXEC)), /* malloc grows arenas */

@@ -29,9 +29,14 @@
 #define REQS_PER_WAKE 16
 /* Highest user address on x86-64 with 5-level paging. */
 #define USER_ADDR_END (1ull << 56)
+/* A MAP held back for an event in flight (map_held) is tried again this
+ * often, and goes ahead anyway after the cap. */
+#define MAP_RETRY_S 0.001
+#define MAP_WAIT_MAX_S 0.25
 
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents);
 static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+static void on_map_retry(struct ev_loop *loop, ev_timer *t, int revents);
 
 static void list_add(struct rp_daemon *d, struct session *s)
 {
@@ -79,6 +84,8 @@ static void session_init(struct rp_daemon *d, struct session *s, int fd, const s
 	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
 	s->hello_timer.data = s;
 	ev_timer_start(d->loop, &s->hello_timer);
+	ev_timer_init(&s->map_timer, on_map_retry, MAP_RETRY_S, 0.);
+	s->map_timer.data = s;
 	list_add(d, s);
 }
 
@@ -146,6 +153,7 @@ void session_close(struct session *s, const char *why)
 	}
 	ev_io_stop(d->loop, &s->io);
 	ev_timer_stop(d->loop, &s->hello_timer);
+	ev_timer_stop(d->loop, &s->map_timer);
 	/* The worker closes the uffd: any fault still waiting falls back to
 	 * the kernel, so the client can never hang on us. */
 	if (s->mm)
@@ -302,6 +310,61 @@ static int do_map(struct session *s, uint32_t seq, const struct proto_map *m)
 		log_debug("pid %d: MAP [%#llx, +%#llx) refused: %s", (int)s->pid,
 			  (unsigned long long)m->addr, (unsigned long long)m->len, strerror(-r));
 	return reply(s, seq, r, m->id, 0);
+}
+
+/* munmap(2) and mremap(2) free the old address range before their event is
+ * queued, and the kernel lets the client go on only once we have read it:
+ * another thread of the client can map the freed address and send its MAP
+ * before the event is even in the uffd. Done at once, the MAP would find
+ * the old range still in the table (EEXIST), or the late event would
+ * remove or move the new range (its untouched pages would read zeros).
+ * So while the kernel says an event is in flight (mm_event_in_flight), the
+ * MAP stays on the socket and the socket is not read (what the client
+ * sends next stays behind it, in order); the worker reads the event
+ * meanwhile, and mm_map waits for it to be applied. Tried again every
+ * MAP_RETRY_S, it goes ahead after MAP_WAIT_MAX_S whatever the kernel says
+ * (a client that munmaps without end from another thread must not stall
+ * its MAPs for ever). Other sessions are served all along. 1 if m is held
+ * (the retry timer armed), 0 to handle it now. */
+static int map_held(struct session *s, const struct proto_map *m)
+{
+	struct ev_loop *loop = s->d->loop;
+	ev_tstamp now = ev_now(loop);
+
+	if (!s->mm || !range_ok(m->addr, m->len) || !tmpl_lookup(s, m->id) ||
+	    !mm_event_in_flight(s->mm, m->addr)) {
+		if (s->map_since)
+			log_debug("pid %d: MAP [%#llx, +%#llx) held back %.1f ms", (int)s->pid,
+				  (unsigned long long)m->addr, (unsigned long long)m->len,
+				  (now - s->map_since) * 1e3);
+		s->map_since = 0;
+		return 0;
+	}
+	if (!s->map_since) {
+		s->map_since = now;
+		stat_inc(PROTO_STAT_MAPS_WAITED);
+	} else if (now - s->map_since >= MAP_WAIT_MAX_S) {
+		log_notice("pid %d: MAP [%#llx, +%#llx): an unmap, mremap or fork event is still "
+			   "in flight after %.0f ms; mapping anyway", (int)s->pid,
+			   (unsigned long long)m->addr, (unsigned long long)m->len,
+			   (now - s->map_since) * 1e3);
+		stat_inc(PROTO_STAT_MAPS_WAIT_EXPIRED);
+		s->map_since = 0;
+		return 0;
+	}
+	ev_io_stop(loop, &s->io);
+	ev_timer_set(&s->map_timer, MAP_RETRY_S, 0.);
+	ev_timer_start(loop, &s->map_timer);
+	return 1;
+}
+
+static void on_map_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct session *s = t->data;
+
+	(void)revents;
+	ev_io_start(loop, &s->io);
+	on_readable(loop, &s->io, EV_READ);
 }
 
 static int do_unmap(struct session *s, uint32_t seq, const struct proto_unmap *m)
@@ -497,6 +560,9 @@ static int handle_one(struct session *s)
 	int r = replayed(s, h, fd);
 	if (r)
 		return r;
+	/* Still on the socket, and still peeked: see map_held. */
+	if (h->type == PROTO_MAP && map_held(s, (const struct proto_map *)(h + 1)))
+		return 0;
 	nrequests++;
 	debug_die(s->d->cfg.die_peeked, "peeked");
 	if (dispatch(s, h, fd) < 0)

@@ -24,6 +24,12 @@ struct session {
 	struct acct *acct;       /* charged for the connection and its templates */
 	ev_io io;
 	ev_timer hello_timer;
+	/* A MAP held back while an unmap or mremap event of the client is in
+	 * flight (session.c: map_held): it stays on the socket, the socket is
+	 * not read, and this timer tries it again. map_since: when it was
+	 * first held, 0 if none is. */
+	ev_timer map_timer;
+	ev_tstamp map_since;
 	struct rp_mm *mm;        /* after HELLO */
 	struct tmpl **tmpls;     /* handle id-1 -> template */
 	uint32_t *tmpl_uses;     /* how many times the handle was handed out */

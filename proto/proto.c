@@ -77,6 +77,8 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_UNTRACKED] = "forks_untracked",
 		[PROTO_STAT_FAULTS_COALESCED] = "faults_coalesced",
 		[PROTO_STAT_BATCH_WAKES] = "batch_wakes",
+		[PROTO_STAT_MAPS_WAITED] = "maps_waited",
+		[PROTO_STAT_MAPS_WAIT_EXPIRED] = "maps_wait_expired",
 	};
 	return s < PROTO_STAT_COUNT ? names[s] : "?";
 }

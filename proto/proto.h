@@ -134,6 +134,8 @@ enum proto_stat {
 	PROTO_STAT_UNTRACKED,       /* fork children past the limit, served untracked */
 	PROTO_STAT_FAULTS_COALESCED, /* faults answered by an earlier fill of their batch */
 	PROTO_STAT_BATCH_WAKES,     /* UFFDIO_WAKEs of filled spans (--dontwake) */
+	PROTO_STAT_MAPS_WAITED,     /* MAPs held back for an unmap/mremap event in flight */
+	PROTO_STAT_MAPS_WAIT_EXPIRED, /* of those, MAPs that went ahead at the wait's cap */
 	PROTO_STAT_COUNT
 };
 #define PROTO_STATS_MAX 32u

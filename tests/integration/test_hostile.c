@@ -10,7 +10,8 @@
  * Group "hostile" (--hello-timeout 1): random packets, truncated and
  * oversized messages, several descriptors or a file on HELLO, clients that
  * never speak, clients that do not read their replies, clients that hang
- * up before the answer, MAP and UNMAP of another process's addresses.
+ * up before the answer, MAP and UNMAP of another process's addresses, MAP
+ * over a live range.
  * Group "limits" (small per-uid limits, --max-descendants 3): root's
  * clients hit each limit with a clear errno while uid 65534 is unaffected;
  * fork children past the descendant limit run on, reading zeros.
@@ -842,6 +843,40 @@ static void test_map_foreign_range(void **state)
 	case_end(fx, 0);
 }
 
+/* A MAP over a range the client has live already is refused with EEXIST at
+ * once: no unmap or mremap event is in flight, so it is not held back for
+ * one (the daemon's counters say so; no clock is read). The range it
+ * overlaps keeps being served. */
+static void test_map_live_range(void **state)
+{
+	struct fx *fx = *state;
+	const size_t n = 8;
+	uint64_t waited0 = stat_of(fx, "maps_waited"), expired0 = stat_of(fx, "maps_wait_expired");
+	uint8_t *p = mmap(NULL, n * PAGE, RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int s = dial(fx);
+
+	assert_ptr_not_equal(p, MAP_FAILED);
+	hello(s, 1);
+	uint32_t id = template_fill(s, 2, 0x66);
+	struct proto_map m = { .addr = (uintptr_t)p, .len = n * PAGE, .id = id };
+	assert_int_equal(h_send(s, PROTO_MAP, 3, &m, sizeof(m), -1), 0);
+	expect_reply(s, 3, 0);
+	/* The same range again, then a part of it, back to back. */
+	assert_int_equal(h_send(s, PROTO_MAP, 4, &m, sizeof(m), -1), 0);
+	m.addr += 2 * PAGE;
+	m.len = 3 * PAGE;
+	assert_int_equal(h_send(s, PROTO_MAP, 5, &m, sizeof(m), -1), 0);
+	expect_reply(s, 4, -EEXIST);
+	expect_reply(s, 5, -EEXIST);
+	assert_int_equal(stat_of(fx, "maps_waited"), waited0);
+	assert_int_equal(stat_of(fx, "maps_wait_expired"), expired0);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(h_first_not(p + i * PAGE, PAGE, 0x66), -1);
+	close(s);
+	assert_int_equal(munmap(p, n * PAGE), 0);
+	case_end(fx, 0);
+}
+
 /* --- per-uid limits ------------------------------------------------------------------- */
 
 static uint8_t *map_or_errno(rp_client *c, size_t pages, uint32_t id, int *err)
@@ -1065,6 +1100,7 @@ int main(void)
 		T(test_not_reading_replies),
 		T(test_hang_up_before_answer),
 		T(test_map_foreign_range),
+		T(test_map_live_range),
 	};
 	const struct CMUnitTest limits[] = {
 		T(test_uid_limits),
