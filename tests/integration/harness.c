@@ -319,6 +319,39 @@ int h_daemon_stop(struct h_daemon *d)
 	return 0;
 }
 
+int h_session_open(struct h_daemon *d, const char *const *extra, rp_client **c, uint8_t fill,
+		   uint32_t *id)
+{
+	*c = NULL;
+	if (h_daemon_start_args(d, extra) < 0)
+		return -1;
+	int r = rp_connect(d->sock, c);
+	if (r == 0 && id)
+		r = rp_template_fill(*c, fill, id);
+	if (r == 0)
+		return 0;
+	fprintf(stderr, "harness: %s: %s\n", *c ? "rp_template_fill" : "rp_connect", strerror(-r));
+	rp_disconnect(*c);
+	*c = NULL;
+	h_daemon_destroy(d);
+	return -1;
+}
+
+int h_session_close(struct h_daemon *d, rp_client *c, int ok, off_t from)
+{
+	if (!ok)
+		h_daemon_dump_log(d, from);
+	rp_disconnect(c);
+	return h_daemon_destroy(d);
+}
+
+int h_test_end(struct h_daemon *d, int ok)
+{
+	if (!ok)
+		h_daemon_dump_log(d, d->log_mark);
+	return h_daemon_alive(d) ? 0 : -1;
+}
+
 int h_daemon_destroy(struct h_daemon *d)
 {
 	int r = h_daemon_stop(d);

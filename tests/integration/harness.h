@@ -57,6 +57,17 @@ int h_daemon_stop(struct h_daemon *d);
 /* Stop if running, remove the temp dir (kept, and named, when
  * $RP_ITEST_KEEP is set). Returns h_daemon_stop's result. */
 int h_daemon_destroy(struct h_daemon *d);
+/* A daemon (with extra options, or NULL) and one connection to it, and
+ * with id non-NULL a template of fill bytes on that connection. 0, or -1
+ * with nothing left running and the reason on stderr. */
+int h_session_open(struct h_daemon *d, const char *const *extra, rp_client **c, uint8_t fill,
+		   uint32_t *id);
+/* Close what h_session_open opened; a failed test (!ok) first prints the
+ * daemon's log from from. Returns h_daemon_destroy's result. */
+int h_session_close(struct h_daemon *d, rp_client *c, int ok, off_t from);
+/* The end of one test on a daemon shared by the group: the log since the
+ * mark if it failed (!ok); 0 if the daemon is still alive, else -1. */
+int h_test_end(struct h_daemon *d, int ok);
 /* 1 while the daemon process exists and has not exited. */
 int h_daemon_alive(struct h_daemon *d);
 /* Print the daemon's log from offset from to stderr. */

@@ -43,18 +43,13 @@ static int test_setup(void **state)
 {
 	struct fx *fx = calloc(1, sizeof(*fx));
 
-	if (!fx || h_daemon_start(&fx->d) < 0) {
+	if (!fx || h_session_open(&fx->d, NULL, &fx->c, 0xAA, &fx->id) < 0) {
 		free(fx);
 		return -1;
 	}
-	int r = rp_connect(fx->d.sock, &fx->c);
-	if (r == 0)
-		r = rp_template_fill(fx->c, 0xAA, &fx->id);
-	if (r == 0 && (fx->p = rp_map(fx->c, NULL, NPAGES * PAGE, RW, 0, fx->id)) == MAP_FAILED)
-		r = -errno;
-	if (r < 0) {
-		fprintf(stderr, "setup: %s\n", strerror(-r));
-		h_daemon_destroy(&fx->d);
+	if ((fx->p = rp_map(fx->c, NULL, NPAGES * PAGE, RW, 0, fx->id)) == MAP_FAILED) {
+		fprintf(stderr, "setup: rp_map: %s\n", strerror(errno));
+		h_session_close(&fx->d, fx->c, 0, 0);
 		free(fx);
 		return -1;
 	}
@@ -66,10 +61,7 @@ static int test_teardown(void **state)
 {
 	struct fx *fx = *state;
 
-	if (!fx->ok)
-		h_daemon_dump_log(&fx->d, 0);
-	rp_disconnect(fx->c);
-	int r = h_daemon_destroy(&fx->d);
+	int r = h_session_close(&fx->d, fx->c, fx->ok, 0);
 	free(fx);
 	return r;
 }

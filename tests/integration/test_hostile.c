@@ -149,18 +149,13 @@ static int group_setup_with(void **state, const char *const *args)
 	struct fx *fx = calloc(1, sizeof(*fx));
 
 	*state = NULL;
-	if (!fx || h_daemon_start_args(&fx->d, args) < 0) {
+	if (!fx || h_session_open(&fx->d, args, &fx->c, 0, NULL) < 0) {
 		free(fx);
 		return -1;
 	}
-	int r = rp_connect(fx->d.sock, &fx->c);
-	if (r < 0)
-		fprintf(stderr, "setup: rp_connect: %s\n", strerror(-r));
-	if (r < 0 || good_start(fx) < 0) {
+	if (good_start(fx) < 0) {
 		good_stop(fx);
-		if (fx->c)
-			rp_disconnect(fx->c);
-		h_daemon_destroy(&fx->d);
+		h_session_close(&fx->d, fx->c, 0, 0);
 		free(fx);
 		return -1;
 	}
@@ -190,8 +185,7 @@ static int group_teardown(void **state)
 	if (!fx)
 		return 0; /* the setup failed, and said why */
 	good_stop(fx);
-	rp_disconnect(fx->c);
-	int r = h_daemon_destroy(&fx->d);
+	int r = h_session_close(&fx->d, fx->c, 1, 0);
 	free(fx);
 	return r;
 }
@@ -217,9 +211,7 @@ static int test_teardown(void **state)
 {
 	struct fx *fx = *state;
 
-	if (!fx->ok)
-		h_daemon_dump_log(&fx->d, fx->d.log_mark);
-	return h_daemon_alive(&fx->d) ? 0 : -1;
+	return h_test_end(&fx->d, fx->ok);
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, test_setup, test_teardown)

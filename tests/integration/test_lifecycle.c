@@ -41,14 +41,7 @@ static int test_setup(void **state)
 {
 	struct fx *fx = calloc(1, sizeof(*fx));
 
-	if (!fx || h_daemon_start(&fx->d) < 0) {
-		free(fx);
-		return -1;
-	}
-	int r = rp_connect(fx->d.sock, &fx->c);
-	if (r < 0) {
-		fprintf(stderr, "setup: rp_connect: %s\n", strerror(-r));
-		h_daemon_destroy(&fx->d);
+	if (!fx || h_session_open(&fx->d, NULL, &fx->c, 0, NULL) < 0) {
 		free(fx);
 		return -1;
 	}
@@ -62,10 +55,7 @@ static int test_teardown(void **state)
 
 	if (!fx)
 		return 0;
-	if (!fx->ok)
-		h_daemon_dump_log(&fx->d, 0);
-	rp_disconnect(fx->c);
-	int r = h_daemon_destroy(&fx->d);
+	int r = h_session_close(&fx->d, fx->c, fx->ok, 0);
 	free(fx);
 	*state = NULL;
 	return r;

@@ -43,22 +43,13 @@ static int group_setup(void **state)
 	struct fx *fx = calloc(1, sizeof(*fx));
 
 	*state = NULL;
-	if (!fx || h_daemon_start(&fx->d) < 0) {
+	if (!fx || h_session_open(&fx->d, NULL, &fx->c, 0xAA, &fx->aa) < 0) {
 		free(fx);
 		return -1;
 	}
-	int r = rp_connect(fx->d.sock, &fx->c);
-	if (r == 0)
-		r = rp_template_fill(fx->c, 0xAA, &fx->aa);
-	if (r == 0) {
-		fx->live = rp_map(fx->c, NULL, 64 * PAGE, RW, 0, fx->aa);
-		r = fx->live == MAP_FAILED ? -errno : 0;
-	}
-	if (r < 0) {
-		fprintf(stderr, "setup: %s\n", strerror(-r));
-		if (fx->c)
-			rp_disconnect(fx->c);
-		h_daemon_destroy(&fx->d);
+	if ((fx->live = rp_map(fx->c, NULL, 64 * PAGE, RW, 0, fx->aa)) == MAP_FAILED) {
+		fprintf(stderr, "setup: rp_map: %s\n", strerror(errno));
+		h_session_close(&fx->d, fx->c, 0, 0);
 		free(fx);
 		return -1;
 	}
@@ -74,8 +65,7 @@ static int group_teardown(void **state)
 	if (!fx)
 		return 0; /* the setup failed, and said why */
 	rp_unmap(fx->c, fx->live, 64 * PAGE);
-	rp_disconnect(fx->c);
-	int r = h_daemon_destroy(&fx->d);
+	int r = h_session_close(&fx->d, fx->c, 1, 0);
 	free(fx);
 	return r;
 }
@@ -109,9 +99,7 @@ static int test_teardown(void **state)
 {
 	struct fx *fx = *state;
 
-	if (!fx->ok)
-		h_daemon_dump_log(&fx->d, fx->d.log_mark);
-	return h_daemon_alive(&fx->d) ? 0 : -1;
+	return h_test_end(&fx->d, fx->ok);
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, test_setup, test_teardown)

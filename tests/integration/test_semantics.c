@@ -48,18 +48,7 @@ static int group_setup(void **state)
 	struct fx *fx = calloc(1, sizeof(*fx));
 
 	*state = NULL;
-	if (!fx || h_daemon_start(&fx->d) < 0) {
-		free(fx);
-		return -1;
-	}
-	int r = rp_connect(fx->d.sock, &fx->c);
-	if (r == 0)
-		r = rp_template_fill(fx->c, 0xAA, &fx->aa);
-	if (r < 0) {
-		fprintf(stderr, "setup: %s\n", strerror(-r));
-		if (fx->c)
-			rp_disconnect(fx->c);
-		h_daemon_destroy(&fx->d);
+	if (!fx || h_session_open(&fx->d, NULL, &fx->c, 0xAA, &fx->aa) < 0) {
 		free(fx);
 		return -1;
 	}
@@ -73,8 +62,7 @@ static int group_teardown(void **state)
 
 	if (!fx)
 		return 0; /* the setup failed, and said why */
-	rp_disconnect(fx->c);
-	int r = h_daemon_destroy(&fx->d);
+	int r = h_session_close(&fx->d, fx->c, 1, 0);
 	free(fx);
 	return r;
 }
