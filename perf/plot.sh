@@ -11,6 +11,9 @@ tsv=$out/tmp/bench.tsv
 lat=$out/tmp/latency
 [ -f "$tsv" ] || { echo "plot.sh: no $tsv" >&2; exit 1; }
 term='set terminal pngcairo size 1280,720 noenhanced font ",11"'
+# 16 distinct colours: gnuplot cycles its default 8, and a run with every
+# switch has 11 modes.
+palette="set linetype 1 lc rgb '#1f77b4'; set linetype 2 lc rgb '#ff7f0e'; set linetype 3 lc rgb '#2ca02c'; set linetype 4 lc rgb '#d62728'; set linetype 5 lc rgb '#9467bd'; set linetype 6 lc rgb '#8c564b'; set linetype 7 lc rgb '#e377c2'; set linetype 8 lc rgb '#7f7f7f'; set linetype 9 lc rgb '#bcbd22'; set linetype 10 lc rgb '#17becf'; set linetype 11 lc rgb '#000000'; set linetype 12 lc rgb '#aec7e8'; set linetype 13 lc rgb '#ffbb78'; set linetype 14 lc rgb '#98df8a'; set linetype 15 lc rgb '#ff9896'; set linetype 16 lc rgb '#c5b0d5'; set linetype cycle 16"
 
 # One TSV column as a workload x mode matrix, for clustered histograms.
 matrix() {
@@ -43,6 +46,7 @@ histogram() { # column threads ylabel logscale(0/1) png
 	ncol=$(head -1 "$data" | awk -F'\t' '{ print NF }')
 	gnuplot <<EOF
 $term
+$palette
 set output "$5"
 set datafile separator "\t"
 set datafile missing "NaN"
@@ -71,6 +75,7 @@ cdf() { # workload threads png
 	local IFS=,
 	gnuplot <<EOF
 $term
+$palette
 set output "$3"
 set datafile separator "\t"
 set title "first-touch latency CDF: $1, $2 thread(s)"
