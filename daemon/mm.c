@@ -70,6 +70,139 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 	return mm;
 }
 
+/* The kernel has made the change already: the table follows it even past
+ * its limit (a hole or a move may need pieces), or it would go on
+ * charging, and standing in the way of, memory that is gone. The next MAP
+ * is refused until the table is back under its limit. */
+static long long follow_unmap(struct range_table *rt, uint64_t start, uint64_t end)
+{
+	size_t max = rt->max;
+
+	rt->max = 0;
+	long long r = range_remove(rt, start, end);
+	rt->max = max;
+	return r;
+}
+
+static int follow_copy(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len)
+{
+	size_t max = rt->max;
+
+	rt->max = 0;
+	int r = range_copy(rt, from, to, len);
+	rt->max = max;
+	return r;
+}
+
+/* Sources of moves. A moving mremap sends a REMAP, and only once we have
+ * read it an UNMAP of its whole old range (exactly the REMAP's source: one
+ * mremap moves within one VMA). Another thread's moving mremap can put its
+ * mapping into that old range in between; its REMAP, read before the
+ * UNMAP, puts its pieces there, which the UNMAP must then leave alone. And
+ * with MREMAP_DONTUNMAP the old mapping stays, still registered, and no
+ * UNMAP comes at all: it reads the template again, like a fresh mapping.
+ * So a REMAP copies the source's pieces to the destination, keeps them at
+ * the source, and records the source; whatever gives addresses in it a new
+ * owner (a REMAP onto them, a MAP, an UNMAP that is not the record's,
+ * rp_unmap) takes them out of the record; the UNMAP naming exactly the
+ * record forgets only what is left in it, and the record. */
+
+/* Appends [s, e) to r's spans; -1 when they are full. */
+static int span_add(struct remap_src *r, uint64_t s, uint64_t e)
+{
+	if (r->nspans == MM_SRC_SPANS)
+		return -1;
+	r->span[r->nspans].start = s;
+	r->span[r->nspans].end = e;
+	r->nspans++;
+	return 0;
+}
+
+/* r without [s, e); -1 when what is left needs more spans than a record
+ * has. */
+static int span_take(struct remap_src *r, uint64_t s, uint64_t e)
+{
+	struct remap_src left = { .start = r->start, .end = r->end };
+
+	for (uint32_t k = 0; k < r->nspans; k++) {
+		uint64_t a = r->span[k].start, b = r->span[k].end;
+
+		if (e <= a || b <= s) {
+			if (span_add(&left, a, b) < 0)
+				return -1;
+			continue;
+		}
+		if (a < s && span_add(&left, a, s) < 0)
+			return -1;
+		if (e < b && span_add(&left, e, b) < 0)
+			return -1;
+	}
+	*r = left;
+	return 0;
+}
+
+/* [s, e) has a new owner: out of every record. A record left with nothing
+ * goes; so does one that would need more spans than it has, and what is
+ * left of it stays in the table until an UNMAP names it, as if the REMAP
+ * had never been recorded. */
+static void srcs_take(struct rp_mm *mm, uint64_t s, uint64_t e)
+{
+	uint32_t keep = 0;
+
+	for (uint32_t i = 0; i < mm->nsrcs; i++) {
+		struct remap_src *r = &mm->srcs[i];
+
+		if (span_take(r, s, e) == 0 && r->nspans)
+			mm->srcs[keep++] = *r;
+	}
+	mm->nsrcs = keep;
+}
+
+/* Records [s, e) as the source of a REMAP, taken out of older records
+ * first. When all slots are in use the oldest record is dropped (as when
+ * its spans overflow); without memory for the slots nothing is recorded:
+ * the UNMAP then forgets the whole source. */
+static void srcs_add(struct rp_mm *mm, uint64_t s, uint64_t e)
+{
+	srcs_take(mm, s, e);
+	if (!mm->srcs && !(mm->srcs = malloc(MM_SRCS * sizeof(*mm->srcs))))
+		return;
+	if (mm->nsrcs == MM_SRCS)
+		memmove(&mm->srcs[0], &mm->srcs[1], --mm->nsrcs * sizeof(*mm->srcs));
+	mm->srcs[mm->nsrcs++] = (struct remap_src){
+		.start = s, .end = e, .nspans = 1, .span = { { s, e } },
+	};
+}
+
+/* The record an UNMAP of exactly [s, e) completes, or NULL. */
+static struct remap_src *srcs_find(struct rp_mm *mm, uint64_t s, uint64_t e)
+{
+	for (uint32_t i = mm->nsrcs; i-- > 0;)
+		if (mm->srcs[i].start == s && mm->srcs[i].end == e)
+			return &mm->srcs[i];
+	return NULL;
+}
+
+/* Forgets from rt what is left of mm's records in [s, e). */
+static long long srcs_unmap(const struct rp_mm *mm, struct range_table *rt, uint64_t s, uint64_t e)
+{
+	long long err = 0;
+
+	for (uint32_t i = 0; i < mm->nsrcs; i++) {
+		const struct remap_src *r = &mm->srcs[i];
+
+		for (uint32_t k = 0; k < r->nspans; k++) {
+			uint64_t a = r->span[k].start > s ? r->span[k].start : s;
+			uint64_t b = r->span[k].end < e ? r->span[k].end : e;
+			long long u = a < b ? follow_unmap(rt, a, b) : 0;
+
+			if (u < 0)
+				err = u;
+		}
+	}
+	return err;
+}
+
 struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid)
 {
 	struct acct *a = acct_get(uid);
@@ -130,12 +263,14 @@ struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd)
 	atomic_fetch_add(&parent->tree->refs, 1);
 	mm->is_child = 1;
 	pthread_mutex_lock(&parent->lock);
-	int r = range_copy(&mm->ranges, &parent->ranges);
+	long long r = range_clone(&mm->ranges, &parent->ranges);
+	if (r == 0)
+		r = srcs_unmap(parent, &mm->ranges, 0, UINT64_MAX);
 	pthread_mutex_unlock(&parent->lock);
 	mm_account(mm, 0, 0);
 	if (r < 0)
 		log_err("pid %d: fork child uffd %d: cannot copy ranges: %s", (int)parent->pid, ufd,
-			strerror(-r));
+			strerror((int)-r));
 	persist_store(mm->d, PERSIST_MM, mm->snap_id, ufd);
 	persist_mm_link(mm);
 	return mm;
@@ -187,6 +322,7 @@ static void mm_free(struct rp_mm *mm)
 	pthread_mutex_destroy(&mm->lock);
 	if (mm->uffd >= 0)
 		close(mm->uffd);
+	free(mm->srcs);
 	free(mm->pending);
 	acct_uncharge(mm->acct, ACCT_PROCESSES, 1);
 	acct_put(mm->acct);
@@ -296,6 +432,10 @@ int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
 		r = -ENOTCONN;
 		goto out;
 	}
+	/* What is left there of a moved mapping has gone: the client has a
+	 * new one there. */
+	srcs_unmap(mm, &mm->ranges, addr, addr + len);
+	srcs_take(mm, addr, addr + len);
 	/* Into the table first: the first fault may arrive on the worker
 	 * before the ioctl even returns. */
 	r = range_insert(&mm->ranges, addr, addr + len, t);
@@ -341,6 +481,8 @@ int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len)
 		}
 		removed = range_remove(&mm->ranges, addr, end);
 	}
+	if (removed >= 0)
+		srcs_take(mm, addr, end);
 	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	/* As for MAP: a full table is the client's limit. */
@@ -349,36 +491,22 @@ int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len)
 	return removed < 0 ? (int)removed : 0;
 }
 
-/* The kernel has made the change already: the table follows it even past
- * its limit (a hole or a move may need pieces), or it would go on
- * charging, and standing in the way of, memory that is gone. The next MAP
- * is refused until the table is back under its limit. */
-static long long follow_unmap(struct range_table *rt, uint64_t start, uint64_t end)
-{
-	size_t max = rt->max;
-
-	rt->max = 0;
-	long long r = range_remove(rt, start, end);
-	rt->max = max;
-	return r;
-}
-
-static int follow_move(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len)
-{
-	size_t max = rt->max;
-
-	rt->max = 0;
-	int r = range_move(rt, from, to, len);
-	rt->max = max;
-	return r;
-}
-
 void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
 {
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
-	long long r = follow_unmap(&mm->ranges, start, end);
+	struct remap_src *src = srcs_find(mm, start, end);
+	long long r;
+	if (src) {
+		/* The mremap that moved it away: what nobody took since. */
+		r = srcs_unmap(mm, &mm->ranges, start, end);
+		size_t i = (size_t)(src - mm->srcs);
+		memmove(src, src + 1, (--mm->nsrcs - i) * sizeof(*src));
+	} else {
+		r = follow_unmap(&mm->ranges, start, end);
+		srcs_take(mm, start, end);
+	}
 	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	if (r < 0)
@@ -392,7 +520,11 @@ void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 	pthread_mutex_lock(&mm->lock);
 	size_t n0 = mm->ranges.n;
 	uint64_t b0 = mm->ranges.bytes;
-	int r = follow_move(&mm->ranges, from, to, len);
+	int r = follow_copy(&mm->ranges, from, to, len);
+	/* The destination has a new owner whether or not we could follow. */
+	srcs_take(mm, to, to + len);
+	if (r == 0 && from != to)
+		srcs_add(mm, from, from + len);
 	mm_account(mm, n0, b0);
 	pthread_mutex_unlock(&mm->lock);
 	if (r < 0)

@@ -38,6 +38,21 @@ struct pending_fault {
 	uint32_t tries;
 };
 
+/* The source of a moving mremap, kept in the table after its REMAP until
+ * the UNMAP the mremap sends for it (mm.c): what it spans, as that UNMAP
+ * will name it, and the parts of it nobody has taken since. */
+#define MM_SRC_SPANS 4
+struct remap_src {
+	uint64_t start, end;
+	uint32_t nspans;
+	struct {
+		uint64_t start, end;
+	} span[MM_SRC_SPANS];
+};
+
+/* Sources kept per mm: past that, the oldest record is dropped. */
+#define MM_SRCS 64
+
 struct rp_mm {
 	int uffd;
 	uid_t uid;
@@ -60,6 +75,11 @@ struct rp_mm {
 	 * read, so a MAP that finds the old range still in the table waits
 	 * until every batch read before it is applied (mm_map). */
 	_Atomic uint64_t ev_started, ev_done;
+	/* Sources of REMAPs, oldest first (MM_SRCS slots once the first
+	 * comes), under lock. Not in the snapshot: after a restart an UNMAP
+	 * forgets all it names, as before REMAPs were followed this way. */
+	struct remap_src *srcs;
+	uint32_t nsrcs;
 	/* Faults that could not be filled yet (EAGAIN, ENOMEM), retried. */
 	struct pending_fault *pending;
 	uint32_t npending, cappending;
@@ -78,7 +98,9 @@ struct rp_mm {
  * held, charged to uid. NULL and errno (EDQUOT past a limit, ENOMEM). */
 struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid);
 /* A fork child of parent with uffd ufd: same uid, same tree, a copy of
- * the parent's ranges. NULL and errno (EDQUOT past the uid's process limit
+ * the parent's ranges but for the sources of its moves still waiting for
+ * their UNMAP (the child's address space has none there, unless the move
+ * kept it: docs/design.md). NULL and errno (EDQUOT past the uid's process limit
  * or the tree's descendant limit, ENOMEM); ufd is not closed. */
 struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd);
 void mm_ref(struct rp_mm *mm);

@@ -296,6 +296,8 @@ static void add_mm(struct rp_mm *mm, void *arg)
 		.features = mm->features, .flags = mm->is_child ? SNAP_MM_CHILD : 0,
 		.nranges = (uint32_t)mm->ranges.n,
 	};
+	/* The sources of REMAPs waiting for their UNMAP (mm->srcs) are left
+	 * out: restored, such an UNMAP forgets all it names, as any. */
 	uint8_t *q = snap_buf_add(&p->buf, sizeof(rec) + mm->ranges.n * sizeof(struct snap_range));
 	if (q) {
 		memcpy(q, &rec, sizeof(rec));

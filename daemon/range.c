@@ -216,19 +216,6 @@ long long range_remove(struct range_table *rt, uint64_t start, uint64_t end)
 	return (long long)cut(rt, start, end);
 }
 
-/* The destination minus the source: what a move must forget. Where they
- * overlap, the moved pieces themselves land. */
-static void dst_only(uint64_t from, uint64_t to, uint64_t len, uint64_t *s,
-		     uint64_t *e)
-{
-	*s = to;
-	*e = to + len;
-	if (to < from && *e > from)
-		*e = from;
-	else if (to > from && to < from + len)
-		*s = from + len;
-}
-
 static void reverse(struct range *v, size_t lo, size_t hi)
 {
 	for (; lo + 1 < hi; lo++, hi--) {
@@ -247,58 +234,57 @@ static void rotate(struct range *v, size_t lo, size_t mid, size_t hi)
 	reverse(v, lo, hi);
 }
 
-/* Shifts the pieces inside the source, whole pieces by now, onto the
- * destination, which holds none. Their block then trades places with the
- * pieces lying between source and destination to keep the order. */
-static void relocate(struct range_table *rt, uint64_t from, uint64_t to,
-		     uint64_t len)
+/* The copies are made first, clipped to the source and shifted onto the
+ * destination, in the last k slots of the array, where the cut (which
+ * reaches one slot past n at most) leaves them alone; that also keeps them
+ * when source and destination overlap. Then they join the table at the
+ * destination, now empty. */
+int range_copy(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len)
 {
-	size_t a = first_from(rt, from), b = first_from(rt, from + len);
-	size_t c = first_from(rt, to);
-
-	for (size_t k = a; k < b; k++) {
-		struct range *r = &rt->v[k];
-
-		r->start = r->start - from + to;
-		r->end = r->end - from + to;
-		/* The stream it followed was at the old addresses. */
-		memset(r->fs, 0, sizeof(r->fs));
-		r->clock = 0;
-	}
-	if (to > from)
-		rotate(rt->v, a, b, c < b ? b : c);
-	else
-		rotate(rt->v, c, a, b);
-}
-
-int range_move(struct range_table *rt, uint64_t from, uint64_t to,
-	       uint64_t len)
-{
-	uint64_t ds, de;
-	size_t need;
+	size_t a, k, need, p;
+	struct range *c;
+	uint64_t bytes = 0;
 	int err;
 
 	if (!range_ok(from, from + len) || !range_ok(to, to + len))
 		return -EINVAL;
 	if (from == to)
 		return 0;
-	dst_only(from, to, len, &ds, &de);
-	/* After the cut, a source edge inside a piece splits it, unless the
-	 * edge is also an edge of the cut, which trimmed that piece already. */
-	need = count_after_cut(rt, ds, de);
-	if (from != de)
-		need += straddles(rt, from);
-	if (from + len != ds)
-		need += straddles(rt, from + len);
-	/* The cut can split a piece before anything is dropped, but only
-	 * when it leaves one more piece, so need covers that peak too. */
+	a = first_overlap(rt, from);
+	k = first_from(rt, from + len) - a;
+	need = count_after_cut(rt, to, to + len) + k;
 	err = make_room(rt, need);
+	if (!err && k && rt->n + 1 + k > rt->cap)
+		err = grow(rt, rt->n + 1 + k);
 	if (err)
 		return err;
-	cut(rt, ds, de);
-	split_at(rt, from);
-	split_at(rt, from + len);
-	relocate(rt, from, to, len);
+	if (!k) {
+		cut(rt, to, to + len);
+		return 0;
+	}
+	c = &rt->v[rt->cap - k];
+	for (size_t i = 0; i < k; i++) {
+		struct range *r = &c[i];
+
+		*r = rt->v[a + i];
+		if (r->start < from)
+			r->start = from;
+		if (r->end > from + len)
+			r->end = from + len;
+		r->start = r->start - from + to;
+		r->end = r->end - from + to;
+		/* The streams it followed were at the old addresses. */
+		memset(r->fs, 0, sizeof(r->fs));
+		r->clock = 0;
+		bytes += r->end - r->start;
+		rt->ops->get(r->tmpl);
+	}
+	cut(rt, to, to + len);
+	p = first_from(rt, to);
+	memmove(&rt->v[rt->n], c, k * sizeof(struct range));
+	rotate(rt->v, p, rt->n, rt->n + k);
+	rt->n += k;
+	rt->bytes += bytes;
 	return 0;
 }
 
@@ -331,7 +317,7 @@ struct range *range_extend_to(struct range_table *rt, uint64_t addr,
 	return p;
 }
 
-int range_copy(struct range_table *dst, const struct range_table *src)
+int range_clone(struct range_table *dst, const struct range_table *src)
 {
 	int err;
 

@@ -2,7 +2,7 @@
  *
  * Each range maps [start, end) to a template. The table holds one template
  * reference per range piece: ops->get is called when a piece is created
- * (insert, split, copy), ops->put when one disappears. The table is not
+ * (insert, split, copy, clone), ops->put when one disappears. The table is not
  * locked: its owner (struct rp_mm) serialises access. */
 #ifndef REFPAGED_RANGE_H
 #define REFPAGED_RANGE_H
@@ -57,10 +57,13 @@ int range_insert(struct range_table *rt, uint64_t start, uint64_t end, void *tmp
  * when a split needs a slot it cannot get (the table is then unchanged). */
 long long range_remove(struct range_table *rt, uint64_t start, uint64_t end);
 
-/* mremap: what was at [from, from+len) is now at [to, to+len). Whatever
- * the table had at the destination is forgotten first. 0 or -errno (the
- * table is unchanged on error). */
-int range_move(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len);
+/* mremap: what is at [from, from+len) is also at [to, to+len) (the source
+ * stays: the caller forgets it when the mapping there goes). Whatever the
+ * table had at the destination is forgotten first; where source and
+ * destination overlap, the copy wins. The copies start with no fault
+ * streams. Only the final number of pieces counts against max. 0 or
+ * -errno (the table is unchanged on error). */
+int range_copy(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len);
 
 /* The piece containing addr, or NULL. */
 struct range *range_lookup(struct range_table *rt, uint64_t addr);
@@ -73,6 +76,6 @@ struct range *range_lookup(struct range_table *rt, uint64_t addr);
 struct range *range_extend_to(struct range_table *rt, uint64_t addr, uint64_t page_size);
 
 /* dst (empty, initialised) gets a copy of every piece of src (fork). */
-int range_copy(struct range_table *dst, const struct range_table *src);
+int range_clone(struct range_table *dst, const struct range_table *src);
 
 #endif

@@ -6,6 +6,7 @@
  * One daemon for the group. Tests that check the daemon's range gauges
  * compare against the value at their own start, and wait for the daemon
  * to follow uffd events within a deadline. */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -746,6 +747,201 @@ static void test_map_while_other_thread_mremaps(void **state)
 	map_while_other_thread_unmaps(state, RACE_MREMAP);
 }
 
+/* --- moving mremaps in two threads ------------------------------------------------------ */
+
+/* A moving mremap() sends a REMAP and, once that is read, an UNMAP of its
+ * old range. Another thread's moving mremap can put its mapping into that
+ * old range in between: the late UNMAP must not take the daemon's range
+ * for it away. Two threads on one CPU each grow their own block by a move,
+ * round after round (each call waits for the daemon twice, so they
+ * interleave there), and check every page after each move. */
+
+#define MOVE_ROUNDS 1000
+
+struct mover {
+	int idx;
+	uint8_t tmpl;          /* what its template reads */
+	size_t pages;          /* the block's length between rounds */
+	uint8_t *p;
+	_Atomic uintptr_t leaving; /* where its mremap in progress moves from */
+	struct mover *peer;
+	int landed;            /* moves onto the address the peer's was leaving */
+	char why[256];         /* the first thing found wrong; empty if none */
+};
+
+/* Page k of a block just grown by a move: the mark written before the
+ * move on page w, the template everywhere else. */
+static int mover_check(struct mover *m, const uint8_t *q, size_t w, uint8_t mark, int round)
+{
+	for (size_t k = 0; k < 2 * m->pages; k++) {
+		uint8_t want = k == w ? mark : m->tmpl;
+		long off = h_first_not(q + k * PAGE, PAGE, want);
+		if (off >= 0) {
+			snprintf(m->why, sizeof(m->why),
+				 "thread %d round %d: page %zu of the moved block reads %#x, want "
+				 "%#x%s", m->idx, round, k, q[k * PAGE + (size_t)off], want,
+				 m->landed ? " (it had landed where the other thread's block was leaving)" : "");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void *mover_main(void *arg)
+{
+	struct mover *m = arg;
+	const size_t len = m->pages * PAGE;
+
+	for (int i = 0; i < MOVE_ROUNDS; i++) {
+		size_t w = (size_t)i % m->pages;
+		uint8_t mark = (uint8_t)(0x10 + (size_t)m->idx * 0x40 + (size_t)i % 0x40);
+		/* Something right after the block: growing it has to move it. */
+		uint8_t *guard = mmap(m->p + len, PAGE, PROT_NONE,
+				      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		memset(m->p + w * PAGE, mark, PAGE);
+		atomic_store(&m->leaving, (uintptr_t)m->p);
+		uint8_t *q = mremap(m->p, len, 2 * len, MREMAP_MAYMOVE);
+		int e = errno;
+		uintptr_t peer = atomic_load(&m->peer->leaving);
+		atomic_store(&m->leaving, 0);
+		if (guard != MAP_FAILED)
+			munmap(guard, PAGE);
+		if (q == MAP_FAILED) {
+			snprintf(m->why, sizeof(m->why), "thread %d round %d: mremap: %s", m->idx, i,
+				 strerror(e));
+			return NULL;
+		}
+		m->landed += peer && peer + len > (uintptr_t)q && peer < (uintptr_t)q + 2 * len;
+		if (mover_check(m, q, w, mark, i) < 0)
+			return NULL;
+		/* Back to its size (the kernel sends an UNMAP of the tail), and
+		 * every page fetched from the daemon again in the next round. */
+		m->p = mremap(q, 2 * len, len, 0);
+		if (m->p != q || madvise(q, len, MADV_DONTNEED) < 0) {
+			snprintf(m->why, sizeof(m->why), "thread %d round %d: shrink: %s", m->idx, i,
+				 strerror(errno));
+			return NULL;
+		}
+	}
+	return NULL;
+}
+
+/* Every thread of the daemon onto the CPUs in set (threads that end
+ * meanwhile are no matter). */
+static void pin_daemon(struct fx *fx, const cpu_set_t *set)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)fx->d.pid);
+	DIR *dir = opendir(path);
+	assert_non_null(dir);
+	for (struct dirent *e; (e = readdir(dir));) {
+		pid_t tid = (pid_t)atoi(e->d_name);
+		if (tid > 0)
+			sched_setaffinity(tid, sizeof(*set), set);
+	}
+	closedir(dir);
+}
+
+static void test_two_threads_move_blocks(void **state)
+{
+	struct fx *fx = *state;
+	struct mover *m = calloc(2, sizeof(*m));
+	pthread_t th[2];
+	uint64_t r0, b0;
+
+	assert_non_null(m);
+	read_gauges(fx, &r0, &b0);
+	uint32_t idcc = fill_template(fx, 0xCC);
+	for (int t = 0; t < 2; t++) {
+		m[t].idx = t;
+		m[t].tmpl = t ? 0xCC : 0xAA;
+		/* Grown, the second fits exactly where the first was. */
+		m[t].pages = t ? 4 : 8;
+		m[t].p = map(fx, m[t].pages, t ? idcc : fx->aa);
+		m[t].peer = &m[1 - t];
+	}
+	pin_one_cpu(fx);
+	/* The daemon too: it reads one thread's REMAP only once the other
+	 * has run up to its own wait. */
+	cpu_set_t one;
+	assert_int_equal(sched_getaffinity(0, sizeof(one), &one), 0);
+	pin_daemon(fx, &one);
+	for (int t = 0; t < 2; t++)
+		assert_int_equal(pthread_create(&th[t], NULL, mover_main, &m[t]), 0);
+	for (int t = 0; t < 2; t++)
+		assert_int_equal(pthread_join(th[t], NULL), 0);
+	pin_daemon(fx, &fx->cpus);
+	assert_int_equal(sched_setaffinity(0, sizeof(fx->cpus), &fx->cpus), 0);
+	fx->pinned = 0;
+	for (int t = 0; t < 2; t++)
+		if (m[t].why[0])
+			fail_msg("%s", m[t].why);
+	/* How often a block landed where the other was leaving depends on
+	 * the scheduler: said, not checked. */
+	printf("  moves onto the address the other thread's mremap was moving from, before it "
+	       "returned: %d and %d of %d\n", m[0].landed, m[1].landed, MOVE_ROUNDS);
+	for (int t = 0; t < 2; t++)
+		assert_int_equal(rp_unmap(fx->c, m[t].p, m[t].pages * PAGE), 0);
+	assert_int_equal(rp_template_release(fx->c, idcc), 0);
+	expect_gauges(fx, r0, b0, "after unmapping both blocks");
+	free(m);
+	fx->ok = 1;
+}
+
+/* mremap(MREMAP_DONTUNMAP) moves the pages but keeps the old mapping,
+ * still registered with the daemon, and sends a REMAP but no UNMAP: the
+ * new address has the moved pages, the old one reads the template again
+ * like a fresh mapping. Munmapping the old one later forgets it. */
+static void test_mremap_dontunmap(void **state)
+{
+	struct fx *fx = *state;
+	const size_t len = 4 * PAGE;
+	uint64_t r0, b0;
+
+	read_gauges(fx, &r0, &b0);
+	/* The old mapping low in a reservation, the new one high: nothing of
+	 * the test's right below the old one. */
+	uint8_t *res = mmap(NULL, 32 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_ptr_not_equal(res, MAP_FAILED);
+	uint8_t *p = rp_map(fx->c, res + 4 * PAGE, len, RW, MAP_FIXED, fx->aa);
+	assert_ptr_equal(p, res + 4 * PAGE);
+	memset(p, 0x01, PAGE);
+	/* glibc's mremap takes the new address only as a fifth argument. */
+	uint8_t *q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP | MREMAP_FIXED,
+			    res + 24 * PAGE);
+	if (q == MAP_FAILED && errno == EINVAL) {
+		assert_int_equal(rp_unmap(fx->c, p, len), 0);
+		assert_int_equal(munmap(res, 32 * PAGE), 0);
+		printf("  SKIP: the kernel refuses mremap(MREMAP_DONTUNMAP) of this mapping "
+		       "(EINVAL)\n");
+		fx->ok = 1;
+		skip();
+	}
+	assert_ptr_equal(q, res + 24 * PAGE);
+	page_is(q, 0, 0x01, "moved page");
+	for (size_t i = 1; i < 4; i++)
+		page_is(q, i, 0xAA, "moved mapping, untouched page");
+	for (size_t i = 0; i < 4; i++)
+		page_is(p, i, 0xAA, "the old mapping kept by MREMAP_DONTUNMAP");
+	expect_gauges(fx, r0 + 2, b0 + 2 * len, "after the move");
+	/* Exactly the old mapping: its range goes. */
+	assert_int_equal(munmap(p, len), 0);
+	expect_gauges(fx, r0 + 1, b0 + len, "after unmapping the old mapping");
+	uint8_t *p2 = rp_map(fx->c, p, len, RW, MAP_FIXED_NOREPLACE, fx->aa);
+	if (p2 == MAP_FAILED)
+		fail_msg("rp_map at the old address: %s", strerror(errno));
+	assert_ptr_equal(p2, p);
+	for (size_t i = 0; i < 4; i++)
+		page_is(p2, i, 0xAA, "mapped again at the old address");
+	page_is(q, 0, 0x01, "moved page, after the old address was mapped again");
+	assert_int_equal(rp_unmap(fx->c, p2, len), 0);
+	assert_int_equal(rp_unmap(fx->c, q, len), 0);
+	assert_int_equal(munmap(res, 32 * PAGE), 0);
+	expect_gauges(fx, r0, b0, "after unmapping everything");
+	fx->ok = 1;
+}
+
 /* --- templates ----------------------------------------------------------------------- */
 
 static void test_two_templates(void **state)
@@ -1182,6 +1378,8 @@ int main(void)
 		T(test_munmap_then_map_same_address),
 		T(test_map_while_other_thread_munmaps),
 		T(test_map_while_other_thread_mremaps),
+		T(test_two_threads_move_blocks),
+		T(test_mremap_dontunmap),
 		T(test_mremap_fixed),
 		T(test_mremap_onto_refpage),
 		T(test_mremap_grow_in_place),
