@@ -119,6 +119,8 @@ label_for() {
 	printf '%s\n' "$l"
 }
 
+# shellcheck source=../scripts/private-daemon.sh
+. "$root/scripts/private-daemon.sh"
 sock_args=()
 for i in "${!daemon_args[@]}"; do
 	args=${daemon_args[$i]}
@@ -127,16 +129,7 @@ for i in "${!daemon_args[@]}"; do
 	"${srv_prefix[@]}" "$daemon" --socket "$sock" $args >"$tmp/d$i.log" 2>&1 &
 	pid=$!
 	pids+=("$pid")
-	for _ in $(seq 200); do
-		[ -S "$sock" ] && break
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.05
-	done
-	if [ ! -S "$sock" ]; then
-		echo "run.sh: refpaged $args did not come up:" >&2
-		cat "$tmp/d$i.log" >&2
-		exit 1
-	fi
+	daemon_wait "$sock" "$pid" "$tmp/d$i.log" "run.sh: refpaged $args did not come up:" >&2
 	sock_args+=(--socket "$sock" --label "$(label_for "$args")" --daemon-pid "$pid")
 done
 

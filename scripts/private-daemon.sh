@@ -1,5 +1,6 @@
-# Sourced by test scripts: a private refpaged on a socket in a temporary
-# directory, stopped (and the directory removed) when the script exits.
+# Sourced by test and perf scripts: a private refpaged on a socket in a
+# temporary directory, stopped (and the directory removed) when the script
+# exits; daemon_wait for scripts that start their own.
 #   private_daemon TAG REFPAGED [refpaged args...]
 # sets $tmp (the directory, mode 755), $sock and $pid; exits 1 with the
 # daemon's log if it does not come up.
@@ -23,14 +24,19 @@ private_daemon() {
 	trap private_daemon_cleanup EXIT
 	"$daemon" --socket "$sock" "$@" >"$tmp/d.log" 2>&1 &
 	pid=$!
+	daemon_wait "$sock" "$pid" "$tmp/d.log" "$tag: refpaged did not start:"
+}
+
+# daemon_wait SOCK PID LOG MESSAGE: wait up to 10 s for refpaged PID to
+# bind SOCK; if it does not (or dies), print MESSAGE and LOG and exit 1.
+daemon_wait() {
 	for _ in $(seq 200); do
-		[ -S "$sock" ] && break
-		kill -0 "$pid" 2>/dev/null || break
+		[ -S "$1" ] && return 0
+		kill -0 "$2" 2>/dev/null || break
 		sleep 0.05
 	done
-	if [ ! -S "$sock" ]; then
-		echo "$tag: refpaged did not start:"
-		cat "$tmp/d.log"
-		exit 1
-	fi
+	[ -S "$1" ] && return 0
+	echo "$4"
+	cat "$3"
+	exit 1
 }
