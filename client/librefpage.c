@@ -323,14 +323,23 @@ static struct rp_tmpl_rec *rec_find(struct rp_client *c, uint32_t id)
 	return NULL;
 }
 
+/* Each byte of the page equals the first: a TEMPLATE_FILL of 8 bytes says
+ * as much as a TEMPLATE_CREATE of a whole page. */
+static int uniform(const uint8_t *p)
+{
+	return memcmp(p, p + 1, PAGE - 1) == 0;
+}
+
 /* Make the template on the current connection if it is not there yet. */
 static int rec_live(struct rp_client *c, struct rp_tmpl_rec *t)
 {
+	struct proto_template_fill f = { .byte = t->page[0] };
 	struct proto_reply rep;
 
 	if (t->live_id)
 		return 0;
-	int r = request(c, PROTO_TEMPLATE_CREATE, t->page, PAGE, &rep);
+	int r = uniform(t->page) ? request(c, PROTO_TEMPLATE_FILL, &f, sizeof(f), &rep)
+				 : request(c, PROTO_TEMPLATE_CREATE, t->page, PAGE, &rep);
 	if (r == 0)
 		t->live_id = rep.id;
 	return r;
@@ -528,6 +537,29 @@ RP_API int rp_stats(rp_client *c, uint64_t *values, const char **names, int max)
 			names[i] = proto_stat_name((unsigned)i);
 	}
 	return n;
+}
+
+RP_API const char *rp_strerror(int err)
+{
+	switch (err < 0 ? -err : err) {
+	case EDQUOT:
+		return "refpaged: a budget of this uid is used up (refpagectl usage shows which); "
+		       "only this uid is refused";
+	case EMFILE:
+		return "refpaged refused the connection: this uid's connection or descriptor budget "
+		       "is used up, or the daemon's";
+	case ENOTCONN:
+		return "refpaged went away: refpage mappings read zeros where untouched";
+	case EPROTO:
+		return "refpaged speaks another protocol version";
+	case ENOENT:
+	case ECONNREFUSED:
+		return "no refpaged listens on the socket";
+	case EPERM:
+		return "this process cannot create a userfaultfd";
+	default:
+		return strerrordesc_np(err < 0 ? -err : err);
+	}
 }
 
 /* --- the kernel patch's interface ------------------------------------- */

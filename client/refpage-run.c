@@ -207,13 +207,13 @@ static void check_refpages(struct run_opts *o)
 			 "reading or writing untouched refpage memory would fail with EFAULT "
 			 "(--allow-user-mode-only to use refpages anyway)");
 	} else if ((r = rp_connect(path, &c)) < 0) {
-		snprintf(why, sizeof(why), "cannot reach refpaged at %s: %s", path, strerror(-r));
+		snprintf(why, sizeof(why), "cannot reach refpaged at %s: %s", path, rp_strerror(r));
 	} else {
 		r = rp_template_fill(c, o->pat, &id);
 		rp_disconnect(c);
 		if (r == 0)
 			return;
-		snprintf(why, sizeof(why), "refpaged at %s refused a template: %s", path, strerror(-r));
+		snprintf(why, sizeof(why), "refpaged at %s refused a template: %s", path, rp_strerror(r));
 	}
 	if (o->strict) {
 		fprintf(stderr, "refpage-run: --strict: %s\n", why);

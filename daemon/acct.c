@@ -1,19 +1,36 @@
-/* Per-uid accounting: see acct.h. */
+/* Per-uid accounting and budgets: see acct.h. */
 #include "acct.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "log.h"
+#include "stats.h"
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct acct *table; /* few distinct uids: a list is enough */
+static struct acct *table; /* as many as uids with a client: a list is enough */
 static struct acct_limits limits;
+static unsigned nloops = 1;
+static _Atomic uint64_t pool_used[ACCT_RES_COUNT];
+static atomic_int enforcing = 1;
 
-void acct_init(const struct acct_limits *lim)
+void acct_init(const struct acct_limits *lim, unsigned loops)
 {
 	limits = *lim;
+	nloops = loops ? loops : 1;
+}
+
+void acct_enforce(int on)
+{
+	atomic_store(&enforcing, on);
+}
+
+const struct acct_limits *acct_limits(void)
+{
+	return &limits;
 }
 
 const char *acct_res_name(enum acct_res res)
@@ -21,9 +38,28 @@ const char *acct_res_name(enum acct_res res)
 	static const char *const n[ACCT_RES_COUNT] = {
 		[ACCT_CONNECTIONS] = "connections", [ACCT_TEMPLATES] = "templates",
 		[ACCT_RANGES] = "ranges", [ACCT_BYTES] = "registered bytes",
-		[ACCT_PROCESSES] = "processes",
+		[ACCT_PROCESSES] = "processes", [ACCT_FDS] = "descriptors",
+		[ACCT_MEMORY] = "memory bytes",
 	};
 	return (unsigned)res < ACCT_RES_COUNT ? n[res] : "?";
+}
+
+/* The account itself is the daemon's, not the uid's: a uid has exactly
+ * one however much it does. */
+static struct acct *acct_new(uid_t uid)
+{
+	struct acct *a = calloc(1, sizeof(*a));
+
+	if (!a || !(a->turns = calloc(nloops, sizeof(*a->turns))) ||
+	    !(a->placed = calloc(nloops, sizeof(*a->placed)))) {
+		if (a)
+			free(a->turns);
+		free(a);
+		return NULL;
+	}
+	a->uid = uid;
+	log_rl_init(&a->rl);
+	return a;
 }
 
 struct acct *acct_get(uid_t uid)
@@ -34,67 +70,237 @@ struct acct *acct_get(uid_t uid)
 	for (a = table; a; a = a->next)
 		if (a->uid == uid)
 			break;
-	if (!a && (a = calloc(1, sizeof(*a)))) {
-		a->uid = uid;
+	if (!a && (a = acct_new(uid))) {
 		a->next = table;
 		table = a;
 	}
 	if (a)
-		a->refs++;
+		atomic_fetch_add(&a->refs, 1);
 	pthread_mutex_unlock(&table_lock);
 	return a;
 }
 
+void acct_ref(struct acct *a)
+{
+	atomic_fetch_add(&a->refs, 1);
+}
+
+/* The last reference goes under the table lock, where acct_get may have
+ * found the account and taken a new one meanwhile: checked again there. */
 void acct_put(struct acct *a)
 {
+	if (atomic_fetch_sub(&a->refs, 1) != 1)
+		return;
 	pthread_mutex_lock(&table_lock);
-	if (--a->refs == 0) {
+	if (atomic_load(&a->refs) == 0) {
 		struct acct **pp = &table;
 		while (*pp != a)
 			pp = &(*pp)->next;
 		*pp = a->next;
+		log_rl_fini(&a->rl);
+		free(a->turns);
+		free(a->placed);
 		free(a);
 	}
 	pthread_mutex_unlock(&table_lock);
 }
 
-static int over(struct acct *a, enum acct_res res, uint64_t cur, uint64_t n)
+struct acct *acct_find(uid_t uid, int next)
 {
-	uint64_t max = limits.max[res];
+	struct acct *best = NULL;
 
-	if (!max || (cur + n <= max && cur + n >= cur))
-		return 0;
-	if (!atomic_exchange(&a->warned[res], 1))
-		log_warn("uid %d: limit of %llu %s reached; refusing more (logged once)", (int)a->uid,
-			 (unsigned long long)max, acct_res_name(res));
-	return 1;
+	pthread_mutex_lock(&table_lock);
+	for (struct acct *a = table; a; a = a->next) {
+		if (!next && a->uid == uid)
+			best = a;
+		else if (next && a->uid > uid && (!best || a->uid < best->uid))
+			best = a;
+	}
+	if (best)
+		atomic_fetch_add(&best->refs, 1);
+	pthread_mutex_unlock(&table_lock);
+	return best;
 }
 
-int acct_charge(struct acct *a, enum acct_res res, uint64_t n)
+void acct_log(struct acct *a, int prio, const char *fmt, ...)
 {
-	uint64_t cur = atomic_load(&a->used[res]);
+	char line[768];
+	va_list ap;
 
-	do {
-		if (over(a, res, cur, n))
-			return -EDQUOT;
-	} while (!atomic_compare_exchange_weak(&a->used[res], &cur, cur + n));
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	rp_log_rl(&a->rl, prio, "uid %d: %s", (int)a->uid, line);
+}
+
+static void refuse(struct acct *a, enum acct_res res, int pool)
+{
+	atomic_fetch_add(&a->refused[res], 1);
+	acct_stat_add(a, PROTO_STAT_REFUSED, 1);
+	acct_log(a, LOG_WARNING, "%s budget reached (%s %llu); refusing more",
+		 acct_res_name(res), pool ? "daemon-wide pool" : "per uid",
+		 (unsigned long long)(pool ? limits.pool[res] : limits.max[res]));
+}
+
+/* Would cur + n of this uid, and total + n of everyone's, fit? 0, 1 (the
+ * uid's budget), 2 (the pool). */
+static int over(enum acct_res res, uint64_t cur, uint64_t total, uint64_t n)
+{
+	uint64_t max = limits.max[res], pool = limits.pool[res];
+
+	if (!atomic_load(&enforcing))
+		return 0;
+	if (cur + n < cur || (max && cur + n > max))
+		return 1;
+	if (!pool)
+		return 0;
+	if (total + n > pool)
+		return 2;
+	/* The reserve is for uids that hold little. */
+	if (total + n > pool - limits.reserve[res] && cur + n > limits.floor[res])
+		return 2;
 	return 0;
 }
 
 int acct_check(struct acct *a, enum acct_res res, uint64_t n)
 {
-	return over(a, res, atomic_load(&a->used[res]), n) ? -EDQUOT : 0;
+	int o = over(res, atomic_load(&a->used[res]), atomic_load(&pool_used[res]), n);
+
+	if (o)
+		refuse(a, res, o == 2);
+	return o ? -EDQUOT : 0;
 }
 
-void acct_adjust(struct acct *a, enum acct_res res, int64_t delta)
+/* Added first, taken back if it does not fit: a racing charge may be
+ * refused that would have fitted, never the other way round. */
+int acct_charge(struct acct *a, enum acct_res res, uint64_t n)
 {
-	atomic_fetch_add(&a->used[res], (uint64_t)delta);
+	uint64_t cur = atomic_fetch_add(&a->used[res], n);
+	uint64_t total = atomic_fetch_add(&pool_used[res], n);
+	int o = over(res, cur, total, n);
+
+	if (!o)
+		return 0;
+	atomic_fetch_sub(&a->used[res], n);
+	atomic_fetch_sub(&pool_used[res], n);
+	refuse(a, res, o == 2);
+	return -EDQUOT;
 }
 
 void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n)
 {
 	atomic_fetch_sub(&a->used[res], n);
+	atomic_fetch_sub(&pool_used[res], n);
 }
+
+void acct_adjust(struct acct *a, enum acct_res res, int64_t delta)
+{
+	atomic_fetch_add(&a->used[res], (uint64_t)delta);
+	atomic_fetch_add(&pool_used[res], (uint64_t)delta);
+}
+
+uint64_t acct_pool_used(enum acct_res res)
+{
+	return atomic_load(&pool_used[res]);
+}
+
+/* --- memory ---------------------------------------------------------------- */
+
+/* Each block starts with its size, kept in a header that keeps malloc's
+ * alignment, and with acct_alloc_ref its account. */
+struct block {
+	size_t size;
+	struct acct *owner;
+};
+
+void *acct_alloc(struct acct *a, size_t size)
+{
+	struct block *b;
+
+	if (size > SIZE_MAX - sizeof(*b)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (acct_charge(a, ACCT_MEMORY, size + sizeof(*b)) < 0) {
+		errno = EDQUOT;
+		return NULL;
+	}
+	if (!(b = malloc(size + sizeof(*b)))) {
+		acct_uncharge(a, ACCT_MEMORY, size + sizeof(*b));
+		errno = ENOMEM;
+		return NULL;
+	}
+	b->size = size;
+	b->owner = NULL;
+	return b + 1;
+}
+
+void *acct_alloc_ref(struct acct *a, size_t size)
+{
+	void *p = acct_alloc(a, size);
+
+	if (p) {
+		((struct block *)p - 1)->owner = a;
+		acct_ref(a);
+	}
+	return p;
+}
+
+void acct_free_ref(void *p)
+{
+	if (!p)
+		return;
+	struct acct *a = ((struct block *)p - 1)->owner;
+	acct_free(a, p);
+	acct_put(a);
+}
+
+void *acct_calloc(struct acct *a, size_t n, size_t size)
+{
+	void *p;
+
+	if (size && n > SIZE_MAX / size) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if ((p = acct_alloc(a, n * size)))
+		memset(p, 0, n * size);
+	return p;
+}
+
+void *acct_realloc(struct acct *a, void *p, size_t size)
+{
+	if (!p)
+		return acct_alloc(a, size);
+	struct block *b = (struct block *)p - 1;
+	size_t old = b->size;
+	if (size > old && acct_charge(a, ACCT_MEMORY, size - old) < 0) {
+		errno = EDQUOT;
+		return NULL;
+	}
+	struct block *nb = size <= SIZE_MAX - sizeof(*b) ? realloc(b, size + sizeof(*b)) : NULL;
+	if (!nb) {
+		if (size > old)
+			acct_uncharge(a, ACCT_MEMORY, size - old);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (size < old)
+		acct_uncharge(a, ACCT_MEMORY, old - size);
+	nb->size = size;
+	return nb + 1;
+}
+
+void acct_free(struct acct *a, void *p)
+{
+	if (!p)
+		return;
+	struct block *b = (struct block *)p - 1;
+	acct_uncharge(a, ACCT_MEMORY, b->size + sizeof(*b));
+	free(b);
+}
+
+/* --- the rest ---------------------------------------------------------------- */
 
 void acct_foreach(void (*fn)(const struct acct *a, void *arg), void *arg)
 {
@@ -102,4 +308,27 @@ void acct_foreach(void (*fn)(const struct acct *a, void *arg), void *arg)
 	for (struct acct *a = table; a; a = a->next)
 		fn(a, arg);
 	pthread_mutex_unlock(&table_lock);
+}
+
+void acct_stat_add(struct acct *a, unsigned s, int64_t v)
+{
+	stat_add(s, v);
+	if (a && s < PROTO_STATS_MAX)
+		atomic_fetch_add_explicit(&a->stat[s], (uint64_t)v, memory_order_relaxed);
+}
+
+uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+{
+	struct acct_turn *t = &a->turns[loop < nloops ? loop : 0];
+
+	if (t->iter != iter) {
+		t->iter = iter;
+		t->used = 0;
+	}
+	return t->used < quota ? quota - t->used : 0;
+}
+
+void acct_turn_use(struct acct *a, unsigned loop, uint32_t n)
+{
+	a->turns[loop < nloops ? loop : 0].used += n;
 }

@@ -1,8 +1,23 @@
-/* Per-uid accounting and limits: one uid cannot exhaust the daemon for
- * another. Every connection, template handle, range, registered byte and
- * served process (fork children included) is charged to the uid that made
- * it and uncharged when it goes. Thread safe: sessions charge on the main
- * loop, workers on their own threads (fork children, unmap events). */
+/* Per-uid accounting and budgets: one uid cannot exhaust the daemon for
+ * another (docs/security.md).
+ *
+ * Every resource a client can make the daemon spend is charged, at the
+ * moment it is allocated, to the uid that caused it (a fork child to its
+ * client's uid) and uncharged when it goes: connections, template handles,
+ * ranges, registered bytes, served processes, the descriptors the daemon
+ * holds (a connection and a uffd each) and the daemon's own memory (every
+ * object it keeps for the uid: sessions, address spaces, range-tree nodes,
+ * templates and their fill slabs, queued faults).
+ *
+ * Each resource has a per-uid budget. Descriptors and memory also come out
+ * of one daemon-wide pool (its RLIMIT_NOFILE, its memory ceiling) of which
+ * a reserve is kept: a uid that already holds more than its floor cannot
+ * take from the reserve, so a uid the daemon has not seen yet can always
+ * connect even when others have used the rest. Over budget, only the uid
+ * charging is refused (-EDQUOT).
+ *
+ * Thread safe: sessions charge on the main loop, workers on their own
+ * threads (fork children, events, fills). */
 #ifndef REFPAGED_ACCT_H
 #define REFPAGED_ACCT_H
 
@@ -10,45 +25,104 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "log.h"
+#include "proto.h"
+
 enum acct_res {
 	ACCT_CONNECTIONS,
-	ACCT_TEMPLATES,
+	ACCT_TEMPLATES,  /* template handles */
 	ACCT_RANGES,
-	ACCT_BYTES,
-	ACCT_PROCESSES,
+	ACCT_BYTES,      /* registered bytes */
+	ACCT_PROCESSES,  /* served address spaces, fork children included */
+	ACCT_FDS,        /* descriptors the daemon holds for the uid */
+	ACCT_MEMORY,     /* bytes of the daemon's memory */
 	ACCT_RES_COUNT
+};
+
+struct acct_limits {
+	uint64_t max[ACCT_RES_COUNT];     /* per uid; 0: unlimited */
+	uint64_t pool[ACCT_RES_COUNT];    /* all uids together; 0: no pool */
+	uint64_t reserve[ACCT_RES_COUNT]; /* of the pool, only for uids under their floor */
+	uint64_t floor[ACCT_RES_COUNT];
+};
+
+/* One loop's share per iteration (worker.c and session.c: a uid gets at
+ * most a quota of a loop's work per iteration, whatever number of
+ * connections or processes it spreads it over). Touched by that loop's
+ * thread only. */
+struct acct_turn {
+	uint64_t iter;
+	uint32_t used;
 };
 
 struct acct {
 	uid_t uid;
-	atomic_uint refs;        /* under the table lock */
+	atomic_uint refs;               /* goes to 0 and away under the table lock */
 	_Atomic uint64_t used[ACCT_RES_COUNT];
-	atomic_int warned[ACCT_RES_COUNT]; /* limit hit logged once */
+	_Atomic uint64_t refused[ACCT_RES_COUNT];
+	/* The STATS counters of this uid's work alone: what a client of
+	 * this uid is shown (nothing of another uid's). */
+	_Atomic uint64_t stat[PROTO_STATS_MAX];
+	struct log_rl rl;
+	struct acct_turn *turns;        /* one per loop: main, then workers */
+	uint32_t *placed;               /* address spaces per loop (worker.c, under its lock) */
 	struct acct *next;
 };
 
-/* Limits per uid; 0 means unlimited. */
-struct acct_limits {
-	uint64_t max[ACCT_RES_COUNT];
-};
-
-void acct_init(const struct acct_limits *lim);
+/* Limits, and the number of event loops (for the turns). */
+void acct_init(const struct acct_limits *lim, unsigned nloops);
+/* Budgets enforced (1, the default) or not (0: a restart brings back what
+ * exists already, charged as it was). Before the workers serve. */
+void acct_enforce(int on);
+const struct acct_limits *acct_limits(void);
 /* The uid's account, referenced; NULL on ENOMEM. */
 struct acct *acct_get(uid_t uid);
+void acct_ref(struct acct *a);
 void acct_put(struct acct *a);
 
-/* Charge n units of res. 0, or -EDQUOT past the limit (nothing charged;
- * the first refusal per uid and resource is logged). */
+/* Charge n units of res: 0, or -EDQUOT past the uid's budget or the
+ * pool's (nothing charged; counted in refused[], logged through the uid's
+ * rate limit). */
 int acct_charge(struct acct *a, enum acct_res res, uint64_t n);
 void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n);
-/* Would n more units fit? 0 or -EDQUOT (logged once), nothing charged. */
+/* Would n more units fit? 0 or -EDQUOT (counted and logged), nothing charged. */
 int acct_check(struct acct *a, enum acct_res res, uint64_t n);
-/* Follow a change the kernel already made (an unmap, a fork's copy of the
- * ranges): never refused. */
+/* Follow a change the kernel already made, or a restart brings back:
+ * never refused. */
 void acct_adjust(struct acct *a, enum acct_res res, int64_t delta);
+/* The pool's use of res, all uids together. */
+uint64_t acct_pool_used(enum acct_res res);
+
+/* Memory charged to a: malloc'd blocks that remember their size. NULL
+ * when refused (errno EDQUOT) or out of memory (ENOMEM). */
+void *acct_alloc(struct acct *a, size_t size);
+void *acct_calloc(struct acct *a, size_t n, size_t size);
+/* Grow or shrink a block of acct_alloc; on failure the old one stays. */
+void *acct_realloc(struct acct *a, void *p, size_t size);
+void acct_free(struct acct *a, void *p);
+/* The same for blocks that may outlive every object of the uid that
+ * refers to them (range-tree nodes shared by a fork family, held by a
+ * journal capture): the block references the account itself, and is
+ * freed without knowing whose it is. */
+void *acct_alloc_ref(struct acct *a, size_t size);
+void acct_free_ref(void *p);
 
 const char *acct_res_name(enum acct_res res);
-/* fn on every uid's account, under the table lock (the snapshot). */
+/* fn on every uid's account, under the table lock. */
 void acct_foreach(void (*fn)(const struct acct *a, void *arg), void *arg);
+/* The account of uid, or the first one with a uid above after (after + 1
+ * > uid), referenced; NULL if none (USAGE requests walk the table). */
+struct acct *acct_find(uid_t uid, int next);
+
+/* Count one of this uid's STATS events (and the daemon-wide one). */
+void acct_stat_add(struct acct *a, unsigned s, int64_t v);
+
+/* The loop's quota for this uid: how many units it may still take this
+ * iteration, then take some. */
+uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota);
+void acct_turn_use(struct acct *a, unsigned loop, uint32_t n);
+
+/* A line about this uid, through its rate limit ("uid N: ..."). */
+void acct_log(struct acct *a, int prio, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -1,36 +1,55 @@
-/* Answering page faults and classifying uffd ioctl errors. */
+/* Answering one page fault: the fill window (adaptive fault-around) and the
+ * fill itself, with what each outcome means for the faulting thread.
+ *
+ * Every fault read from a uffd ends in exactly one of: a fill (UFFDIO_COPY
+ * or UFFDIO_ZEROPAGE, which wakes the thread, or with dontwake a fill the
+ * caller wakes at the end of its batch), a UFFDIO_WAKE (the page was
+ * already there or the range went away: the thread retries and sees what
+ * the kernel has), or a retry later (EAGAIN, ENOMEM: the caller keeps it).
+ * Nothing is dropped. */
 #ifndef REFPAGED_FAULT_H
 #define REFPAGED_FAULT_H
 
 #include <stdint.h>
 
-struct rp_mm;
+#include "uffd.h"
 
-enum uffd_err_class {
-	UFFD_OK,       /* done */
-	UFFD_EXISTS,   /* EEXIST: already there, wake the thread and move on */
-	UFFD_RETRY,    /* EAGAIN: mm changing under a pending event; ENOMEM: later */
-	UFFD_GONE_RANGE, /* ENOENT: range no longer registered */
-	UFFD_GONE_MM,  /* ESRCH: the process is gone */
-	UFFD_BUG,      /* anything else */
+struct acct;
+struct range_piece;
+struct tmpl_store;
+
+/* Sequential streams followed per address space: threads sweeping
+ * different parts of its mappings each keep their own window. */
+#define FAULT_STREAMS 8
+
+/* Where a stream's next fault is expected, its fill window in pages (0:
+ * unused slot), and when it was last seen. */
+struct fault_stream {
+	uint64_t next;
+	uint32_t window;
+	uint32_t stamp;
 };
 
-/* One place that turns an ioctl errno into what to do (and counts it). */
-enum uffd_err_class uffd_classify(int err);
+struct fault_streams {
+	struct fault_stream s[FAULT_STREAMS];
+	uint32_t clock;
+};
 
-/* Answer one fault. Returns UFFD_OK when the thread was answered (filled
- * or woken), UFFD_RETRY when it must be retried later (the caller keeps it
- * pending), UFFD_GONE_MM when the address space is gone. *end gets the end
- * of the pages filled, else 0: every thread waiting in them is woken, or
- * with dontwake none is, and the caller must fault_wake the page-aligned
- * [addr, *end) itself. Paths that fill nothing always wake at once. */
-enum uffd_err_class fault_serve(struct rp_mm *mm, uint64_t addr, uint64_t flags, int dontwake,
-				uint64_t *end);
+struct fault_cfg {
+	uint32_t fault_around;   /* largest window, pages */
+	int dontwake;
+	struct tmpl_store *store;
+	struct acct *acct;       /* counted for */
+};
 
-/* UFFDIO_WAKE every thread waiting in [start, end): 0 or -errno. */
-int fault_wake(struct rp_mm *mm, uint64_t start, uint64_t end);
-
-/* 1 if the mm is still alive, 0 if gone (the ESRCH probe of DESIGN.md). */
-int fault_probe_alive(struct rp_mm *mm);
+/* Answer the fault at addr (flags from the uffd message) in piece p, or
+ * with the zero page when p is NULL (an address no range knows: answered
+ * all the same, never left waiting). Returns UFFD_OK when the thread was
+ * answered (*end: the end of the pages filled, else 0; with dontwake the
+ * caller must uffd_wake [page, *end) itself), UFFD_RETRY or UFFD_NOMEM
+ * when it must be tried again later, UFFD_GONE_MM when the process is
+ * gone. */
+enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault_streams *fs,
+			     uint64_t addr, uint64_t flags, const struct fault_cfg *c, uint64_t *end);
 
 #endif

@@ -1,6 +1,40 @@
-/* Upgrades in place: see handover.h. */
-#include "handover.h"
-
+/* Upgrades in place: `refpagectl upgrade` (PROTO_UPGRADE) or SIGHUP makes
+ * the daemon hand every client over to a new process running the binary at
+ * the path it was started from (a new version installed there, or the same
+ * one again), without a client noticing.
+ *
+ * Why an exec helper: the seccomp filter forbids execve, and a filter can
+ * be neither lifted nor left behind by an exec: it is inherited (the new
+ * binary could not even load its libraries under it) and would stack up
+ * with every upgrade. So before the filter goes in, while still single
+ * threaded, the daemon forks a helper that keeps nothing but a socket to
+ * the daemon, CAP_SYS_PTRACE, and the binary's path and command line. Asked
+ * to, it forks a child that executes `PATH ARGS... --handover 3` with a
+ * fresh socket to the daemon on fd 3, and reports the child's exit status
+ * if it exits. A compromised daemon can make it start the real refpaged
+ * binary again, nothing else.
+ *
+ * The handover, between the old daemon and the new one on that socket:
+ *   new -> old  HELLO     handover protocol, journal versions it reads
+ *   old -> new  SNAPSHOT  the journal's memfd; the old daemon is still serving
+ *   new -> old  CHECKED   it can read it; or REFUSE, and the new binary
+ *                         exits with HANDOVER_EXIT_FORMAT (it cannot read
+ *                         the format) or HANDOVER_EXIT_FAILED
+ *   old:                  stops every worker between two faults, writes
+ *                         the whole state once more: the final image
+ *   old -> new  FDS...    every descriptor, named as in the fd store:
+ *                         "refpaged" (listener), "c<id>", "u<id>"
+ *   old -> new  END
+ *   new:                  rebuilds the state, checking every descriptor
+ *                         (restore.c), reading nothing from any client
+ *   new -> old  COMMIT    or REFUSE, or it dies: the old daemon resumes
+ *   old -> new  ACK       after MAINPID= (under systemd); the old daemon
+ *                         answers the requester and exits
+ *   new:                  serves, wakes every thread that may wait on a
+ *                         fault the old one read, says READY=1.
+ * Until ACK the new daemon has read nothing, so the old one can always
+ * resume; after ACK the old one never reads again. Faults raised meanwhile
+ * wait in the kernel and are answered by the new daemon. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -20,15 +54,20 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "fdset.h"
 #include "listener.h"
 #include "log.h"
 #include "mm.h"
-#include "persist.h"
 #include "proto.h"
-#include "restore.h"
 #include "session.h"
-#include "snapshot.h"
+#include "wing_int.h"
 #include "worker.h"
+
+/* Exit status of a new binary that refuses a handover. */
+#define HANDOVER_EXIT_FORMAT 3 /* it cannot read the journal's format */
+#define HANDOVER_EXIT_FAILED 4 /* anything else: the old daemon goes on */
+/* The handover socket's descriptor in the new binary. */
+#define HANDOVER_FD 3
 
 #define HO_PROTO 1u
 /* Longest wait for the other side at each step: a new binary starting up
@@ -52,7 +91,7 @@ struct ho_hdr {
 
 struct ho_hello {
 	uint32_t proto;    /* HO_PROTO */
-	uint32_t snap_min; /* snapshot versions the sender reads */
+	uint32_t snap_min; /* journal versions the sender reads */
 	uint32_t snap_max;
 	int32_t pid;
 };
@@ -66,7 +105,7 @@ struct ho_refuse {
 struct ho_fds {
 	uint32_t n; /* names, and descriptors attached in this order */
 	uint32_t reserved;
-	char names[HO_MAX_FDS][PERSIST_NAME_MAX];
+	char names[HO_MAX_FDS][WING_NAME_MAX];
 };
 
 struct ho_end {
@@ -325,7 +364,7 @@ static char **new_argv(int argc, char *const argv[])
 	return v;
 }
 
-int handover_helper_start(int argc, char *const argv[])
+int wing_exec_helper_start(int argc, char *const argv[])
 {
 	ssize_t n = readlink("/proc/self/exe", helper.path, sizeof(helper.path) - 1);
 	int sp[2];
@@ -466,14 +505,14 @@ static void ss_flush(struct sendset *s)
 {
 	if (s->err || !s->msg.n)
 		return;
-	uint32_t len = (uint32_t)(offsetof(struct ho_fds, names) + s->msg.n * PERSIST_NAME_MAX);
+	uint32_t len = (uint32_t)(offsetof(struct ho_fds, names) + s->msg.n * WING_NAME_MAX);
 	s->err = ho_send(s->sock, HO_FDS, &s->msg, len, s->fds, s->msg.n, s->deadline);
 	s->msg.n = 0;
 }
 
 static void ss_add(struct sendset *s, const char *name, int fd)
 {
-	snprintf(s->msg.names[s->msg.n], PERSIST_NAME_MAX, "%s", name);
+	snprintf(s->msg.names[s->msg.n], WING_NAME_MAX, "%s", name);
 	s->fds[s->msg.n++] = fd;
 	s->total++;
 	if (s->msg.n == HO_MAX_FDS)
@@ -482,11 +521,11 @@ static void ss_add(struct sendset *s, const char *name, int fd)
 
 static void ss_mm(struct rp_mm *mm, void *arg)
 {
-	char name[PERSIST_NAME_MAX];
+	char name[WING_NAME_MAX];
 
 	if (mm->uffd < 0 || atomic_load(&mm->dead))
 		return;
-	persist_name(name, PERSIST_MM, mm->snap_id);
+	wing_name(name, 'u', mm->id);
 	ss_add(arg, name, mm->uffd);
 }
 
@@ -494,7 +533,7 @@ static void ss_mm(struct rp_mm *mm, void *arg)
 static int send_fds(struct rp_daemon *d, struct up *u, double deadline)
 {
 	struct sendset *s = calloc(1, sizeof(*s));
-	char name[PERSIST_NAME_MAX];
+	char name[WING_NAME_MAX];
 
 	if (!s)
 		return -ENOMEM;
@@ -502,10 +541,12 @@ static int send_fds(struct rp_daemon *d, struct up *u, double deadline)
 	s->deadline = deadline;
 	ss_add(s, LISTENER_NAME, d->listen_fd);
 	for (struct session *x = d->sessions; x; x = x->next) {
-		persist_name(name, PERSIST_SESSION, x->snap_id);
+		wing_name(name, 'c', x->id);
 		ss_add(s, name, x->fd);
 	}
-	persist_foreach_mm(d, ss_mm, s);
+	/* The workers are paused: their lists hold still. */
+	for (unsigned i = 0; i < d->workers.n; i++)
+		mm_foreach_on(&d->workers.v[i], ss_mm, s);
 	ss_flush(s);
 	struct ho_end end = { s->total, (uint32_t)d->listen_owned };
 	int r = s->err ? s->err : ho_send(u->sock, HO_END, &end, sizeof(end), NULL, 0, deadline);
@@ -523,9 +564,9 @@ static int take_over(struct rp_daemon *d, struct up *u)
 	int status = -ECANCELED;
 
 	u->paused = now_s();
-	workers_pause(d);
-	if ((r = persist_publish(d)) < 0)
-		snprintf(u->why, sizeof(u->why), "cannot write the snapshot: %s", strerror((int)-r));
+	workers_pause(&d->workers);
+	if ((r = wing_sync_image(d->wing)) < 0)
+		snprintf(u->why, sizeof(u->why), "cannot write the journal: %s", strerror((int)-r));
 	else if ((r = send_fds(d, u, end)) < 0)
 		snprintf(u->why, sizeof(u->why), "cannot pass the descriptors: %s", strerror((int)-r));
 	else if ((r = expect(u, HO_COMMIT, &commit, sizeof(commit), end)) < 0)
@@ -546,7 +587,7 @@ static int take_over(struct rp_daemon *d, struct up *u)
 		log_err("upgrade: %s after MAINPID=%d; leaving it to systemd", u->why, (int)u->pid);
 		_exit(HANDOVER_EXIT_FAILED);
 	}
-	workers_resume(d);
+	workers_resume(&d->workers);
 	return status;
 }
 
@@ -564,11 +605,12 @@ static int upgrade(struct rp_daemon *d, struct up *u)
 		return (int)r;
 	log_info("upgrade: %s started as pid %d (handover protocol %u, reads snapshot versions "
 		 "%u to %u)", helper.path, (int)u->pid, hello.proto, hello.snap_min, hello.snap_max);
-	/* The new binary checks the snapshot while we go on serving. */
-	int fd = persist_fd(d);
-	if ((r = persist_publish(d)) < 0 ||
-	    (r = ho_send(u->sock, HO_SNAPSHOT, NULL, 0, &fd, 1, end)) < 0) {
-		snprintf(u->why, sizeof(u->why), "cannot pass the snapshot: %s", strerror((int)-r));
+	/* The new binary checks the journal's format while we go on serving
+	 * (without the fd store there is none yet: an empty one is enough). */
+	struct wing *wg = d->wing;
+	if ((!wg->writer_open && (r = wing_journal_open(wg, -1, NULL)) < 0) ||
+	    (r = ho_send(u->sock, HO_SNAPSHOT, NULL, 0, &wg->fd, 1, end)) < 0) {
+		snprintf(u->why, sizeof(u->why), "cannot pass the journal: %s", strerror((int)-r));
 		return -ECANCELED;
 	}
 	if ((r = expect(u, HO_CHECKED, NULL, 0, end)) < 0)
@@ -584,7 +626,7 @@ static void answer(int fd, uint32_t seq, int32_t status, pid_t pid)
 		proto_send(fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 }
 
-void handover_request(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
+void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
 {
 	struct up u = { .sock = -1 };
 	double t0 = now_s();
@@ -619,7 +661,7 @@ void handover_request(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid
 
 /* --- the new daemon ------------------------------------------------------------ */
 
-void handover_refuse(int sock, int status, const char *why)
+void wing_handover_refuse(int sock, int status, const char *why)
 {
 	struct ho_refuse r = { .status = status };
 
@@ -627,25 +669,25 @@ void handover_refuse(int sock, int status, const char *why)
 	ho_send(sock, HO_REFUSE, &r, sizeof(r), NULL, 0, now_s() + HO_TIMEOUT_S);
 }
 
-/* Check the snapshot the old daemon just wrote: can we read it at all? */
-static void check_snapshot(int sock, int fd)
+/* Check the journal the old daemon passed: can we read it at all? */
+static void check_journal(int sock, int fd)
 {
-	struct snap_image img;
-	uint32_t version;
-	enum snap_err e = snap_read(fd, &img, &version);
+	static const struct jnl_callbacks none;
+	struct jnl_info info;
+	enum jnl_err e = jnl_read(fd, &none, NULL, &info);
 	char why[120];
 
-	snap_image_free(&img);
-	if (e == SNAP_OK)
+	jnl_info_free(&info);
+	if (e == JNL_OK)
 		return;
-	if (e == SNAP_EVERSION)
-		snprintf(why, sizeof(why), "the snapshot is format version %u; this binary reads %u",
-			 version, SNAP_VERSION);
+	if (e == JNL_EVERSION)
+		snprintf(why, sizeof(why), "the journal is format version %u; this binary reads %u",
+			 info.version, JNL_VERSION);
 	else
-		snprintf(why, sizeof(why), "the snapshot is unusable: %s", snap_err_str(e));
+		snprintf(why, sizeof(why), "the journal is unusable: %s", jnl_err_str(e));
 	log_err("handover: %s: refusing; the running daemon goes on serving", why);
-	handover_refuse(sock, e == SNAP_EVERSION ? -EPROTONOSUPPORT : -ECANCELED, why);
-	exit(e == SNAP_EVERSION ? HANDOVER_EXIT_FORMAT : HANDOVER_EXIT_FAILED);
+	wing_handover_refuse(sock, e == JNL_EVERSION ? -EPROTONOSUPPORT : -ECANCELED, why);
+	exit(e == JNL_EVERSION ? HANDOVER_EXIT_FORMAT : HANDOVER_EXIT_FAILED);
 }
 
 static int receive_fds(int sock, struct fdset *set)
@@ -666,12 +708,12 @@ static int receive_fds(int sock, struct fdset *set)
 			return ok ? 0 : -EBADMSG;
 		}
 		if (len < 0 || type != HO_FDS || m->n != n ||
-		    (size_t)len != offsetof(struct ho_fds, names) + (size_t)n * PERSIST_NAME_MAX) {
+		    (size_t)len != offsetof(struct ho_fds, names) + (size_t)n * WING_NAME_MAX) {
 			close_all(fds, n);
 			break;
 		}
 		for (unsigned i = 0; i < n; i++) {
-			m->names[i][PERSIST_NAME_MAX - 1] = '\0';
+			m->names[i][WING_NAME_MAX - 1] = '\0';
 			if (fdset_add(set, fds[i], m->names[i]) < 0)
 				close(fds[i]);
 		}
@@ -681,9 +723,9 @@ static int receive_fds(int sock, struct fdset *set)
 	return -EBADMSG;
 }
 
-int handover_receive(int sock, struct fdset *set, int *snap_fd)
+int wing_handover_receive(struct wing *wg, int sock, struct fdset *set, int *snap_fd)
 {
-	struct ho_hello h = { HO_PROTO, SNAP_VERSION, SNAP_VERSION, (int32_t)getpid() };
+	struct ho_hello h = { HO_PROTO, JNL_VERSION, JNL_VERSION, (int32_t)getpid() };
 	double end = now_s() + HO_TIMEOUT_S;
 	uint32_t type;
 	unsigned n = 0;
@@ -692,10 +734,11 @@ int handover_receive(int sock, struct fdset *set, int *snap_fd)
 	if (ho_send(sock, HO_HELLO, &h, sizeof(h), NULL, 0, end) < 0 ||
 	    ho_recv(sock, &type, NULL, 0, &fd, 1, &n, end) < 0 || type != HO_SNAPSHOT || n != 1) {
 		close_all(&fd, n);
-		log_err("handover: the running daemon did not pass its snapshot");
+		log_err("handover: the running daemon did not pass its journal");
 		return -1;
 	}
-	check_snapshot(sock, fd);
+	(void)wg;
+	check_journal(sock, fd);
 	if (ho_send(sock, HO_CHECKED, NULL, 0, NULL, 0, end) < 0 || receive_fds(sock, set) < 0) {
 		close(fd);
 		log_err("handover: the running daemon did not pass its descriptors");
@@ -705,7 +748,7 @@ int handover_receive(int sock, struct fdset *set, int *snap_fd)
 	return 0;
 }
 
-int handover_commit(int sock)
+int wing_handover_commit(int sock)
 {
 	struct ho_pid c = { (int32_t)getpid(), 0 };
 	uint32_t type;
@@ -723,10 +766,10 @@ int handover_commit(int sock)
 
 /* --- stopping with the fd store ---------------------------------------------------- */
 
-void handover_detach(struct rp_daemon *d, int status)
+void wing_detach(struct wing *wg, int status)
 {
-	workers_pause(d);
-	persist_publish(d);
+	workers_pause(&wg->d->workers);
+	wing_sync_image(wg);
 	log_notice("stopped; the fd store keeps every client for the next start");
 	_exit(status);
 }

@@ -11,16 +11,14 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "fdset.h"
 #include "log.h"
 #include "proto.h"
-#include "restore.h"
 #include "session.h"
 
 /* Out of descriptors: stop accepting for a moment instead of spinning on
  * a listener that stays readable. */
 #define ACCEPT_PAUSE_S 0.1
-
-static ev_timer accept_pause;
 
 static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -30,26 +28,30 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
 	ev_io_start(loop, &d->listen_io);
 }
 
+/* Connections accepted per wake-up: a flood of them must not keep the
+ * loop from everything else (the listener stays readable: the rest come
+ * in the next iteration). */
+#define ACCEPTS_PER_WAKE 64
+
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct rp_daemon *d = io->data;
 
 	(void)revents;
-	for (;;) {
+	for (int i = 0; i < ACCEPTS_PER_WAKE; i++) {
 		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				log_err("accept: %s; pausing new connections", strerror(errno));
 				ev_io_stop(loop, io);
-				ev_timer_set(&accept_pause, ACCEPT_PAUSE_S, 0.);
-				ev_timer_start(loop, &accept_pause);
+				ev_timer_set(&d->accept_pause, ACCEPT_PAUSE_S, 0.);
+				ev_timer_start(loop, &d->accept_pause);
 			} else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
 				log_err("accept: %s", strerror(errno));
 			}
 			return;
 		}
-		if (d->stopping || d->nsessions >= d->cfg.lim.connections) {
-			log_warn("connection refused: %s", d->stopping ? "stopping" : "connection limit reached");
+		if (d->stopping) {
 			close(fd);
 			continue;
 		}
@@ -63,7 +65,7 @@ static int is_listener(int fd)
 }
 
 /* The socket unit's, by its FileDescriptorName=, else whichever passed
- * descriptor is a listening socket: the others are for restore.c. */
+ * descriptor is a listening socket: the others are the restart wing's. */
 static int from_fds(struct rp_daemon *d, struct fdset *fds)
 {
 	int fd = fdset_take(fds, LISTENER_NAME);
@@ -151,8 +153,8 @@ int listener_open(struct rp_daemon *d, struct fdset *fds)
 	ev_io_init(&d->listen_io, on_accept, d->listen_fd, EV_READ);
 	d->listen_io.data = d;
 	ev_io_start(d->loop, &d->listen_io);
-	ev_timer_init(&accept_pause, on_resume, ACCEPT_PAUSE_S, 0.);
-	accept_pause.data = d;
+	ev_timer_init(&d->accept_pause, on_resume, ACCEPT_PAUSE_S, 0.);
+	d->accept_pause.data = d;
 	return 0;
 }
 
@@ -164,7 +166,7 @@ void listener_close(struct rp_daemon *d)
 	if (d->listen_fd < 0)
 		return;
 	ev_io_stop(d->loop, &d->listen_io);
-	ev_timer_stop(d->loop, &accept_pause);
+	ev_timer_stop(d->loop, &d->accept_pause);
 	if (d->listen_owned && getsockname(d->listen_fd, (struct sockaddr *)&sa, &len) == 0 &&
 	    len > sizeof(sa_family_t))
 		unlink(sa.sun_path);

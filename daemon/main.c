@@ -1,18 +1,18 @@
 /* refpaged: serves reference pages to client processes over userfaultfd.
  *
- * Start-up order: parse the command line; take what a previous daemon left
- * (systemd's stored descriptors, or those of the daemon handing over on an
- * upgrade); take the listening socket; drop capabilities; fork the exec
- * helper (handover.c); start the workers; rebuild the state (restore.c)
- * and, on an upgrade, take over; enter the seccomp sandbox; tell systemd
- * READY=1. Shutdown (SIGTERM/SIGINT): say STOPPING=1, close every client
- * (their pages fall back to ordinary anonymous memory, no thread is left
- * waiting), stop the workers; with the fd store, leave every client to it
- * instead (handover_detach). SIGHUP: upgrade in place. */
+ * Start-up order: parse the command line; learn the address-space bounds;
+ * take what was passed in (systemd's socket and fd store, or the previous
+ * daemon's descriptors on an upgrade: the restart wing); take the listening
+ * socket; drop capabilities; start the workers; rebuild the state (the
+ * wing); enter the seccomp sandbox; tell systemd READY=1. Shutdown
+ * (SIGTERM/SIGINT): say STOPPING=1, close every client (their pages fall
+ * back to ordinary anonymous memory, no thread is left waiting), stop the
+ * workers; with the fd store, the wing leaves every client to it instead. */
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,30 +23,35 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "handover.h"
+#include "fdset.h"
 #include "listener.h"
 #include "log.h"
-#include "persist.h"
+#include "mm.h"
 #include "proto.h"
-#include "restore.h"
 #include "sandbox.h"
 #include "session.h"
-#include "snapshot.h"
 #include "stats.h"
 #include "template.h"
+#include "uffd.h"
 #include "worker.h"
+#ifdef RP_RESTART_WING
+#include "wing.h"
+#endif
 
 #define STATUS_EVERY_S 2.0
+/* Budgets are sized so that this many uids at their full budget fit the
+ * daemon's limits (docs/security.md). */
+#define UIDS_PLANNED 64
+/* Descriptors the daemon keeps for itself: the listener, event loops, the
+ * snapshot, sd_notify's sockets. */
+#define FDS_INTERNAL 64
 
-/* --no-sandbox; --debug-forbidden-syscall and --debug-stall-after (tests
- * only, not in --help). */
-static int no_sandbox, debug_forbidden_syscall;
+static int no_sandbox, debug_forbidden_syscall, debug_denied_syscall;
 static int debug_stall_after = -1;
-/* --fd-store; --handover FD (the exec helper passes it); for tests:
- * --debug-snapshot-version N (write a format no binary reads) and
- * --debug-die-peeked/--debug-die-answered N (daemon.h). */
-static int fd_store, handover_fd = -1;
-static uint32_t snapshot_version = SNAP_VERSION;
+static struct rp_daemon d;
+#ifdef RP_RESTART_WING
+static struct wing_opts wing_o = { .version = 0 };
+#endif
 
 static void usage(FILE *f)
 {
@@ -54,7 +59,7 @@ static void usage(FILE *f)
 		"usage: refpaged [options]\n"
 		"  --socket PATH         listen on PATH when no socket is passed in (by systemd, or by\n"
 		"                        the previous daemon on an upgrade); default %s\n"
-		"  --workers N           fault worker threads (default: online CPUs)\n"
+		"  --workers N           fault worker threads (default: online CPUs, at least 4)\n"
 		"  --log-level LEVEL     err|warning|notice|info|debug (default info)\n"
 		"  --fault-around N      largest fill window in pages, 1 = off (default 16, max %u)\n"
 		"  --poll-us N           busy-poll a client's uffd for N microseconds after a fault\n"
@@ -65,24 +70,38 @@ static void usage(FILE *f)
 		"  --coalesce on|off     skip a fault on a page its batch already filled (default on)\n"
 		"  --dontwake on|off     fill without waking, then wake each filled span once at the\n"
 		"                        end of the batch (default off)\n"
-		"  --max-connections N   connections in all (default 4096)\n"
+		"Limits of the whole daemon:\n"
+		"  --max-connections N   connections (default 4096)\n"
 		"  --max-templates N     template handles per connection (default 4096)\n"
-		"  --max-store N         distinct templates in all (default 65536)\n"
+		"  --max-store N         distinct templates (default 65536)\n"
 		"  --max-ranges N        ranges per process (default 65536)\n"
 		"  --max-bytes N         registered bytes per process (default 1 TiB)\n"
-		"  --max-descendants N   processes in one client's fork tree (default 16384)\n"
-		"  --uid-connections N   connections per uid (default 1024)\n"
-		"  --uid-templates N     template handles per uid (default 16384)\n"
-		"  --uid-ranges N        ranges per uid (default 1048576)\n"
-		"  --uid-bytes N         registered bytes per uid (default 64 TiB)\n"
-		"  --uid-processes N     served processes per uid, fork children included (default 32768)\n"
+		"  --max-descendants N   processes in one client's fork tree (default 4096)\n"
+		"  --memory-max BYTES    memory all uids together may make the daemon spend\n"
+		"                        (default: 64 uids at --uid-memory, plus the reserve)\n"
+		"Budgets of each uid (docs/security.md; past one, only that uid is refused):\n"
+		"  --uid-connections N   connections (default 1024)\n"
+		"  --uid-templates N     template handles (default 16384)\n"
+		"  --uid-ranges N        ranges (default 1048576)\n"
+		"  --uid-bytes N         registered bytes (default 64 TiB)\n"
+		"  --uid-processes N     served processes, fork children included (default 4096)\n"
+		"  --uid-fds N           descriptors held for the uid (default 4096, lowered to fit\n"
+		"                        64 uids in the descriptor limit)\n"
+		"  --uid-memory BYTES    the daemon's memory spent for the uid (default 64 MiB)\n"
+		"  --loop-quota N        requests per uid per main-loop iteration (default 8)\n"
+		"  --fault-quota N       uffd messages per uid per worker iteration (default 128)\n"
+		"  --log-burst N, --log-rate N\n"
+		"                        log lines a uid can cause: N at once, then N a second\n"
+		"                        (default 20 and 5)\n"
 		"  --hello-timeout S     seconds a new connection may stay silent (default 10)\n"
-		"  --fd-store            keep every client's descriptors and the state snapshot in systemd's\n"
+#ifdef RP_RESTART_WING
+		"  --fd-store            keep every client's descriptors and the state journal in systemd's\n"
 		"                        fd store (FileDescriptorStoreMax=): a restart, even after SIGKILL,\n"
 		"                        goes on serving the same clients\n"
+#endif
 		"  --no-sandbox          keep capabilities, no seccomp filter: for debugging only\n"
 		"  --help, --version\n",
-		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES, WORKER_MSG_BATCH, WORKER_MSG_BATCH);
+		PROTO_DEFAULT_SOCKET, TMPL_SLAB_PAGES, MM_MSG_BATCH, MM_MSG_BATCH);
 }
 
 /* A whole decimal number in [lo, hi] (digits only: no sign, no blank), or
@@ -117,88 +136,170 @@ static const char *onoff(int v)
 	return v ? "on" : "off";
 }
 
+enum {
+	O_SOCKET = 256, O_WORKERS, O_LOGLEVEL, O_FAULTAROUND, O_POLL, O_BATCH, O_DRAIN, O_COALESCE,
+	O_DONTWAKE, O_MAXCONN, O_MAXTMPL, O_MAXSTORE, O_MAXRANGES, O_MAXBYTES, O_MAXDESC, O_MEMMAX,
+	O_UIDCONN, O_UIDTMPL, O_UIDRANGES, O_UIDBYTES, O_UIDPROCS, O_UIDFDS, O_UIDMEM, O_LOOPQ,
+	O_FAULTQ, O_LOGBURST, O_LOGRATE, O_HELLO, O_NOSANDBOX, O_DBG_FORBIDDEN, O_DBG_DENIED,
+	O_DBG_STALL, O_FDSTORE, O_HANDOVER, O_DBG_SNAPVER, O_DBG_DIEPEEK, O_DBG_DIEANS, O_HELP,
+	O_VERSION,
+};
+
 static const struct option opts[] = {
-	{ "socket", required_argument, NULL, 's' },
-	{ "workers", required_argument, NULL, 'w' },
-	{ "log-level", required_argument, NULL, 'l' },
-	{ "fault-around", required_argument, NULL, 'f' },
-	{ "poll-us", required_argument, NULL, 'P' },
-	{ "batch", required_argument, NULL, 'm' },
-	{ "drain", required_argument, NULL, 'd' },
-	{ "coalesce", required_argument, NULL, 'o' },
-	{ "dontwake", required_argument, NULL, 'W' },
-	{ "max-connections", required_argument, NULL, 'C' },
-	{ "max-templates", required_argument, NULL, 'T' },
-	{ "max-store", required_argument, NULL, 'S' },
-	{ "max-ranges", required_argument, NULL, 'R' },
-	{ "max-bytes", required_argument, NULL, 'B' },
-	{ "max-descendants", required_argument, NULL, 'D' },
-	{ "uid-connections", required_argument, NULL, 'c' },
-	{ "uid-templates", required_argument, NULL, 't' },
-	{ "uid-ranges", required_argument, NULL, 'r' },
-	{ "uid-bytes", required_argument, NULL, 'b' },
-	{ "uid-processes", required_argument, NULL, 'p' },
-	{ "hello-timeout", required_argument, NULL, 'H' },
-	{ "no-sandbox", no_argument, NULL, 'N' },
-	{ "debug-forbidden-syscall", no_argument, NULL, 'X' },
-	{ "debug-stall-after", required_argument, NULL, 'Y' },
-	{ "fd-store", no_argument, NULL, 'F' },
-	{ "handover", required_argument, NULL, 'O' },
-	{ "debug-snapshot-version", required_argument, NULL, 'Z' },
-	{ "debug-die-peeked", required_argument, NULL, 'K' },
-	{ "debug-die-answered", required_argument, NULL, 'A' },
-	{ "help", no_argument, NULL, 'h' },
-	{ "version", no_argument, NULL, 'V' },
+	{ "socket", required_argument, NULL, O_SOCKET },
+	{ "workers", required_argument, NULL, O_WORKERS },
+	{ "log-level", required_argument, NULL, O_LOGLEVEL },
+	{ "fault-around", required_argument, NULL, O_FAULTAROUND },
+	{ "poll-us", required_argument, NULL, O_POLL },
+	{ "batch", required_argument, NULL, O_BATCH },
+	{ "drain", required_argument, NULL, O_DRAIN },
+	{ "coalesce", required_argument, NULL, O_COALESCE },
+	{ "dontwake", required_argument, NULL, O_DONTWAKE },
+	{ "max-connections", required_argument, NULL, O_MAXCONN },
+	{ "max-templates", required_argument, NULL, O_MAXTMPL },
+	{ "max-store", required_argument, NULL, O_MAXSTORE },
+	{ "max-ranges", required_argument, NULL, O_MAXRANGES },
+	{ "max-bytes", required_argument, NULL, O_MAXBYTES },
+	{ "max-descendants", required_argument, NULL, O_MAXDESC },
+	{ "memory-max", required_argument, NULL, O_MEMMAX },
+	{ "uid-connections", required_argument, NULL, O_UIDCONN },
+	{ "uid-templates", required_argument, NULL, O_UIDTMPL },
+	{ "uid-ranges", required_argument, NULL, O_UIDRANGES },
+	{ "uid-bytes", required_argument, NULL, O_UIDBYTES },
+	{ "uid-processes", required_argument, NULL, O_UIDPROCS },
+	{ "uid-fds", required_argument, NULL, O_UIDFDS },
+	{ "uid-memory", required_argument, NULL, O_UIDMEM },
+	{ "loop-quota", required_argument, NULL, O_LOOPQ },
+	{ "fault-quota", required_argument, NULL, O_FAULTQ },
+	{ "log-burst", required_argument, NULL, O_LOGBURST },
+	{ "log-rate", required_argument, NULL, O_LOGRATE },
+	{ "hello-timeout", required_argument, NULL, O_HELLO },
+	{ "no-sandbox", no_argument, NULL, O_NOSANDBOX },
+	/* Tests only, not in --help. */
+	{ "debug-forbidden-syscall", no_argument, NULL, O_DBG_FORBIDDEN },
+	{ "debug-denied-syscall", no_argument, NULL, O_DBG_DENIED },
+	{ "debug-stall-after", required_argument, NULL, O_DBG_STALL },
+	{ "debug-die-peeked", required_argument, NULL, O_DBG_DIEPEEK },
+	{ "debug-die-answered", required_argument, NULL, O_DBG_DIEANS },
+#ifdef RP_RESTART_WING
+	{ "fd-store", no_argument, NULL, O_FDSTORE },
+	{ "handover", required_argument, NULL, O_HANDOVER },
+	{ "debug-snapshot-version", required_argument, NULL, O_DBG_SNAPVER },
+#endif
+	{ "help", no_argument, NULL, O_HELP },
+	{ "version", no_argument, NULL, O_VERSION },
 	{ NULL, 0, NULL, 0 },
 };
 
+/* Which budgets were given on the command line (the others get defaults
+ * fitted to the daemon's limits). */
+static int uid_fds_given, mem_max_given;
+static unsigned log_burst = 20, log_rate = 5;
+
+static const char *opt_name(int o)
+{
+	for (const struct option *p = opts; p->name; p++)
+		if (p->val == o)
+			return p->name;
+	return "?";
+}
+
+/* Options of the daemon's own behaviour. 1 if o was one of them. */
+static int parse_serving(int o, const char *name, struct rp_config *c)
+{
+	int lvl;
+
+	switch (o) {
+	case O_SOCKET: c->socket_path = optarg; break;
+	case O_WORKERS: c->workers = (unsigned)parse_num(name, optarg, 1, 256); break;
+	case O_LOGLEVEL:
+		if ((lvl = log_parse_level(optarg)) < 0) {
+			fprintf(stderr, "refpaged: --log-level: unknown level '%s'\n", optarg);
+			exit(2);
+		}
+		log_set_level(lvl);
+		break;
+	case O_FAULTAROUND: c->fault_around = (uint32_t)parse_num(name, optarg, 1, TMPL_SLAB_PAGES); break;
+	case O_POLL: c->poll_us = (uint32_t)parse_num(name, optarg, 0, 100000); break;
+	case O_BATCH: c->batch = (uint32_t)parse_num(name, optarg, 1, MM_MSG_BATCH); break;
+	case O_DRAIN: c->drain = parse_onoff(name, optarg); break;
+	case O_COALESCE: c->coalesce = parse_onoff(name, optarg); break;
+	case O_DONTWAKE: c->dontwake = parse_onoff(name, optarg); break;
+	case O_HELLO: c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600); break;
+	case O_NOSANDBOX: no_sandbox = 1; break;
+	case O_DBG_FORBIDDEN: debug_forbidden_syscall = 1; break;
+	case O_DBG_DENIED: debug_denied_syscall = 1; break;
+	case O_DBG_STALL: debug_stall_after = (int)parse_num(name, optarg, 0, 3600); break;
+	case O_DBG_DIEPEEK: c->die_peeked = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
+	case O_DBG_DIEANS: c->die_answered = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
+	default: return 0;
+	}
+	return 1;
+}
+
+/* Limits and budgets. 1 if o was one of them. */
+static int parse_limit(int o, const char *name, struct rp_limits *l)
+{
+	uint64_t *u = l->per_uid.max;
+
+	switch (o) {
+	case O_MAXCONN: l->connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
+	case O_MAXTMPL: l->templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
+	case O_MAXSTORE: l->store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+	case O_MAXRANGES: l->ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+	case O_MAXBYTES: l->bytes = parse_num(name, optarg, 4096, 1ull << 56); break;
+	case O_MAXDESC: l->descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+	case O_MEMMAX:
+		l->per_uid.pool[ACCT_MEMORY] = parse_num(name, optarg, 1u << 20, 1ull << 50);
+		mem_max_given = 1;
+		break;
+	case O_UIDCONN: u[ACCT_CONNECTIONS] = parse_num(name, optarg, 1, 1u << 20); break;
+	case O_UIDTMPL: u[ACCT_TEMPLATES] = parse_num(name, optarg, 1, 1u << 24); break;
+	case O_UIDRANGES: u[ACCT_RANGES] = parse_num(name, optarg, 1, 1u << 30); break;
+	case O_UIDBYTES: u[ACCT_BYTES] = parse_num(name, optarg, 4096, 1ull << 56); break;
+	case O_UIDPROCS: u[ACCT_PROCESSES] = parse_num(name, optarg, 1, 1u << 24); break;
+	case O_UIDFDS:
+		u[ACCT_FDS] = parse_num(name, optarg, 2, 1u << 24);
+		uid_fds_given = 1;
+		break;
+	case O_UIDMEM: u[ACCT_MEMORY] = parse_num(name, optarg, 1u << 20, 1ull << 48); break;
+	case O_LOOPQ: l->loop_quota = (uint32_t)parse_num(name, optarg, 1, 1u << 16); break;
+	case O_FAULTQ: l->fault_quota = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
+	case O_LOGBURST: log_burst = (unsigned)parse_num(name, optarg, 1, 1u << 20); break;
+	case O_LOGRATE: log_rate = (unsigned)parse_num(name, optarg, 1, 1u << 20); break;
+	default: return 0;
+	}
+	return 1;
+}
+
+#ifdef RP_RESTART_WING
+static int parse_wing(int o, const char *name)
+{
+	switch (o) {
+	case O_FDSTORE: wing_o.fdstore = 1; break;
+	case O_HANDOVER: wing_o.handover_fd = (int)parse_num(name, optarg, 3, INT_MAX); break;
+	case O_DBG_SNAPVER: wing_o.version = (uint32_t)parse_num(name, optarg, 0, UINT32_MAX); break;
+	default: return 0;
+	}
+	return 1;
+}
+#endif
+
 static void parse_args(int argc, char **argv, struct rp_config *c)
 {
-	int o, lvl;
+	int o;
 
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		const char *name = opts[0].name;
-		for (const struct option *p = opts; p->name; p++)
-			if (p->val == o)
-				name = p->name;
+		const char *name = opt_name(o);
+		if (parse_serving(o, name, c) || parse_limit(o, name, &c->lim))
+			continue;
+#ifdef RP_RESTART_WING
+		if (parse_wing(o, name))
+			continue;
+#endif
 		switch (o) {
-		case 's': c->socket_path = optarg; break;
-		case 'w': c->workers = (int)parse_num(name, optarg, 1, 256); break;
-		case 'l':
-			if ((lvl = log_parse_level(optarg)) < 0) {
-				fprintf(stderr, "refpaged: --log-level: unknown level '%s'\n", optarg);
-				exit(2);
-			}
-			log_set_level(lvl);
-			break;
-		case 'f': c->fault_around = (uint32_t)parse_num(name, optarg, 1, TMPL_SLAB_PAGES); break;
-		case 'P': c->poll_us = (uint32_t)parse_num(name, optarg, 0, 100000); break;
-		case 'm': c->batch = (uint32_t)parse_num(name, optarg, 1, WORKER_MSG_BATCH); break;
-		case 'd': c->drain = parse_onoff(name, optarg); break;
-		case 'o': c->coalesce = parse_onoff(name, optarg); break;
-		case 'W': c->dontwake = parse_onoff(name, optarg); break;
-		case 'C': c->lim.connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-		case 'T': c->lim.templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-		case 'S': c->lim.store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
-		case 'R': c->lim.ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
-		case 'B': c->lim.bytes = parse_num(name, optarg, 4096, 1ull << 56); break;
-		case 'D': c->lim.descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
-		case 'c': c->lim.per_uid.max[ACCT_CONNECTIONS] = parse_num(name, optarg, 1, 1u << 20); break;
-		case 't': c->lim.per_uid.max[ACCT_TEMPLATES] = parse_num(name, optarg, 1, 1u << 24); break;
-		case 'r': c->lim.per_uid.max[ACCT_RANGES] = parse_num(name, optarg, 1, 1u << 30); break;
-		case 'b': c->lim.per_uid.max[ACCT_BYTES] = parse_num(name, optarg, 4096, 1ull << 56); break;
-		case 'p': c->lim.per_uid.max[ACCT_PROCESSES] = parse_num(name, optarg, 1, 1u << 24); break;
-		case 'H': c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600); break;
-		case 'N': no_sandbox = 1; break;
-		case 'X': debug_forbidden_syscall = 1; break;
-		case 'Y': debug_stall_after = (int)parse_num(name, optarg, 0, 3600); break;
-		case 'F': fd_store = 1; break;
-		case 'O': handover_fd = (int)parse_num(name, optarg, 3, INT_MAX); break;
-		case 'Z': snapshot_version = (uint32_t)parse_num(name, optarg, 0, UINT32_MAX); break;
-		case 'K': c->die_peeked = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
-		case 'A': c->die_answered = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
-		case 'h': usage(stdout); exit(0);
-		case 'V': printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
+		case O_HELP: usage(stdout); exit(0);
+		case O_VERSION: printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
 		default: usage(stderr); exit(2);
 		}
 	}
@@ -208,42 +309,50 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 	}
 }
 
-struct worker *daemon_pick_worker(struct rp_daemon *d)
+/* Every served process costs descriptors: take all the hard limit allows,
+ * and size the descriptor pool and the per-uid default from what we got. */
+static void fit_fds(struct acct_limits *l)
 {
-	struct worker *best = &d->workers[d->next_worker++ % (unsigned)d->nworkers];
+	struct rlimit rl;
 
-	for (int i = 0; i < d->nworkers; i++)
-		if (atomic_load(&d->workers[i].nmms) < atomic_load(&best->nmms))
-			best = &d->workers[i];
-	return best;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("cannot raise the descriptor limit: %s", strerror(errno));
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		rl.rlim_cur = 1u << 20;
+	uint64_t pool = rl.rlim_cur > 2 * FDS_INTERNAL ? rl.rlim_cur - FDS_INTERNAL : FDS_INTERNAL;
+	l->pool[ACCT_FDS] = pool;
+	l->reserve[ACCT_FDS] = pool / 16 > 64 ? pool / 16 : 64;
+	l->floor[ACCT_FDS] = 16;
+	uint64_t fit = (pool - l->reserve[ACCT_FDS]) / UIDS_PLANNED;
+	if (!uid_fds_given && l->max[ACCT_FDS] > fit) {
+		log_notice("descriptor limit %llu: each uid's descriptor budget is %llu (%d uids fit)",
+			   (unsigned long long)rl.rlim_cur, (unsigned long long)fit, UIDS_PLANNED);
+		l->max[ACCT_FDS] = fit < 8 ? 8 : fit;
+	}
+}
+
+static void fit_memory(struct acct_limits *l)
+{
+	uint64_t per_uid = l->max[ACCT_MEMORY];
+
+	l->floor[ACCT_MEMORY] = 4u << 20;
+	l->reserve[ACCT_MEMORY] = 256u << 20;
+	if (!mem_max_given)
+		l->pool[ACCT_MEMORY] = per_uid * UIDS_PLANNED + l->reserve[ACCT_MEMORY];
+	else if (l->reserve[ACCT_MEMORY] > l->pool[ACCT_MEMORY] / 4)
+		l->reserve[ACCT_MEMORY] = l->pool[ACCT_MEMORY] / 4;
 }
 
 static void on_stop(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	struct rp_daemon *d = w->data;
-
 	(void)revents;
-	unsigned long clients = (unsigned long)stat_get(PROTO_STAT_CLIENTS),
-		      procs = (unsigned long)stat_get(PROTO_STAT_PROCESSES);
-	if (persist_fdstore(d))
-		log_notice("signal %d: stopping; %lu clients (%lu processes) stay in the fd store: "
-			   "a restart resumes them, a stop (systemctl stop) releases them and "
-			   "their untouched refpages read zeros from then on",
-			   w->signum, clients, procs);
-	else
-		log_notice("signal %d: stopping; %lu clients (%lu processes) released: their "
-			   "untouched refpages read zeros from now on",
-			   w->signum, clients, procs);
+	log_notice("signal %d: stopping", w->signum);
 	sd_notify(0, "STOPPING=1\nSTATUS=stopping");
-	d->stopping = 1;
+	d.stopping = 1;
 	ev_break(loop, EVBREAK_ALL);
-}
-
-static void on_upgrade(struct ev_loop *loop, ev_signal *w, int revents)
-{
-	(void)loop;
-	(void)revents;
-	handover_request(w->data, -1, 0, 0);
 }
 
 /* Watchdog pings and STATUS= come from the main loop itself: a wedged
@@ -285,47 +394,41 @@ static void on_debug_stall(struct ev_loop *loop, ev_timer *t, int revents)
 		pthread_cond_wait(&never, &m);
 }
 
-static void setup_loop(struct rp_daemon *d)
+static ev_signal sigterm, sigint;
+static ev_timer watchdog, stall;
+
+static void setup_loop(void)
 {
 	uint64_t usec = 0;
 	double every = STATUS_EVERY_S;
 
-	ev_signal_init(&d->sigterm, on_stop, SIGTERM);
-	ev_signal_init(&d->sigint, on_stop, SIGINT);
-	ev_signal_init(&d->sighup, on_upgrade, SIGHUP);
-	d->sigterm.data = d->sigint.data = d->sighup.data = d;
-	ev_signal_start(d->loop, &d->sigterm);
-	ev_signal_start(d->loop, &d->sigint);
-	ev_signal_start(d->loop, &d->sighup);
+	ev_signal_init(&sigterm, on_stop, SIGTERM);
+	ev_signal_init(&sigint, on_stop, SIGINT);
+	ev_signal_start(d.loop, &sigterm);
+	ev_signal_start(d.loop, &sigint);
 	if (sd_watchdog_enabled(0, &usec) > 0 && usec / 2e6 < every)
 		every = usec / 2e6;
-	ev_timer_init(&d->watchdog, on_tick, 0., every);
-	ev_timer_again(d->loop, &d->watchdog);
-}
-
-/* Every served process costs a descriptor (its uffd): take all the
- * descriptors the hard limit allows. */
-static void raise_fd_limit(void)
-{
-	struct rlimit rl;
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-			log_warn("cannot raise the descriptor limit: %s", strerror(errno));
+	ev_timer_init(&watchdog, on_tick, 0., every);
+	ev_timer_again(d.loop, &watchdog);
+	if (debug_stall_after >= 0) {
+		ev_timer_init(&stall, on_debug_stall, debug_stall_after, 0.);
+		ev_timer_start(d.loop, &stall);
 	}
 }
 
 /* Everything is set up: from here on only the syscalls of serving. */
-static int enter_sandbox(struct rp_daemon *d)
+static int enter_sandbox(void)
 {
 	struct sandbox_opts o = {
 		.notify = getenv("NOTIFY_SOCKET") != NULL,
-		.unlink_socket = d->listen_owned,
-		.snapshot_fd = persist_fd(d),
+		.unlink_socket = d.listen_owned,
+		.journal_fd = -1,
 	};
 	int r;
 
+#ifdef RP_RESTART_WING
+	o.journal_fd = wing_journal_fd(&d);
+#endif
 	if (no_sandbox) {
 		log_warn("--no-sandbox: running without the seccomp filter");
 		return 0;
@@ -335,153 +438,183 @@ static int enter_sandbox(struct rp_daemon *d)
 	return r;
 }
 
-static void shutdown_all(struct rp_daemon *d, int status)
+/* The template store charges each template to its owner's account. */
+static int tmpl_charge(void *owner, int64_t bytes)
 {
-	/* With the fd store, nothing of a client's is closed: see handover.h. */
-	if (persist_fdstore(d))
-		handover_detach(d, status);
-	listener_close(d);
-	while (d->sessions)
-		session_close(d->sessions, NULL);
-	workers_stop(d);
-	persist_fini(d);
-	tmpl_store_fini(&d->tmpls);
-}
-
-static int init_persist(struct rp_daemon *d)
-{
-	const char *env = getenv("FDSTORE"); /* systemd >= 254: FileDescriptorStoreMax= */
-	struct persist_opts o = { .version = snapshot_version };
-
-	o.fdstore = fd_store || (env && atoi(env) > 0);
-	if (o.fdstore && !getenv("NOTIFY_SOCKET")) {
-		log_warn("--fd-store: no $NOTIFY_SOCKET, so no fd store: a restart loses every client");
-		o.fdstore = 0;
+	if (bytes < 0) {
+		acct_uncharge(owner, ACCT_MEMORY, (uint64_t)-bytes);
+		return 0;
 	}
-	return persist_init(d, &o);
+	return acct_charge(owner, ACCT_MEMORY, (uint64_t)bytes);
 }
 
-/* What a previous daemon left: the old daemon's on an upgrade, else
- * whatever systemd passes (its socket, and the fd store's contents). */
-static int inherit(struct fdset *fds, int *snap_fd)
+static void tmpl_owner_ref(void *owner)
 {
-	if (handover_fd >= 0) {
-		fds->from = "the previous daemon";
-		return handover_receive(handover_fd, fds, snap_fd);
-	}
-	fds->from = "systemd";
-	int r = fdset_from_systemd(fds);
-	if (r < 0)
-		log_err("cannot take the descriptors systemd passed: %s", strerror(-r));
-	*snap_fd = fdset_take(fds, PERSIST_SNAP_NAME);
-	return 0;
+	acct_ref(owner);
+	acct_stat_add(owner, PROTO_STAT_TEMPLATES, 1);
 }
 
-/* Rebuild the state, and on an upgrade take over from the old daemon. */
-static int take_over(struct rp_daemon *d, struct fdset *fds, int snap_fd)
+static void tmpl_owner_put(void *owner)
 {
-	struct restore *rs = restore_run(d, fds, snap_fd, handover_fd >= 0);
+	acct_stat_add(owner, PROTO_STAT_TEMPLATES, -1);
+	acct_put(owner);
+}
 
-	fdset_free(fds);
-	if (handover_fd >= 0 && !rs)
-		handover_refuse(handover_fd, -ECANCELED, "cannot rebuild the state");
-	if (handover_fd >= 0 && (!rs || handover_commit(handover_fd) < 0))
-		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on: touch nothing */
-	if (!rs)
+static struct tmpl_ops tmpl_ops = {
+	.charge = tmpl_charge,
+	.owner_ref = tmpl_owner_ref,
+	.owner_put = tmpl_owner_put,
+};
+
+static void set_defaults(struct rp_config *c)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	*c = (struct rp_config){
+		/* A worker waiting in the kernel on one client's mmap_lock
+		 * holds up only the uids placed on it (worker.h): at least a
+		 * few, however few CPUs. */
+		.workers = cpus > 4 ? (unsigned)cpus : 4,
+		.fault_around = 16, .batch = MM_MSG_BATCH, .drain = 1, .coalesce = 1,
+		.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40, .store = 65536,
+			 .connections = 4096, .descendants = 4096, .hello_timeout_s = 10,
+			 .loop_quota = 8, .fault_quota = 128,
+			 .per_uid.max = { [ACCT_CONNECTIONS] = 1024, [ACCT_TEMPLATES] = 16384,
+					  [ACCT_RANGES] = 1u << 20, [ACCT_BYTES] = 1ull << 46,
+					  [ACCT_PROCESSES] = 4096, [ACCT_FDS] = 4096,
+					  [ACCT_MEMORY] = 64u << 20 } },
+	};
+}
+
+/* Set up everything that does not serve yet. 0 or -1 (logged). */
+static int init(int argc, char **argv, char **args, struct fdset *fds)
+{
+	set_defaults(&d.cfg);
+	parse_args(argc, argv, &d.cfg);
+	log_rl_defaults(log_burst, log_rate);
+	fit_fds(&d.cfg.lim.per_uid);
+	fit_memory(&d.cfg.lim.per_uid);
+	acct_init(&d.cfg.lim.per_uid, 1 + d.cfg.workers);
+	if (uffd_learn_top() < 0)
+		log_warn("cannot learn the top of user space from the kernel; assuming 4-level paging");
+	for (int k = 0; k < RP_ID_KINDS; k++)
+		atomic_init(&d.next_id[k], 1);
+	signal(SIGPIPE, SIG_IGN);
+	d.listen_fd = -1;
+	d.loop = ev_default_loop(EVFLAG_AUTO);
+	if (!d.loop || inbox_init(&d.mainq, d.loop) < 0 ||
+	    tmpl_store_init(&d.tmpls, d.cfg.lim.store, d.cfg.fault_around, &tmpl_ops) < 0) {
+		log_err("cannot initialise: out of memory");
 		return -1;
-	restore_finish(d, rs);
+	}
+	loop_track(d.loop);
+#ifdef RP_RESTART_WING
+	if (wing_init(&d, &wing_o, &tmpl_ops, argc, args, fds) < 0)
+		return -1;
+#else
+	(void)args;
+	if (fdset_from_systemd(fds) < 0)
+		log_err("cannot take the descriptors systemd passed");
+	fds->from = "systemd";
+#endif
 	return 0;
 }
 
-/* A handover can be refused until COMMIT; after, we are the daemon. */
-static int fail_early(const char *why)
+/* The core alone (no restart wing): a start passes nothing on. */
+static void drop_passed(struct fdset *fds)
 {
-	if (handover_fd >= 0) {
-		handover_refuse(handover_fd, -ECANCELED, why);
-		_exit(HANDOVER_EXIT_FAILED);
+	for (size_t i = 0; i < fds->n; i++)
+		if (fds->v[i].fd >= 0)
+			log_warn("descriptor '%s' passed in: not used (no restart wing); closed",
+				 fds->v[i].name);
+	fdset_free(fds);
+}
+
+static void shutdown_all(int status)
+{
+#ifdef RP_RESTART_WING
+	/* With the fd store, nothing of a client's is closed: see wing.h. */
+	wing_stop(&d, status);
+#else
+	(void)status;
+#endif
+	listener_close(&d);
+	while (d.sessions)
+		session_close(d.sessions, NULL);
+	workers_stop(&d.workers);
+#ifdef RP_RESTART_WING
+	wing_fini(&d);
+#endif
+	inbox_fini(&d.mainq);
+	tmpl_store_fini(&d.tmpls);
+}
+
+static int serve_from(struct fdset *fds)
+{
+	int r;
+
+	if (listener_open(&d, fds) < 0)
+		return -1;
+	/* Before the first thread: each thread has its own capability sets. */
+	if (!no_sandbox && (r = sandbox_drop_caps()) < 0) {
+		log_err("cannot drop capabilities: %s", strerror(-r));
+		return -1;
 	}
-	return 1;
+#ifdef RP_RESTART_WING
+	wing_helper_start(&d);
+#endif
+	/* glibc's per-thread arenas would trim with a file read the sandbox
+	 * forbids (sandbox.h): one arena, trimmed with brk. */
+	mallopt(M_ARENA_MAX, 1);
+	if ((r = workers_start(&d.workers, d.cfg.workers, mm_worker_stop)) < 0) {
+		log_err("cannot start workers: %s", strerror(-r));
+		return -1;
+	}
+#ifdef RP_RESTART_WING
+	if (wing_restore(&d, fds) < 0)
+		return -1;
+#else
+	drop_passed(fds);
+#endif
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	struct rp_daemon d = {
-		.listen_fd = -1,
-		.cfg = {
-			.workers = (int)sysconf(_SC_NPROCESSORS_ONLN),
-			.fault_around = 16,
-			.batch = WORKER_MSG_BATCH,
-			.drain = 1,
-			.coalesce = 1,
-			.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40,
-				 .store = 65536, .connections = 4096, .descendants = 16384,
-				 .hello_timeout_s = 10,
-				 .per_uid.max = { [ACCT_CONNECTIONS] = 1024, [ACCT_TEMPLATES] = 16384,
-						  [ACCT_RANGES] = 1u << 20, [ACCT_BYTES] = 1ull << 46,
-						  [ACCT_PROCESSES] = 32768 } },
-		},
-	};
 	struct fdset fds = { 0 };
-	int r, snap_fd = -1;
-	/* getopt permutes argv: the exec helper gets it as it came. */
+	/* getopt permutes argv: the restart wing's exec helper gets it as it came. */
 	char **args = calloc((size_t)argc + 1, sizeof(*args));
 
 	for (int i = 0; args && i < argc; i++)
 		args[i] = argv[i];
-	parse_args(argc, argv, &d.cfg);
-	if (d.cfg.workers < 1)
-		d.cfg.workers = 1;
-	acct_init(&d.cfg.lim.per_uid);
-	raise_fd_limit();
-	signal(SIGPIPE, SIG_IGN);
-	d.loop = ev_default_loop(EVFLAG_AUTO);
-	if (!args || !d.loop || tmpl_store_init(&d.tmpls, d.cfg.lim.store) < 0 ||
-	    init_persist(&d) < 0) {
-		log_err("cannot initialise: out of memory");
-		return fail_early("out of memory");
-	}
-	persist_loop_made(d.loop);
-	if (inherit(&fds, &snap_fd) < 0)
-		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on */
-	if (listener_open(&d, &fds) < 0)
-		return fail_early("no listening socket");
-	/* Before the first thread: each thread has its own capability sets. */
-	if (!no_sandbox && (r = sandbox_drop_caps()) < 0) {
-		log_err("cannot drop capabilities: %s", strerror(-r));
-		listener_close(&d);
-		return fail_early("cannot drop capabilities");
-	}
-	/* Single threaded still, and not yet in the sandbox. */
-	handover_helper_start(argc, args);
+	if (!args || init(argc, argv, args, &fds) < 0)
+		return 1;
 	free(args);
-	if ((r = workers_start(&d, d.cfg.workers)) < 0) {
-		log_err("cannot start workers: %s", strerror(-r));
-		listener_close(&d);
-		return fail_early("cannot start workers");
-	}
-	if (take_over(&d, &fds, snap_fd) < 0) {
-		shutdown_all(&d, 1);
+	if (serve_from(&fds) < 0) {
+		fdset_free(&fds);
+#ifdef RP_RESTART_WING
+		wing_failed(&d, "cannot start serving");
+#endif
 		return 1;
 	}
-	setup_loop(&d);
-	if (enter_sandbox(&d) < 0) {
-		shutdown_all(&d, 1);
+	setup_loop();
+	if (enter_sandbox() < 0) {
+		shutdown_all(1);
 		return 1;
 	}
-	sd_notifyf(0, "READY=1\nSTATUS=serving, %d workers", d.nworkers);
-	log_notice("refpaged %s ready: %d workers, fault-around %u pages, poll %u us, batch %u, "
-		   "drain %s, coalesce %s, dontwake %s",
-		   RP_VERSION, d.nworkers, d.cfg.fault_around, d.cfg.poll_us, d.cfg.batch,
-		   onoff(d.cfg.drain), onoff(d.cfg.coalesce), onoff(d.cfg.dontwake));
+	sd_notifyf(0, "READY=1\nSTATUS=serving, %u workers", d.workers.n);
+	log_notice("refpaged %s ready: %u workers, fault-around %u pages, poll %u us, batch %u, "
+		   "drain %s, coalesce %s, dontwake %s; per uid: %llu descriptors, %llu MiB",
+		   RP_VERSION, d.workers.n, d.cfg.fault_around, d.cfg.poll_us, d.cfg.batch,
+		   onoff(d.cfg.drain), onoff(d.cfg.coalesce), onoff(d.cfg.dontwake),
+		   (unsigned long long)d.cfg.lim.per_uid.max[ACCT_FDS],
+		   (unsigned long long)(d.cfg.lim.per_uid.max[ACCT_MEMORY] >> 20));
 	if (debug_forbidden_syscall)
 		sandbox_forbidden_syscall();
-	ev_timer stall;
-	if (debug_stall_after >= 0) {
-		ev_timer_init(&stall, on_debug_stall, debug_stall_after, 0.);
-		ev_timer_start(d.loop, &stall);
-	}
+	if (debug_denied_syscall)
+		sandbox_denied_syscall();
 	ev_run(d.loop, 0);
-	shutdown_all(&d, 0);
+	shutdown_all(0);
 	log_notice("stopped");
 	return 0;
 }

@@ -1,22 +1,27 @@
-/* Served address spaces: see mm.h. */
+/* Served address spaces: see mm.h.
+ *
+ * Everything below "on the worker" runs on the thread of the worker that
+ * serves the mm, and only there: reading the uffd, faults, events, the
+ * range table, ops, probes. */
 #include "mm.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <sched.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "acct.h"
 #include "daemon.h"
 #include "log.h"
-#include "persist.h"
 #include "stats.h"
 #include "template.h"
+#include "uffd.h"
+
+#define PAGE TMPL_PAGE
 
 /* What we ask of every uffd. REMOVE is left out on purpose: a missing page
  * after MADV_DONTNEED faults again by itself and is refilled from the
@@ -26,8 +31,29 @@
 	(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |                \
 	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID)
 
-/* Set by every mm_alloc, on the main thread and on workers alike. */
-static struct tmpl_store *_Atomic range_store;
+/* Reads per wake-up of one uffd (--drain on) before the loop looks at the
+ * others: a busy client cannot starve the rest. */
+#define READS_PER_WAKE 8
+/* Liveness probes of address spaces that stay quiet. */
+#define PROBE_MIN_S 0.25
+#define PROBE_MAX_S 8.0
+/* Faults that got EAGAIN (an event in flight) are tried again this soon;
+ * those that got ENOMEM back off from RETRY_NOMEM_S, doubling up to
+ * RETRY_NOMEM_MAX_S. A fault still failing after RETRY_GIVE_UP_S lets the
+ * address space go (the fallback: the kernel answers its faults). */
+#define RETRY_AGAIN_S 0.0005
+#define RETRY_NOMEM_S 0.001
+#define RETRY_NOMEM_MAX_S 0.064
+#define RETRY_GIVE_UP_S 2.0
+/* A MAP held back for an event in flight (op_try) is tried again this
+ * often, and goes ahead anyway after the cap. */
+#define MAP_RETRY_S 0.001
+#define MAP_WAIT_MAX_S 0.25
+
+/* --- the range table's templates and memory --------------------------------- */
+
+/* One store per daemon; set before any table exists. */
+static struct tmpl_store *range_store;
 
 static void range_tmpl_get(void *t)
 {
@@ -39,58 +65,127 @@ static void range_tmpl_put(void *t)
 	tmpl_put(range_store, t);
 }
 
-static const struct range_ops mm_range_ops = {
-	.get = range_tmpl_get,
-	.put = range_tmpl_put,
-};
-
-static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
-			      struct rp_tree *tree, pid_t pid, uint32_t id)
+/* Nodes are charged to the uid of the table's mm (a fork family shares
+ * nodes, and is one uid), and may outlive the mm (a sibling shares them,
+ * or a journal capture holds them): each knows its account, so any table,
+ * or none, frees it (ctx may be NULL there). A refusal is remembered so
+ * that the request hears EDQUOT rather than ENOMEM. */
+static void *range_node_alloc(void *ctx, size_t size)
 {
-	struct rp_mm *mm = calloc(1, sizeof(*mm));
+	struct rp_mm *mm = ctx;
+	void *p = acct_alloc_ref(mm->acct, size);
 
-	if (!mm)
-		return NULL;
-	range_store = &d->tmpls;
-	mm->snap_id = id ? id : persist_new_id(d, PERSIST_MM);
-	mm->uffd = uffd;
-	mm->uid = a->uid;
-	mm->pid = pid;
-	mm->pidfd = -1;
-	mm->features = features;
-	mm->d = d;
-	mm->acct = a;
-	mm->tree = tree;
-	atomic_init(&mm->refs, 1);
-	atomic_init(&mm->dead, 0);
-	pthread_mutex_init(&mm->lock, NULL);
-	range_table_init(&mm->ranges, d->cfg.lim.ranges, &mm_range_ops);
-	atomic_fetch_add(&tree->procs, 1);
-	stat_inc(PROTO_STAT_PROCESSES);
-	return mm;
+	if (!p && errno == EDQUOT)
+		mm->budget_hit = 1;
+	return p;
 }
 
-/* The kernel has made the change already: the table follows it even past
- * its limit (a hole or a move may need pieces), or it would go on
- * charging, and standing in the way of, memory that is gone. The next MAP
- * is refused until the table is back under its limit. */
-static long long follow_unmap(struct range_table *rt, uint64_t start, uint64_t end)
+static void range_node_free(void *ctx, void *p, size_t size)
 {
+	(void)ctx;
+	(void)size;
+	acct_free_ref(p);
+}
+
+static const struct range_ops mm_ops = {
+	.get = range_tmpl_get,
+	.put = range_tmpl_put,
+	.node_alloc = range_node_alloc,
+	.node_free = range_node_free,
+};
+
+const struct range_ops *mm_range_ops(void)
+{
+	return &mm_ops;
+}
+
+/* A restart builds nodes before their mm exists: ctx is the account. */
+static void *range_node_alloc_acct(void *ctx, size_t size)
+{
+	return acct_alloc_ref(ctx, size);
+}
+
+static const struct range_ops acct_ops = {
+	.get = range_tmpl_get,
+	.put = range_tmpl_put,
+	.node_alloc = range_node_alloc_acct,
+	.node_free = range_node_free,
+};
+
+const struct range_ops *mm_range_ops_acct(struct tmpl_store *store)
+{
+	range_store = store;
+	return &acct_ops;
+}
+
+/* --- the observer ------------------------------------------------------------ */
+
+static void emit_range(struct rp_mm *mm, enum obs_type type, uint64_t start, uint64_t end,
+		       const struct tmpl *t, const struct mm_op *op)
+{
+	struct obs_event ev = {
+		.type = type, .mm = mm->id, .start = start, .end = end, .tmpl = t ? t->id : 0,
+		.session = op ? op->session : 0, .req_seq = op ? op->req_seq : 0,
+	};
+	obs_emit(&mm->d->obs, &ev);
+}
+
+static void emit_mm_new(struct rp_mm *mm, const struct rp_mm *parent)
+{
+	struct obs_event ev = {
+		.type = OBS_MM_NEW, .mm = mm->id, .parent = parent ? parent->id : 0, .fd = mm->uffd,
+		.pid = mm->pid, .uid = mm->uid, .tree = mm->tree->id, .features = mm->features,
+		.flags = mm->is_child ? OBS_MM_CHILD : 0,
+	};
+	obs_emit(&mm->d->obs, &ev);
+}
+
+/* --- accounting -------------------------------------------------------------- */
+
+/* Follow a change of the table from n0 pieces and b0 bytes: the gauges and
+ * the uid's account (never refused: the change is made). */
+static void account(struct rp_mm *mm, size_t n0, uint64_t b0)
+{
+	int64_t dn = (int64_t)range_count(&mm->ranges) - (int64_t)n0;
+	int64_t db = (int64_t)range_bytes(&mm->ranges) - (int64_t)b0;
+
+	if (!dn && !db)
+		return;
+	acct_stat_add(mm->acct, PROTO_STAT_RANGES, dn);
+	acct_stat_add(mm->acct, PROTO_STAT_BYTES, db);
+	acct_adjust(mm->acct, ACCT_RANGES, dn);
+	acct_adjust(mm->acct, ACCT_BYTES, db);
+}
+
+/* --- following the kernel ------------------------------------------------------ */
+
+/* The kernel has made the change already: the table follows it even past
+ * its piece limit (a hole or a move may need pieces), or it would go on
+ * charging, and standing in the way of, memory that is gone. The next MAP
+ * is refused until the table is back under its limit. Emitted as made. */
+static long long follow_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
+{
+	struct range_table *rt = &mm->ranges;
 	size_t max = rt->max;
 
 	rt->max = 0;
-	long long r = range_remove(rt, start, end);
+	long long r = range_remove(rt, start, end, NULL, NULL);
 	rt->max = max;
+	if (r > 0)
+		emit_range(mm, OBS_UNMAP, start, end, NULL, NULL);
 	return r;
 }
 
-static int follow_copy(struct range_table *rt, uint64_t from, uint64_t to, uint64_t len)
+static int follow_copy(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 {
+	struct range_table *rt = &mm->ranges;
 	size_t max = rt->max;
 
 	rt->max = 0;
 	int r = range_copy(rt, from, to, len);
 	rt->max = max;
+	if (r == 0)
+		emit_range(mm, OBS_COPY, from, from + len, NULL, NULL);
 	return r;
 }
 
@@ -103,8 +198,8 @@ static int follow_copy(struct range_table *rt, uint64_t from, uint64_t to, uint6
  * UNMAP comes at all: it reads the template again, like a fresh mapping.
  * So a REMAP copies the source's pieces to the destination, keeps them at
  * the source, and records the source; whatever gives addresses in it a new
- * owner (a REMAP onto them, a MAP, an UNMAP that is not the record's,
- * rp_unmap) takes them out of the record; the UNMAP naming exactly the
+ * owner (a REMAP onto them, a MAP, an UNMAP that is not the record's, an
+ * UNMAP request) takes them out of the record; the UNMAP naming exactly the
  * record forgets only what is left in it, and the record. */
 
 /* Appends [s, e) to r's spans; -1 when they are full. */
@@ -165,7 +260,7 @@ static void srcs_take(struct rp_mm *mm, uint64_t s, uint64_t e)
 static void srcs_add(struct rp_mm *mm, uint64_t s, uint64_t e)
 {
 	srcs_take(mm, s, e);
-	if (!mm->srcs && !(mm->srcs = malloc(MM_SRCS * sizeof(*mm->srcs))))
+	if (!mm->srcs && !(mm->srcs = acct_alloc(mm->acct, MM_SRCS * sizeof(*mm->srcs))))
 		return;
 	if (mm->nsrcs == MM_SRCS)
 		memmove(&mm->srcs[0], &mm->srcs[1], --mm->nsrcs * sizeof(*mm->srcs));
@@ -183,18 +278,19 @@ static struct remap_src *srcs_find(struct rp_mm *mm, uint64_t s, uint64_t e)
 	return NULL;
 }
 
-/* Forgets from rt what is left of mm's records in [s, e). */
-static long long srcs_unmap(const struct rp_mm *mm, struct range_table *rt, uint64_t s, uint64_t e)
+/* Forgets from mm's table what is left of from's records in [s, e) (from
+ * is mm itself, or a fork child's parent). */
+static long long srcs_unmap(struct rp_mm *mm, const struct rp_mm *from, uint64_t s, uint64_t e)
 {
 	long long err = 0;
 
-	for (uint32_t i = 0; i < mm->nsrcs; i++) {
-		const struct remap_src *r = &mm->srcs[i];
+	for (uint32_t i = 0; i < from->nsrcs; i++) {
+		const struct remap_src *r = &from->srcs[i];
 
 		for (uint32_t k = 0; k < r->nspans; k++) {
 			uint64_t a = r->span[k].start > s ? r->span[k].start : s;
 			uint64_t b = r->span[k].end < e ? r->span[k].end : e;
-			long long u = a < b ? follow_unmap(rt, a, b) : 0;
+			long long u = a < b ? follow_unmap(mm, a, b) : 0;
 
 			if (u < 0)
 				err = u;
@@ -203,107 +299,166 @@ static long long srcs_unmap(const struct rp_mm *mm, struct range_table *rt, uint
 	return err;
 }
 
-struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid)
-{
-	struct acct *a = acct_get(uid);
-	struct rp_tree *tree = calloc(1, sizeof(*tree));
-	struct rp_mm *mm = NULL;
-	int e = ENOMEM;
+/* --- creating and freeing ------------------------------------------------------ */
 
-	if (a && tree && (e = -acct_charge(a, ACCT_PROCESSES, 1)) == 0) {
-		atomic_init(&tree->refs, 1);
-		tree->snap_id = persist_new_id(d, PERSIST_TREE);
-		if (!(mm = mm_alloc(d, uffd, features, a, tree, pid, 0))) {
-			acct_uncharge(a, ACCT_PROCESSES, 1);
-			e = ENOMEM;
-		}
-	}
-	if (!mm) {
-		if (a)
-			acct_put(a);
-		free(tree);
-		errno = e;
+int mm_handshake(int fd, uint64_t *features)
+{
+	return uffd_handshake(fd, RP_UFFD_FEATURES, features);
+}
+
+static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
+			      struct rp_tree *tree, pid_t pid, uint32_t id)
+{
+	struct rp_mm *mm = acct_calloc(a, 1, sizeof(*mm));
+
+	if (!mm)
 		return NULL;
-	}
-	persist_store(d, PERSIST_MM, mm->snap_id, uffd);
-	persist_mm_link(mm);
+	range_store = &d->tmpls;
+	acct_ref(a);
+	mm->id = id ? id : rp_id_new(d, RP_ID_MM);
+	mm->uffd = uffd;
+	mm->uid = a->uid;
+	mm->pid = pid;
+	mm->pidfd = -1;
+	mm->features = features;
+	mm->d = d;
+	mm->acct = a;
+	mm->tree = tree;
+	atomic_init(&mm->refs, 1);
+	atomic_init(&mm->dead, 0);
+	range_table_init(&mm->ranges, d->cfg.lim.ranges, &mm_ops, mm);
+	atomic_fetch_add(&tree->procs, 1);
+	atomic_fetch_add(&tree->refs, 1);
+	acct_stat_add(a, PROTO_STAT_PROCESSES, 1);
 	return mm;
 }
 
-/* The tree's descendant limit: the client itself plus its descendants. */
+/* A process and the descriptor of its uffd, charged to a. */
+static int charge_process(struct acct *a)
+{
+	if (acct_charge(a, ACCT_PROCESSES, 1) < 0)
+		return -EDQUOT;
+	if (acct_charge(a, ACCT_FDS, 1) < 0) {
+		acct_uncharge(a, ACCT_PROCESSES, 1);
+		return -EDQUOT;
+	}
+	return 0;
+}
+
+static void uncharge_process(struct acct *a)
+{
+	acct_uncharge(a, ACCT_PROCESSES, 1);
+	acct_uncharge(a, ACCT_FDS, 1);
+}
+
+struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
+			    pid_t pid)
+{
+	struct rp_tree *tree = mm_tree_new(a, rp_id_new(d, RP_ID_TREE));
+	struct rp_mm *mm = NULL;
+	int e = tree ? charge_process(a) : -errno;
+
+	if (e == 0 && !(mm = mm_alloc(d, uffd, features, a, tree, pid, 0))) {
+		e = -errno;
+		uncharge_process(a);
+	}
+	if (tree)
+		mm_tree_put(tree); /* the mm's own reference is the one left */
+	if (!mm) {
+		errno = -e;
+		return NULL;
+	}
+	emit_mm_new(mm, NULL);
+	return mm;
+}
+
+/* The tree's descendant limit: the client itself plus max descendants
+ * (procs counts both). */
 static int tree_full(struct rp_mm *parent)
 {
 	uint32_t max = parent->d->cfg.lim.descendants;
-	struct rp_tree *t = parent->tree;
 
-	if (!max || atomic_load(&t->procs) <= max)
+	if (!max || atomic_load(&parent->tree->procs) <= max)
 		return 0;
-	if (!atomic_exchange(&t->warned, 1))
-		log_warn("uid %d: a process tree reached %u descendants; further fork children get "
-			 "ordinary anonymous memory (logged once per tree)", (int)parent->uid, max);
+	acct_log(parent->acct, LOG_WARNING, "a process tree reached %u descendants; further fork "
+		 "children get ordinary anonymous memory", max);
+	acct_stat_add(parent->acct, PROTO_STAT_REFUSED, 1);
 	return 1;
 }
 
-struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd)
+/* A fork child of parent with uffd ufd: same uid, same tree, the parent's
+ * table shared (O(1)) but for the sources of its moves still waiting for
+ * their UNMAP (the child's address space has none there, unless the move
+ * kept it: docs/design.md). NULL and errno (EDQUOT past a budget, ENOMEM);
+ * ufd is not closed. */
+static struct rp_mm *new_child(struct rp_mm *parent, int ufd)
 {
 	struct rp_mm *mm;
 
-	if (tree_full(parent) || acct_charge(parent->acct, ACCT_PROCESSES, 1) < 0) {
+	if (tree_full(parent) || charge_process(parent->acct) < 0) {
 		errno = EDQUOT;
 		return NULL;
 	}
-	struct acct *a = acct_get(parent->uid);
-	if (!a || !(mm = mm_alloc(parent->d, ufd, parent->features, a, parent->tree, 0, 0))) {
-		if (a)
-			acct_put(a);
-		acct_uncharge(parent->acct, ACCT_PROCESSES, 1);
-		errno = ENOMEM;
+	if (!(mm = mm_alloc(parent->d, ufd, parent->features, parent->acct, parent->tree, 0, 0))) {
+		uncharge_process(parent->acct);
 		return NULL;
 	}
-	atomic_fetch_add(&parent->tree->refs, 1);
 	mm->is_child = 1;
-	pthread_mutex_lock(&parent->lock);
-	long long r = range_clone(&mm->ranges, &parent->ranges);
+	range_clone(&mm->ranges, &parent->ranges);
+	emit_mm_new(mm, parent);
+	long long r = srcs_unmap(mm, parent, 0, UINT64_MAX);
+	account(mm, 0, 0);
 	if (r == 0)
-		r = srcs_unmap(parent, &mm->ranges, 0, UINT64_MAX);
-	pthread_mutex_unlock(&parent->lock);
-	mm_account(mm, 0, 0);
-	if (r < 0)
-		log_err("pid %d: fork child uffd %d: cannot copy ranges: %s", (int)parent->pid, ufd,
-			strerror((int)-r));
-	persist_store(mm->d, PERSIST_MM, mm->snap_id, ufd);
-	persist_mm_link(mm);
-	return mm;
-}
-
-struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid,
-			 struct rp_tree **tree, int is_child, uint32_t id)
-{
-	struct acct *a = acct_get(uid);
-	struct rp_mm *mm = NULL;
-
-	if (a && !*tree && (*tree = calloc(1, sizeof(**tree))))
-		atomic_init(&(*tree)->refs, 0);
-	if (a && *tree && (mm = mm_alloc(d, uffd, features, a, *tree, pid, id))) {
-		acct_adjust(a, ACCT_PROCESSES, 1);
-		atomic_fetch_add(&(*tree)->refs, 1);
-		mm->is_child = is_child;
 		return mm;
-	}
-	if (a)
-		acct_put(a);
+	/* The budget: what it cannot forget it cannot follow either. The
+	 * caller closes ufd. */
+	struct obs_event ev = { .type = OBS_MM_END, .mm = mm->id };
+	obs_emit(&mm->d->obs, &ev);
+	mm->uffd = -1;
+	acct_uncharge(mm->acct, ACCT_FDS, 1);
+	mm_put(mm);
+	errno = EDQUOT;
 	return NULL;
 }
 
-int mm_restore_range(struct rp_mm *mm, uint64_t start, uint64_t end, struct tmpl *t)
+struct rp_tree *mm_tree_new(struct acct *a, uint32_t id)
 {
-	pthread_mutex_lock(&mm->lock);
-	size_t n0 = mm->ranges.n;
-	uint64_t b0 = mm->ranges.bytes;
-	int r = range_insert(&mm->ranges, start, end, t);
-	mm_account(mm, n0, b0);
-	pthread_mutex_unlock(&mm->lock);
-	return r;
+	struct rp_tree *t = acct_calloc(a, 1, sizeof(*t));
+
+	if (t) {
+		atomic_init(&t->refs, 1);
+		t->id = id;
+		t->acct = a;
+		acct_ref(a);
+	}
+	return t;
+}
+
+void mm_tree_put(struct rp_tree *t)
+{
+	if (atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
+	struct acct *a = t->acct;
+	acct_free(a, t);
+	acct_put(a);
+}
+
+struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
+			 pid_t pid, struct rp_tree *tree, int is_child, uint32_t id)
+{
+	struct rp_mm *mm = mm_alloc(d, uffd, features, a, tree, pid, id);
+
+	if (!mm)
+		return NULL;
+	acct_adjust(a, ACCT_PROCESSES, 1);
+	acct_adjust(a, ACCT_FDS, 1);
+	mm->is_child = is_child;
+	return mm;
+}
+
+void mm_restore_account(struct rp_mm *mm)
+{
+	account(mm, 0, 0);
 }
 
 void mm_ref(struct rp_mm *mm)
@@ -313,24 +468,25 @@ void mm_ref(struct rp_mm *mm)
 
 static void mm_free(struct rp_mm *mm)
 {
-	size_t n0 = mm->ranges.n;
-	uint64_t b0 = mm->ranges.bytes;
+	struct acct *a = mm->acct;
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
 
-	persist_mm_unlink(mm);
 	range_table_fini(&mm->ranges);
-	mm_account(mm, n0, b0);
-	pthread_mutex_destroy(&mm->lock);
-	if (mm->uffd >= 0)
+	account(mm, n0, b0);
+	if (mm->uffd >= 0) {
+		/* Never served: nobody watches it. */
 		close(mm->uffd);
-	free(mm->srcs);
-	free(mm->pending);
-	acct_uncharge(mm->acct, ACCT_PROCESSES, 1);
-	acct_put(mm->acct);
+		acct_uncharge(a, ACCT_FDS, 1);
+	}
+	acct_free(a, mm->srcs);
+	acct_free(a, mm->pending);
+	acct_uncharge(a, ACCT_PROCESSES, 1);
 	atomic_fetch_sub(&mm->tree->procs, 1);
-	if (atomic_fetch_sub(&mm->tree->refs, 1) == 1)
-		free(mm->tree);
-	stat_add(PROTO_STAT_PROCESSES, -1);
-	free(mm);
+	mm_tree_put(mm->tree);
+	acct_stat_add(a, PROTO_STAT_PROCESSES, -1);
+	acct_free(a, mm);
+	acct_put(a);
 }
 
 void mm_put(struct rp_mm *mm)
@@ -339,225 +495,792 @@ void mm_put(struct rp_mm *mm)
 		mm_free(mm);
 }
 
-static int uffd_register(int uffd, uint64_t addr, uint64_t len)
+/* --- on the worker: serving and letting go ---------------------------------------- */
+
+static void mm_readable(struct ev_loop *loop, ev_io *io, int revents);
+static void on_probe(struct ev_loop *loop, ev_timer *t, int revents);
+static void on_retry(struct ev_loop *loop, ev_timer *t, int revents);
+static void op_complete(struct rp_mm *mm, struct mm_op *op, int status);
+
+static void list_link(struct worker *w, struct rp_mm *mm)
 {
-	struct uffdio_register reg = {
-		.range = { .start = addr, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
-	};
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
-		return -errno;
-	return 0;
+	mm->prev = NULL;
+	mm->next = w->mms;
+	if (w->mms)
+		w->mms->prev = mm;
+	w->mms = mm;
+	atomic_fetch_add(&w->nmms, 1);
 }
 
-static int uffd_unregister(int uffd, uint64_t addr, uint64_t len)
+static void list_unlink(struct worker *w, struct rp_mm *mm)
 {
-	struct uffdio_range r = { .start = addr, .len = len };
-	if (ioctl(uffd, UFFDIO_UNREGISTER, &r) < 0)
-		return -errno;
-	return 0;
+	if (mm->prev)
+		mm->prev->next = mm->next;
+	else
+		w->mms = mm->next;
+	if (mm->next)
+		mm->next->prev = mm->prev;
+	mm->prev = mm->next = NULL;
+	atomic_fetch_sub(&w->nmms, 1);
 }
 
-void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0)
+static void unwatch(struct rp_mm *mm)
 {
-	int64_t dn = (int64_t)mm->ranges.n - (int64_t)n0;
-	int64_t db = (int64_t)mm->ranges.bytes - (int64_t)b0;
-
-	stat_add(PROTO_STAT_RANGES, dn);
-	stat_add(PROTO_STAT_BYTES, db);
-	acct_adjust(mm->acct, ACCT_RANGES, dn);
-	acct_adjust(mm->acct, ACCT_BYTES, db);
-	if (dn || db)
-		persist_changed(mm->d);
+	if (mm->pidfd < 0)
+		return;
+	ev_io_stop(mm->w->loop, &mm->pidfd_io);
+	close(mm->pidfd);
+	mm->pidfd = -1;
 }
 
-/* munmap() and mremap() return once their event is read, not applied: a
- * client may reuse the address in its next MAP before the worker has
- * dropped the old range. Wait until every batch read so far is applied
- * (at most one batch of work on the worker). An event not read yet is
- * mm_event_in_flight's, and the session's, business. */
-static void wait_events_applied(struct rp_mm *mm)
+/* Stop serving: close the uffd so that every fault still waiting falls
+ * back to the kernel (the process sees ordinary anonymous memory), answer
+ * the ops held back, and drop the worker's reference (mm may be freed on
+ * return). */
+static void retire(struct rp_mm *mm)
 {
-	uint64_t t = atomic_load(&mm->ev_started);
+	struct worker *w = mm->w;
 
-	while (atomic_load(&mm->ev_done) < t && !atomic_load(&mm->dead))
-		sched_yield();
-}
-
-/* The kernel raises the uffd's mmap_changing in the prep step of munmap,
- * mremap and fork (under the client's mmap_lock, before the address range
- * is freed) and drops it only once we have read the event, queued after
- * mmap_lock is dropped (fs/userfaultfd.c: userfaultfd_unmap_prep,
- * mremap_userfaultfd_prep, dup_userfaultfd; userfaultfd_event_wait_completion).
- * UFFDIO_WRITEPROTECT tests it first (userfaultfd_writeprotect, again under
- * map_changing_lock in mwriteprotect_range), so mode 0 on one page is a
- * probe that changes nothing on our ranges:
- *   EAGAIN        mmap_changing is up: an event is in flight, not read yet;
- *   ENOENT        it is not: the vma is not registered for write-protect
- *                 (ours never are), or nothing is mapped there;
- *   EINVAL/ENOTTY a kernel without the ioctl (before 5.7) or an address it
- *                 refuses: no answer, the caller goes on as if none;
- *   anything else (0, ESRCH for an exited mm): no event to wait for. */
-int mm_event_in_flight(struct rp_mm *mm, uint64_t addr)
-{
-	struct uffdio_writeprotect wp = { .range = { .start = addr, .len = TMPL_PAGE }, .mode = 0 };
-	int fd, e = 0;
-
-	/* Under the lock: the worker closes a dead mm's uffd under it. */
-	pthread_mutex_lock(&mm->lock);
-	fd = mm->uffd;
-	if (fd >= 0 && ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0)
-		e = errno;
-	pthread_mutex_unlock(&mm->lock);
-	if (e && e != EAGAIN && e != ENOENT)
-		log_debug("pid %d uffd %d: UFFDIO_WRITEPROTECT probe at %#llx: %s; not waiting",
-			  (int)mm->pid, fd, (unsigned long long)addr, strerror(e));
-	return e == EAGAIN;
-}
-
-int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t)
-{
-	int r;
-
-	wait_events_applied(mm);
-	pthread_mutex_lock(&mm->lock);
-	size_t n0 = mm->ranges.n;
-	uint64_t b0 = mm->ranges.bytes;
-	if ((mm->d->cfg.lim.bytes && b0 + len > mm->d->cfg.lim.bytes) ||
-	    acct_check(mm->acct, ACCT_BYTES, len) < 0 || acct_check(mm->acct, ACCT_RANGES, 1) < 0) {
-		r = -EDQUOT;
-		goto out;
+	if (atomic_exchange(&mm->dead, 1))
+		return;
+	ev_io_stop(w->loop, &mm->io);
+	ev_timer_stop(w->loop, &mm->probe);
+	ev_timer_stop(w->loop, &mm->retry);
+	unwatch(mm);
+	list_unlink(w, mm);
+	worker_leave(&mm->d->workers, w, mm->acct);
+	while (mm->held) {
+		struct mm_op *op = mm->held;
+		mm->held = op->next;
+		op_complete(mm, op, -ENOTCONN);
 	}
-	if (mm->uffd < 0) {
-		r = -ENOTCONN;
-		goto out;
-	}
-	/* What is left there of a moved mapping has gone: the client has a
-	 * new one there. */
-	srcs_unmap(mm, &mm->ranges, addr, addr + len);
-	srcs_take(mm, addr, addr + len);
-	/* Into the table first: the first fault may arrive on the worker
-	 * before the ioctl even returns. */
-	r = range_insert(&mm->ranges, addr, addr + len, t);
-	if (r == -ENOSPC)
-		r = -EDQUOT;
-	if (r < 0)
-		goto out;
-	r = uffd_register(mm->uffd, addr, len);
-	if (r < 0)
-		range_remove(&mm->ranges, addr, addr + len);
-out:
-	mm_account(mm, n0, b0);
-	pthread_mutex_unlock(&mm->lock);
-	return r;
+	mm->held_tail = NULL;
+	mm->npending = 0;
+	struct obs_event ev = { .type = OBS_MM_END, .mm = mm->id };
+	obs_emit(&mm->d->obs, &ev);
+	loop_close_fd(w->loop, mm->uffd);
+	mm->uffd = -1;
+	acct_uncharge(mm->acct, ACCT_FDS, 1);
+	mm_put(mm);
 }
 
-int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len)
+/* On the main loop: the session of a client's mm hears that it was let go
+ * (if it is still there: only the main loop changes mm->owner). */
+static void lost_call(void *arg)
 {
-	uint64_t end = addr + len;
-	long long removed;
+	struct rp_mm *mm = arg;
 
-	pthread_mutex_lock(&mm->lock);
-	size_t n0 = mm->ranges.n;
-	uint64_t b0 = mm->ranges.bytes;
-	struct range *in = range_lookup(&mm->ranges, addr);
-	if (in && in->start < addr && end < in->end) {
-		/* A hole in one piece: the only cut that needs a table slot,
-		 * which the limit may refuse. The table goes first, so that a
-		 * refusal leaves the range registered and served. */
-		removed = range_remove(&mm->ranges, addr, end);
-		if (removed >= 0)
-			uffd_unregister(mm->uffd, addr, len);
+	if (mm->owner && mm->lost)
+		mm->lost(mm->owner, mm);
+	mm_put(mm);
+}
+
+/* The address space is gone, or can no longer be followed (fallback: the
+ * kernel answers its faults from now on, with zeros). A child is ours
+ * alone; a client's mm stays referenced by its session, which is told
+ * when the mm is let go while the client may still be there. */
+static void mm_gone(struct rp_mm *mm, const char *why, int fallback)
+{
+	if (fallback) {
+		acct_log(mm->acct, LOG_WARNING, "pid %d: %s; its refpages fall back to ordinary "
+			 "anonymous memory", (int)mm->pid, why);
+		acct_stat_add(mm->acct, PROTO_STAT_RELEASED, 1);
 	} else {
-		/* Only what we registered, piece by piece: parts already
-		 * unmapped by the process leave holes the kernel would refuse
-		 * in one call. This cut frees slots and cannot fail. */
-		for (size_t i = 0; i < mm->ranges.n; i++) {
-			struct range *p = &mm->ranges.v[i];
-			uint64_t s = p->start > addr ? p->start : addr;
-			uint64_t e = p->end < end ? p->end : end;
-			if (s < e)
-				uffd_unregister(mm->uffd, s, e - s);
-		}
-		removed = range_remove(&mm->ranges, addr, end);
+		log_debug("pid %d: released: %s", (int)mm->pid, why);
+		if (mm->is_child)
+			acct_stat_add(mm->acct, PROTO_STAT_PROCS_RECLAIMED, 1);
 	}
-	if (removed >= 0)
-		srcs_take(mm, addr, end);
-	mm_account(mm, n0, b0);
-	pthread_mutex_unlock(&mm->lock);
-	/* As for MAP: a full table is the client's limit. */
-	if (removed == -ENOSPC)
-		return -EDQUOT;
-	return removed < 0 ? (int)removed : 0;
+	if (fallback && !mm->is_child && !atomic_load(&mm->dead)) {
+		mm_ref(mm);
+		mm->lost_call.fn = lost_call;
+		mm->lost_call.arg = mm;
+		inbox_post(&mm->d->mainq, &mm->lost_call);
+	}
+	retire(mm);
 }
 
-void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
+/* The watched process exited. The pid may not be the mm's owner (a fault's
+ * thread id is in the faulting task's pid namespace, and a mm can be
+ * shared), so the uffd itself has the last word. */
+static void on_exit_seen(struct ev_loop *loop, ev_io *io, int revents)
 {
-	pthread_mutex_lock(&mm->lock);
-	size_t n0 = mm->ranges.n;
-	uint64_t b0 = mm->ranges.bytes;
+	struct rp_mm *mm = io->data;
+
+	(void)loop;
+	(void)revents;
+	unwatch(mm);
+	if (uffd_probe(mm->uffd, uffd_user_bottom()) == -ESRCH)
+		mm_gone(mm, "process gone", 0);
+}
+
+/* Learn of the process's exit at once instead of at the next probe. */
+static void watch(struct rp_mm *mm, pid_t pid)
+{
+	if (mm->pidfd >= 0 || pid <= 0)
+		return;
+	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (fd < 0)
+		return; /* not a thread group leader, or gone: the probe covers it */
+	mm->pidfd = fd;
+	ev_io_init(&mm->pidfd_io, on_exit_seen, fd, EV_READ);
+	mm->pidfd_io.data = mm;
+	ev_io_start(mm->w->loop, &mm->pidfd_io);
+}
+
+static void serve(struct rp_mm *mm)
+{
+	struct ev_loop *loop = mm->w->loop;
+
+	/* Brought back by a restart: threads the previous daemon left waiting
+	 * on a fault it had read are woken to fault again, and this time we
+	 * read it. */
+	if (mm->wake_all)
+		uffd_wake(mm->uffd, uffd_user_bottom(), uffd_top_of(mm->uffd));
+
+	mm->probe_every = PROBE_MIN_S;
+	ev_io_init(&mm->io, mm_readable, mm->uffd, EV_READ);
+	mm->io.data = mm;
+	ev_io_start(loop, &mm->io);
+	ev_timer_init(&mm->probe, on_probe, PROBE_MIN_S, 0.);
+	mm->probe.data = mm;
+	ev_timer_start(loop, &mm->probe);
+	ev_init(&mm->retry, on_retry);
+	mm->retry.data = mm;
+	list_link(mm->w, mm);
+	watch(mm, mm->pid);
+}
+
+static void serve_call(void *arg)
+{
+	serve(arg);
+}
+
+static void retire_call(void *arg)
+{
+	struct rp_mm *mm = arg;
+
+	retire(mm);
+	mm_put(mm); /* the releaser's */
+}
+
+void mm_start(struct rp_mm *mm, struct worker *w)
+{
+	mm->w = w;
+	mm_ref(mm); /* the worker's, until retire */
+	mm->serve_call.fn = serve_call;
+	mm->serve_call.arg = mm;
+	inbox_post(&w->in, &mm->serve_call);
+}
+
+void mm_release(struct rp_mm *mm)
+{
+	if (!mm->w) {
+		mm_put(mm);
+		return;
+	}
+	mm->retire_call.fn = retire_call;
+	mm->retire_call.arg = mm;
+	inbox_post(&mm->w->in, &mm->retire_call);
+}
+
+void mm_foreach_on(struct worker *w, void (*fn)(struct rp_mm *mm, void *arg), void *arg)
+{
+	for (struct rp_mm *mm = w->mms; mm; mm = mm->next)
+		fn(mm, arg);
+}
+
+void mm_worker_stop(struct worker *w)
+{
+	while (w->mms)
+		retire(w->mms);
+}
+
+/* --- on the worker: probes and retries ------------------------------------------ */
+
+/* Exit is not signalled on a uffd (DESIGN.md): a quiet address space is
+ * asked now and then, less and less often, whether it is still there. */
+static void on_probe(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct rp_mm *mm = t->data;
+
+	(void)revents;
+	if (uffd_probe(mm->uffd, uffd_user_bottom()) == -ESRCH) {
+		mm_gone(mm, "process gone", 0);
+		return;
+	}
+	mm->probe_every = mm->probe_every * 2 > PROBE_MAX_S ? PROBE_MAX_S : mm->probe_every * 2;
+	ev_timer_set(t, mm->probe_every, 0.);
+	ev_timer_start(loop, t);
+}
+
+/* A fault: the probe starts over from its shortest interval. */
+static void probe_reset(struct rp_mm *mm)
+{
+	if (mm->probe_every == PROBE_MIN_S)
+		return;
+	mm->probe_every = PROBE_MIN_S;
+	ev_timer_stop(mm->w->loop, &mm->probe);
+	ev_timer_set(&mm->probe, PROBE_MIN_S, 0.);
+	ev_timer_start(mm->w->loop, &mm->probe);
+}
+
+static void retry_arm(struct rp_mm *mm, double at)
+{
+	struct ev_loop *loop = mm->w->loop;
+	double in = at - ev_now(loop);
+
+	if (ev_is_active(&mm->retry) && ev_timer_remaining(loop, &mm->retry) <= in)
+		return;
+	ev_timer_stop(loop, &mm->retry);
+	ev_timer_set(&mm->retry, in > 0 ? in : 0., 0.);
+	ev_timer_start(loop, &mm->retry);
+}
+
+static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, enum uffd_class k)
+{
+	double now = ev_now(mm->w->loop);
+
+	if (mm->npending == mm->cappending) {
+		uint32_t cap = mm->cappending ? mm->cappending * 2 : 16;
+		void *p = acct_realloc(mm->acct, mm->pending, cap * sizeof(*mm->pending));
+		if (!p)
+			return -ENOMEM;
+		mm->pending = p;
+		mm->cappending = cap;
+	}
+	double in = k == UFFD_NOMEM ? RETRY_NOMEM_S : RETRY_AGAIN_S;
+	mm->pending[mm->npending++] = (struct pending_fault){
+		.addr = addr, .flags = flags, .first = now, .next = now + in, .tries = 1,
+	};
+	retry_arm(mm, now + in);
+	return 0;
+}
+
+static struct fault_cfg fault_cfg(const struct rp_mm *mm, int dontwake)
+{
+	return (struct fault_cfg){
+		.fault_around = mm->d->cfg.fault_around, .dontwake = dontwake,
+		.store = &mm->d->tmpls, .acct = mm->acct,
+	};
+}
+
+/* The piece a fault at addr belongs to. A fault no piece contains, in a
+ * VMA registered with us, comes from a mapping grown in place by mremap
+ * (the kernel sends no event for it): the piece below grows up to it. */
+static int lookup(struct rp_mm *mm, uint64_t addr, struct range_piece *p)
+{
+	if (range_lookup(&mm->ranges, addr, p))
+		return 1;
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
+	if (range_extend_to(&mm->ranges, addr, PAGE, p) != 1)
+		return 0;
+	/* The whole piece, as it is now: a MAP the observer hears of sets
+	 * what it names. */
+	emit_range(mm, OBS_MAP, p->start, p->end, p->tmpl, NULL);
+	account(mm, n0, b0);
+	return 1;
+}
+
+/* Answer one fault (or try it again). Returns the class; *end as
+ * fault_answer's. */
+static enum uffd_class answer(struct rp_mm *mm, uint64_t addr, uint64_t flags, int dontwake,
+			      uint64_t *end)
+{
+	struct range_piece p;
+	struct fault_cfg c = fault_cfg(mm, dontwake);
+	int found = lookup(mm, addr & ~(uint64_t)(PAGE - 1), &p);
+
+	return fault_answer(mm->uffd, found ? &p : NULL, &mm->fs, addr, flags, &c, end);
+}
+
+/* Retry what could not be filled, waking at once (dontwake or not). 0, or
+ * -1 if the mm is gone (retired). */
+static int pending_retry(struct rp_mm *mm)
+{
+	double now = ev_now(mm->w->loop), next = 0;
+	uint32_t keep = 0;
+
+	for (uint32_t i = 0; i < mm->npending; i++) {
+		struct pending_fault f = mm->pending[i];
+		uint64_t end;
+		if (f.next > now) {
+			mm->pending[keep++] = f;
+			next = !next || f.next < next ? f.next : next;
+			continue;
+		}
+		enum uffd_class k = answer(mm, f.addr, f.flags, 0, &end);
+		if (k == UFFD_GONE_MM) {
+			mm_gone(mm, "process gone", 0);
+			return -1;
+		}
+		if (k != UFFD_RETRY && k != UFFD_NOMEM)
+			continue;
+		if (now - f.first >= RETRY_GIVE_UP_S) {
+			mm_gone(mm, k == UFFD_NOMEM ? "the kernel kept refusing its page fills "
+				"(ENOMEM: its memory limit)" : "a fault stayed unfillable", 1);
+			return -1;
+		}
+		double in = RETRY_AGAIN_S;
+		if (k == UFFD_NOMEM) {
+			in = RETRY_NOMEM_S * (double)(1u << (f.tries < 6 ? f.tries : 6));
+			in = in > RETRY_NOMEM_MAX_S ? RETRY_NOMEM_MAX_S : in;
+		}
+		f.tries++;
+		f.next = now + in;
+		mm->pending[keep++] = f;
+		next = !next || f.next < next ? f.next : next;
+	}
+	mm->npending = keep;
+	if (keep)
+		retry_arm(mm, next);
+	return 0;
+}
+
+static void ops_run_held(struct rp_mm *mm);
+
+static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct rp_mm *mm = t->data;
+
+	(void)revents;
+	mm_ref(mm);
+	/* A read that failed for want of descriptors is tried again. */
+	if (!ev_is_active(&mm->io))
+		ev_io_start(loop, &mm->io);
+	if (!mm->npending || pending_retry(mm) == 0)
+		ops_run_held(mm);
+	mm_put(mm);
+}
+
+/* --- on the worker: events ----------------------------------------------------- */
+
+static void on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
+{
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
 	struct remap_src *src = srcs_find(mm, start, end);
 	long long r;
+
 	if (src) {
 		/* The mremap that moved it away: what nobody took since. */
-		r = srcs_unmap(mm, &mm->ranges, start, end);
+		r = srcs_unmap(mm, mm, start, end);
 		size_t i = (size_t)(src - mm->srcs);
 		memmove(src, src + 1, (--mm->nsrcs - i) * sizeof(*src));
 	} else {
-		r = follow_unmap(&mm->ranges, start, end);
+		r = follow_unmap(mm, start, end);
 		srcs_take(mm, start, end);
 	}
-	mm_account(mm, n0, b0);
-	pthread_mutex_unlock(&mm->lock);
+	account(mm, n0, b0);
 	if (r < 0)
-		log_warn("pid %d uffd %d: cannot split range at unmap [%#llx, %#llx): %s",
-			 (int)mm->pid, mm->uffd, (unsigned long long)start,
-			 (unsigned long long)end, strerror((int)-r));
+		mm_gone(mm, "its range table cannot follow an unmap within its memory budget", 1);
 }
 
-void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
+static void on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
 {
-	pthread_mutex_lock(&mm->lock);
-	size_t n0 = mm->ranges.n;
-	uint64_t b0 = mm->ranges.bytes;
-	int r = follow_copy(&mm->ranges, from, to, len);
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
+	int r = follow_copy(mm, from, to, len);
+
 	/* The destination has a new owner whether or not we could follow. */
 	srcs_take(mm, to, to + len);
 	if (r == 0 && from != to)
 		srcs_add(mm, from, from + len);
-	mm_account(mm, n0, b0);
-	pthread_mutex_unlock(&mm->lock);
+	account(mm, n0, b0);
 	if (r < 0)
-		log_warn("pid %d uffd %d: cannot follow mremap %#llx -> %#llx: %s",
-			 (int)mm->pid, mm->uffd, (unsigned long long)from,
-			 (unsigned long long)to, strerror(-r));
+		mm_gone(mm, "its range table cannot follow an mremap within its memory budget", 1);
 }
 
-/* An anonymous inode's link reads "anon_inode:[name]": the only way to
- * tell a uffd from an eventfd or a pipe before trusting it with ioctls. */
-int mm_is_uffd(int fd)
+static void on_fork(struct rp_mm *parent, int ufd)
 {
-	char path[64], link[64];
-
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	ssize_t n = readlink(path, link, sizeof(link) - 1);
-	if (n < 0)
-		return 0;
-	link[n] = '\0';
-	return !strcmp(link, "anon_inode:[userfaultfd]");
+	int fl = fcntl(ufd, F_GETFL);
+	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
+		log_err("pid %d: fork child uffd %d unusable: %s", (int)parent->pid, ufd, strerror(errno));
+		close(ufd);
+		return;
+	}
+	struct rp_mm *child = new_child(parent, ufd);
+	if (!child) {
+		/* Closing it hands the child's pages to the kernel: its faults
+		 * are answered (zeros), never left waiting. */
+		if (errno != EDQUOT)
+			acct_log(parent->acct, LOG_ERR, "pid %d: cannot adopt a fork child: %s",
+				 (int)parent->pid, strerror(errno));
+		acct_stat_add(parent->acct, PROTO_STAT_UNTRACKED, 1);
+		close(ufd);
+		return;
+	}
+	child->w = parent->w;
+	worker_enter(&parent->d->workers, child->w, child->acct);
+	serve(child);
+	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
 }
 
-long long mm_uffd_handshake(int fd, uint64_t *features)
+/* 0, or -1 if mm was let go. */
+static int on_event(struct rp_mm *mm, const struct uffd_msg *m)
 {
-	struct uffdio_api api = { .api = UFFD_API, .features = RP_UFFD_FEATURES };
+	switch (m->event) {
+	case UFFD_EVENT_FORK:
+		acct_stat_add(mm->acct, PROTO_STAT_EV_FORK, 1);
+		on_fork(mm, (int)m->arg.fork.ufd);
+		break;
+	case UFFD_EVENT_REMAP:
+		acct_stat_add(mm->acct, PROTO_STAT_EV_REMAP, 1);
+		on_remap(mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		break;
+	case UFFD_EVENT_UNMAP:
+		acct_stat_add(mm->acct, PROTO_STAT_EV_UNMAP, 1);
+		on_unmap(mm, m->arg.remove.start, m->arg.remove.end);
+		break;
+	default:
+		log_err("pid %d uffd %d: unknown uffd event %u", (int)mm->pid, mm->uffd, m->event);
+		break;
+	}
+	return atomic_load(&mm->dead) ? -1 : 0;
+}
 
-	if (!mm_is_uffd(fd))
-		return -EBADF;
-	if (ioctl(fd, UFFDIO_API, &api) < 0)
-		return -errno;
-	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-		return -errno;
-	*features = api.features;
+/* --- on the worker: reading the uffd --------------------------------------------- */
+
+/* What one read(2)'s batch filled. With coalesce a second fault message
+ * for a page in it (another thread's) is already answered; with dontwake
+ * nothing in it is woken until batch_wake. At most one span per message. */
+struct batch {
+	unsigned n;
+	uint64_t lo[MM_MSG_BATCH], hi[MM_MSG_BATCH];
+};
+
+static int already_filled(const struct batch *b, uint64_t page)
+{
+	for (unsigned i = 0; i < b->n; i++)
+		if (b->lo[i] <= page && page < b->hi[i])
+			return 1;
 	return 0;
+}
+
+/* One UFFDIO_WAKE per contiguous run of what the batch filled. */
+static void batch_wake(struct rp_mm *mm, struct batch *b)
+{
+	for (unsigned i = 1; i < b->n; i++) {
+		uint64_t lo = b->lo[i], hi = b->hi[i];
+		unsigned j = i;
+		for (; j && b->lo[j - 1] > lo; j--) {
+			b->lo[j] = b->lo[j - 1];
+			b->hi[j] = b->hi[j - 1];
+		}
+		b->lo[j] = lo;
+		b->hi[j] = hi;
+	}
+	for (unsigned i = 0; i < b->n;) {
+		uint64_t lo = b->lo[i], hi = b->hi[i];
+		for (i++; i < b->n && b->lo[i] <= hi; i++)
+			if (b->hi[i] > hi)
+				hi = b->hi[i];
+		int r = uffd_wake(mm->uffd, lo, hi);
+		acct_stat_add(mm->acct, PROTO_STAT_BATCH_WAKES, 1);
+		if (r < 0 && r != -ESRCH)
+			acct_log(mm->acct, LOG_WARNING, "pid %d: wake of %#llx..%#llx failed: %s",
+				 (int)mm->pid, (unsigned long long)lo, (unsigned long long)hi,
+				 strerror(-r));
+	}
+	b->n = 0;
+}
+
+static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
+{
+	const struct rp_config *cfg = &mm->d->cfg;
+	uint64_t addr = m->arg.pagefault.address, flags = m->arg.pagefault.flags, end = 0;
+	uint64_t page = addr & ~(uint64_t)(PAGE - 1);
+
+	if (cfg->coalesce && already_filled(b, page)) {
+		acct_stat_add(mm->acct, PROTO_STAT_FAULTS, 1);
+		acct_stat_add(mm->acct, PROTO_STAT_FAULTS_COALESCED, 1);
+		return 0;
+	}
+	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID)) {
+		mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
+		struct obs_event ev = { .type = OBS_MM_PID, .mm = mm->id, .pid = mm->pid };
+		obs_emit(&mm->d->obs, &ev);
+		watch(mm, mm->pid);
+	}
+	probe_reset(mm);
+	enum uffd_class k = answer(mm, addr, flags, cfg->dontwake, &end);
+	if (k == UFFD_GONE_MM) {
+		mm_gone(mm, "process gone", 0);
+		return -1;
+	}
+	if (k == UFFD_RETRY || k == UFFD_NOMEM) {
+		if (pending_push(mm, addr, flags, k) < 0) {
+			mm_gone(mm, "no memory (or budget) left to queue a fault retry", 1);
+			return -1;
+		}
+	} else if (end) {
+		b->lo[b->n] = page;
+		b->hi[b->n++] = end;
+	}
+	return 0;
+}
+
+/* Handle the n messages of one batch. -1 if the mm was let go. */
+static int batch_serve(struct rp_mm *mm, const struct uffd_msg *msgs, size_t n, struct batch *b)
+{
+	for (size_t i = 0; i < n; i++) {
+		int r = msgs[i].event == UFFD_EVENT_PAGEFAULT ? on_fault(mm, &msgs[i], b)
+							     : on_event(mm, &msgs[i]);
+		if (r < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* read(2) failed with err. A full descriptor table (a fork event brings
+ * the child's uffd into ours) leaves the event queued: the kernel puts it
+ * back, and the forking parent waits until we read it, so it is read
+ * again later rather than the parent let go. -1 if the mm was let go. */
+static int read_failed(struct rp_mm *mm, int err)
+{
+	if (err == EAGAIN || err == EINTR)
+		return 0;
+	if (err == EMFILE || err == ENFILE || err == ENOMEM) {
+		acct_log(mm->acct, LOG_ERR, "pid %d: cannot read its uffd: %s; trying again",
+			 (int)mm->pid, strerror(err));
+		retry_arm(mm, ev_now(mm->w->loop) + RETRY_NOMEM_MAX_S);
+		ev_io_stop(mm->w->loop, &mm->io);
+		return 0;
+	}
+	log_warn("pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd, strerror(err));
+	mm_gone(mm, "its uffd cannot be read", 0);
+	return -1;
+}
+
+/* Read and handle what the uffd has queued, at most max messages: --batch
+ * messages per read(2), and with --drain up to READS_PER_WAKE reads, else
+ * one (the loop calls again while the uffd is readable). Returns the
+ * number of messages handled, or -1 if the mm was let go. */
+static int drain(struct rp_mm *mm, uint32_t max)
+{
+	const struct rp_config *cfg = &mm->d->cfg;
+	struct uffd_msg msgs[MM_MSG_BATCH];
+	int rounds = cfg->drain ? READS_PER_WAKE : 1, handled = 0;
+
+	for (int round = 0; round < rounds && (uint32_t)handled < max; round++) {
+		uint32_t want = cfg->batch < max - (uint32_t)handled ? cfg->batch : max - (uint32_t)handled;
+		struct batch b = { .n = 0 };
+		ssize_t n = read(mm->uffd, msgs, want * sizeof(msgs[0]));
+		if (n < 0)
+			return read_failed(mm, errno) < 0 ? -1 : handled;
+		int r = batch_serve(mm, msgs, (size_t)n / sizeof(msgs[0]), &b);
+		if (cfg->dontwake && !atomic_load(&mm->dead))
+			batch_wake(mm, &b);
+		if (r < 0)
+			return -1;
+		handled += (int)((size_t)n / sizeof(msgs[0]));
+		if ((size_t)n < want * sizeof(msgs[0]))
+			break;
+	}
+	if (mm->npending && pending_retry(mm) < 0)
+		return -1;
+	if (mm->held)
+		ops_run_held(mm);
+	return atomic_load(&mm->dead) ? -1 : handled;
+}
+
+/* --poll-us: keep reading this uffd for a while before going back to
+ * sleep, so that the next fault of a busy thread finds the worker awake
+ * (one wake-up less per fault, paid for in CPU). */
+static void busy_poll(struct rp_mm *mm, uint32_t us)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	double now = t.tv_sec + t.tv_nsec / 1e9, end = now + us / 1e6;
+
+	while (now < end) {
+		int n = drain(mm, mm->d->cfg.lim.fault_quota);
+		if (n < 0)
+			return;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		now = t.tv_sec + t.tv_nsec / 1e9;
+		if (n > 0)
+			end = now + us / 1e6;
+	}
+}
+
+/* A uid takes at most its quota of messages per loop iteration, whatever
+ * number of processes it spreads them over: past it, its uffds wait for
+ * the next iteration (epoll is level-triggered: they come back), and every
+ * other uid gets its turn first. */
+static void mm_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+	struct rp_mm *mm = io->data;
+	uint32_t left = acct_turn_left(mm->acct, mm->w->id, ev_iteration(loop), mm->d->cfg.lim.fault_quota);
+
+	(void)revents;
+	if (!left)
+		return;
+	mm_ref(mm);
+	int n = drain(mm, left);
+	if (n > 0)
+		acct_turn_use(mm->acct, mm->w->id, (uint32_t)n);
+	if (n >= 0 && mm->d->cfg.poll_us)
+		busy_poll(mm, mm->d->cfg.poll_us);
+	mm_put(mm);
+}
+
+/* --- on the worker: ops ------------------------------------------------------------ */
+
+static void op_done_call(void *arg)
+{
+	struct mm_op *op = arg;
+
+	op->done(op);
+}
+
+static void op_complete(struct rp_mm *mm, struct mm_op *op, int status)
+{
+	if (op->t) {
+		tmpl_put(&mm->d->tmpls, op->t);
+		op->t = NULL;
+	}
+	op->status = status;
+	op->call.fn = op_done_call;
+	op->call.arg = op;
+	inbox_post(&mm->d->mainq, &op->call);
+}
+
+static int map_apply(struct rp_mm *mm, struct mm_op *op)
+{
+	const struct rp_limits *lim = &mm->d->cfg.lim;
+	uint64_t end = op->addr + op->len;
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
+
+	if ((lim->bytes && b0 + op->len > lim->bytes) || acct_check(mm->acct, ACCT_BYTES, op->len) < 0 ||
+	    acct_check(mm->acct, ACCT_RANGES, 1) < 0)
+		return -EDQUOT;
+	/* What is left there of a moved mapping has gone: the client has a
+	 * new one there. */
+	srcs_unmap(mm, mm, op->addr, end);
+	srcs_take(mm, op->addr, end);
+	mm->budget_hit = 0;
+	int r = range_insert(&mm->ranges, op->addr, end, op->t);
+	if (r == -ENOSPC || (r == -ENOMEM && mm->budget_hit))
+		r = -EDQUOT;
+	if (r == 0 && (r = uffd_register(mm->uffd, op->addr, op->len)) < 0)
+		range_remove(&mm->ranges, op->addr, end, NULL, NULL);
+	if (r == 0)
+		emit_range(mm, OBS_MAP, op->addr, end, op->t, op);
+	account(mm, n0, b0);
+	return r;
+}
+
+static void unregister_run(void *arg, uint64_t s, uint64_t e)
+{
+	struct rp_mm *mm = arg;
+	int r = uffd_unregister(mm->uffd, s, e - s);
+
+	/* A hole the process unmapped before its event reached us: what
+	 * is still registered there goes with its munmap. */
+	if (r < 0 && r != -EINVAL && r != -ENOMEM)
+		acct_log(mm->acct, LOG_WARNING, "pid %d: unregister %#llx..%#llx: %s", (int)mm->pid,
+			 (unsigned long long)s, (unsigned long long)e, strerror(-r));
+}
+
+static int unmap_apply(struct rp_mm *mm, struct mm_op *op)
+{
+	uint64_t end = op->addr + op->len;
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
+
+	mm->budget_hit = 0;
+	long long r = range_remove(&mm->ranges, op->addr, end, unregister_run, mm);
+	if (r >= 0) {
+		srcs_take(mm, op->addr, end);
+		if (r > 0)
+			emit_range(mm, OBS_UNMAP, op->addr, end, NULL, op);
+	}
+	account(mm, n0, b0);
+	/* A hole in a piece needs a slot: a full table or budget is the
+	 * client's limit. */
+	if (r == -ENOSPC || (r == -ENOMEM && mm->budget_hit))
+		return -EDQUOT;
+	return r < 0 ? (int)r : 0;
+}
+
+/* munmap(2) and mremap(2) free the old address range before their event is
+ * queued, and the kernel lets the client go on only once we have read it:
+ * another thread of the client can map the freed address and send its MAP
+ * before the event is even in the uffd. Done at once, the MAP would find
+ * the old range still in the table (EEXIST), or the late event would
+ * remove or move the new range (its untouched pages would read zeros).
+ * So while the kernel says an event is in flight (uffd_probe), the MAP is
+ * held back (its session reads nothing more meanwhile), tried again after
+ * every read of the uffd and every MAP_RETRY_S, and goes ahead after
+ * MAP_WAIT_MAX_S whatever the kernel says (a client that munmaps without
+ * end from another thread must not stall its MAPs for ever). 1 if op was
+ * answered, 0 if it is held. */
+static int op_try(struct rp_mm *mm, struct mm_op *op)
+{
+	double now = ev_now(mm->w->loop);
+
+	if (op->type == MM_OP_MAP && uffd_probe(mm->uffd, op->addr) == -EAGAIN) {
+		if (!op->since) {
+			op->since = now;
+			acct_stat_add(mm->acct, PROTO_STAT_MAPS_WAITED, 1);
+		}
+		if (now - op->since < MAP_WAIT_MAX_S) {
+			retry_arm(mm, now + MAP_RETRY_S);
+			return 0;
+		}
+		acct_log(mm->acct, LOG_NOTICE, "pid %d: MAP [%#llx, +%#llx): an unmap, mremap or fork "
+			 "event is still in flight after %.0f ms; mapping anyway", (int)mm->pid,
+			 (unsigned long long)op->addr, (unsigned long long)op->len,
+			 (now - op->since) * 1e3);
+		acct_stat_add(mm->acct, PROTO_STAT_MAPS_WAIT_EXPIRED, 1);
+	}
+	op_complete(mm, op, op->type == MM_OP_MAP ? map_apply(mm, op) : unmap_apply(mm, op));
+	return 1;
+}
+
+static void ops_run_held(struct rp_mm *mm)
+{
+	while (mm->held && !atomic_load(&mm->dead)) {
+		struct mm_op *op = mm->held;
+		if (!op_try(mm, op))
+			return;
+		if (!(mm->held = op->next))
+			mm->held_tail = NULL;
+	}
+}
+
+/* On the worker: read what the uffd has first (the events before the op
+ * are applied before it), then the op, or hold it behind those held. */
+static void op_run(void *arg)
+{
+	struct mm_op *op = arg;
+	struct rp_mm *mm = op->mm;
+
+	if (atomic_load(&mm->dead)) {
+		op_complete(mm, op, -ENOTCONN);
+		return;
+	}
+	if (drain(mm, mm->d->cfg.batch) < 0) {
+		op_complete(mm, op, -ENOTCONN);
+		return;
+	}
+	op->next = NULL;
+	if (!mm->held && op_try(mm, op))
+		return;
+	if (mm->held_tail)
+		mm->held_tail->next = op;
+	else
+		mm->held = op;
+	mm->held_tail = op;
+}
+
+void mm_submit(struct rp_mm *mm, struct mm_op *op)
+{
+	op->mm = mm;
+	op->since = 0;
+	op->call.fn = op_run;
+	op->call.arg = op;
+	inbox_post(&mm->w->in, &op->call);
 }

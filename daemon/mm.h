@@ -1,41 +1,43 @@
 /* One served address space: a client's userfaultfd (or a fork child's,
- * adopted from UFFD_EVENT_FORK), its range table, and the worker whose loop
- * reads it.
+ * adopted from UFFD_EVENT_FORK), its range table, the faults waiting for a
+ * retry, and the worker whose loop owns it.
  *
- * Ownership: the worker owns the uffd and its watcher; a session that
- * created the mm holds a reference until it ends. The range table is under
- * mm->lock: the session thread registers and unregisters ranges while the
- * worker looks them up and applies uffd events. The lock is also held
- * across a fill so that a template cannot be released under a copy. */
+ * Ownership: the worker's thread alone reads the uffd, serves faults,
+ * applies events and changes the range table; nobody else touches them, so
+ * nothing here is locked. Other threads ask for changes with an mm_op
+ * (MAP, UNMAP), run on the worker in order with the uffd's events, and
+ * answered on the main loop. A session that created the mm holds a
+ * reference until it ends; the worker holds one while it serves it. */
 #ifndef REFPAGED_MM_H
 #define REFPAGED_MM_H
 
 #include <ev.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "fault.h"
 #include "range.h"
+#include "worker.h"
 
 struct acct;
 struct rp_daemon;
 struct tmpl;
-struct worker;
+struct tmpl_store;
 
 /* A client and every descendant adopted from its fork events. */
 struct rp_tree {
 	atomic_uint procs;  /* live mms in the tree */
 	atomic_uint refs;
-	atomic_int warned;  /* descendant limit hit logged once */
-	uint32_t snap_id;   /* in the snapshot (persist.c) */
+	uint32_t id;        /* the observer's name for it */
+	struct acct *acct;  /* charged for it (referenced) */
 };
 
 struct pending_fault {
-	uint64_t addr;
-	uint64_t flags;
-	uint32_t tid;
+	uint64_t addr, flags;
+	double first, next; /* when it first failed, when it is tried again */
 	uint32_t tries;
+	uint32_t reserved;
 };
 
 /* The source of a moving mremap, kept in the table after its REMAP until
@@ -53,94 +55,110 @@ struct remap_src {
 /* Sources kept per mm: past that, the oldest record is dropped. */
 #define MM_SRCS 64
 
+/* A change of the range table asked for by a session (main loop), done on
+ * the worker in order with the uffd's events, answered back on the main
+ * loop through done. The session owns it (one in flight at a time). */
+enum mm_op_type { MM_OP_MAP, MM_OP_UNMAP };
+
+struct mm_op {
+	enum mm_op_type type;
+	uint64_t addr, len;
+	struct tmpl *t;            /* MAP: a reference of the op's own */
+	uint32_t session, req_seq; /* for the observer */
+	int32_t status;            /* the result, for done */
+	double since;              /* first held back for an event in flight, 0: not */
+	struct rp_mm *mm;
+	struct loop_call call;
+	void (*done)(struct mm_op *op); /* on the main loop */
+	struct mm_op *next;        /* the mm's ops held back */
+};
+
 struct rp_mm {
 	int uffd;
 	uid_t uid;
-	pid_t pid;              /* from SO_PEERCRED or the first fault; 0 unknown */
-	uint64_t features;      /* granted by UFFDIO_API */
+	pid_t pid;                 /* from SO_PEERCRED or the first fault; 0 unknown */
+	uint32_t id;               /* the observer's name for it */
+	uint64_t features;         /* granted by UFFDIO_API */
 	atomic_int refs;
-	atomic_int dead;        /* closed or found gone: no more work */
-	int is_child;           /* adopted from a fork event */
-	struct acct *acct;      /* the uid's account, charged for all below */
+	atomic_int dead;           /* retired: no more work */
+	int is_child;              /* adopted from a fork event */
+	int budget_hit;            /* a range node was refused for the budget */
+	int wake_all;              /* restored: wake every waiting thread when served */
+	struct acct *acct;         /* the uid's account, charged for all below */
 	struct rp_tree *tree;
-	int pidfd;              /* process exit watch (worker.c), -1 if none */
-	ev_io pidfd_io;
-	pthread_mutex_t lock;   /* ranges */
-	struct range_table ranges;
 	struct rp_daemon *d;
 	struct worker *w;
-	ev_io io;               /* on w's loop */
-	/* Batches of uffd messages the worker has started to read and has
-	 * finished applying: a munmap() returns as soon as its UNMAP event is
-	 * read, so a MAP that finds the old range still in the table waits
-	 * until every batch read before it is applied (mm_map). */
-	_Atomic uint64_t ev_started, ev_done;
-	/* Sources of REMAPs, oldest first (MM_SRCS slots once the first
-	 * comes), under lock. Not in the snapshot: after a restart an UNMAP
-	 * forgets all it names, as before REMAPs were followed this way. */
-	struct remap_src *srcs;
+	ev_io io;                  /* the uffd, on w's loop */
+	int pidfd;                 /* process exit watch, -1 if none */
+	ev_io pidfd_io;
+	ev_timer probe;            /* liveness, at doubling intervals */
+	ev_tstamp probe_every;
+	ev_timer retry;            /* pending faults and held ops */
+	struct range_table ranges;
+	struct fault_streams fs;
+	struct remap_src *srcs;    /* MM_SRCS slots once the first comes, oldest first */
 	uint32_t nsrcs;
-	/* Faults that could not be filled yet (EAGAIN, ENOMEM), retried. */
 	struct pending_fault *pending;
 	uint32_t npending, cappending;
-	/* Liveness probe of fork children (worker.c). */
-	ev_tstamp probe_at, probe_every;
-	struct rp_mm *prev, *next; /* worker's list */
-	struct rp_mm *add_next, *del_next; /* worker inboxes */
-	/* The snapshot (persist.c): "u<snap_id>" in the fd store, and the
-	 * registry of everything served, under its lock. */
-	uint32_t snap_id;
-	int snap_linked;
-	struct rp_mm *snap_prev, *snap_next;
+	struct mm_op *held, *held_tail;
+	struct rp_mm *prev, *next; /* w->mms */
+	struct loop_call serve_call, retire_call, lost_call;
+	/* The session of a client's mm, told through lost (on the main loop)
+	 * when the mm is let go while the client may still be there (the
+	 * fallback). Main loop only. */
+	void *owner;
+	void (*lost)(void *owner, struct rp_mm *mm);
 };
 
-/* A client's mm for uffd (already through UFFDIO_API), one reference
- * held, charged to uid. NULL and errno (EDQUOT past a limit, ENOMEM). */
-struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid);
-/* A fork child of parent with uffd ufd: same uid, same tree, a copy of
- * the parent's ranges but for the sources of its moves still waiting for
- * their UNMAP (the child's address space has none there, unless the move
- * kept it: docs/design.md). NULL and errno (EDQUOT past the uid's process limit
- * or the tree's descendant limit, ENOMEM); ufd is not closed. */
-struct rp_mm *mm_new_child(struct rp_mm *parent, int ufd);
+/* Most uffd messages taken per read(2) (--batch). */
+#define MM_MSG_BATCH 64
+
+/* Check that fd is a userfaultfd and do the API handshake on it, asking for
+ * what we follow (fork, mremap, munmap events, thread ids). 0 and the
+ * features granted, or -errno (-EBADF: not a uffd; -EINVAL: refused, e.g.
+ * already done; -EPERM: no CAP_SYS_PTRACE for fork events). */
+int mm_handshake(int fd, uint64_t *features);
+
+/* A client's mm for uffd (through UFFDIO_API already), one reference held,
+ * charged to a's uid (a process, a descriptor, its memory). NULL and errno
+ * (EDQUOT past a budget, ENOMEM). Main loop. */
+struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
+			    pid_t pid);
+/* Serve mm on w from now on (takes a reference for the worker). */
+void mm_start(struct rp_mm *mm, struct worker *w);
+/* The session is done with mm: the worker stops serving it (its uffd is
+ * closed: every fault still waiting falls back to the kernel) and the
+ * caller's reference is dropped. Any thread. */
+void mm_release(struct rp_mm *mm);
 void mm_ref(struct rp_mm *mm);
 void mm_put(struct rp_mm *mm);
 
-/* 1 if an UNMAP, REMAP or FORK event of mm's process is in flight
- * (the kernel has started the change but we have not read its event), 0 if
- * not or if the kernel cannot say (mm.c says how it is asked). A MAP of an
- * address that munmap or mremap has just freed must wait for that event. */
-int mm_event_in_flight(struct rp_mm *mm, uint64_t addr);
-/* Register [addr, addr+len) with template t (a reference is taken). 0 or -errno. */
-int mm_map(struct rp_mm *mm, uint64_t addr, uint64_t len, struct tmpl *t);
-/* Unregister and forget what we serve in [addr, addr+len). 0 or -errno. */
-int mm_unmap(struct rp_mm *mm, uint64_t addr, uint64_t len);
+/* Run op on mm's worker; op->done(op) runs on the main loop afterwards
+ * with op->status: 0 or -errno (-ENOTCONN once mm is no longer served). */
+void mm_submit(struct rp_mm *mm, struct mm_op *op);
 
-/* Follow a change of mm->ranges (made under mm->lock) from n0 pieces and
- * b0 bytes in the gauges and the uid's account. */
-void mm_account(struct rp_mm *mm, size_t n0, uint64_t b0);
+/* A fork tree (one reference, the caller's), charged to a. */
+struct rp_tree *mm_tree_new(struct acct *a, uint32_t id);
+void mm_tree_put(struct rp_tree *t);
+/* Restarts (the restart wing): an address space brought back, its uffd
+ * past UFFDIO_API and its ranges registered already, in tree (a reference
+ * is taken). Charged as a process with its descriptor (budgets are off
+ * meanwhile: acct_enforce). One reference held; its table is filled by the
+ * caller (range_table_set_root, then mm_restore_account); served from
+ * mm_start. NULL on ENOMEM. */
+struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
+			 pid_t pid, struct rp_tree *tree, int is_child, uint32_t id);
+/* The range ops of an mm's table (ctx: the mm; nodes charged to its uid),
+ * and those a restart builds shared nodes with before any mm exists (ctx:
+ * the account the nodes are charged to). */
+const struct range_ops *mm_range_ops(void);
+const struct range_ops *mm_range_ops_acct(struct tmpl_store *store);
+/* Charge what a restored table holds to mm's uid and the gauges. */
+void mm_restore_account(struct rp_mm *mm);
 
-/* Apply range bookkeeping of uffd events (called by the worker). */
-void mm_on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end);
-void mm_on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len);
-
-/* A served address space brought back by a restart (restore.c): uffd is
- * past UFFDIO_API and its ranges are registered already; *tree is made if
- * NULL. Charged to uid without limits (the kernel side exists already).
- * One reference held; not served and not in the snapshot until
- * persist_mm_link. NULL on ENOMEM. */
-struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, uid_t uid, pid_t pid,
-			 struct rp_tree **tree, int is_child, uint32_t id);
-/* Put back one range of a restored mm, without registering it again. 0 or
- * -errno (range_insert's). */
-int mm_restore_range(struct rp_mm *mm, uint64_t start, uint64_t end, struct tmpl *t);
-
-/* 1 if fd is a userfaultfd (its /proc/self/fd link). */
-int mm_is_uffd(int fd);
-
-/* Check that fd is a userfaultfd and do the API handshake on it. Returns
- * the features granted or -errno (-EBADF: not a uffd; -EINVAL: handshake
- * refused, e.g. already done). */
-long long mm_uffd_handshake(int fd, uint64_t *features);
+/* Every served mm of w (on w's thread: a call posted to it). */
+void mm_foreach_on(struct worker *w, void (*fn)(struct rp_mm *mm, void *arg), void *arg);
+/* The hook workers_start is given: retire every mm when a worker stops. */
+void mm_worker_stop(struct worker *w);
 
 #endif

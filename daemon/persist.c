@@ -1,492 +1,767 @@
-/* Keeping what a restart would lose outside the process: see persist.h. */
-#include "persist.h"
-
-#include <dirent.h>
+/* The restart wing's journal writer: the core's state changes, as the
+ * observer hears them, into the state journal (journal.h), and the fd
+ * store. See wing.h.
+ *
+ * With the fd store (journaling), each change is one record appended by
+ * the thread that makes it, before anyone hears of it: a daemon killed at
+ * any moment leaves descriptors and a journal that restore.c goes on from.
+ * The journal is compacted in the background once it outgrows the last
+ * image: the main thread captures sessions and templates, each worker the
+ * address spaces it owns (a range tree is captured by taking a reference
+ * to its root: nodes are immutable while shared), and the image is built
+ * from those while everything goes on (journal.h says why that is
+ * consistent). Without the fd store nothing is written until an upgrade,
+ * which writes one full image with the workers paused. */
 #include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "acct.h"
 #include "daemon.h"
 #include "log.h"
 #include "mm.h"
+#include "observer.h"
 #include "session.h"
-#include "snapshot.h"
 #include "stats.h"
 #include "template.h"
+#include "wing_int.h"
+#include "worker.h"
 
-struct persist {
-	struct rp_daemon *d;
-	struct persist_opts o;
-	int fd;                   /* the snapshot memfd, -1 before persist_open */
-	struct snap_writer w;
-	struct snap_buf buf;      /* the body, rebuilt each time */
-	struct {
-		uint32_t tmpls, sessions, mms, uids;
-	} n;                      /* records in the body being built */
-	int err;                  /* of the template pages being written */
-	int failing;              /* the last publish failed (logged once) */
-	atomic_uint next[3];      /* ids: sessions, mms, trees */
-	pthread_mutex_t reg_lock; /* mms */
-	struct rp_mm *mms;
-	atomic_int dirty;
-	atomic_int store_warned;
-	ev_async kick;            /* a worker changed something */
-	struct snap_counters *counters; /* mapped from the memfd, once serving */
-};
+/* Compaction: when the journal holds more than this many times the last
+ * image's bytes (and at least COMPACT_MIN), checked every COMPACT_EVERY_S;
+ * a capture some worker has not answered within CAPTURE_MAX_S (it waits in
+ * the kernel on a client) is given up and tried again later. */
+#define COMPACT_RATIO 2
+#define COMPACT_MIN (1u << 20)
+#define COMPACT_EVERY_S 0.25
+#define CAPTURE_MAX_S 5.0
 
-static int kind_index(enum persist_kind k)
+/* --- the fd store ----------------------------------------------------------------- */
+
+void wing_name(char out[WING_NAME_MAX], char kind, uint32_t id)
 {
-	return k == PERSIST_SESSION ? 0 : k == PERSIST_MM ? 1 : 2;
+	snprintf(out, WING_NAME_MAX, "%c%u", kind, id);
 }
-
-uint32_t persist_new_id(struct rp_daemon *d, enum persist_kind k)
-{
-	return atomic_fetch_add(&d->persist->next[kind_index(k)], 1);
-}
-
-void persist_seen_id(struct rp_daemon *d, enum persist_kind k, uint32_t id)
-{
-	atomic_uint *n = &d->persist->next[kind_index(k)];
-	unsigned cur = atomic_load(n);
-
-	while (id >= cur && !atomic_compare_exchange_weak(n, &cur, id + 1))
-		;
-}
-
-void persist_name(char out[PERSIST_NAME_MAX], enum persist_kind k, uint32_t id)
-{
-	snprintf(out, PERSIST_NAME_MAX, "%c%u", (char)k, id);
-}
-
-int persist_fd(const struct rp_daemon *d)
-{
-	return d->persist->fd;
-}
-
-int persist_fdstore(const struct rp_daemon *d)
-{
-	return d->persist->o.fdstore;
-}
-
-/* --- the fd store ---------------------------------------------------------- */
 
 /* systemd closes a stored fd itself once it hangs up (FDPOLL); a datagram
  * it could not take is lost, and said once. */
-static void notify(struct persist *p, const char *msg, int *fd)
+static void notify(struct wing *wg, const char *msg, int *fd)
 {
 	int r = sd_pid_notify_with_fds(0, 0, msg, fd, fd ? 1 : 0);
 
-	if (r <= 0 && !atomic_exchange(&p->store_warned, 1))
+	if (r <= 0 && !atomic_exchange(&wg->store_warned, 1))
 		log_warn("fd store: cannot send '%s': %s; what is not stored does not survive a "
 			 "restart (logged once)", msg, r < 0 ? strerror(-r) : "no $NOTIFY_SOCKET");
 }
 
-static void store_name(struct persist *p, const char *name, int fd)
+void wing_store(struct wing *wg, char kind, uint32_t id, int fd)
 {
-	char msg[64];
+	char name[WING_NAME_MAX], msg[64];
 
-	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
-	notify(p, msg, &fd);
-}
-
-void persist_store(struct rp_daemon *d, enum persist_kind k, uint32_t id, int fd)
-{
-	char name[PERSIST_NAME_MAX];
-
-	if (!d->persist->o.fdstore)
+	if (!wg->o.fdstore)
 		return;
-	persist_name(name, k, id);
-	store_name(d->persist, name, fd);
+	wing_name(name, kind, id);
+	snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
+	notify(wg, msg, &fd);
 }
 
-void persist_unstore_name(struct rp_daemon *d, const char *name)
+void wing_unstore(struct wing *wg, const char *name)
 {
 	char msg[64];
 
-	if (!d->persist->o.fdstore)
+	if (!wg->o.fdstore)
 		return;
 	snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
-	notify(d->persist, msg, NULL);
+	notify(wg, msg, NULL);
 }
 
-void persist_unstore(struct rp_daemon *d, enum persist_kind k, uint32_t id)
+static void unstore(struct wing *wg, char kind, uint32_t id)
 {
-	char name[PERSIST_NAME_MAX];
+	char name[WING_NAME_MAX];
 
-	persist_name(name, k, id);
-	persist_unstore_name(d, name);
+	wing_name(name, kind, id);
+	wing_unstore(wg, name);
 }
 
-/* libev does not say which fd is a loop's epoll set: it is the one
- * eventpoll fd that no loop had before this one was made. */
-#define MAX_LOOPS 260
+/* --- records ------------------------------------------------------------------------ */
 
-static struct {
-	struct ev_loop *loop;
-	int epfd;
-} loops[MAX_LOOPS];
-static int nloops;
-
-static int known_epfd(int fd)
+static void append(struct wing *wg, enum jnl_type type, const void *p, size_t len)
 {
-	for (int i = 0; i < nloops; i++)
-		if (loops[i].epfd == fd)
-			return 1;
-	return 0;
-}
+	int r = jnl_append(&wg->w, type, p, len, NULL);
 
-void persist_loop_made(struct ev_loop *loop)
-{
-	DIR *dir = opendir("/proc/self/fd");
-	struct dirent *e;
-	int found = -1, n = 0;
-
-	if (ev_backend(loop) != EVBACKEND_EPOLL || !dir || nloops == MAX_LOOPS) {
-		if (dir)
-			closedir(dir);
+	if (r == 0) {
+		if (atomic_exchange(&wg->append_failing, 0))
+			log_notice("the state journal is written again");
 		return;
 	}
-	while ((e = readdir(dir))) {
-		char path[64], link[32];
-		int fd = atoi(e->d_name);
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-		ssize_t len = readlink(path, link, sizeof(link) - 1);
-		if (len <= 0 || fd == dirfd(dir))
-			continue;
-		link[len] = '\0';
-		if (!strcmp(link, "anon_inode:[eventpoll]") && !known_epfd(fd)) {
-			found = fd;
-			n++;
-		}
+	if (!atomic_exchange(&wg->append_failing, 1))
+		log_err("cannot append to the state journal: %s; a restart now would lose what "
+			"changed since", strerror(-r));
+}
+
+static void emit_session(struct wing *wg, const struct obs_event *ev)
+{
+	switch (ev->type) {
+	case OBS_SESSION_NEW: {
+		struct jnl_session_new r = { ev->session, ev->pid, ev->uid, ev->gid };
+		wing_store(wg, 'c', ev->session, ev->fd);
+		append(wg, JNL_SESSION_NEW, &r, sizeof(r));
+		break;
 	}
-	closedir(dir);
-	if (n == 1)
-		loops[nloops].loop = loop, loops[nloops++].epfd = found;
+	case OBS_SESSION_END: {
+		struct jnl_end r = { .id = ev->session };
+		append(wg, JNL_SESSION_END, &r, sizeof(r));
+		unstore(wg, 'c', ev->session);
+		break;
+	}
+	case OBS_SESSION_MM: {
+		struct jnl_session_mm r = { ev->session, ev->mm };
+		append(wg, JNL_SESSION_MM, &r, sizeof(r));
+		break;
+	}
+	case OBS_HANDLE: {
+		struct jnl_handle_set r = { ev->session, ev->handle, ev->tmpl, ev->uses };
+		append(wg, JNL_HANDLE, &r, sizeof(r));
+		break;
+	}
+	default: {
+		struct jnl_reply r = { ev->session, ev->req_seq, ev->status, ev->id, ev->value };
+		append(wg, JNL_REPLY, &r, sizeof(r));
+		break;
+	}
+	}
+}
+
+static void emit_mm(struct wing *wg, const struct obs_event *ev)
+{
+	switch (ev->type) {
+	case OBS_MM_NEW: {
+		struct jnl_mm_new r = {
+			.id = ev->mm, .parent = ev->parent, .pid = ev->pid, .uid = ev->uid,
+			.tree = ev->tree, .flags = ev->flags & OBS_MM_CHILD ? JNL_MM_CHILD : 0,
+			.features = ev->features,
+		};
+		wing_store(wg, 'u', ev->mm, ev->fd);
+		append(wg, JNL_MM_NEW, &r, sizeof(r));
+		break;
+	}
+	case OBS_MM_END: {
+		struct jnl_end r = { .id = ev->mm };
+		append(wg, JNL_MM_END, &r, sizeof(r));
+		unstore(wg, 'u', ev->mm);
+		break;
+	}
+	case OBS_MM_PID: {
+		struct jnl_mm_pid r = { ev->mm, ev->pid };
+		append(wg, JNL_MM_PID, &r, sizeof(r));
+		break;
+	}
+	case OBS_MAP: {
+		struct jnl_map r = { ev->mm, ev->tmpl, ev->session, ev->req_seq, ev->start, ev->end };
+		append(wg, JNL_MAP, &r, sizeof(r));
+		break;
+	}
+	case OBS_UNMAP: {
+		struct jnl_unmap r = { .mm = ev->mm, .session = ev->session, .req_seq = ev->req_seq,
+				       .start = ev->start, .end = ev->end };
+		append(wg, JNL_UNMAP, &r, sizeof(r));
+		break;
+	}
+	default: {
+		struct jnl_copy r = { .mm = ev->mm, .from = ev->start, .to = ev->to,
+				      .len = ev->end - ev->start };
+		append(wg, JNL_COPY, &r, sizeof(r));
+		break;
+	}
+	}
+}
+
+/* The observer: any thread, in the order of each object's changes. */
+static void on_event(void *ctx, const struct obs_event *ev)
+{
+	struct wing *wg = ctx;
+
+	if (!wg->journaling || wg->restoring)
+		return;
+	if (ev->type <= OBS_REPLY)
+		emit_session(wg, ev);
 	else
-		log_warn("cannot tell the epoll set of an event loop (%d candidates)", n);
+		emit_mm(wg, ev);
 }
 
-void persist_close_watched(struct ev_loop *loop, int fd)
+/* A template's page in the journal file: page + 1 and its CRC in t->obs
+ * (0: none yet). */
+static int tmpl_page(const struct tmpl *t, uint32_t *page, uint32_t *crc)
 {
-	for (int i = 0; i < nloops; i++)
-		if (loops[i].loop == loop) {
-			epoll_ctl(loops[i].epfd, EPOLL_CTL_DEL, fd, NULL);
-			break;
-		}
-	close(fd);
+	if (!t->obs)
+		return 0;
+	*page = (uint32_t)(t->obs & 0xffffffffu) - 1;
+	*crc = (uint32_t)(t->obs >> 32);
+	return 1;
 }
 
-/* --- the registry of served address spaces ---------------------------------- */
-
-void persist_mm_link(struct rp_mm *mm)
+/* Its page into the file (once): 0 or -errno. */
+static int tmpl_write(struct wing *wg, struct tmpl *t)
 {
-	struct persist *p = mm->d->persist;
+	uint32_t crc;
+	long idx;
 
-	pthread_mutex_lock(&p->reg_lock);
-	mm->snap_prev = NULL;
-	mm->snap_next = p->mms;
-	if (p->mms)
-		p->mms->snap_prev = mm;
-	p->mms = mm;
-	mm->snap_linked = 1;
-	pthread_mutex_unlock(&p->reg_lock);
-	persist_changed(mm->d);
-}
-
-void persist_mm_unlink(struct rp_mm *mm)
-{
-	struct persist *p = mm->d->persist;
-
-	pthread_mutex_lock(&p->reg_lock);
-	if (mm->snap_linked) {
-		if (mm->snap_prev)
-			mm->snap_prev->snap_next = mm->snap_next;
-		else
-			p->mms = mm->snap_next;
-		if (mm->snap_next)
-			mm->snap_next->snap_prev = mm->snap_prev;
-		mm->snap_linked = 0;
+	if (t->obs)
+		return 0;
+	if ((idx = jnl_page_alloc(&wg->w)) < 0)
+		return (int)idx;
+	int r = jnl_page_write(&wg->w, (uint32_t)idx, t->page, &crc);
+	if (r < 0) {
+		jnl_page_free(&wg->w, (uint32_t)idx);
+		return r;
 	}
-	pthread_mutex_unlock(&p->reg_lock);
-	persist_changed(mm->d);
-}
-
-void persist_foreach_mm(struct rp_daemon *d, void (*fn)(struct rp_mm *mm, void *arg), void *arg)
-{
-	struct persist *p = d->persist;
-
-	pthread_mutex_lock(&p->reg_lock);
-	for (struct rp_mm *mm = p->mms; mm; mm = mm->snap_next)
-		fn(mm, arg);
-	pthread_mutex_unlock(&p->reg_lock);
-}
-
-/* --- building the body ------------------------------------------------------ */
-
-/* First pass: the pages of templates already written stay theirs. */
-static void tmpl_keep(struct tmpl *t, void *arg)
-{
-	struct persist *p = arg;
-
-	if (t->snap_page && snap_page_keep(&p->w, t->snap_page - 1) < 0)
-		p->err = -ENOMEM;
-}
-
-/* Second pass: a page for each new template, and the table. */
-static void tmpl_add(struct tmpl *t, void *arg)
-{
-	struct persist *p = arg;
-
-	if (p->err)
-		return;
-	if (!t->snap_page) {
-		long idx = snap_page_alloc(&p->w);
-		int r = idx < 0 ? (int)idx : snap_page_write(&p->w, (uint32_t)idx, t->page, &t->snap_crc);
-		if (r < 0) {
-			p->err = r;
-			return;
-		}
-		t->snap_page = (uint32_t)idx + 1;
-	}
-	struct snap_tmpl *r = snap_buf_add(&p->buf, sizeof(*r));
-	if (r)
-		*r = (struct snap_tmpl){ .page = t->snap_page - 1, .crc = t->snap_crc };
-	t->snap_pos = p->n.tmpls++;
-}
-
-static void add_session(struct persist *p, const struct session *s)
-{
-	struct snap_session rec = {
-		.id = s->snap_id, .pid = s->pid, .uid = s->uid, .gid = s->gid,
-		.mm = s->mm ? s->mm->snap_id : 0, .nhandles = s->ntmpls,
-		.last_seq = s->last_seq, .last_id = s->last.id, .last_status = s->last.status,
-		.last_value = s->last.value, .flags = s->replied ? SNAP_SESSION_REPLIED : 0,
-	};
-	uint8_t *q = snap_buf_add(&p->buf, sizeof(rec) + (size_t)s->ntmpls * sizeof(struct snap_handle));
-
-	if (!q)
-		return;
-	memcpy(q, &rec, sizeof(rec));
-	struct snap_handle *h = (struct snap_handle *)(q + sizeof(rec));
-	for (uint32_t i = 0; i < s->ntmpls; i++)
-		h[i] = (struct snap_handle){ s->tmpls[i] ? s->tmpls[i]->snap_pos : SNAP_NO_TMPL,
-					     s->tmpl_uses[i] };
-	p->n.sessions++;
-}
-
-static void add_mm(struct rp_mm *mm, void *arg)
-{
-	struct persist *p = arg;
-
-	pthread_mutex_lock(&mm->lock);
-	if (mm->uffd < 0 || atomic_load(&mm->dead)) {
-		pthread_mutex_unlock(&mm->lock);
-		return;
-	}
-	struct snap_mm rec = {
-		.id = mm->snap_id, .pid = mm->pid, .uid = mm->uid, .tree = mm->tree->snap_id,
-		.features = mm->features, .flags = mm->is_child ? SNAP_MM_CHILD : 0,
-		.nranges = (uint32_t)mm->ranges.n,
-	};
-	/* The sources of REMAPs waiting for their UNMAP (mm->srcs) are left
-	 * out: restored, such an UNMAP forgets all it names, as any. */
-	uint8_t *q = snap_buf_add(&p->buf, sizeof(rec) + mm->ranges.n * sizeof(struct snap_range));
-	if (q) {
-		memcpy(q, &rec, sizeof(rec));
-		struct snap_range *v = (struct snap_range *)(q + sizeof(rec));
-		for (size_t i = 0; i < mm->ranges.n; i++) {
-			const struct range *g = &mm->ranges.v[i];
-			v[i] = (struct snap_range){ g->start, g->end, ((struct tmpl *)g->tmpl)->snap_pos, 0 };
-		}
-		p->n.mms++;
-	}
-	pthread_mutex_unlock(&mm->lock);
-}
-
-static void add_uid(const struct acct *a, void *arg)
-{
-	struct persist *p = arg;
-	struct snap_uid *u = snap_buf_add(&p->buf, sizeof(*u));
-
-	if (!u)
-		return;
-	u->uid = a->uid;
-	for (unsigned i = 0; i < SNAP_ACCT_RES && i < ACCT_RES_COUNT; i++)
-		u->used[i] = atomic_load(&a->used[i]);
-	p->n.uids++;
-}
-
-/* Header, counters, templates (writing new pages), sessions, address
- * spaces, uids: see snapshot.h. */
-static int build(struct persist *p, struct rp_daemon *d)
-{
-	p->buf.len = 0;
-	p->buf.oom = 0;
-	memset(&p->n, 0, sizeof(p->n));
-	p->err = 0;
-	if (!snap_buf_add(&p->buf, sizeof(struct snap_body)))
-		return -ENOMEM;
-	uint64_t *st = snap_buf_add(&p->buf, PROTO_STAT_COUNT * sizeof(uint64_t));
-	for (unsigned i = 0; st && i < PROTO_STAT_COUNT; i++)
-		st[i] = stat_get(i);
-	tmpl_store_foreach(&d->tmpls, tmpl_keep, p);
-	tmpl_store_foreach(&d->tmpls, tmpl_add, p);
-	if (p->err)
-		return p->err;
-	for (struct session *s = d->sessions; s; s = s->next)
-		add_session(p, s);
-	persist_foreach_mm(d, add_mm, p);
-	acct_foreach(add_uid, p);
-	if (p->buf.oom)
-		return -ENOMEM;
-	*(struct snap_body *)p->buf.p = (struct snap_body){
-		.magic = SNAP_BODY_MAGIC, .nstats = PROTO_STAT_COUNT, .ntmpls = p->n.tmpls,
-		.nsessions = p->n.sessions, .nmms = p->n.mms, .nuids = p->n.uids,
-		.next_session = atomic_load(&p->next[0]), .next_mm = atomic_load(&p->next[1]),
-		.next_tree = atomic_load(&p->next[2]),
-	};
+	t->obs = (uintptr_t)((uint64_t)crc << 32 | ((uint64_t)idx + 1));
 	return 0;
 }
 
-int persist_publish(struct rp_daemon *d)
+static void on_tmpl_made(void *ctx, struct tmpl *t)
 {
-	struct persist *p = d->persist;
-	int r;
+	struct wing *wg = ctx;
+	uint32_t page, crc;
 
-	if (p->fd < 0)
-		return -EBADF;
-	atomic_store(&p->dirty, 0);
-	r = build(p, d);
-	if (r == 0)
-		r = snap_commit(&p->w, p->buf.p, p->buf.len);
-	if (r < 0 && !p->failing)
-		log_err("cannot write the state snapshot: %s; a restart now would lose what changed "
-			"since the last one", strerror(-r));
-	else if (r == 0 && p->failing)
-		log_notice("the state snapshot is written again");
-	p->failing = r < 0;
-	return r;
+	if (!wg->journaling || wg->restoring)
+		return;
+	int r = tmpl_write(wg, t);
+	if (r < 0 || !tmpl_page(t, &page, &crc)) {
+		if (!atomic_exchange(&wg->append_failing, 1))
+			log_err("cannot write a template page to the state journal: %s", strerror(-r));
+		return;
+	}
+	struct jnl_tmpl rec = { t->id, t->key, page, crc };
+	append(wg, JNL_TMPL_NEW, &rec, sizeof(rec));
 }
 
-void persist_sync(struct rp_daemon *d)
+static void on_tmpl_freed(void *ctx, struct tmpl *t)
 {
-	if (d->persist->o.fdstore)
-		persist_publish(d);
+	struct wing *wg = ctx;
+	uint32_t page, crc;
+
+	if (!wg->writer_open || !tmpl_page(t, &page, &crc))
+		return;
+	if (wg->journaling) {
+		struct jnl_end rec = { .id = t->id };
+		append(wg, JNL_TMPL_FREE, &rec, sizeof(rec));
+	}
+	jnl_page_free(&wg->w, page);
 }
 
-void persist_changed(struct rp_daemon *d)
-{
-	struct persist *p = d->persist;
+void wing_subscribe(struct wing *wg, struct tmpl_ops *tops);
 
-	atomic_store(&p->dirty, 1);
-	if (p->o.fdstore)
-		ev_async_send(d->loop, &p->kick);
+void wing_subscribe(struct wing *wg, struct tmpl_ops *tops)
+{
+	wg->d->obs.emit = on_event;
+	wg->d->obs.ctx = wg;
+	tops->made = on_tmpl_made;
+	tops->freed = on_tmpl_freed;
+	tops->ctx = wg;
 }
 
-static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
+/* --- the journal file --------------------------------------------------------------- */
+
+int wing_journal_open(struct wing *wg, int fd, const struct jnl_info *info)
 {
-	struct persist *p = a->data;
-
-	(void)loop;
-	(void)revents;
-	if (atomic_load(&p->dirty))
-		persist_publish(p->d);
-}
-
-/* --- setup ----------------------------------------------------------------- */
-
-int persist_init(struct rp_daemon *d, const struct persist_opts *o)
-{
-	struct persist *p = calloc(1, sizeof(*p));
-
-	if (!p)
-		return -ENOMEM;
-	p->d = d;
-	p->o = *o;
-	p->fd = -1;
-	p->w.fd = -1;
-	for (int i = 0; i < 3; i++)
-		atomic_init(&p->next[i], 1);
-	pthread_mutex_init(&p->reg_lock, NULL);
-	ev_async_init(&p->kick, on_kick);
-	p->kick.data = p;
-	if (o->fdstore)
-		ev_async_start(d->loop, &p->kick);
-	d->persist = p;
-	return 0;
-}
-
-int persist_open(struct rp_daemon *d, int fd, const struct snap_image *img)
-{
-	struct persist *p = d->persist;
 	int fresh = fd < 0, r;
 
-	if (fresh && (fd = memfd_create("refpaged-snapshot", MFD_CLOEXEC)) < 0)
+	if (fresh && (fd = memfd_create("refpaged-journal", MFD_CLOEXEC)) < 0)
 		return -errno;
-	r = img ? snap_writer_resume(&p->w, fd, img) : snap_writer_init(&p->w, fd, p->o.version);
+	r = info ? jnl_writer_resume(&wg->w, fd, info)
+		 : jnl_writer_init(&wg->w, fd, wg->o.version ? wg->o.version : JNL_VERSION);
 	if (r < 0) {
 		if (fresh)
 			close(fd);
 		return r;
 	}
-	p->fd = fd;
-	if (fresh && p->o.fdstore)
-		store_name(p, PERSIST_SNAP_NAME, fd);
+	wg->fd = fd;
+	wg->writer_open = 1;
+	if (fresh && wg->o.fdstore) {
+		char msg[64];
+		snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", WING_SNAP_NAME);
+		notify(wg, msg, &fd);
+	}
 	return 0;
 }
 
-int persist_counters_attach(struct rp_daemon *d, const struct snap_image *img)
+void wing_counters_attach(struct wing *wg, int restored)
 {
-	struct persist *p = d->persist;
-	uint64_t off = img ? img->counters_off : SNAP_COUNTERS_OFF;
-	struct snap_counters *c = mmap(NULL, SNAP_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd,
-				       (off_t)off);
+	struct jnl_counters *c = mmap(NULL, JNL_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, wg->fd,
+				      (off_t)JNL_COUNTERS_OFF);
 
 	if (c == MAP_FAILED) {
-		log_err("cannot map the counters: %s; they start from zero after a restart", strerror(errno));
-		return -errno;
+		log_err("cannot map the counters: %s; they start from zero after a restart",
+			strerror(errno));
+		return;
 	}
-	/* What went on before us: the page, else the last snapshot's copy. */
-	int live = img && c->magic == SNAP_COUNTERS_MAGIC && c->count <= SNAP_MAX_STATS;
-	unsigned before = !img ? 0 : live ? c->count : img->hdr->nstats;
-	const uint64_t *was = live ? c->v : img ? img->stats : NULL;
-	if (img && !live)
-		log_warn("restore: the live counters are unusable; going on from the snapshot's copy");
+	/* What went on before us, if anything: cumulative counters go on,
+	 * gauges follow what came back. */
+	int live = restored && c->magic == JNL_COUNTERS_MAGIC && c->count <= JNL_MAX_STATS;
+	if (restored && !live)
+		log_warn("restore: the live counters are unusable; they start from zero");
 	for (unsigned i = 0; i < PROTO_STAT_COUNT; i++) {
 		uint64_t mine = stat_get(i);
-		c->v[i] = i < before && !stat_is_gauge(i) ? was[i] + mine : mine;
+		c->v[i] = live && i < c->count && !stat_is_gauge(i) ? c->v[i] + mine : mine;
 	}
 	c->count = PROTO_STAT_COUNT;
-	c->magic = SNAP_COUNTERS_MAGIC;
+	c->magic = JNL_COUNTERS_MAGIC;
 	stats_move((_Atomic uint64_t *)c->v);
-	p->counters = c;
+	wg->counters = c;
+}
+
+/* --- capturing and compacting ----------------------------------------------------------- */
+
+/* One address space as a worker captured it: its root referenced. */
+struct cap_mm {
+	struct jnl_mm rec;
+	struct range_node *root;
+};
+
+struct cap_worker {
+	struct loop_call call;
+	struct capture *c;
+	struct worker *w;
+	struct cap_mm *v;
+	size_t n, cap;
+	int oom;
+};
+
+struct cap_session {
+	struct jnl_session rec;
+	struct tmpl **t;      /* handle i's template (referenced) or NULL */
+	uint32_t *uses;
+};
+
+struct capture {
+	struct wing *wg;
+	unsigned waiting;     /* workers yet to answer */
+	int aborted;          /* given up: freed when the last answers */
+	ev_tstamp started;
+	uint64_t main_seq;
+	struct cap_worker *workers;
+	struct cap_session *sessions;
+	size_t nsessions;
+	int oom;
+};
+
+static void capture_free(struct capture *c)
+{
+	struct rp_daemon *d = c->wg->d;
+	struct range_table any; /* nodes know their account: any table frees them */
+
+	range_table_init(&any, 0, mm_range_ops(), NULL);
+	for (unsigned i = 0; i < d->workers.n; i++) {
+		struct cap_worker *cw = &c->workers[i];
+		for (size_t k = 0; k < cw->n; k++)
+			if (cw->v[k].root)
+				range_node_put(&any, cw->v[k].root);
+		free(cw->v);
+	}
+	for (size_t i = 0; i < c->nsessions; i++) {
+		struct cap_session *s = &c->sessions[i];
+		for (uint32_t k = 0; k < s->rec.nhandles; k++)
+			if (s->t[k])
+				tmpl_put(&d->tmpls, s->t[k]);
+		free(s->t);
+		free(s->uses);
+	}
+	free(c->sessions);
+	free(c->workers);
+	free(c);
+}
+
+static void capture_one(struct rp_mm *mm, void *arg)
+{
+	struct cap_worker *cw = arg;
+
+	if (cw->n == cw->cap) {
+		size_t cap = cw->cap ? cw->cap * 2 : 64;
+		void *p = realloc(cw->v, cap * sizeof(*cw->v));
+		if (!p) {
+			cw->oom = 1;
+			return;
+		}
+		cw->v = p;
+		cw->cap = cap;
+	}
+	const struct range_node *root = range_root(&mm->ranges);
+	cw->v[cw->n++] = (struct cap_mm){
+		.rec = { .id = mm->id, .pid = mm->pid, .uid = mm->uid, .tree = mm->tree->id,
+			 .features = mm->features, .flags = mm->is_child ? JNL_MM_CHILD : 0,
+			 .seq = jnl_last_seq(&cw->c->wg->w) },
+		.root = root ? range_node_ref(root) : NULL,
+	};
+}
+
+static void capture_done(struct capture *c);
+
+static void worker_answered(void *arg)
+{
+	struct cap_worker *cw = arg;
+	struct capture *c = cw->c;
+
+	if (--c->waiting)
+		return;
+	if (c->aborted)
+		capture_free(c);
+	else
+		capture_done(c);
+}
+
+/* On the worker: every mm it owns, at one instant (nothing else of its
+ * runs meanwhile, and only it appends their records). */
+static void worker_capture(void *arg)
+{
+	struct cap_worker *cw = arg;
+
+	mm_foreach_on(cw->w, capture_one, cw);
+	cw->call.fn = worker_answered;
+	inbox_post(&cw->c->wg->d->mainq, &cw->call);
+}
+
+/* Main thread: sessions, their handles and last replies, at one instant. */
+static int capture_sessions(struct capture *c)
+{
+	struct rp_daemon *d = c->wg->d;
+
+	c->main_seq = jnl_last_seq(&c->wg->w);
+	c->sessions = calloc(d->nsessions ? d->nsessions : 1, sizeof(*c->sessions));
+	if (!c->sessions)
+		return -ENOMEM;
+	for (struct session *s = d->sessions; s; s = s->next) {
+		struct cap_session *cs = &c->sessions[c->nsessions];
+		uint32_t n = s->ntmpls;
+		cs->t = calloc(n ? n : 1, sizeof(*cs->t));
+		cs->uses = calloc(n ? n : 1, sizeof(*cs->uses));
+		if (!cs->t || !cs->uses) {
+			free(cs->t);
+			free(cs->uses);
+			return -ENOMEM;
+		}
+		cs->rec = (struct jnl_session){
+			.id = s->id, .pid = s->pid, .uid = s->uid, .gid = s->gid,
+			.mm = s->mm ? s->mm->id : 0, .nhandles = n, .last_seq = s->last_seq,
+			.last_status = s->last.status, .last_id = s->last.id,
+			.flags = s->replied ? JNL_SESSION_REPLIED : 0, .last_value = s->last.value,
+		};
+		for (uint32_t k = 0; k < n; k++) {
+			if ((cs->t[k] = s->tmpls[k]))
+				tmpl_ref(&d->tmpls, cs->t[k]);
+			cs->uses[k] = s->tmpl_uses[k];
+		}
+		c->nsessions++;
+	}
 	return 0;
 }
 
-void persist_fini(struct rp_daemon *d)
+static struct capture *capture_new(struct wing *wg)
 {
-	struct persist *p = d->persist;
+	struct rp_daemon *d = wg->d;
+	struct capture *c = calloc(1, sizeof(*c));
 
-	if (!p)
-		return;
-	ev_async_stop(d->loop, &p->kick);
-	if (p->counters) {
-		stats_move_home();
-		munmap(p->counters, SNAP_PAGE);
+	if (!c || !(c->workers = calloc(d->workers.n ? d->workers.n : 1, sizeof(*c->workers)))) {
+		free(c);
+		return NULL;
 	}
-	snap_writer_fini(&p->w);
-	snap_buf_free(&p->buf);
-	if (p->fd >= 0)
-		close(p->fd);
-	pthread_mutex_destroy(&p->reg_lock);
-	free(p);
-	d->persist = NULL;
+	c->wg = wg;
+	for (unsigned i = 0; i < d->workers.n; i++) {
+		c->workers[i].c = c;
+		c->workers[i].w = &d->workers.v[i];
+	}
+	return c;
+}
+
+/* --- encoding ------------------------------------------------------------------------ */
+
+/* Pointer -> index, open addressing: nodes shared by a fork family are
+ * encoded once. */
+struct ptrmap {
+	const void **k;
+	uint32_t *v;
+	size_t cap, n;
+};
+
+static size_t pm_slot(const struct ptrmap *m, const void *p)
+{
+	size_t i = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull & (m->cap - 1);
+
+	while (m->k[i] && m->k[i] != p)
+		i = (i + 1) & (m->cap - 1);
+	return i;
+}
+
+static int pm_grow(struct ptrmap *m)
+{
+	struct ptrmap n = { .cap = m->cap ? m->cap * 2 : 1024 };
+
+	n.k = calloc(n.cap, sizeof(*n.k));
+	n.v = calloc(n.cap, sizeof(*n.v));
+	if (!n.k || !n.v) {
+		free(n.k);
+		free(n.v);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < m->cap; i++)
+		if (m->k[i]) {
+			size_t j = pm_slot(&n, m->k[i]);
+			n.k[j] = m->k[i];
+			n.v[j] = m->v[i];
+		}
+	n.n = m->n;
+	free(m->k);
+	free(m->v);
+	*m = n;
+	return 0;
+}
+
+static uint32_t pm_get(const struct ptrmap *m, const void *p)
+{
+	return m->cap ? m->v[pm_slot(m, p)] : 0;
+}
+
+static int pm_put(struct ptrmap *m, const void *p, uint32_t v)
+{
+	if ((m->n + 1) * 2 > m->cap && pm_grow(m) < 0)
+		return -ENOMEM;
+	size_t i = pm_slot(m, p);
+	if (!m->k[i])
+		m->n++;
+	m->k[i] = p;
+	m->v[i] = v;
+	return 0;
+}
+
+struct encoder {
+	struct wing *wg;
+	struct jnl_image_builder b;
+	struct ptrmap nodes, tmpls;
+	int err;
+};
+
+/* The template into the image once; 0 or -errno. */
+static int enc_tmpl(struct encoder *e, struct tmpl *t)
+{
+	uint32_t page, crc;
+
+	if (pm_get(&e->tmpls, t))
+		return 0;
+	if (!tmpl_page(t, &page, &crc)) {
+		int r = tmpl_write(e->wg, t);
+		if (r < 0 || !tmpl_page(t, &page, &crc))
+			return r < 0 ? r : -EIO;
+	}
+	struct jnl_tmpl rec = { t->id, t->key, page, crc };
+	int r = jnl_image_add_tmpl(&e->b, &rec);
+	return r < 0 ? r : pm_put(&e->tmpls, t, 1);
+}
+
+/* The node's index, its subtrees first (each distinct node once); 0 and
+ * e->err on error. The depth is the AVL height: no deep recursion. */
+static uint32_t enc_node(struct encoder *e, const struct range_node *n)
+{
+	uint32_t idx;
+
+	if (!n || e->err)
+		return 0;
+	if ((idx = pm_get(&e->nodes, n)))
+		return idx;
+	uint32_t l = enc_node(e, range_node_left(n)), r = enc_node(e, range_node_right(n));
+	struct tmpl *t = range_node_tmpl(n);
+	if (e->err || (e->err = enc_tmpl(e, t)) < 0)
+		return 0;
+	struct jnl_node rec = { .start = range_node_start(n), .end = range_node_end(n),
+				.left = l, .right = r, .tmpl = t->id };
+	if (!(idx = jnl_image_add_node(&e->b, &rec)) || (e->err = pm_put(&e->nodes, n, idx)) < 0) {
+		e->err = e->err ? e->err : -ENOMEM;
+		return 0;
+	}
+	return idx;
+}
+
+static int enc_sessions(struct encoder *e, const struct capture *c)
+{
+	for (size_t i = 0; i < c->nsessions && !e->err; i++) {
+		const struct cap_session *s = &c->sessions[i];
+		struct jnl_handle *h = calloc(s->rec.nhandles ? s->rec.nhandles : 1, sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		for (uint32_t k = 0; k < s->rec.nhandles && !e->err; k++) {
+			if (s->t[k] && (e->err = enc_tmpl(e, s->t[k])) == 0)
+				h[k] = (struct jnl_handle){ s->t[k]->id, s->uses[k] };
+		}
+		if (!e->err)
+			e->err = jnl_image_add_session(&e->b, &s->rec, h);
+		free(h);
+	}
+	return e->err;
+}
+
+static int encode(struct encoder *e, const struct capture *c)
+{
+	struct rp_daemon *d = e->wg->d;
+
+	for (unsigned i = 0; i < d->workers.n && !e->err; i++) {
+		const struct cap_worker *cw = &c->workers[i];
+		if (cw->oom)
+			return -ENOMEM;
+		for (size_t k = 0; k < cw->n && !e->err; k++) {
+			struct jnl_mm rec = cw->v[k].rec;
+			rec.root = enc_node(e, cw->v[k].root);
+			if (!e->err)
+				e->err = jnl_image_add_mm(&e->b, &rec);
+		}
+	}
+	return e->err ? e->err : enc_sessions(e, c);
+}
+
+/* Build the image of c and commit it. 0 or -errno. */
+static int commit(struct wing *wg, const struct capture *c)
+{
+	struct rp_daemon *d = wg->d;
+	struct encoder e = { .wg = wg };
+	struct jnl_ids next = {
+		.tmpl = d->tmpls.next_id, .session = atomic_load(&d->next_id[RP_ID_SESSION]),
+		.mm = atomic_load(&d->next_id[RP_ID_MM]), .tree = atomic_load(&d->next_id[RP_ID_TREE]),
+	};
+	const void *image;
+	size_t len = 0;
+
+	jnl_image_init(&e.b);
+	int r = c->oom ? -ENOMEM : encode(&e, c);
+	if (r == 0)
+		r = jnl_image_finish(&e.b, c->main_seq, &next, &image, &len);
+	if (r == 0)
+		r = jnl_compact_commit(&wg->w, image, len);
+	else
+		jnl_compact_abort(&wg->w);
+	if (r == 0)
+		wg->image_len = len;
+	jnl_image_free(&e.b);
+	free(e.nodes.k);
+	free(e.nodes.v);
+	free(e.tmpls.k);
+	free(e.tmpls.v);
+	return r;
+}
+
+static void capture_done(struct capture *c)
+{
+	struct wing *wg = c->wg;
+	int r = commit(wg, c);
+
+	if (r < 0)
+		log_err("journal compaction failed: %s; the journal goes on growing", strerror(-r));
+	else
+		log_debug("journal compacted: image %llu bytes, %.1f ms",
+			  (unsigned long long)wg->image_len, (ev_time() - c->started) * 1e3);
+	wg->cap = NULL;
+	capture_free(c);
+}
+
+static void compact_start(struct wing *wg)
+{
+	struct rp_daemon *d = wg->d;
+	struct capture *c = capture_new(wg);
+	uint64_t q;
+
+	if (!c)
+		return;
+	if (jnl_compact_begin(&wg->w, &q) < 0) {
+		free(c->workers);
+		free(c);
+		return;
+	}
+	c->started = ev_time();
+	if (capture_sessions(c) < 0)
+		c->oom = 1;
+	wg->cap = c;
+	c->waiting = d->workers.n;
+	for (unsigned i = 0; i < d->workers.n; i++) {
+		struct cap_worker *cw = &c->workers[i];
+		cw->call.fn = worker_capture;
+		cw->call.arg = cw;
+		inbox_post(&cw->w->in, &cw->call);
+	}
+	if (!d->workers.n)
+		capture_done(c);
+}
+
+static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct wing *wg = t->data;
+	uint64_t bytes = jnl_journal_bytes(&wg->w);
+	uint64_t want = wg->image_len * COMPACT_RATIO;
+
+	(void)loop;
+	(void)revents;
+	if (wg->cap && ev_time() - wg->cap->started > CAPTURE_MAX_S) {
+		log_warn("journal compaction: a worker did not answer within %.0f s (it waits in "
+			 "the kernel on a client); trying again later", CAPTURE_MAX_S);
+		jnl_compact_abort(&wg->w);
+		wg->cap->aborted = 1;
+		wg->cap = NULL;
+		return;
+	}
+	if (!wg->cap && bytes > (want > COMPACT_MIN ? want : COMPACT_MIN))
+		compact_start(wg);
+}
+
+void wing_journal_start(struct wing *wg)
+{
+	wg->journaling = 1;
+	ev_timer_init(&wg->compact_timer, on_compact_timer, COMPACT_EVERY_S, COMPACT_EVERY_S);
+	wg->compact_timer.data = wg;
+	ev_timer_start(wg->d->loop, &wg->compact_timer);
+}
+
+/* --- the whole state, workers paused ---------------------------------------------------- */
+
+int wing_sync_image(struct wing *wg)
+{
+	struct rp_daemon *d = wg->d;
+	uint64_t q;
+	int r;
+
+	if (!wg->writer_open && (r = wing_journal_open(wg, -1, NULL)) < 0)
+		return r;
+	if (wg->cap) {
+		/* Its workers are paused: it cannot finish now. */
+		jnl_compact_abort(&wg->w);
+		wg->cap->aborted = 1;
+		wg->cap = NULL;
+	}
+	struct capture *c = capture_new(wg);
+	if (!c)
+		return -ENOMEM;
+	if ((r = jnl_compact_begin(&wg->w, &q)) < 0) {
+		capture_free(c);
+		return r;
+	}
+	if (capture_sessions(c) < 0)
+		c->oom = 1;
+	for (unsigned i = 0; i < d->workers.n; i++)
+		mm_foreach_on(c->workers[i].w, capture_one, &c->workers[i]);
+	r = commit(wg, c);
+	capture_free(c);
+	if (r < 0)
+		log_err("cannot write the state journal: %s", strerror(-r));
+	if (wg->counters == NULL && r == 0) {
+		/* Without the fd store the counters lived in the process: the
+		 * next daemon finds them in the file. */
+		struct jnl_counters *cp = mmap(NULL, JNL_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+					       wg->fd, (off_t)JNL_COUNTERS_OFF);
+		if (cp != MAP_FAILED) {
+			for (unsigned i = 0; i < PROTO_STAT_COUNT; i++)
+				cp->v[i] = stat_get(i);
+			cp->count = PROTO_STAT_COUNT;
+			cp->magic = JNL_COUNTERS_MAGIC;
+			munmap(cp, JNL_PAGE);
+		}
+	}
+	return r;
 }

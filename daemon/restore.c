@@ -1,122 +1,47 @@
-/* Starting from what a previous daemon left: see restore.h. */
-#include "restore.h"
-
+/* Starting from what a previous daemon left: named descriptors (from the
+ * systemd fd store, or handed over on an upgrade) and the state journal
+ * (journal.h), replayed through jnl_read's callbacks into live sessions,
+ * address spaces, range trees (their shared nodes rebuilt shared) and
+ * templates.
+ *
+ * Everything is checked, one entry at a time: a uffd must be a uffd (its
+ * /proc/self/fd link) whose address space is alive (the ESRCH probe), a
+ * connection a connected AF_UNIX SOCK_SEQPACKET socket whose peer is the
+ * one recorded, a template page must match its CRC. What holds is served
+ * again; what does not is closed, taken out of the fd store and logged,
+ * and the client it belonged to sees what it would see if the daemon had
+ * died: a closed connection, or pages that read zeros. One bad entry never
+ * stops the daemon from starting. Budgets are not enforced meanwhile
+ * (acct_enforce): what comes back exists already, and is charged as it was. */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/userfaultfd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "acct.h"
 #include "daemon.h"
-#include "fault.h"
+#include "fdset.h"
 #include "log.h"
 #include "mm.h"
-#include "persist.h"
 #include "session.h"
-#include "snapshot.h"
-#include "stats.h"
 #include "template.h"
-#include "worker.h"
+#include "uffd.h"
+#include "wing_int.h"
 
-/* The top of a 4-level x86-64 user address space (TASK_SIZE_MAX): the
- * wake-up covers every address a fault can be at. */
-#define USER_TOP 0x7ffffffff000ull
-
-/* --- named descriptors ----------------------------------------------------- */
-
-int fdset_add(struct fdset *set, int fd, const char *name)
-{
-	if (set->n == set->cap) {
-		size_t cap = set->cap ? set->cap * 2 : 64;
-		struct named_fd *v = realloc(set->v, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		set->v = v;
-		set->cap = cap;
-	}
-	struct named_fd *e = &set->v[set->n++];
-	e->fd = fd;
-	snprintf(e->name, sizeof(e->name), "%s", name);
-	return 0;
-}
-
-int fdset_take(struct fdset *set, const char *name)
-{
-	for (size_t i = 0; i < set->n; i++)
-		if (set->v[i].fd >= 0 && !strcmp(set->v[i].name, name)) {
-			int fd = set->v[i].fd;
-			set->v[i].fd = -1;
-			return fd;
-		}
-	return -1;
-}
-
-int fdset_take_if(struct fdset *set, int (*pred)(int fd))
-{
-	for (size_t i = 0; i < set->n; i++)
-		if (set->v[i].fd >= 0 && pred(set->v[i].fd)) {
-			int fd = set->v[i].fd;
-			set->v[i].fd = -1;
-			return fd;
-		}
-	return -1;
-}
-
-void fdset_free(struct fdset *set)
-{
-	for (size_t i = 0; i < set->n; i++)
-		if (set->v[i].fd >= 0)
-			close(set->v[i].fd);
-	free(set->v);
-	set->v = NULL;
-	set->n = set->cap = 0;
-}
-
-int fdset_from_systemd(struct fdset *set)
-{
-	char **names = NULL;
-	int n = sd_listen_fds_with_names(1, &names);
-
-	for (int i = 0; i < n; i++) {
-		int fd = SD_LISTEN_FDS_START + i;
-		fcntl(fd, F_SETFD, FD_CLOEXEC);
-		if (fdset_add(set, fd, names && names[i] ? names[i] : "unknown") < 0) {
-			close(fd);
-			n = -ENOMEM;
-		}
-	}
-	for (int i = 0; names && names[i]; i++)
-		free(names[i]);
-	free(names);
-	return n;
-}
-
-/* --- id maps: open addressing, ids are never 0 --------------------------- */
+/* --- id maps: open addressing, ids are never 0, grown as needed ------------------- */
 
 struct idmap {
 	uint32_t *k;
 	void **v;
-	size_t cap; /* a power of two */
+	size_t cap, n;
 };
 
-static int idmap_init(struct idmap *m, size_t n)
-{
-	m->cap = 16;
-	while (m->cap < 2 * n)
-		m->cap *= 2;
-	m->k = calloc(m->cap, sizeof(*m->k));
-	m->v = calloc(m->cap, sizeof(*m->v));
-	return m->k && m->v ? 0 : -ENOMEM;
-}
-
-static size_t idmap_slot(const struct idmap *m, uint32_t id)
+static size_t idm_slot(const struct idmap *m, uint32_t id)
 {
 	size_t i = (id * 0x9e3779b1u) & (m->cap - 1);
 
@@ -125,27 +50,55 @@ static size_t idmap_slot(const struct idmap *m, uint32_t id)
 	return i;
 }
 
-static void *idmap_get(const struct idmap *m, uint32_t id)
+static void *idm_get(const struct idmap *m, uint32_t id)
 {
-	return id ? m->v[idmap_slot(m, id)] : NULL;
+	return id && m->cap ? m->v[idm_slot(m, id)] : NULL;
 }
 
-/* At most as many entries as idmap_init was told. */
-static void idmap_put(struct idmap *m, uint32_t id, void *v)
+static int idm_grow(struct idmap *m)
 {
-	size_t i = idmap_slot(m, id);
+	struct idmap n = { .cap = m->cap ? m->cap * 2 : 64 };
 
+	n.k = calloc(n.cap, sizeof(*n.k));
+	n.v = calloc(n.cap, sizeof(*n.v));
+	if (!n.k || !n.v) {
+		free(n.k);
+		free(n.v);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < m->cap; i++)
+		if (m->k[i] && m->v[i]) {
+			size_t j = idm_slot(&n, m->k[i]);
+			n.k[j] = m->k[i];
+			n.v[j] = m->v[i];
+			n.n++;
+		}
+	free(m->k);
+	free(m->v);
+	*m = n;
+	return 0;
+}
+
+/* v NULL: forgotten (the slot stays taken, which open addressing needs). */
+static int idm_put(struct idmap *m, uint32_t id, void *v)
+{
+	if ((m->n + 1) * 2 > m->cap && idm_grow(m) < 0)
+		return -ENOMEM;
+	size_t i = idm_slot(m, id);
+	if (!m->k[i])
+		m->n++;
 	m->k[i] = id;
 	m->v[i] = v;
+	return 0;
 }
 
-static void idmap_free(struct idmap *m)
+static void idm_free(struct idmap *m)
 {
 	free(m->k);
 	free(m->v);
 }
 
-/* --- the restore ---------------------------------------------------------- */
+/* --- the restore ------------------------------------------------------------------- */
 
 struct rmm {
 	struct rp_mm *mm;
@@ -153,35 +106,19 @@ struct rmm {
 };
 
 struct restore {
+	struct wing *wg;
 	struct rp_daemon *d;
 	struct fdset *set;
-	struct snap_image img;
-	int have_img;
-	struct tmpl **tmap;    /* template records -> templates (NULL: dropped) */
-	struct rmm *rmms;      /* the address spaces kept */
-	size_t nrmms;
+	struct idmap tmpls;    /* template id -> struct tmpl (one reference held) */
 	struct idmap mms;      /* mm id -> struct rmm */
+	struct idmap sessions; /* session id -> struct session */
+	struct idmap links;    /* session id -> its mm id (as a pointer-sized int) */
 	struct idmap trees;    /* tree id -> struct rp_tree (one reference held) */
-	char (*unstore)[PERSIST_NAME_MAX]; /* to take out of the fd store once ours */
-	size_t nunstore, capunstore;
-	uint64_t min_addr;
+	struct range_node **nodes; /* image node index -> node (one reference held) */
+	size_t nnodes, capnodes;
+	struct range_table build;  /* nodes are made through it (mm_range_ops_acct) */
 	unsigned kept[2], dropped[3]; /* sessions, mms; + templates */
 };
-
-/* Under systemd (NotifyAccess=main) only the main process may change the
- * store, and after a handover that is us only from the ACK on. */
-static void queue_unstore(struct restore *r, const char *name)
-{
-	if (r->nunstore == r->capunstore) {
-		size_t cap = r->capunstore ? r->capunstore * 2 : 16;
-		void *p = realloc(r->unstore, cap * sizeof(*r->unstore));
-		if (!p)
-			return; /* left in the store: dropped again by the next restart */
-		r->unstore = p;
-		r->capunstore = cap;
-	}
-	snprintf(r->unstore[r->nunstore++], PERSIST_NAME_MAX, "%s", name);
-}
 
 __attribute__((format(printf, 4, 5))) static void drop_fd(struct restore *r, const char *name, int fd,
 							   const char *fmt, ...)
@@ -195,7 +132,7 @@ __attribute__((format(printf, 4, 5))) static void drop_fd(struct restore *r, con
 	log_warn("restore: %s: %s; dropped", name, why);
 	if (fd >= 0)
 		close(fd);
-	queue_unstore(r, name);
+	wing_unstore(r->wg, name);
 }
 
 static int set_flags(int fd)
@@ -207,106 +144,147 @@ static int set_flags(int fd)
 	return 0;
 }
 
-static void restore_templates(struct restore *r)
-{
-	static _Alignas(4096) uint8_t page[SNAP_PAGE];
+/* --- templates and nodes ------------------------------------------------------------- */
 
-	for (uint32_t i = 0; i < r->img.hdr->ntmpls; i++) {
-		enum snap_err e = snap_read_page(persist_fd(r->d), &r->img, i, page);
-		struct tmpl *t = e == SNAP_OK ? tmpl_get_page(&r->d->tmpls, page) : NULL;
-		if (!t) {
-			log_warn("restore: template %u (page %u): %s; what uses it is dropped", i,
-				 r->img.tmpls[i].page, e ? snap_err_str(e) : strerror(errno));
-			r->dropped[2]++;
-			continue;
-		}
-		/* A duplicate of one restored already is the same template. */
-		if (!t->snap_page) {
-			t->snap_page = r->img.tmpls[i].page + 1;
-			t->snap_crc = r->img.tmpls[i].crc;
-		}
-		r->tmap[i] = t;
+static int add_tmpl(struct restore *r, const struct jnl_tmpl *t)
+{
+	static _Alignas(4096) uint8_t page[JNL_PAGE];
+	enum jnl_err e = jnl_read_page(r->wg->fd, t->page, t->crc, page);
+	struct acct *a = e == JNL_OK ? acct_get(t->uid) : NULL;
+	struct tmpl *tm = a ? tmpl_get_page(&r->d->tmpls, a, t->uid, page, t->id) : NULL;
+
+	if (a)
+		acct_put(a);
+	if (!tm || idm_put(&r->tmpls, t->id, tm) < 0) {
+		log_warn("restore: template %u (page %u): %s; what uses it is dropped", t->id, t->page,
+			 e ? jnl_err_str(e) : strerror(errno));
+		if (tm)
+			tmpl_put(&r->d->tmpls, tm);
+		r->dropped[2]++;
+		return JNL_REJECT;
 	}
+	/* The same contents twice (one uid) are one template: the first
+	 * one's page stays its page. */
+	if (!tm->obs)
+		tm->obs = (uintptr_t)((uint64_t)t->crc << 32 | ((uint64_t)t->page + 1));
+	return 0;
 }
 
-static void put_ranges(struct restore *r, struct rp_mm *mm, const struct snap_mview *v, const char *name)
+static int cb_tmpl(void *ctx, const struct jnl_tmpl *t)
 {
-	unsigned bad = 0;
+	return add_tmpl(ctx, t);
+}
 
-	for (uint32_t k = 0; k < v->m->nranges; k++) {
-		const struct snap_range *g = &v->r[k];
-		struct tmpl *t = r->tmap[g->tmpl];
-		if (!t || mm_restore_range(mm, g->start, g->end, t) < 0)
-			bad++;
+static struct range_node *node_at(struct restore *r, uint32_t index)
+{
+	return index && index <= r->nnodes ? r->nodes[index - 1] : NULL;
+}
+
+static int cb_node(void *ctx, uint32_t index, const struct jnl_node *n)
+{
+	struct restore *r = ctx;
+	struct tmpl *t = idm_get(&r->tmpls, n->tmpl);
+	struct range_node *l = node_at(r, n->left), *rt = node_at(r, n->right), *made = NULL;
+
+	if (r->nnodes == r->capnodes) {
+		size_t cap = r->capnodes ? r->capnodes * 2 : 1024;
+		void *p = realloc(r->nodes, cap * sizeof(*r->nodes));
+		if (!p)
+			return -ENOMEM;
+		r->nodes = p;
+		r->capnodes = cap;
 	}
-	if (bad)
-		log_warn("restore: %s (pid %d): %u of %u ranges dropped; their untouched pages read "
-			 "zeros", name, (int)v->m->pid, bad, v->m->nranges);
+	if (t && (!n->left || l) && (!n->right || rt)) {
+		r->build.ctx = t->owner;
+		made = range_node_make(&r->build, l ? range_node_ref(l) : NULL, n->start, n->end, t,
+				       rt ? range_node_ref(rt) : NULL);
+	}
+	r->nodes[r->nnodes++] = made;
+	(void)index;
+	return made ? 0 : JNL_REJECT;
 }
 
-static struct rp_tree *tree_for(struct restore *r, uint32_t id)
-{
-	return idmap_get(&r->trees, id);
-}
+/* --- address spaces ------------------------------------------------------------------- */
 
-/* A fresh tree from mm_restore: the map holds a reference until the end. */
-static void tree_keep(struct restore *r, struct rp_tree *t, uint32_t id)
+/* The uffd named u<id>, checked; -1 if it is not usable (dropped). */
+static int take_uffd(struct restore *r, uint32_t id, pid_t pid)
 {
-	t->snap_id = id;
-	atomic_fetch_add(&t->refs, 1);
-	idmap_put(&r->trees, id, t);
-	persist_seen_id(r->d, PERSIST_TREE, id);
-}
-
-static void restore_mm(struct restore *r, const struct snap_mview *v)
-{
-	const struct snap_mm *m = v->m;
-	char name[PERSIST_NAME_MAX];
+	char name[WING_NAME_MAX];
 	int fd;
 
-	persist_name(name, PERSIST_MM, m->id);
-	persist_seen_id(r->d, PERSIST_MM, m->id);
+	wing_name(name, 'u', id);
+	rp_id_seen(r->d, RP_ID_MM, id);
 	if ((fd = fdset_take(r->set, name)) < 0) {
 		log_warn("restore: %s (pid %d): its userfaultfd did not come back; dropped", name,
-			 (int)m->pid);
-		r->dropped[1]++;
-		return;
+			 (int)pid);
+		return -1;
 	}
-	int is_uffd = mm_is_uffd(fd);
-	if (!is_uffd || set_flags(fd) < 0 || idmap_get(&r->mms, m->id)) {
+	int is_uffd = uffd_is_uffd(fd);
+	if (!is_uffd || set_flags(fd) < 0 || idm_get(&r->mms, id)) {
 		drop_fd(r, name, fd, "%s", is_uffd ? "unusable" : "not a userfaultfd");
-		r->dropped[1]++;
-		return;
+		return -1;
 	}
-	struct rp_tree *tree = tree_for(r, m->tree);
-	int fresh = !tree;
-	struct rp_mm *mm = mm_restore(r->d, fd, m->features, m->uid, m->pid, &tree,
-				      !!(m->flags & SNAP_MM_CHILD), m->id);
-	if (fresh && tree && mm)
-		tree_keep(r, tree, m->tree);
-	else if (fresh && tree)
-		free(tree);
-	if (!mm) {
-		drop_fd(r, name, fd, "out of memory");
-		r->dropped[1]++;
-		return;
-	}
-	put_ranges(r, mm, v, name);
-	if (!fault_probe_alive(mm)) {
-		log_info("restore: %s (pid %d): the process is gone; released", name, (int)m->pid);
-		if (mm->is_child)
-			stat_inc(PROTO_STAT_PROCS_RECLAIMED);
-		queue_unstore(r, name);
-		mm_put(mm);
-		r->dropped[1]++;
-		return;
-	}
-	mm->w = daemon_pick_worker(r->d);
-	persist_mm_link(mm);
-	struct rmm *rm = &r->rmms[r->nrmms++];
-	*rm = (struct rmm){ .mm = mm };
-	idmap_put(&r->mms, m->id, rm);
+	return fd;
 }
+
+/* The fork tree of that id, made (and kept in the map) if new. */
+static struct rp_tree *tree_for(struct restore *r, uint32_t id, struct acct *a)
+{
+	struct rp_tree *t = idm_get(&r->trees, id);
+
+	if (t || !(t = mm_tree_new(a, id)))
+		return t;
+	if (idm_put(&r->trees, id, t) < 0) {
+		mm_tree_put(t);
+		return NULL;
+	}
+	rp_id_seen(r->d, RP_ID_TREE, id);
+	return t;
+}
+
+/* A served address space back: its uffd, and a table with root (a
+ * reference of the caller's, taken over). */
+static int add_mm(struct restore *r, uint32_t id, pid_t pid, uid_t uid, uint32_t tree_id,
+		  uint64_t features, int child, struct range_node *root)
+{
+	int fd = take_uffd(r, id, pid);
+	struct acct *a = fd >= 0 ? acct_get(uid) : NULL;
+	struct rp_tree *tree = a ? tree_for(r, tree_id, a) : NULL;
+	struct rp_mm *mm = tree ? mm_restore(r->d, fd, features, a, pid, tree, child, id) : NULL;
+	struct rmm *rm = mm ? calloc(1, sizeof(*rm)) : NULL;
+
+	if (a)
+		acct_put(a);
+	if (!rm || idm_put(&r->mms, id, rm) < 0) {
+		if (root)
+			range_node_put(&r->build, root);
+		if (mm)
+			mm_put(mm);
+		else if (fd >= 0)
+			close(fd);
+		free(rm);
+		r->dropped[1]++;
+		return JNL_REJECT;
+	}
+	rm->mm = mm;
+	if (root)
+		range_table_set_root(&mm->ranges, root);
+	mm_restore_account(mm);
+	return 0;
+}
+
+static int cb_mm(void *ctx, const struct jnl_mm *m)
+{
+	struct restore *r = ctx;
+	struct range_node *root = node_at(r, m->root);
+
+	if (m->root && !root)
+		return JNL_REJECT;
+	return add_mm(r, m->id, m->pid, m->uid, m->tree, m->features, !!(m->flags & JNL_MM_CHILD),
+		      root ? range_node_ref(root) : NULL);
+}
+
+/* --- sessions --------------------------------------------------------------------------- */
 
 /* A connection fd is what it claims and still talks to the same peer. */
 static int check_conn(int fd, struct ucred *cred)
@@ -320,95 +298,279 @@ static int check_conn(int fd, struct ucred *cred)
 	return set_flags(fd);
 }
 
-static int restore_handles(struct restore *r, struct session *s, const struct snap_sview *v)
+static struct session *add_session(struct restore *r, uint32_t id, pid_t pid, uid_t uid)
 {
-	uint32_t n = v->s->nhandles, bad = 0;
+	char name[WING_NAME_MAX];
+	struct ucred cred;
+	int fd, e;
 
-	if (!n)
-		return 0;
-	s->tmpls = calloc(n, sizeof(*s->tmpls));
-	s->tmpl_uses = calloc(n, sizeof(*s->tmpl_uses));
-	if (!s->tmpls || !s->tmpl_uses)
-		return -ENOMEM;
-	s->ntmpls = s->captmpls = n;
-	for (uint32_t k = 0; k < n; k++) {
-		const struct snap_handle *h = &v->h[k];
-		if (h->tmpl == SNAP_NO_TMPL)
-			continue;
-		struct tmpl *t = r->tmap[h->tmpl];
-		if (!t || !h->uses) {
-			bad++;
-			continue;
-		}
-		tmpl_ref(&r->d->tmpls, t);
-		s->tmpls[k] = t;
-		s->tmpl_uses[k] = h->uses;
+	wing_name(name, 'c', id);
+	rp_id_seen(r->d, RP_ID_SESSION, id);
+	if ((fd = fdset_take(r->set, name)) < 0) {
+		log_warn("restore: %s (pid %d uid %u): its connection did not come back; dropped", name,
+			 (int)pid, (unsigned)uid);
+		r->dropped[0]++;
+		return NULL;
+	}
+	if ((e = check_conn(fd, &cred)) < 0 || cred.uid != uid || cred.pid != pid) {
+		drop_fd(r, name, fd, e < 0 ? "not a connected AF_UNIX SOCK_SEQPACKET socket"
+				     : "the peer is not the one recorded");
+		r->dropped[0]++;
+		return NULL;
+	}
+	struct session *s = session_adopt(r->d, fd, &cred, id);
+	if (!s || idm_put(&r->sessions, id, s) < 0) {
+		if (s)
+			session_close(s, "out of memory restoring it");
+		else
+			drop_fd(r, name, fd, "out of memory");
+		r->dropped[0]++;
+		return NULL;
+	}
+	s->replay = 1;
+	return s;
+}
+
+/* Handle index i of s names t (NULL: free), handed out uses times. */
+static int set_handle(struct session *s, uint32_t i, struct tmpl *t, uint32_t uses)
+{
+	if (i >= s->captmpls) {
+		uint32_t cap = s->captmpls ? s->captmpls : 8;
+		while (cap <= i)
+			cap *= 2;
+		struct tmpl **t2 = acct_realloc(s->acct, s->tmpls, cap * sizeof(*t2));
+		if (!t2)
+			return -ENOMEM;
+		s->tmpls = t2;
+		uint32_t *u2 = acct_realloc(s->acct, s->tmpl_uses, cap * sizeof(*u2));
+		if (!u2)
+			return -ENOMEM;
+		s->tmpl_uses = u2;
+		memset(s->tmpls + s->captmpls, 0, (cap - s->captmpls) * sizeof(*t2));
+		memset(s->tmpl_uses + s->captmpls, 0, (cap - s->captmpls) * sizeof(*u2));
+		s->captmpls = cap;
+	}
+	if (i >= s->ntmpls)
+		s->ntmpls = i + 1;
+	if (s->tmpls[i]) {
+		tmpl_put(&s->d->tmpls, s->tmpls[i]);
+		acct_uncharge(s->acct, ACCT_TEMPLATES, 1);
+	}
+	s->tmpls[i] = t && uses ? t : NULL;
+	s->tmpl_uses[i] = t && uses ? uses : 0;
+	if (s->tmpls[i]) {
+		tmpl_ref(&s->d->tmpls, t);
 		acct_adjust(s->acct, ACCT_TEMPLATES, 1);
 	}
-	if (bad)
-		log_warn("restore: c%u (pid %d): %u template handles dropped; using them gets EINVAL",
-			 v->s->id, (int)v->s->pid, bad);
 	return 0;
 }
 
-static void restore_session(struct restore *r, const struct snap_sview *v)
+static void set_reply(struct session *s, uint32_t seq, int32_t status, uint32_t id, uint64_t value)
 {
-	const struct snap_session *rec = v->s;
-	char name[PERSIST_NAME_MAX];
-	struct ucred cred;
-	struct rmm *rm = NULL;
-	int fd, e;
-
-	persist_name(name, PERSIST_SESSION, rec->id);
-	persist_seen_id(r->d, PERSIST_SESSION, rec->id);
-	if ((fd = fdset_take(r->set, name)) < 0) {
-		log_warn("restore: %s (pid %d uid %u): its connection did not come back; dropped", name,
-			 (int)rec->pid, rec->uid);
-		r->dropped[0]++;
-		return;
-	}
-	if ((e = check_conn(fd, &cred)) < 0) {
-		drop_fd(r, name, fd, "not a connected AF_UNIX SOCK_SEQPACKET socket (%s)", strerror(-e));
-		r->dropped[0]++;
-		return;
-	}
-	if (cred.uid != rec->uid || cred.pid != rec->pid) {
-		drop_fd(r, name, fd, "the peer is pid %d uid %u, not pid %d uid %u as recorded",
-			(int)cred.pid, (unsigned)cred.uid, (int)rec->pid, rec->uid);
-		r->dropped[0]++;
-		return;
-	}
-	if (rec->mm && (!(rm = idmap_get(&r->mms, rec->mm)) || rm->claimed || rm->mm->is_child)) {
-		drop_fd(r, name, fd, "its address space (u%u) is gone", rec->mm);
-		r->dropped[0]++;
-		return;
-	}
-	struct session *s = session_adopt(r->d, fd, &cred, rec->id);
-	if (!s) {
-		drop_fd(r, name, fd, "out of memory");
-		r->dropped[0]++;
-		return;
-	}
-	/* Closed now, its address space is released as unclaimed. */
-	if (restore_handles(r, s, v) < 0) {
-		session_close(s, "out of memory restoring its templates");
-		r->dropped[0]++;
-		return;
-	}
-	if (rm) {
-		rm->claimed = 1;
-		mm_ref(rm->mm); /* the session's */
-		s->mm = rm->mm;
-		ev_timer_stop(r->d->loop, &s->hello_timer);
-	}
-	s->last = (struct proto_reply){ rec->last_status, rec->last_id, rec->last_value };
-	s->last_seq = rec->last_seq;
-	s->replied = !!(rec->flags & SNAP_SESSION_REPLIED);
-	s->replay = 1;
-	r->kept[0]++;
+	s->last = (struct proto_reply){ status, id, value };
+	s->last_seq = seq;
+	s->replied = 1;
 }
 
-/* Connections accepted after the last snapshot: nothing was done on them
+static int cb_session(void *ctx, const struct jnl_session *js, const struct jnl_handle *h)
+{
+	struct restore *r = ctx;
+	struct session *s = add_session(r, js->id, js->pid, js->uid);
+
+	if (!s)
+		return JNL_REJECT;
+	for (uint32_t k = 0; k < js->nhandles; k++)
+		if (h[k].tmpl && set_handle(s, k, idm_get(&r->tmpls, h[k].tmpl), h[k].uses) < 0)
+			log_warn("restore: c%u: handle %u dropped", js->id, k + 1);
+	if (js->flags & JNL_SESSION_REPLIED)
+		set_reply(s, js->last_seq, js->last_status, js->last_id, js->last_value);
+	if (js->mm)
+		idm_put(&r->links, js->id, (void *)(uintptr_t)js->mm);
+	return 0;
+}
+
+/* --- records ------------------------------------------------------------------------------ */
+
+static struct rp_mm *mm_of(struct restore *r, uint32_t id)
+{
+	struct rmm *rm = idm_get(&r->mms, id);
+
+	return rm ? rm->mm : NULL;
+}
+
+/* What the kernel did, or a request did, applied as the live daemon did:
+ * past the piece limit if need be. */
+static int rec_range(struct restore *r, enum jnl_type type, const union jnl_payload *p)
+{
+	uint32_t id = type == JNL_MAP ? p->map.mm : type == JNL_UNMAP ? p->unmap.mm : p->copy.mm;
+	struct rp_mm *mm = mm_of(r, id);
+	struct range_table *rt = mm ? &mm->ranges : NULL;
+	size_t n0, max;
+	uint64_t b0;
+	int e = 0;
+
+	if (!mm)
+		return JNL_REJECT;
+	n0 = range_count(rt), b0 = range_bytes(rt), max = rt->max;
+	rt->max = 0;
+	if (type == JNL_MAP) {
+		struct tmpl *t = idm_get(&r->tmpls, p->map.tmpl);
+		/* A MAP sets what it names (a grown mapping names its whole piece). */
+		if (range_remove(rt, p->map.start, p->map.end, NULL, NULL) < 0 || !t ||
+		    range_insert(rt, p->map.start, p->map.end, t) < 0)
+			e = -1;
+	} else if (type == JNL_UNMAP) {
+		e = range_remove(rt, p->unmap.start, p->unmap.end, NULL, NULL) < 0 ? -1 : 0;
+	} else {
+		e = range_copy(rt, p->copy.from, p->copy.to, p->copy.len);
+	}
+	rt->max = max;
+	acct_adjust(mm->acct, ACCT_RANGES, (int64_t)range_count(rt) - (int64_t)n0);
+	acct_adjust(mm->acct, ACCT_BYTES, (int64_t)range_bytes(rt) - (int64_t)b0);
+	if (e)
+		log_warn("restore: u%u: a %s could not be replayed; some untouched pages may read "
+			 "zeros", id, jnl_type_name(type));
+	return 0;
+}
+
+static int rec_mm_new(struct restore *r, const struct jnl_mm_new *m)
+{
+	struct rp_mm *parent = m->parent ? mm_of(r, m->parent) : NULL;
+	struct range_node *root = NULL;
+
+	if (m->parent && !parent)
+		return JNL_REJECT;
+	if (parent && range_root(&parent->ranges))
+		root = range_node_ref(range_root(&parent->ranges));
+	return add_mm(r, m->id, m->pid, m->uid, m->tree, m->features, !!(m->flags & JNL_MM_CHILD),
+		      root);
+}
+
+static int rec_mm_end(struct restore *r, uint32_t id)
+{
+	struct rmm *rm = idm_get(&r->mms, id);
+
+	if (rm) {
+		mm_put(rm->mm);
+		free(rm);
+		idm_put(&r->mms, id, NULL);
+	}
+	return 0;
+}
+
+static int rec_session(struct restore *r, enum jnl_type type, const union jnl_payload *p)
+{
+	struct session *s;
+
+	switch (type) {
+	case JNL_SESSION_NEW:
+		return add_session(r, p->session_new.id, p->session_new.pid, p->session_new.uid)
+			       ? 0 : JNL_REJECT;
+	case JNL_SESSION_END:
+		if ((s = idm_get(&r->sessions, p->end.id))) {
+			session_close(s, NULL);
+			idm_put(&r->sessions, p->end.id, NULL);
+		}
+		return 0;
+	case JNL_SESSION_MM:
+		return idm_put(&r->links, p->session_mm.session,
+			       (void *)(uintptr_t)p->session_mm.mm) < 0 ? -ENOMEM : 0;
+	case JNL_HANDLE:
+		if (!(s = idm_get(&r->sessions, p->handle.session)))
+			return JNL_REJECT;
+		return set_handle(s, p->handle.index, idm_get(&r->tmpls, p->handle.tmpl),
+				  p->handle.uses) < 0 ? -ENOMEM : 0;
+	default: /* JNL_REPLY */
+		if (!(s = idm_get(&r->sessions, p->reply.session)))
+			return JNL_REJECT;
+		set_reply(s, p->reply.req_seq, p->reply.status, p->reply.id, p->reply.value);
+		return 0;
+	}
+}
+
+static int cb_record(void *ctx, uint64_t seq, enum jnl_type type, const union jnl_payload *p)
+{
+	struct restore *r = ctx;
+	struct tmpl *t;
+
+	(void)seq;
+	switch (type) {
+	case JNL_TMPL_NEW:
+		return idm_get(&r->tmpls, p->tmpl_new.id) ? 0 : add_tmpl(r, &p->tmpl_new);
+	case JNL_TMPL_FREE:
+		if ((t = idm_get(&r->tmpls, p->end.id))) {
+			tmpl_put(&r->d->tmpls, t);
+			idm_put(&r->tmpls, p->end.id, NULL);
+		}
+		return 0;
+	case JNL_MM_NEW:
+		return rec_mm_new(r, &p->mm_new);
+	case JNL_MM_END:
+		return rec_mm_end(r, p->end.id);
+	case JNL_MM_PID:
+		if (mm_of(r, p->mm_pid.id))
+			mm_of(r, p->mm_pid.id)->pid = p->mm_pid.pid;
+		return 0;
+	case JNL_MAP:
+	case JNL_UNMAP:
+	case JNL_COPY:
+		return rec_range(r, type, p);
+	default:
+		return rec_session(r, type, p);
+	}
+}
+
+/* --- after the replay ------------------------------------------------------------------ */
+
+static void link_one(struct restore *r, uint32_t sid, uint32_t mid)
+{
+	struct session *s = idm_get(&r->sessions, sid);
+	struct rmm *rm = idm_get(&r->mms, mid);
+
+	if (!s)
+		return;
+	if (!rm || rm->claimed || rm->mm->is_child) {
+		log_warn("restore: c%u (pid %d): its address space (u%u) is gone; dropped", sid,
+			 (int)s->pid, mid);
+		session_close(s, NULL);
+		idm_put(&r->sessions, sid, NULL);
+		r->dropped[0]++;
+		return;
+	}
+	rm->claimed = 1;
+	mm_ref(rm->mm); /* the session's */
+	session_attach_mm(s, rm->mm);
+}
+
+/* Sessions to their address spaces; a client's address space whose
+ * connection did not come back is what a closed connection leaves:
+ * released; so is one whose process is gone. */
+static void link_and_check(struct restore *r)
+{
+	for (size_t i = 0; i < r->links.cap; i++)
+		if (r->links.k[i] && r->links.v[i])
+			link_one(r, r->links.k[i], (uint32_t)(uintptr_t)r->links.v[i]);
+	for (size_t i = 0; i < r->mms.cap; i++) {
+		struct rmm *rm = r->mms.v[i];
+		if (!r->mms.k[i] || !rm)
+			continue;
+		const char *why = !rm->mm->is_child && !rm->claimed ? "its connection is gone"
+				  : uffd_probe(rm->mm->uffd, uffd_user_bottom()) == -ESRCH
+					  ? "the process is gone" : NULL;
+		if (!why) {
+			r->kept[1]++;
+			continue;
+		}
+		char name[WING_NAME_MAX];
+		wing_name(name, 'u', rm->mm->id);
+		log_info("restore: %s (pid %d): %s; released", name, (int)rm->mm->pid, why);
+		wing_unstore(r->wg, name);
+		rec_mm_end(r, r->mms.k[i]);
+		r->dropped[1]++;
+	}
+}
+
+/* Connections accepted after the last record: nothing was done on them
  * that was answered, so they start over (their request is still queued). */
 static void adopt_new_connections(struct restore *r)
 {
@@ -421,109 +583,105 @@ static void adopt_new_connections(struct restore *r)
 			continue;
 		int fd = e->fd;
 		e->fd = -1;
-		persist_seen_id(r->d, PERSIST_SESSION, id);
 		if (check_conn(fd, &cred) < 0 || !session_adopt(r->d, fd, &cred, id)) {
 			drop_fd(r, e->name, fd, "not a usable connection");
 			continue;
 		}
-		log_info("restore: %s (pid %d uid %d): connected since the last snapshot; adopted",
+		log_info("restore: %s (pid %d uid %d): connected since the last record; adopted",
 			 e->name, (int)cred.pid, (int)cred.uid);
 		r->kept[0]++;
 	}
 }
 
 /* Whatever nobody claimed: uffds without a record (their faults fall back
- * to the kernel once closed), connections when there is no snapshot, and
+ * to the kernel once closed), connections when there is no journal, and
  * names we do not know. */
-static void drop_rest(struct restore *r)
+static void drop_rest(struct restore *r, int have)
 {
 	for (size_t i = 0; i < r->set->n; i++) {
 		struct named_fd *e = &r->set->v[i];
 		if (e->fd >= 0) {
-			drop_fd(r, e->name, e->fd, "%s",
-				r->have_img ? "not in the snapshot" : "no usable snapshot");
+			drop_fd(r, e->name, e->fd, "%s", have ? "not in the journal" : "no usable journal");
 			e->fd = -1;
 		}
 	}
 }
 
-/* A client's address space whose connection did not come back is what a
- * closed connection leaves: released. */
-static void release_unclaimed(struct restore *r)
+/* Every address space to its family's worker, woken, served. */
+static void serve_all(struct restore *r)
 {
-	size_t keep = 0;
+	struct idmap placed = { 0 };
 
-	for (size_t i = 0; i < r->nrmms; i++) {
-		struct rmm *rm = &r->rmms[i];
-		if (rm->mm->is_child || rm->claimed) {
-			r->rmms[keep++] = *rm;
+	for (size_t i = 0; i < r->mms.cap; i++) {
+		struct rmm *rm = r->mms.v[i];
+		if (!r->mms.k[i] || !rm)
 			continue;
-		}
-		char name[PERSIST_NAME_MAX];
-		persist_name(name, PERSIST_MM, rm->mm->snap_id);
-		log_warn("restore: %s (pid %d): its connection is gone; released", name,
-			 (int)rm->mm->pid);
-		queue_unstore(r, name);
-		mm_put(rm->mm);
-		r->dropped[1]++;
+		struct rp_mm *mm = rm->mm;
+		struct worker *w = idm_get(&placed, mm->tree->id);
+		if (w)
+			worker_enter(&r->d->workers, w, mm->acct);
+		else if ((w = worker_pick(&r->d->workers, mm->acct)))
+			idm_put(&placed, mm->tree->id, w);
+		mm->wake_all = 1;
+		mm_start(mm, w);
+		mm_put(mm); /* the restore's: the worker and the session hold theirs */
+		free(rm);
+		r->mms.v[i] = NULL;
 	}
-	r->nrmms = keep;
-	r->kept[1] = (unsigned)keep;
+	idm_free(&placed);
 }
 
-static void check_accounts(const struct snap_image *img)
+static void restore_free(struct restore *r)
 {
-	for (uint32_t i = 0; i < img->hdr->nuids; i++) {
-		const struct snap_uid *u = &img->uids[i];
-		struct acct *a = acct_get(u->uid);
-		for (unsigned k = 0; a && k < SNAP_ACCT_RES && k < ACCT_RES_COUNT; k++) {
-			uint64_t now = atomic_load(&a->used[k]);
-			if (now != u->used[k])
-				log_info("restore: uid %u: %s %llu before the restart, %llu after", u->uid,
-					 acct_res_name(k), (unsigned long long)u->used[k],
-					 (unsigned long long)now);
-		}
-		if (a)
-			acct_put(a);
+	for (size_t i = 0; i < r->tmpls.cap; i++)
+		if (r->tmpls.k[i] && r->tmpls.v[i])
+			tmpl_put(&r->d->tmpls, r->tmpls.v[i]);
+	for (size_t i = 0; i < r->mms.cap; i++)
+		if (r->mms.k[i] && r->mms.v[i])
+			rec_mm_end(r, r->mms.k[i]);
+	for (size_t i = 0; i < r->trees.cap; i++) {
+		struct rp_tree *t = r->trees.v[i];
+		if (r->trees.k[i] && t)
+			mm_tree_put(t);
 	}
+	for (size_t i = 0; i < r->nnodes; i++)
+		if (r->nodes[i])
+			range_node_put(&r->build, r->nodes[i]);
+	free(r->nodes);
+	idm_free(&r->tmpls);
+	idm_free(&r->mms);
+	idm_free(&r->sessions);
+	idm_free(&r->links);
+	idm_free(&r->trees);
 }
 
-static uint64_t mmap_min_addr(void)
+static const struct jnl_callbacks callbacks = {
+	.tmpl = cb_tmpl, .node = cb_node, .mm = cb_mm, .session = cb_session, .record = cb_record,
+};
+
+/* The journal, replayed; or why there is none (logged): -1 if strict. */
+static int replay(struct restore *r, int fd, int strict, struct jnl_info *info)
 {
-	FILE *f = fopen("/proc/sys/vm/mmap_min_addr", "r");
-	unsigned long long v = 65536;
+	r->wg->fd = fd;
+	enum jnl_err e = jnl_read(fd, &callbacks, r, info);
 
-	if (f) {
-		if (fscanf(f, "%llu", &v) != 1)
-			v = 65536;
-		fclose(f);
-	}
-	v = (v + 4095) & ~4095ull;
-	return v ? v : 4096;
-}
-
-/* The snapshot, or why there is none (logged). */
-static int read_snapshot(struct restore *r, int fd, int strict)
-{
-	uint32_t version;
-	enum snap_err e = snap_read(fd, &r->img, &version);
-
-	if (e == SNAP_OK) {
+	if (e == JNL_OK) {
 		for (int i = 0; i < 2; i++)
-			if (i != r->img.slot && r->img.slot_err[i] != SNAP_OK &&
-			    r->img.slot_err[i] != SNAP_EEMPTY)
-				log_warn("restore: snapshot slot %d: %s; using generation %llu from slot %d",
-					 i, snap_err_str(r->img.slot_err[i]),
-					 (unsigned long long)r->img.gen, r->img.slot);
-		r->have_img = 1;
-		return 0;
+			if (i != info->slot && info->slot_err[i] != JNL_OK && info->slot_err[i] != JNL_EEMPTY)
+				log_warn("restore: journal slot %d: %s; using generation %llu from slot %d",
+					 i, jnl_err_str(info->slot_err[i]), (unsigned long long)info->gen,
+					 info->slot);
+		if (info->end != JNL_END_CLEAN)
+			log_notice("restore: the journal ends with %s after %llu records",
+				   jnl_end_str(info->end), (unsigned long long)info->records);
+		return 1;
 	}
-	if (e == SNAP_EVERSION)
-		log_err("restore: the snapshot is format version %u; this refpaged reads version %u",
-			version, SNAP_VERSION);
+	if (e == JNL_EVERSION)
+		log_err("restore: the journal is format version %u; this refpaged reads version %u",
+			info->version, JNL_VERSION);
 	else
-		log_err("restore: the snapshot is unusable: %s (slots: %s, %s)", snap_err_str(e),
-			snap_err_str(r->img.slot_err[0]), snap_err_str(r->img.slot_err[1]));
+		log_err("restore: the journal is unusable: %s (slots: %s, %s)", jnl_err_str(e),
+			jnl_err_str(info->slot_err[0]), jnl_err_str(info->slot_err[1]));
 	if (strict)
 		return -1;
 	log_err("restore: starting without it: every client passed back is closed and its pages "
@@ -531,105 +689,56 @@ static int read_snapshot(struct restore *r, int fd, int strict)
 	return 0;
 }
 
-static int restore_state(struct restore *r)
+static void ids_from(struct rp_daemon *d, const struct jnl_ids *next)
 {
-	const struct snap_image *img = &r->img;
-	size_t nmms = img->hdr->nmms;
-
-	r->tmap = calloc(img->hdr->ntmpls ? img->hdr->ntmpls : 1, sizeof(*r->tmap));
-	r->rmms = calloc(nmms ? nmms : 1, sizeof(*r->rmms));
-	if (!r->tmap || !r->rmms || idmap_init(&r->mms, nmms) < 0 || idmap_init(&r->trees, nmms) < 0)
-		return -ENOMEM;
-	restore_templates(r);
-	for (size_t i = 0; i < nmms; i++)
-		restore_mm(r, &img->mms[i]);
-	for (uint32_t i = 0; i < img->hdr->nsessions; i++)
-		restore_session(r, &img->sessions[i]);
-	release_unclaimed(r);
-	adopt_new_connections(r);
-	persist_seen_id(r->d, PERSIST_SESSION, img->hdr->next_session - 1);
-	persist_seen_id(r->d, PERSIST_MM, img->hdr->next_mm - 1);
-	persist_seen_id(r->d, PERSIST_TREE, img->hdr->next_tree - 1);
-	/* The map's tree references, and the restore's template ones. */
-	for (size_t i = 0; i < r->trees.cap; i++) {
-		struct rp_tree *t = r->trees.v[i];
-		if (t && atomic_fetch_sub(&t->refs, 1) == 1)
-			free(t);
-	}
-	for (uint32_t i = 0; i < img->hdr->ntmpls; i++)
-		if (r->tmap[i])
-			tmpl_put(&r->d->tmpls, r->tmap[i]);
-	check_accounts(img);
-	return 0;
+	if (next->session)
+		rp_id_seen(d, RP_ID_SESSION, next->session - 1);
+	if (next->mm)
+		rp_id_seen(d, RP_ID_MM, next->mm - 1);
+	if (next->tree)
+		rp_id_seen(d, RP_ID_TREE, next->tree - 1);
+	if (next->tmpl > d->tmpls.next_id)
+		d->tmpls.next_id = next->tmpl;
 }
 
-static void restore_free(struct restore *r)
+int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)
 {
-	free(r->tmap);
-	free(r->rmms);
-	free(r->unstore);
-	idmap_free(&r->mms);
-	idmap_free(&r->trees);
-	snap_image_free(&r->img);
-	free(r);
-}
+	struct restore r = { .wg = wg, .d = wg->d, .set = set };
+	struct jnl_info info;
+	int have = 0, e = 0;
 
-struct restore *restore_run(struct rp_daemon *d, struct fdset *set, int snap_fd, int strict)
-{
-	struct restore *r = calloc(1, sizeof(*r));
-
-	if (!r)
-		return NULL;
-	r->d = d;
-	r->set = set;
-	r->img.slot = -1;
-	r->min_addr = mmap_min_addr();
-	if (snap_fd >= 0 && read_snapshot(r, snap_fd, strict) < 0) {
-		restore_free(r);
-		return NULL;
+	memset(&info, 0, sizeof(info));
+	range_table_init(&r.build, 0, mm_range_ops_acct(&wg->d->tmpls), NULL);
+	acct_enforce(0);
+	wg->restoring = 1;
+	if (snap_fd >= 0 && (have = replay(&r, snap_fd, strict, &info)) < 0) {
+		restore_free(&r);
+		jnl_info_free(&info);
+		wg->restoring = 0;
+		acct_enforce(1);
+		return -1;
 	}
-	/* An unusable snapshot is written over, in the same memfd: it keeps
+	if (have) {
+		ids_from(wg->d, &info.next);
+		link_and_check(&r);
+		adopt_new_connections(&r);
+	}
+	drop_rest(&r, have);
+	/* An unusable journal is written over, in the same memfd: it keeps
 	 * its place in the fd store. */
-	int e = persist_open(d, snap_fd, r->have_img ? &r->img : NULL);
-	if (e == 0 && r->have_img)
-		e = restore_state(r);
-	if (e < 0) {
-		log_err("restore: %s", strerror(-e));
-		restore_free(r);
-		return NULL;
-	}
-	drop_rest(r);
+	if (snap_fd >= 0 || wg->o.fdstore)
+		e = wing_journal_open(wg, snap_fd, have ? &info : NULL);
+	wg->restoring = 0;
+	acct_enforce(1);
+	if (e < 0)
+		log_err("restore: cannot write the journal: %s", strerror(-e));
 	if (snap_fd >= 0)
-		log_notice("restore: from %s, snapshot generation %llu: %u clients and %u address "
-			   "spaces back; dropped %u clients, %u address spaces, %u templates",
-			   set->from, (unsigned long long)r->img.gen, r->kept[0], r->kept[1],
-			   r->dropped[0], r->dropped[1], r->dropped[2]);
-	return r;
-}
-
-/* Threads the previous daemon left waiting on a fault it had read are
- * woken: they fault again, and this time we read it. */
-static void wake_all(struct restore *r, struct rp_mm *mm)
-{
-	struct uffdio_range all = { .start = r->min_addr, .len = USER_TOP - r->min_addr };
-
-	if (ioctl(mm->uffd, UFFDIO_WAKE, &all) < 0)
-		log_debug("restore: u%u: UFFDIO_WAKE: %s", mm->snap_id, strerror(errno));
-}
-
-void restore_finish(struct rp_daemon *d, struct restore *r)
-{
-	/* Cumulative counters go on from the previous daemon's; gauges
-	 * follow what came back. */
-	persist_counters_attach(d, r->have_img ? &r->img : NULL);
-	for (size_t i = 0; i < r->nunstore; i++)
-		persist_unstore_name(d, r->unstore[i]);
-	for (size_t i = 0; i < r->nrmms; i++) {
-		struct rp_mm *mm = r->rmms[i].mm;
-		worker_add(mm->w, mm);
-		wake_all(r, mm);
-	}
-	if (r->nunstore || r->nrmms)
-		persist_changed(d);
-	restore_free(r);
+		log_notice("restore: from %s, journal generation %llu (%llu records): %u clients and "
+			   "%u address spaces back; dropped %u clients, %u address spaces, %u templates",
+			   set->from, (unsigned long long)info.gen, (unsigned long long)info.records,
+			   r.kept[0], r.kept[1], r.dropped[0], r.dropped[1], r.dropped[2]);
+	serve_all(&r);
+	restore_free(&r);
+	jnl_info_free(&info);
+	return 0;
 }

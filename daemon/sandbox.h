@@ -19,16 +19,25 @@ int sandbox_drop_caps(void);
 struct sandbox_opts {
 	int notify;        /* $NOTIFY_SOCKET is set: sd_notify needs a socket */
 	int unlink_socket; /* we bound the socket path and unlink it at exit */
-	int snapshot_fd;   /* the state snapshot (persist.c), written to, -1: none */
+	int journal_fd;    /* the state journal (the restart wing), written to, -1: none */
 };
 
-/* PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE 0, then the seccomp allow-list
- * (anything else kills the process with SIGSYS) in every thread of the
- * process. 0 or -errno. */
+/* PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE 0, then the seccomp allow-list in
+ * every thread of the process. 0 or -errno.
+ *
+ * What the filter does with a system call it does not allow (the reasons
+ * are in sandbox.c and docs/security.md): the calls only an attacker who
+ * took over the daemon would make (execve, ptrace, process_vm_writev,
+ * module loading, mount...) kill the process; any other fails with ENOSYS,
+ * is counted (STATS denied_syscalls) and logged with its number, and the
+ * daemon goes on serving: a library path we did not foresee (glibc's heap
+ * trimming opened a file under memory pressure) must not become an outage
+ * for every user. */
 int sandbox_enter(const struct sandbox_opts *o);
 
-/* Test hook: make a syscall the filter forbids. Returns only if the
- * filter let it through. */
+/* Test hooks, after sandbox_enter: a call on the kill list (returns only
+ * if the filter let it through), and one that is merely denied. */
 void sandbox_forbidden_syscall(void);
+void sandbox_denied_syscall(void);
 
 #endif

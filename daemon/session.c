@@ -4,7 +4,7 @@
  * process. A malformed message, a protocol violation or a client that
  * does not read its replies closes that client with a logged reason; a
  * well-formed request that cannot be honoured (bad address, unknown
- * template, a limit) gets an error reply and the session goes on. */
+ * template, a budget) gets an error reply and the session goes on. */
 #include "session.h"
 
 #include <errno.h>
@@ -12,31 +12,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "acct.h"
 #include "daemon.h"
 #include "log.h"
-#include "handover.h"
-#include "mm.h"
-#include "persist.h"
-#include "proto.h"
 #include "stats.h"
 #include "template.h"
+#include "uffd.h"
 #include "worker.h"
 
-/* Requests handled per wake-up before the loop serves others. */
+/* Requests of one session handled per wake-up before the loop serves
+ * others; a uid's requests per loop iteration are capped by
+ * --loop-quota on top of that. */
 #define REQS_PER_WAKE 16
-/* Highest user address on x86-64 with 5-level paging. */
-#define USER_ADDR_END (1ull << 56)
-/* A MAP held back for an event in flight (map_held) is tried again this
- * often, and goes ahead anyway after the cap. */
-#define MAP_RETRY_S 0.001
-#define MAP_WAIT_MAX_S 0.25
 
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents);
 static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents);
-static void on_map_retry(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* Main-loop time spent on requests, all uids. */
+static _Atomic uint64_t loop_ns;
 
 static void list_add(struct rp_daemon *d, struct session *s)
 {
@@ -45,7 +41,7 @@ static void list_add(struct rp_daemon *d, struct session *s)
 		d->sessions->prev = s;
 	d->sessions = s;
 	d->nsessions++;
-	stat_inc(PROTO_STAT_CLIENTS);
+	acct_stat_add(s->acct, PROTO_STAT_CLIENTS, 1);
 }
 
 static void list_del(struct rp_daemon *d, struct session *s)
@@ -57,7 +53,13 @@ static void list_del(struct rp_daemon *d, struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	d->nsessions--;
-	stat_add(PROTO_STAT_CLIENTS, -1);
+	acct_stat_add(s->acct, PROTO_STAT_CLIENTS, -1);
+}
+
+static void emit(struct session *s, struct obs_event ev)
+{
+	ev.session = s->id;
+	obs_emit(&s->d->obs, &ev);
 }
 
 /* Refuse a connection with a status the client library reports. */
@@ -74,56 +76,106 @@ static void session_init(struct rp_daemon *d, struct session *s, int fd, const s
 {
 	s->d = d;
 	s->fd = fd;
-	s->snap_id = id;
+	s->id = id;
 	s->pid = cred->pid;
 	s->uid = cred->uid;
 	s->gid = cred->gid;
+	s->refs = 1;
 	ev_io_init(&s->io, on_readable, fd, EV_READ);
 	s->io.data = s;
 	ev_io_start(d->loop, &s->io);
 	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
 	s->hello_timer.data = s;
 	ev_timer_start(d->loop, &s->hello_timer);
-	ev_timer_init(&s->map_timer, on_map_retry, MAP_RETRY_S, 0.);
-	s->map_timer.data = s;
 	list_add(d, s);
+}
+
+/* A connection and its descriptor, charged to its uid. */
+static int charge_connection(struct acct *a)
+{
+	if (acct_charge(a, ACCT_CONNECTIONS, 1) < 0)
+		return -EMFILE;
+	if (acct_charge(a, ACCT_FDS, 1) < 0) {
+		acct_uncharge(a, ACCT_CONNECTIONS, 1);
+		return -EMFILE;
+	}
+	return 0;
 }
 
 void session_start(struct rp_daemon *d, int fd)
 {
-	struct session *s = calloc(1, sizeof(*s));
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
+	struct acct *a = NULL;
+	struct session *s = NULL;
+	int e;
 
-	if (!s || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-	    !(s->acct = acct_get(cred.uid))) {
-		log_err("connection fd %d refused: %s", fd, s ? strerror(errno) : "out of memory");
-		free(s);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(a = acct_get(cred.uid))) {
+		log_err("connection fd %d refused: %s", fd, a ? strerror(errno) : "out of memory");
 		refuse(fd, -ENOMEM);
 		return;
 	}
-	if (acct_charge(s->acct, ACCT_CONNECTIONS, 1) < 0) {
-		acct_put(s->acct);
-		free(s);
-		refuse(fd, -EMFILE);
+	if (d->nsessions >= d->cfg.lim.connections) {
+		acct_log(a, LOG_WARNING, "pid %d: connection refused: the daemon's limit of %u "
+			 "connections is reached", (int)cred.pid, d->cfg.lim.connections);
+		e = -EMFILE;
+	} else if ((e = charge_connection(a)) == 0 && !(s = acct_calloc(a, 1, sizeof(*s)))) {
+		e = errno == EDQUOT ? -EMFILE : -ENOMEM;
+		acct_uncharge(a, ACCT_CONNECTIONS, 1);
+		acct_uncharge(a, ACCT_FDS, 1);
+	}
+	if (!s) {
+		/* The budget's refusal is logged by acct. */
+		if (e == -ENOMEM)
+			log_err("pid %d uid %d: connection refused: out of memory", (int)cred.pid,
+				(int)cred.uid);
+		acct_put(a);
+		refuse(fd, e);
 		return;
 	}
-	session_init(d, s, fd, &cred, persist_new_id(d, PERSIST_SESSION));
-	persist_store(d, PERSIST_SESSION, s->snap_id, fd);
+	s->acct = a;
+	session_init(d, s, fd, &cred, rp_id_new(d, RP_ID_SESSION));
+	emit(s, (struct obs_event){ .type = OBS_SESSION_NEW, .fd = fd, .pid = s->pid, .uid = s->uid,
+				    .gid = s->gid });
 	log_debug("pid %d uid %d: connected (fd %d)", (int)s->pid, (int)s->uid, fd);
 }
 
+/* Restarts run with the budgets off (acct_enforce): what comes back exists
+ * already, and is charged as it was. */
 struct session *session_adopt(struct rp_daemon *d, int fd, const struct ucred *cred, uint32_t id)
 {
-	struct session *s = calloc(1, sizeof(*s));
+	struct acct *a = acct_get(cred->uid);
+	struct session *s = NULL;
 
-	if (!s || !(s->acct = acct_get(cred->uid))) {
-		free(s);
+	if (a && charge_connection(a) == 0 && !(s = acct_calloc(a, 1, sizeof(*s)))) {
+		acct_uncharge(a, ACCT_CONNECTIONS, 1);
+		acct_uncharge(a, ACCT_FDS, 1);
+	}
+	if (!s) {
+		if (a)
+			acct_put(a);
 		return NULL;
 	}
-	acct_adjust(s->acct, ACCT_CONNECTIONS, 1);
+	s->acct = a;
+	rp_id_seen(d, RP_ID_SESSION, id);
 	session_init(d, s, fd, cred, id);
 	return s;
+}
+
+static void session_lost(void *owner, struct rp_mm *mm)
+{
+	struct session *s = owner;
+
+	(void)mm;
+	session_close(s, "its address space was let go (see the lines above)");
+}
+
+void session_attach_mm(struct session *s, struct rp_mm *mm)
+{
+	s->mm = mm;
+	mm->owner = s;
+	mm->lost = session_lost;
+	ev_timer_stop(s->d->loop, &s->hello_timer);
 }
 
 static void drop_templates(struct session *s)
@@ -134,39 +186,56 @@ static void drop_templates(struct session *s)
 		tmpl_put(&s->d->tmpls, s->tmpls[i]);
 		acct_uncharge(s->acct, ACCT_TEMPLATES, 1);
 	}
-	free(s->tmpls);
-	free(s->tmpl_uses);
+	acct_free(s->acct, s->tmpls);
+	acct_free(s->acct, s->tmpl_uses);
+	s->tmpls = NULL;
+	s->tmpl_uses = NULL;
+	s->ntmpls = s->captmpls = 0;
+}
+
+static void session_put(struct session *s)
+{
+	if (--s->refs)
+		return;
+	struct acct *a = s->acct;
+	acct_free(a, s);
+	acct_put(a);
 }
 
 void session_close(struct session *s, const char *why)
 {
 	struct rp_daemon *d = s->d;
 
+	if (s->closed)
+		return;
+	s->closed = 1;
 	/* A request left unread makes the kernel reset the connection,
 	 * and the client would not see our last reply. */
 	session_consume(s);
 	if (why) {
-		log_warn("pid %d uid %d fd %d: closing client: %s", (int)s->pid, (int)s->uid, s->fd, why);
-		stat_inc(PROTO_STAT_CLIENTS_CLOSED);
+		acct_log(s->acct, LOG_WARNING, "pid %d fd %d: closing client: %s", (int)s->pid, s->fd,
+			 why);
+		acct_stat_add(s->acct, PROTO_STAT_CLIENTS_CLOSED, 1);
 	} else {
 		log_debug("pid %d uid %d fd %d: disconnected", (int)s->pid, (int)s->uid, s->fd);
 	}
 	ev_io_stop(d->loop, &s->io);
 	ev_timer_stop(d->loop, &s->hello_timer);
-	ev_timer_stop(d->loop, &s->map_timer);
 	/* The worker closes the uffd: any fault still waiting falls back to
 	 * the kernel, so the client can never hang on us. */
-	if (s->mm)
-		worker_del(s->mm->w, s->mm);
+	if (s->mm) {
+		s->mm->owner = NULL;
+		mm_release(s->mm);
+		s->mm = NULL;
+	}
 	drop_templates(s);
+	emit(s, (struct obs_event){ .type = OBS_SESSION_END });
 	acct_uncharge(s->acct, ACCT_CONNECTIONS, 1);
-	acct_put(s->acct);
-	/* The fd store's copy would keep the connection open. */
-	persist_unstore(d, PERSIST_SESSION, s->snap_id);
-	persist_close_watched(d->loop, s->fd);
+	acct_uncharge(s->acct, ACCT_FDS, 1);
+	loop_close_fd(d->loop, s->fd);
+	s->fd = -1;
 	list_del(d, s);
-	free(s);
-	persist_changed(d);
+	session_put(s);
 }
 
 static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents)
@@ -182,20 +251,25 @@ static int reply(struct session *s, uint32_t seq, int32_t status, uint32_t id, u
 {
 	struct proto_reply r = { .status = status, .id = id, .value = value };
 
-	/* Kept, with the state it answers, before the client sees it: a
-	 * mapping the client was told about is in the snapshot before its
-	 * first fault, and a request a killed daemon answered but did not
+	/* Kept, so that a request a killed daemon answered but did not
 	 * consume is answered again, not done twice (handle_one). */
 	s->last = r;
 	s->last_seq = seq;
 	s->replied = 1;
-	persist_sync(s->d);
 	int e = proto_send(s->fd, PROTO_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 
 	if (e == 0)
 		return 0;
 	session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
 	return -1;
+}
+
+/* A request that changed the state, answered: the observer hears of the
+ * answer first (a restart then answers it again rather than do it twice). */
+static int reply_changed(struct session *s, uint32_t seq, uint32_t id, uint64_t value)
+{
+	emit(s, (struct obs_event){ .type = OBS_REPLY, .req_seq = seq, .id = id, .value = value });
+	return reply(s, seq, 0, id, value);
 }
 
 /* The last word to a client being closed: the reply is best effort (its
@@ -209,6 +283,8 @@ static void reply_and_close(struct session *s, uint32_t seq, int32_t status, uin
 	session_close(s, why);
 }
 
+/* --- templates ------------------------------------------------------------------ */
+
 static int grow_handles(struct session *s)
 {
 	if (s->ntmpls >= s->d->cfg.lim.templates)
@@ -216,16 +292,22 @@ static int grow_handles(struct session *s)
 	if (s->ntmpls < s->captmpls)
 		return 0;
 	uint32_t cap = s->captmpls ? s->captmpls * 2 : 8;
-	struct tmpl **t2 = realloc(s->tmpls, cap * sizeof(*t2));
+	struct tmpl **t2 = acct_realloc(s->acct, s->tmpls, cap * sizeof(*t2));
 	if (!t2)
-		return -ENOMEM;
+		return -errno;
 	s->tmpls = t2;
-	uint32_t *u2 = realloc(s->tmpl_uses, cap * sizeof(*u2));
+	uint32_t *u2 = acct_realloc(s->acct, s->tmpl_uses, cap * sizeof(*u2));
 	if (!u2)
-		return -ENOMEM;
+		return -errno;
 	s->tmpl_uses = u2;
 	s->captmpls = cap;
 	return 0;
+}
+
+static void emit_handle(struct session *s, uint32_t i)
+{
+	emit(s, (struct obs_event){ .type = OBS_HANDLE, .handle = i,
+				    .tmpl = s->tmpls[i] ? s->tmpls[i]->id : 0, .uses = s->tmpl_uses[i] });
 }
 
 /* A template handle for t: the same id again if this session already has
@@ -238,6 +320,7 @@ static int tmpl_handle(struct session *s, struct tmpl *t, uint32_t *id)
 		if (s->tmpls[i] == t) {
 			s->tmpl_uses[i]++;
 			tmpl_put(&s->d->tmpls, t);
+			emit_handle(s, i);
 			*id = i + 1;
 			return 0;
 		}
@@ -256,6 +339,7 @@ static int tmpl_handle(struct session *s, struct tmpl *t, uint32_t *id)
 	}
 	s->tmpls[free_slot] = t;
 	s->tmpl_uses[free_slot] = 1;
+	emit_handle(s, free_slot);
 	*id = free_slot + 1;
 	return 0;
 }
@@ -273,10 +357,10 @@ static int do_template(struct session *s, uint32_t seq, struct tmpl *t)
 	int r;
 
 	if (!t)
-		r = errno == ENOSPC ? -EDQUOT : -ENOMEM;
+		r = errno == ENOSPC || errno == EDQUOT ? -EDQUOT : -ENOMEM;
 	else if ((r = tmpl_handle(s, t, &id)) < 0)
 		tmpl_put(&s->d->tmpls, t);
-	return reply(s, seq, r, r ? 0 : id, 0);
+	return r ? reply(s, seq, r, 0, 0) : reply_changed(s, seq, id, 0);
 }
 
 static int do_release(struct session *s, uint32_t seq, const struct proto_template_release *m)
@@ -290,13 +374,57 @@ static int do_release(struct session *s, uint32_t seq, const struct proto_templa
 		tmpl_put(&s->d->tmpls, t);
 		acct_uncharge(s->acct, ACCT_TEMPLATES, 1);
 	}
-	return reply(s, seq, 0, m->id, 0);
+	emit_handle(s, m->id - 1);
+	return reply_changed(s, seq, m->id, 0);
 }
+
+/* --- MAP and UNMAP: ops on the worker ----------------------------------------------- */
 
 static int range_ok(uint64_t addr, uint64_t len)
 {
-	return len && !(addr & (TMPL_PAGE - 1)) && !(len & (TMPL_PAGE - 1)) &&
-	       addr + len > addr && addr + len <= USER_ADDR_END;
+	return len && !(addr & (TMPL_PAGE - 1)) && !(len & (TMPL_PAGE - 1)) && addr + len > addr &&
+	       addr >= uffd_user_bottom() && addr + len <= uffd_user_top();
+}
+
+static void on_op_done(struct mm_op *op);
+
+/* The op runs on the worker; the socket is not read until it is answered
+ * (the request stays peeked on it: a restart finds it there). */
+static int submit(struct session *s, uint32_t seq, enum mm_op_type type, uint64_t addr,
+		  uint64_t len, struct tmpl *t, uint32_t id)
+{
+	if (t)
+		tmpl_ref(&s->d->tmpls, t);
+	s->op = (struct mm_op){ .type = type, .addr = addr, .len = len, .t = t, .session = s->id,
+				.req_seq = seq, .done = on_op_done };
+	s->op_seq = seq;
+	s->op_id = id;
+	s->busy = 1;
+	s->refs++;
+	ev_io_stop(s->d->loop, &s->io);
+	mm_submit(s->mm, &s->op);
+	return 0;
+}
+
+static void on_op_done(struct mm_op *op)
+{
+	struct session *s = (struct session *)((char *)op - offsetof(struct session, op));
+
+	s->busy = 0;
+	if (s->closed) {
+		session_put(s);
+		return;
+	}
+	/* Not the last reference: the list holds one while not closed. */
+	session_put(s);
+	if (op->status < 0)
+		log_debug("pid %d: %s [%#llx, +%#llx) refused: %s", (int)s->pid,
+			  op->type == MM_OP_MAP ? "MAP" : "UNMAP", (unsigned long long)op->addr,
+			  (unsigned long long)op->len, strerror(-op->status));
+	if (reply(s, s->op_seq, op->status, s->op_id, 0) < 0)
+		return;
+	session_consume(s);
+	ev_io_start(s->d->loop, &s->io);
 }
 
 static int do_map(struct session *s, uint32_t seq, const struct proto_map *m)
@@ -305,83 +433,39 @@ static int do_map(struct session *s, uint32_t seq, const struct proto_map *m)
 
 	if (!range_ok(m->addr, m->len) || !t)
 		return reply(s, seq, -EINVAL, m->id, 0);
-	int r = mm_map(s->mm, m->addr, m->len, t);
-	if (r < 0)
-		log_debug("pid %d: MAP [%#llx, +%#llx) refused: %s", (int)s->pid,
-			  (unsigned long long)m->addr, (unsigned long long)m->len, strerror(-r));
-	return reply(s, seq, r, m->id, 0);
-}
-
-/* munmap(2) and mremap(2) free the old address range before their event is
- * queued, and the kernel lets the client go on only once we have read it:
- * another thread of the client can map the freed address and send its MAP
- * before the event is even in the uffd. Done at once, the MAP would find
- * the old range still in the table (EEXIST), or the late event would
- * remove or move the new range (its untouched pages would read zeros).
- * So while the kernel says an event is in flight (mm_event_in_flight), the
- * MAP stays on the socket and the socket is not read (what the client
- * sends next stays behind it, in order); the worker reads the event
- * meanwhile, and mm_map waits for it to be applied. Tried again every
- * MAP_RETRY_S, it goes ahead after MAP_WAIT_MAX_S whatever the kernel says
- * (a client that munmaps without end from another thread must not stall
- * its MAPs for ever). Other sessions are served all along. 1 if m is held
- * (the retry timer armed), 0 to handle it now. */
-static int map_held(struct session *s, const struct proto_map *m)
-{
-	struct ev_loop *loop = s->d->loop;
-	ev_tstamp now = ev_now(loop);
-
-	if (!s->mm || !range_ok(m->addr, m->len) || !tmpl_lookup(s, m->id) ||
-	    !mm_event_in_flight(s->mm, m->addr)) {
-		if (s->map_since)
-			log_debug("pid %d: MAP [%#llx, +%#llx) held back %.1f ms", (int)s->pid,
-				  (unsigned long long)m->addr, (unsigned long long)m->len,
-				  (now - s->map_since) * 1e3);
-		s->map_since = 0;
-		return 0;
-	}
-	if (!s->map_since) {
-		s->map_since = now;
-		stat_inc(PROTO_STAT_MAPS_WAITED);
-	} else if (now - s->map_since >= MAP_WAIT_MAX_S) {
-		log_notice("pid %d: MAP [%#llx, +%#llx): an unmap, mremap or fork event is still "
-			   "in flight after %.0f ms; mapping anyway", (int)s->pid,
-			   (unsigned long long)m->addr, (unsigned long long)m->len,
-			   (now - s->map_since) * 1e3);
-		stat_inc(PROTO_STAT_MAPS_WAIT_EXPIRED);
-		s->map_since = 0;
-		return 0;
-	}
-	ev_io_stop(loop, &s->io);
-	ev_timer_set(&s->map_timer, MAP_RETRY_S, 0.);
-	ev_timer_start(loop, &s->map_timer);
-	return 1;
-}
-
-static void on_map_retry(struct ev_loop *loop, ev_timer *t, int revents)
-{
-	struct session *s = t->data;
-
-	(void)revents;
-	ev_io_start(loop, &s->io);
-	on_readable(loop, &s->io, EV_READ);
+	return submit(s, seq, MM_OP_MAP, m->addr, m->len, t, m->id);
 }
 
 static int do_unmap(struct session *s, uint32_t seq, const struct proto_unmap *m)
 {
 	if (!range_ok(m->addr, m->len))
 		return reply(s, seq, -EINVAL, 0, 0);
-	return reply(s, seq, mm_unmap(s->mm, m->addr, m->len), 0, 0);
+	return submit(s, seq, MM_OP_UNMAP, m->addr, m->len, NULL, 0);
+}
+
+/* --- STATS and USAGE ---------------------------------------------------------------- */
+
+/* Root and the daemon's own uid see the daemon; any other uid its own. */
+static int sees_all(const struct session *s)
+{
+	return s->uid == 0 || s->uid == geteuid();
 }
 
 static int do_stats(struct session *s, uint32_t seq)
 {
 	struct proto_stats_reply r = { .status = 0, .count = PROTO_STAT_COUNT };
+	int all = sees_all(s);
 
 	for (unsigned i = 0; i < PROTO_STAT_COUNT; i++)
-		r.counters[i] = stat_get(i);
-	/* The store knows; ranges drop references from worker threads. */
-	r.counters[PROTO_STAT_TEMPLATES] = tmpl_count(&s->d->tmpls);
+		r.counters[i] = all ? stat_get(i) : atomic_load(&s->acct->stat[i]);
+	if (all) {
+		r.counters[PROTO_STAT_TEMPLATES] = tmpl_count(&s->d->tmpls);
+		r.counters[PROTO_STAT_LOOP_US] = atomic_load(&loop_ns) / 1000;
+	} else {
+		r.counters[PROTO_STAT_DENIED_SYSCALLS] = 0;
+		r.counters[PROTO_STAT_LOG_SUPPRESSED] = log_rl_dropped(&s->acct->rl);
+		r.counters[PROTO_STAT_LOOP_US] = atomic_load(&s->acct->stat[PROTO_STAT_LOOP_US]) / 1000;
+	}
 	int e = proto_send(s->fd, PROTO_STATS_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 	if (e == 0)
 		return 0;
@@ -389,11 +473,50 @@ static int do_stats(struct session *s, uint32_t seq)
 	return -1;
 }
 
+static void usage_of(const struct acct *a, struct proto_usage_reply *r)
+{
+	const struct acct_limits *lim = acct_limits();
+
+	r->uid = a->uid;
+	r->count = ACCT_RES_COUNT;
+	for (unsigned i = 0; i < ACCT_RES_COUNT; i++) {
+		r->used[i] = atomic_load(&a->used[i]);
+		r->limit[i] = lim->max[i];
+		r->refused[i] = atomic_load(&a->refused[i]);
+	}
+	r->log_suppressed = log_rl_dropped((struct log_rl *)&a->rl);
+	r->loop_us = atomic_load(&a->stat[PROTO_STAT_LOOP_US]) / 1000;
+}
+
+static int do_usage(struct session *s, uint32_t seq, const struct proto_usage *u)
+{
+	struct proto_usage_reply r = { .status = 0 };
+	struct acct *a = NULL;
+
+	if (u->flags & PROTO_USAGE_SELF)
+		a = s->acct, acct_ref(a);
+	else if (!sees_all(s) && (u->uid != s->uid || (u->flags & PROTO_USAGE_NEXT)))
+		r.status = -EPERM;
+	else if (!(a = acct_find(u->uid, !!(u->flags & PROTO_USAGE_NEXT))))
+		r.status = -ENOENT;
+	if (a) {
+		usage_of(a, &r);
+		acct_put(a);
+	}
+	int e = proto_send(s->fd, PROTO_USAGE_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
+	if (e == 0)
+		return 0;
+	session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
+	return -1;
+}
+
+/* --- HELLO ---------------------------------------------------------------------------- */
+
 /* HELLO: the client's unconfigured uffd. Returns -1 if s was closed. */
 static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h, int fd)
 {
 	uint64_t features = 0;
-	long long r;
+	int r;
 
 	if (s->mm) {
 		close(fd);
@@ -405,48 +528,53 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 		reply_and_close(s, seq, -EINVAL, PROTO_VERSION, "page size mismatch");
 		return -1;
 	}
-	r = mm_uffd_handshake(fd, &features);
-	if (r < 0) {
+	if ((r = mm_handshake(fd, &features)) < 0) {
 		close(fd);
-		reply_and_close(s, seq, (int32_t)r, PROTO_VERSION,
-				r == -EBADF ? "HELLO fd is not a userfaultfd"
-					    : "userfaultfd handshake refused");
+		reply_and_close(s, seq, r, PROTO_VERSION,
+				r == -EBADF ? "HELLO fd is not a userfaultfd" : "userfaultfd handshake refused");
 		return -1;
 	}
-	s->mm = mm_new_client(s->d, fd, features, s->uid, s->pid);
-	if (!s->mm) {
+	struct rp_mm *mm = mm_new_client(s->d, fd, features, s->acct, s->pid);
+	if (!mm) {
 		int e = errno;
 		close(fd);
 		reply_and_close(s, seq, -e, PROTO_VERSION,
-				e == EDQUOT ? "process limit of its uid reached" : "out of memory");
+				e == EDQUOT ? "a budget of its uid is used up" : "out of memory");
 		return -1;
 	}
-	s->mm->w = daemon_pick_worker(s->d);
-	mm_ref(s->mm); /* the worker's */
-	worker_add(s->mm->w, s->mm);
-	ev_timer_stop(s->d->loop, &s->hello_timer);
-	log_info("pid %d uid %d: client up, uffd %d on worker %d%s", (int)s->pid, (int)s->uid, fd,
-		 s->mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "");
-	return reply(s, seq, 0, PROTO_VERSION, features);
+	session_attach_mm(s, mm);
+	emit(s, (struct obs_event){ .type = OBS_SESSION_MM, .mm = mm->id });
+	mm_start(mm, worker_pick(&s->d->workers, s->acct));
+	log_info("pid %d uid %d: client up, uffd %d on worker %u%s", (int)s->pid, (int)s->uid, fd,
+		 mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "");
+	return reply_changed(s, seq, PROTO_VERSION, features);
 }
 
-/* One valid request. Returns -1 if the session was closed. */
+/* One valid request. Returns -1 if the session was closed, 1 if it waits
+ * for an op, else 0. */
 static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 {
 	const void *p = h + 1;
 
-	if (h->type == PROTO_HELLO)
+	switch (h->type) {
+	case PROTO_HELLO:
 		return do_hello(s, h->seq, p, fd);
-	if (h->type == PROTO_STATS) {
+	case PROTO_STATS:
 		ev_timer_stop(s->d->loop, &s->hello_timer);
 		return do_stats(s, h->seq);
-	}
-	if (h->type == PROTO_UPGRADE) {
+	case PROTO_USAGE:
 		ev_timer_stop(s->d->loop, &s->hello_timer);
+		return do_usage(s, h->seq, p);
+	case PROTO_UPGRADE:
+		ev_timer_stop(s->d->loop, &s->hello_timer);
+		if (!s->d->upgrade)
+			return reply(s, h->seq, -EOPNOTSUPP, 0, 0);
 		/* Gone from the socket first: the next daemon must not upgrade again. */
 		session_consume(s);
-		handover_request(s->d, s->fd, h->seq, s->uid);
+		s->d->upgrade(s->d, s->fd, h->seq, s->uid);
 		return 0;
+	default:
+		break;
 	}
 	if (!s->mm) {
 		reply_and_close(s, h->seq, -EPROTO, 0, "request before HELLO");
@@ -455,24 +583,22 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 	switch (h->type) {
 	case PROTO_TEMPLATE_FILL: {
 		const struct proto_template_fill *f = p;
-		return do_template(s, h->seq, tmpl_get_fill(&s->d->tmpls, f->byte));
+		return do_template(s, h->seq, tmpl_get_fill(&s->d->tmpls, s->acct, s->uid, f->byte));
 	}
 	case PROTO_TEMPLATE_CREATE:
-		return do_template(s, h->seq, tmpl_get_page(&s->d->tmpls, p));
+		return do_template(s, h->seq, tmpl_get_page(&s->d->tmpls, s->acct, s->uid, p, 0));
 	case PROTO_TEMPLATE_RELEASE:
 		return do_release(s, h->seq, p);
 	case PROTO_MAP:
-		return do_map(s, h->seq, p);
+		return do_map(s, h->seq, p) < 0 ? -1 : s->busy;
 	case PROTO_UNMAP:
-		return do_unmap(s, h->seq, p);
+		return do_unmap(s, h->seq, p) < 0 ? -1 : s->busy;
 	default:
 		/* proto_check admits only the types above. */
 		abort();
 	}
 }
 
-/* Read and handle one packet. Returns 1 to go on, 0 when drained, -1 if s
- * was closed. */
 /* --debug-die-peeked/--debug-die-answered N: the N-th request handled. */
 static uint32_t nrequests;
 
@@ -498,7 +624,7 @@ void session_consume(struct session *s)
 }
 
 /* A restored session's first request may be the one the previous daemon
- * answered (the answer is in the snapshot) but had not taken off the
+ * answered (the answer is in the journal) but had not taken off the
  * socket yet: it is answered again, not done twice. A client that already
  * had the answer skips it as stale. 1 if so, 0 if not, -1 if s was closed. */
 static int replayed(struct session *s, const struct proto_hdr *h, int fd)
@@ -507,7 +633,7 @@ static int replayed(struct session *s, const struct proto_hdr *h, int fd)
 
 	s->replay = 0;
 	if (!first || !s->replied || h->seq != s->last_seq || h->type == PROTO_STATS ||
-	    h->type == PROTO_UPGRADE)
+	    h->type == PROTO_UPGRADE || h->type == PROTO_USAGE)
 		return 0;
 	if (fd >= 0)
 		close(fd);
@@ -522,8 +648,23 @@ static int replayed(struct session *s, const struct proto_hdr *h, int fd)
 	return 1;
 }
 
+/* Why a packet is refused, as the client is told before the close. */
+static void bad_packet(struct session *s, const uint8_t *buf, long n, enum proto_err e)
+{
+	char why[96];
+	uint32_t seq = 0;
+
+	/* Tell the client why before hanging up, when we can parse a seq. */
+	if (n >= (long)sizeof(struct proto_hdr))
+		seq = ((const struct proto_hdr *)buf)->seq;
+	snprintf(why, sizeof(why), "bad message: %s", proto_err_str(e));
+	reply_and_close(s, seq, e == PROTO_EVERSION ? -EPROTO : -EBADMSG, 0, why);
+}
+
 /* A request is peeked at, handled, answered and only then taken off the
- * socket: a daemon killed in between leaves it there for the next one. */
+ * socket: a daemon killed in between leaves it there for the next one.
+ * Returns 1 to go on, 0 when drained or waiting for an op, -1 if s was
+ * closed. */
 static int handle_one(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
@@ -532,7 +673,6 @@ static int handle_one(struct session *s)
 	long n = proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT | MSG_PEEK);
 
 	s->peeked = n >= 0;
-
 	if (n == -EAGAIN)
 		return 0;
 	if (n <= 0) {
@@ -546,39 +686,54 @@ static int handle_one(struct session *s)
 	}
 	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);
 	if (e != PROTO_OK) {
-		char why[96];
 		if (fd >= 0)
 			close(fd);
-		/* Tell the client why before hanging up, when we can parse a seq. */
-		uint32_t seq = 0;
-		if (n >= (long)sizeof(struct proto_hdr))
-			seq = ((const struct proto_hdr *)buf)->seq;
-		snprintf(why, sizeof(why), "bad message: %s", proto_err_str(e));
-		reply_and_close(s, seq, e == PROTO_EVERSION ? -EPROTO : -EBADMSG, 0, why);
+		bad_packet(s, buf, n, e);
 		return -1;
 	}
 	int r = replayed(s, h, fd);
 	if (r)
 		return r;
-	/* Still on the socket, and still peeked: see map_held. */
-	if (h->type == PROTO_MAP && map_held(s, (const struct proto_map *)(h + 1)))
-		return 0;
 	nrequests++;
 	debug_die(s->d->cfg.die_peeked, "peeked");
-	if (dispatch(s, h, fd) < 0)
-		return -1;
+	if ((r = dispatch(s, h, fd)) != 0)
+		return r > 0 ? 0 : -1;
 	debug_die(s->d->cfg.die_answered, "answered");
 	session_consume(s);
 	return 1;
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* A uid gets at most --loop-quota requests per loop iteration, whatever
+ * number of connections it spreads them over: past it, its sockets wait
+ * for the next iteration (epoll is level-triggered: they come back), and
+ * every other uid gets its turn first. */
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct session *s = io->data;
+	struct acct *a = s->acct;
+	uint32_t left = acct_turn_left(a, 0, ev_iteration(loop), s->d->cfg.lim.loop_quota);
+	uint32_t done = 0;
+	uint64_t t0 = now_ns();
 
-	(void)loop;
 	(void)revents;
-	for (int i = 0; i < REQS_PER_WAKE; i++)
+	acct_ref(a);
+	while (done < left && done < REQS_PER_WAKE) {
+		done++;
 		if (handle_one(s) <= 0)
-			return;
+			break;
+	}
+	acct_turn_use(a, 0, done);
+	uint64_t dt = now_ns() - t0;
+	atomic_fetch_add(&loop_ns, dt);
+	/* Nanoseconds in the account; STATS and USAGE show microseconds. */
+	atomic_fetch_add(&a->stat[PROTO_STAT_LOOP_US], dt);
+	acct_put(a);
 }

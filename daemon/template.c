@@ -1,4 +1,4 @@
-/* Template store: a chained hash table keyed by page contents. */
+/* Template store: a chained hash table keyed by page contents and owner. */
 #include "template.h"
 
 #include <assert.h>
@@ -63,7 +63,14 @@ static void bucket_free(struct tmpl **b, size_t n)
 	munmap(b, n * sizeof(struct tmpl *));
 }
 
-int tmpl_store_init(struct tmpl_store *s, size_t max)
+/* The owner's key goes into the hash: the same page of two owners is two
+ * templates in two (usually different) chains. */
+static uint64_t tmpl_hash(const uint8_t *page, uint32_t key)
+{
+	return page_hash(page) ^ (((uint64_t)key + 1) * P3);
+}
+
+int tmpl_store_init(struct tmpl_store *s, size_t max, unsigned slab_pages, const struct tmpl_ops *ops)
 {
 	int err;
 
@@ -78,6 +85,9 @@ int tmpl_store_init(struct tmpl_store *s, size_t max)
 	}
 	s->nbuckets = TMPL_MIN_BUCKETS;
 	s->max = max;
+	s->slab_pages = slab_pages < 1 ? 1 : slab_pages > TMPL_SLAB_PAGES ? TMPL_SLAB_PAGES : slab_pages;
+	s->next_id = 1;
+	s->ops = ops;
 	return 0;
 }
 
@@ -96,10 +106,10 @@ static struct tmpl **chain(struct tmpl_store *s, uint64_t hash)
 	return &s->buckets[hash & (s->nbuckets - 1)];
 }
 
-static struct tmpl *lookup(struct tmpl_store *s, const void *page, uint64_t hash)
+static struct tmpl *lookup(struct tmpl_store *s, const void *page, uint32_t key, uint64_t hash)
 {
 	for (struct tmpl *t = *chain(s, hash); t; t = t->next)
-		if (t->hash == hash && memcmp(t->page, page, TMPL_PAGE) == 0)
+		if (t->hash == hash && t->key == key && memcmp(t->page, page, TMPL_PAGE) == 0)
 			return t;
 	return NULL;
 }
@@ -127,42 +137,68 @@ static void grow(struct tmpl_store *s)
 	s->nbuckets = n;
 }
 
+static int charge(struct tmpl_store *s, void *owner, int64_t bytes)
+{
+	return s->ops && s->ops->charge ? s->ops->charge(owner, bytes) : 0;
+}
+
+/* What a template costs its owner before any slab. */
+#define TMPL_COST ((int64_t)(sizeof(struct tmpl) + TMPL_PAGE))
+
 /* The page is mmap'd, not malloc'd, so that it is page aligned: it is a
  * UFFDIO_COPY source. */
-static struct tmpl *tmpl_new(const void *page, uint64_t hash)
+static struct tmpl *tmpl_new(struct tmpl_store *s, void *owner, uint32_t key, const void *page,
+			     uint64_t hash)
 {
-	struct tmpl *t = calloc(1, sizeof(*t));
+	int e = charge(s, owner, TMPL_COST);
+	struct tmpl *t = e ? NULL : calloc(1, sizeof(*t));
 
-	if (!t)
+	if (!t) {
+		if (!e)
+			charge(s, owner, -TMPL_COST);
+		errno = e ? -e : ENOMEM;
 		return NULL;
+	}
 	t->page = mmap(NULL, TMPL_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (t->page == MAP_FAILED) {
 		free(t);
+		charge(s, owner, -TMPL_COST);
 		errno = ENOMEM;
 		return NULL;
 	}
 	memcpy(t->page, page, TMPL_PAGE);
 	atomic_init(&t->slab, NULL);
 	t->hash = hash;
+	t->owner = owner;
+	t->key = key;
 	t->refs = 1;
 	t->is_zero = page_is_zero(t->page);
+	if (s->ops && s->ops->owner_ref)
+		s->ops->owner_ref(owner);
 	return t;
 }
 
-static void tmpl_free(struct tmpl *t)
+static void tmpl_free(struct tmpl_store *s, struct tmpl *t)
 {
 	uint8_t *slab = atomic_load_explicit(&t->slab, memory_order_acquire);
+	int64_t cost = TMPL_COST;
 
-	if (slab)
-		munmap(slab, (size_t)TMPL_SLAB_PAGES * TMPL_PAGE);
+	if (slab) {
+		munmap(slab, (size_t)s->slab_pages * TMPL_PAGE);
+		cost += (int64_t)s->slab_pages * TMPL_PAGE;
+	}
 	munmap(t->page, TMPL_PAGE);
+	charge(s, t->owner, -cost);
+	if (s->ops && s->ops->owner_put)
+		s->ops->owner_put(t->owner);
 	free(t);
 }
 
 /* Creation happens under the lock: it is rare (a client request on the
  * main loop), and a lookup-unlock-create-relock scheme would need a second
  * lookup and a way to undo a lost race. */
-static struct tmpl *insert_new(struct tmpl_store *s, const void *page, uint64_t hash)
+static struct tmpl *insert_new(struct tmpl_store *s, void *owner, uint32_t key, const void *page,
+			       uint64_t hash, uint32_t id)
 {
 	struct tmpl *t;
 
@@ -170,9 +206,12 @@ static struct tmpl *insert_new(struct tmpl_store *s, const void *page, uint64_t 
 		errno = ENOSPC;
 		return NULL;
 	}
-	t = tmpl_new(page, hash);
+	t = tmpl_new(s, owner, key, page, hash);
 	if (!t)
 		return NULL;
+	t->id = id ? id : s->next_id++;
+	if (t->id >= s->next_id)
+		s->next_id = t->id + 1;
 	t->next = *chain(s, hash);
 	*chain(s, hash) = t;
 	if (++s->count > s->nbuckets)
@@ -180,34 +219,38 @@ static struct tmpl *insert_new(struct tmpl_store *s, const void *page, uint64_t 
 	return t;
 }
 
-struct tmpl *tmpl_get_page(struct tmpl_store *s, const void *page)
+struct tmpl *tmpl_get_page(struct tmpl_store *s, void *owner, uint32_t key, const void *page,
+			   uint32_t id)
 {
-	uint64_t hash = page_hash(page);
+	uint64_t hash = tmpl_hash(page, key);
 	struct tmpl *t;
-	int err = 0;
+	int err = 0, made = 0;
 
 	pthread_mutex_lock(&s->lock);
-	t = lookup(s, page, hash);
+	t = lookup(s, page, key, hash);
 	if (t) {
 		t->refs++;
 	} else {
-		t = insert_new(s, page, hash);
+		t = insert_new(s, owner, key, page, hash, id);
 		err = errno;
+		made = t != NULL;
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (!t)
 		errno = err;
+	else if (made && s->ops && s->ops->made)
+		s->ops->made(s->ops->ctx, t);
 	return t;
 }
 
-struct tmpl *tmpl_get_fill(struct tmpl_store *s, uint8_t byte)
+struct tmpl *tmpl_get_fill(struct tmpl_store *s, void *owner, uint32_t key, uint8_t byte)
 {
 	uint8_t page[TMPL_PAGE];
 
 	/* Built out in full so that a fill and an identical created page are
 	 * one template. */
 	memset(page, byte, sizeof(page));
-	return tmpl_get_page(s, page);
+	return tmpl_get_page(s, owner, key, page, 0);
 }
 
 void tmpl_ref(struct tmpl_store *s, struct tmpl *t)
@@ -238,9 +281,12 @@ void tmpl_put(struct tmpl_store *s, struct tmpl *t)
 	if (last)
 		unlink_tmpl(s, t);
 	pthread_mutex_unlock(&s->lock);
-	/* Unreachable from the table now: the munmaps need no lock. */
-	if (last)
-		tmpl_free(t);
+	/* Unreachable from the table now: the rest needs no lock. */
+	if (!last)
+		return;
+	if (s->ops && s->ops->freed)
+		s->ops->freed(s->ops->ctx, t);
+	tmpl_free(s, t);
 }
 
 size_t tmpl_count(struct tmpl_store *s)
@@ -262,9 +308,9 @@ void tmpl_store_foreach(struct tmpl_store *s, void (*fn)(struct tmpl *t, void *a
 	pthread_mutex_unlock(&s->lock);
 }
 
-static uint8_t *slab_make(const uint8_t *page)
+static uint8_t *slab_make(const uint8_t *page, unsigned pages)
 {
-	size_t len = (size_t)TMPL_SLAB_PAGES * TMPL_PAGE;
+	size_t len = (size_t)pages * TMPL_PAGE;
 	uint8_t *slab = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (slab == MAP_FAILED) {
@@ -278,23 +324,29 @@ static uint8_t *slab_make(const uint8_t *page)
 
 /* Lock free: workers call this on the fault path. Two racing workers may
  * both build a slab; the loser unmaps its own and uses the winner's. */
-const void *tmpl_slab(struct tmpl *t, unsigned n)
+const void *tmpl_slab(struct tmpl_store *s, struct tmpl *t, unsigned n)
 {
+	int64_t cost = (int64_t)s->slab_pages * TMPL_PAGE;
 	uint8_t *slab, *expected = NULL;
 
-	if (n < 1 || n > TMPL_SLAB_PAGES) {
+	if (n < 1 || n > s->slab_pages) {
 		errno = EINVAL;
 		return NULL;
 	}
 	slab = atomic_load_explicit(&t->slab, memory_order_acquire);
 	if (slab)
 		return slab;
-	slab = slab_make(t->page);
-	if (!slab)
+	if (charge(s, t->owner, cost) < 0)
 		return NULL;
+	slab = slab_make(t->page, s->slab_pages);
+	if (!slab) {
+		charge(s, t->owner, -cost);
+		return NULL;
+	}
 	if (atomic_compare_exchange_strong_explicit(&t->slab, &expected, slab,
 						    memory_order_acq_rel, memory_order_acquire))
 		return slab;
-	munmap(slab, (size_t)TMPL_SLAB_PAGES * TMPL_PAGE);
+	munmap(slab, (size_t)s->slab_pages * TMPL_PAGE);
+	charge(s, t->owner, -cost);
 	return expected;
 }

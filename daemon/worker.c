@@ -1,505 +1,177 @@
-/* Fault workers: see worker.h. */
+/* Event loops in threads, inboxes and placement: see worker.h. */
 #include "worker.h"
 
+#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/userfaultfd.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
-#include "daemon.h"
-#include "fault.h"
+#include "acct.h"
 #include "log.h"
-#include "mm.h"
-#include "persist.h"
-#include "stats.h"
 
-/* Reads per wake-up of one uffd (--drain on) before the loop looks at
- * the others: a busy client cannot starve the rest. */
-#define READS_PER_WAKE 8
-/* Retry pace for faults that hit EAGAIN (an event in flight) or ENOMEM. */
-#define RETRY_S 0.0005
-#define PROBE_MIN_S 0.25
-#define PROBE_MAX_S 8.0
+/* --- inboxes ---------------------------------------------------------------- */
 
-static void mm_readable(struct ev_loop *loop, ev_io *io, int revents);
-
-static void list_link(struct worker *w, struct rp_mm *mm)
+static void inbox_run(struct ev_loop *loop, ev_async *a, int revents)
 {
-	mm->prev = NULL;
-	mm->next = w->mms;
-	if (w->mms)
-		w->mms->prev = mm;
-	w->mms = mm;
-	atomic_fetch_add(&w->nmms, 1);
-}
+	struct inbox *q = a->data;
+	struct loop_call *c;
 
-static void list_unlink(struct worker *w, struct rp_mm *mm)
-{
-	if (mm->prev)
-		mm->prev->next = mm->next;
-	else
-		w->mms = mm->next;
-	if (mm->next)
-		mm->next->prev = mm->prev;
-	mm->prev = mm->next = NULL;
-	atomic_fetch_sub(&w->nmms, 1);
-}
-
-static void mm_gone(struct worker *w, struct rp_mm *mm);
-
-static void unwatch(struct worker *w, struct rp_mm *mm)
-{
-	if (mm->pidfd < 0)
-		return;
-	ev_io_stop(w->loop, &mm->pidfd_io);
-	close(mm->pidfd);
-	mm->pidfd = -1;
-}
-
-/* The watched process exited. The pid may not be the mm's owner (a fault's
- * thread id is in the faulting task's pid namespace, and a mm can be
- * shared), so the uffd itself has the last word. */
-static void on_exit_seen(struct ev_loop *loop, ev_io *io, int revents)
-{
-	struct rp_mm *mm = io->data;
-	struct worker *w = ev_userdata(loop);
-
+	(void)loop;
 	(void)revents;
-	unwatch(w, mm);
-	if (!fault_probe_alive(mm))
-		mm_gone(w, mm);
-}
-
-/* Learn of the process's exit at once instead of at the next probe. */
-static void watch(struct worker *w, struct rp_mm *mm, pid_t pid)
-{
-	if (mm->pidfd >= 0 || pid <= 0)
-		return;
-	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (fd < 0)
-		return; /* not a thread group leader, or gone: the probe covers it */
-	mm->pidfd = fd;
-	ev_io_init(&mm->pidfd_io, on_exit_seen, fd, EV_READ);
-	mm->pidfd_io.data = mm;
-	ev_io_start(w->loop, &mm->pidfd_io);
-}
-
-/* mm->w is set before: by the session for a client (which reads it on
- * the main thread), by on_fork for a child. */
-static void serve(struct worker *w, struct rp_mm *mm)
-{
-	mm->probe_every = PROBE_MIN_S;
-	mm->probe_at = ev_now(w->loop) + PROBE_MIN_S;
-	ev_io_init(&mm->io, mm_readable, mm->uffd, EV_READ);
-	mm->io.data = mm;
-	ev_io_start(w->loop, &mm->io);
-	list_link(w, mm);
-	watch(w, mm, mm->pid);
-	if (!ev_is_active(&w->probe)) {
-		ev_timer_set(&w->probe, PROBE_MIN_S, 0.);
-		ev_timer_start(w->loop, &w->probe);
+	pthread_mutex_lock(&q->lock);
+	c = q->head;
+	q->head = q->tail = NULL;
+	pthread_mutex_unlock(&q->lock);
+	while (c) {
+		/* fn may post c again (or free it): read next first. */
+		struct loop_call *next = c->next;
+		c->next = NULL;
+		c->fn(c->arg);
+		c = next;
 	}
 }
 
-/* Stop serving: close the uffd so that every fault still waiting falls
- * back to the kernel (the process sees ordinary anonymous memory), and
- * drop the worker's reference (mm may be freed on return). */
-static void retire(struct worker *w, struct rp_mm *mm)
+int inbox_init(struct inbox *q, struct ev_loop *loop)
 {
-	if (!ev_is_active(&mm->io))
-		return;
-	ev_io_stop(w->loop, &mm->io);
-	unwatch(w, mm);
-	list_unlink(w, mm);
-	atomic_store(&mm->dead, 1);
-	/* The fd store's copy would keep the uffd open: it goes too. */
-	persist_unstore(w->d, PERSIST_MM, mm->snap_id);
-	persist_changed(w->d);
-	pthread_mutex_lock(&mm->lock);
-	persist_close_watched(w->loop, mm->uffd);
-	mm->uffd = -1;
-	pthread_mutex_unlock(&mm->lock);
-	mm_put(mm);
+	int e = pthread_mutex_init(&q->lock, NULL);
+
+	if (e)
+		return -e;
+	q->loop = loop;
+	q->head = q->tail = NULL;
+	ev_async_init(&q->async, inbox_run);
+	q->async.data = q;
+	ev_async_start(loop, &q->async);
+	return 0;
 }
 
-static void drop_child(struct worker *w, struct rp_mm *mm, const char *why)
+void inbox_fini(struct inbox *q)
 {
-	log_debug("pid %d uffd %d: fork child released: %s", (int)mm->pid, mm->uffd, why);
-	stat_inc(PROTO_STAT_PROCS_RECLAIMED);
-	retire(w, mm);
+	ev_async_stop(q->loop, &q->async);
+	pthread_mutex_destroy(&q->lock);
 }
 
-/* The address space is gone. A child is ours alone; a client's mm stays
- * referenced by its session until the connection closes. */
-static void mm_gone(struct worker *w, struct rp_mm *mm)
+void inbox_post(struct inbox *q, struct loop_call *c)
 {
-	if (mm->is_child)
-		drop_child(w, mm, "process gone");
+	c->next = NULL;
+	pthread_mutex_lock(&q->lock);
+	if (q->tail)
+		q->tail->next = c;
 	else
-		retire(w, mm);
+		q->head = c;
+	q->tail = c;
+	pthread_mutex_unlock(&q->lock);
+	ev_async_send(q->loop, &q->async);
 }
 
-static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, uint32_t tid)
+/* --- loops' epoll sets ------------------------------------------------------ */
+
+/* libev does not say which fd is a loop's epoll set: it is the one
+ * eventpoll fd that no loop had before this one was made. */
+#define MAX_LOOPS 260
+
+static struct {
+	struct ev_loop *loop;
+	int epfd;
+} loops[MAX_LOOPS];
+static int nloops;
+static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int known_epfd(int fd)
 {
-	if (mm->npending == mm->cappending) {
-		uint32_t cap = mm->cappending ? mm->cappending * 2 : 16;
-		void *p = realloc(mm->pending, cap * sizeof(*mm->pending));
-		if (!p)
-			return -ENOMEM;
-		mm->pending = p;
-		mm->cappending = cap;
-	}
-	mm->pending[mm->npending++] = (struct pending_fault){ addr, flags, tid, 0 };
-	return 0;
-}
-
-static void retry_arm(struct worker *w, struct rp_mm *mm);
-
-/* Retry what could not be filled, waking at once (--dontwake or not).
- * Returns 0, or -ESRCH if the mm is gone. */
-static int pending_retry(struct worker *w, struct rp_mm *mm)
-{
-	uint32_t keep = 0;
-
-	for (uint32_t i = 0; i < mm->npending; i++) {
-		struct pending_fault *f = &mm->pending[i];
-		uint64_t end;
-		enum uffd_err_class c = fault_serve(mm, f->addr, f->flags, 0, &end);
-		if (c == UFFD_GONE_MM)
-			return -ESRCH;
-		if (c == UFFD_RETRY)
-			mm->pending[keep++] = *f;
-	}
-	mm->npending = keep;
-	if (keep)
-		retry_arm(w, mm);
-	return 0;
-}
-
-/* Answer one fault. Returns -1 if the mm is gone; *end is set to the end
- * of what was filled (woken unless dontwake) when it was filled. */
-static int on_fault(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m, int dontwake,
-		    uint64_t *end)
-{
-	uint64_t addr = m->arg.pagefault.address;
-	uint64_t flags = m->arg.pagefault.flags;
-	enum uffd_err_class c = fault_serve(mm, addr, flags, dontwake, end);
-
-	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID)) {
-		mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
-		watch(w, mm, mm->pid);
-	}
-	mm->probe_every = PROBE_MIN_S;
-	if (c == UFFD_GONE_MM)
-		return -1;
-	if (c != UFFD_RETRY)
-		return 0;
-	if (pending_push(mm, addr, flags, m->arg.pagefault.feat.ptid) == 0)
-		retry_arm(w, mm);
-	else
-		log_err("pid %d uffd %d: no memory to queue a fault retry", (int)mm->pid, mm->uffd);
-	return 0;
-}
-
-static void on_fork(struct worker *w, struct rp_mm *parent, int ufd)
-{
-	int fl = fcntl(ufd, F_GETFL);
-	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
-		log_err("pid %d: fork child uffd %d unusable: %s", (int)parent->pid, ufd, strerror(errno));
-		close(ufd);
-		return;
-	}
-	struct rp_mm *child = mm_new_child(parent, ufd);
-	if (!child) {
-		/* Closing it hands the child's pages to the kernel: its faults
-		 * are answered (zeros), never left waiting. */
-		if (errno != EDQUOT)
-			log_err("pid %d: cannot adopt a fork child: %s", (int)parent->pid, strerror(errno));
-		stat_inc(PROTO_STAT_UNTRACKED);
-		close(ufd);
-		return;
-	}
-	child->w = w;
-	serve(w, child);
-	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
-}
-
-static void on_msg(struct worker *w, struct rp_mm *mm, const struct uffd_msg *m)
-{
-	switch (m->event) {
-	case UFFD_EVENT_FORK:
-		stat_inc(PROTO_STAT_EV_FORK);
-		on_fork(w, mm, (int)m->arg.fork.ufd);
-		break;
-	case UFFD_EVENT_REMAP:
-		stat_inc(PROTO_STAT_EV_REMAP);
-		mm_on_remap(mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
-		break;
-	case UFFD_EVENT_UNMAP:
-		stat_inc(PROTO_STAT_EV_UNMAP);
-		mm_on_unmap(mm, m->arg.remove.start, m->arg.remove.end);
-		break;
-	case UFFD_EVENT_REMOVE:
-		stat_inc(PROTO_STAT_EV_REMOVE);
-		break;
-	default:
-		log_err("pid %d uffd %d: unknown uffd event %u", (int)mm->pid, mm->uffd, m->event);
-		break;
-	}
-}
-
-/* What one read(2)'s batch filled. With --coalesce a second fault message
- * for a page in it (another thread's) is already answered; with
- * --dontwake nothing in it is woken until batch_wake. At most one span per
- * message. */
-struct batch {
-	uint64_t lo[WORKER_MSG_BATCH], hi[WORKER_MSG_BATCH];
-	unsigned n;
-};
-
-static int already_filled(const struct batch *b, uint64_t addr)
-{
-	for (unsigned i = 0; i < b->n; i++)
-		if (addr >= b->lo[i] && addr < b->hi[i])
+	for (int i = 0; i < nloops; i++)
+		if (loops[i].epfd == fd)
 			return 1;
 	return 0;
 }
 
-/* --dontwake: wake every thread waiting in what the batch filled, one
- * UFFDIO_WAKE per contiguous span. Called on every way out of a batch,
- * the mm's end included: a fill nobody wakes leaves its threads waiting
- * for good. Faults skipped by --coalesce are in these spans; faults that
- * filled nothing (EEXIST, ENOENT, errors) were woken by fault_serve, and
- * pending retries fill and wake at once. */
-static void batch_wake(struct rp_mm *mm, struct batch *b)
+/* The eventpoll fd no loop had, or -1 (none, or more than one). */
+static int new_epfd(void)
 {
-	/* By start (insertion sort: a batch is small, and mostly in order). */
-	for (unsigned i = 1; i < b->n; i++) {
-		uint64_t lo = b->lo[i], hi = b->hi[i];
-		unsigned j = i;
-		for (; j && b->lo[j - 1] > lo; j--) {
-			b->lo[j] = b->lo[j - 1];
-			b->hi[j] = b->hi[j - 1];
-		}
-		b->lo[j] = lo;
-		b->hi[j] = hi;
-	}
-	for (unsigned i = 0; i < b->n;) {
-		uint64_t lo = b->lo[i], hi = b->hi[i];
-		for (i++; i < b->n && b->lo[i] <= hi; i++)
-			if (b->hi[i] > hi)
-				hi = b->hi[i];
-		int r = fault_wake(mm, lo, hi);
-		stat_inc(PROTO_STAT_BATCH_WAKES);
-		if (r < 0 && r != -ESRCH)
-			log_warn("pid %d uffd %d: wake of %#llx..%#llx failed: %s", (int)mm->pid,
-				 mm->uffd, (unsigned long long)lo, (unsigned long long)hi, strerror(-r));
-	}
-	b->n = 0;
-}
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *e;
+	int found = -1, n = 0;
 
-/* Handle the n messages of one batch. Returns -1 if the mm is gone. */
-static int batch_serve(struct worker *w, struct rp_mm *mm, const struct uffd_msg *msgs, size_t n,
-		       struct batch *b)
-{
-	const struct rp_config *cfg = &w->d->cfg;
-
-	for (size_t i = 0; i < n; i++) {
-		const struct uffd_msg *m = &msgs[i];
-		if (m->event != UFFD_EVENT_PAGEFAULT) {
-			on_msg(w, mm, m);
-			continue;
-		}
-		uint64_t page = m->arg.pagefault.address & ~(uint64_t)(TMPL_PAGE - 1);
-		if (cfg->coalesce && already_filled(b, page)) {
-			stat_inc(PROTO_STAT_FAULTS);
-			stat_inc(PROTO_STAT_FAULTS_COALESCED);
-			continue;
-		}
-		uint64_t end = 0;
-		if (on_fault(w, mm, m, cfg->dontwake, &end) < 0)
-			return -1;
-		if (end) {
-			b->lo[b->n] = page;
-			b->hi[b->n++] = end;
-		}
-	}
-	return 0;
-}
-
-/* Read and handle what the uffd has queued, a bounded amount: --batch
- * messages per read(2), and with --drain up to READS_PER_WAKE reads, else
- * one (the loop calls again while the uffd is readable). Returns the
- * number of messages handled, or -1 if the mm is gone (and retired). */
-static int drain(struct worker *w, struct rp_mm *mm)
-{
-	const struct rp_config *cfg = &w->d->cfg;
-	struct uffd_msg msgs[WORKER_MSG_BATCH];
-	size_t want = cfg->batch * sizeof(msgs[0]);
-	int rounds = cfg->drain ? READS_PER_WAKE : 1, handled = 0;
-
-	for (int round = 0; round < rounds; round++) {
-		struct batch b = { .n = 0 };
-		uint64_t ticket = atomic_fetch_add(&mm->ev_started, 1) + 1;
-		ssize_t n = read(mm->uffd, msgs, want);
-		if (n < 0) {
-			atomic_store(&mm->ev_done, ticket);
-			if (errno == EAGAIN || errno == EINTR)
-				break;
-			log_warn("pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd, strerror(errno));
-			mm_gone(w, mm);
-			return -1;
-		}
-		int r = batch_serve(w, mm, msgs, (size_t)n / sizeof(msgs[0]), &b);
-		if (cfg->dontwake)
-			batch_wake(mm, &b);
-		if (r < 0) {
-			mm_gone(w, mm);
-			return -1;
-		}
-		atomic_store(&mm->ev_done, ticket);
-		handled += (int)((size_t)n / sizeof(msgs[0]));
-		if ((size_t)n < want)
-			break;
-	}
-	if (mm->npending && pending_retry(w, mm) < 0) {
-		mm_gone(w, mm);
+	if (!dir)
 		return -1;
-	}
-	return handled;
-}
-
-/* --poll-us: keep reading this uffd for a while before going back to
- * sleep, so that the next fault of a busy thread finds the worker awake
- * (one wake-up less per fault, paid for in CPU). */
-static void busy_poll(struct worker *w, struct rp_mm *mm, uint32_t us)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	double now = t.tv_sec + t.tv_nsec / 1e9, end = now + us / 1e6;
-
-	while (now < end) {
-		int n = drain(w, mm);
-		if (n < 0)
-			return;
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		now = t.tv_sec + t.tv_nsec / 1e9;
-		if (n > 0)
-			end = now + us / 1e6;
-	}
-}
-
-static void mm_readable(struct ev_loop *loop, ev_io *io, int revents)
-{
-	struct rp_mm *mm = io->data;
-	struct worker *w = ev_userdata(loop);
-
-	(void)revents;
-	if (drain(w, mm) >= 0 && w->d->cfg.poll_us)
-		busy_poll(w, mm, w->d->cfg.poll_us);
-}
-
-/* Pending faults are retried from the worker's retry timer. */
-static void retry_arm(struct worker *w, struct rp_mm *mm)
-{
-	(void)mm;
-	if (!ev_is_active(&w->probe) || ev_timer_remaining(w->loop, &w->probe) > RETRY_S) {
-		ev_timer_stop(w->loop, &w->probe);
-		ev_timer_set(&w->probe, RETRY_S, 0.);
-		ev_timer_start(w->loop, &w->probe);
-	}
-}
-
-/* One timer does two jobs: retrying pending faults soon, and probing
- * fork children for liveness now and then (exit is not signalled on a
- * uffd, see DESIGN.md). */
-static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
-{
-	struct worker *w = ev_userdata(loop);
-	ev_tstamp now = ev_now(loop), next = PROBE_MIN_S;
-	struct rp_mm *mm = w->mms, *nx;
-
-	(void)t;
-	(void)revents;
-	for (; mm; mm = nx) {
-		nx = mm->next;
-		if (mm->npending && pending_retry(w, mm) < 0) {
-			mm_gone(w, mm);
+	while ((e = readdir(dir))) {
+		char path[64], link[32];
+		int fd = atoi(e->d_name);
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		ssize_t len = readlink(path, link, sizeof(link) - 1);
+		if (len <= 0 || fd == dirfd(dir))
 			continue;
+		link[len] = '\0';
+		if (!strcmp(link, "anon_inode:[eventpoll]") && !known_epfd(fd)) {
+			found = fd;
+			n++;
 		}
-		if (now < mm->probe_at)
-			continue;
-		if (!fault_probe_alive(mm)) {
-			mm_gone(w, mm);
-			continue;
-		}
-		mm->probe_every = mm->probe_every * 2 > PROBE_MAX_S ? PROBE_MAX_S : mm->probe_every * 2;
-		mm->probe_at = now + mm->probe_every;
 	}
-	/* Sleep until the next probe is due; with nothing served, not at all. */
-	if (!w->mms)
+	closedir(dir);
+	return n == 1 ? found : -1;
+}
+
+void loop_track(struct ev_loop *loop)
+{
+	if (ev_backend(loop) != EVBACKEND_EPOLL)
 		return;
-	next = PROBE_MAX_S;
-	for (mm = w->mms; mm; mm = mm->next) {
-		ev_tstamp in = mm->npending ? RETRY_S : mm->probe_at - now;
-		if (in < next)
-			next = in < RETRY_S ? RETRY_S : in;
+	pthread_mutex_lock(&loops_lock);
+	int fd = nloops < MAX_LOOPS ? new_epfd() : -1;
+	if (fd >= 0) {
+		loops[nloops].loop = loop;
+		loops[nloops++].epfd = fd;
 	}
-	ev_timer_set(&w->probe, next, 0.);
-	ev_timer_start(loop, &w->probe);
+	pthread_mutex_unlock(&loops_lock);
+	if (fd < 0)
+		log_warn("cannot tell the epoll set of an event loop");
 }
 
-static void take_inbox(struct worker *w, struct rp_mm **add, struct rp_mm **del, int *stop)
+void loop_close_fd(struct ev_loop *loop, int fd)
 {
-	pthread_mutex_lock(&w->inbox_lock);
-	*add = w->inbox_add;
-	*del = w->inbox_del;
-	*stop = w->stop;
-	w->inbox_add = w->inbox_del = NULL;
-	pthread_mutex_unlock(&w->inbox_lock);
+	int epfd = -1;
+
+	pthread_mutex_lock(&loops_lock);
+	for (int i = 0; i < nloops; i++)
+		if (loops[i].loop == loop)
+			epfd = loops[i].epfd;
+	pthread_mutex_unlock(&loops_lock);
+	if (epfd >= 0)
+		epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+	close(fd);
 }
+
+/* --- threads ---------------------------------------------------------------- */
 
 /* workers_pause: nothing of this loop runs until workers_resume; faults
  * wait in the kernel meanwhile. */
 static void pause_here(struct worker *w)
 {
-	pthread_mutex_lock(&w->inbox_lock);
+	pthread_mutex_lock(&w->in.lock);
 	if (w->pause) {
 		w->paused = 1;
 		pthread_cond_broadcast(&w->cond);
 		while (w->pause)
-			pthread_cond_wait(&w->cond, &w->inbox_lock);
+			pthread_cond_wait(&w->cond, &w->in.lock);
 		w->paused = 0;
 	}
-	pthread_mutex_unlock(&w->inbox_lock);
+	pthread_mutex_unlock(&w->in.lock);
 }
 
-static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
+static void on_control(void *arg)
 {
-	struct worker *w = ev_userdata(loop);
-	struct rp_mm *add, *del, *nx;
+	struct worker *w = arg;
 	int stop;
 
-	(void)a;
-	(void)revents;
-	take_inbox(w, &add, &del, &stop);
-	for (; add; add = nx) {
-		nx = add->add_next;
-		serve(w, add);
-	}
-	for (; del; del = nx) {
-		nx = del->del_next;
-		retire(w, del);
-		mm_put(del);
-	}
+	pthread_mutex_lock(&w->in.lock);
+	stop = w->stop;
+	pthread_mutex_unlock(&w->in.lock);
 	if (stop) {
-		while (w->mms)
-			retire(w, w->mms);
-		ev_break(loop, EVBREAK_ALL);
+		if (w->on_stop)
+			w->on_stop(w);
+		ev_break(w->loop, EVBREAK_ALL);
 		return;
 	}
 	pause_here(w);
@@ -513,104 +185,132 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-static int worker_init(struct rp_daemon *d, struct worker *w, int id)
+static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct worker *w))
 {
 	w->id = id;
-	w->d = d;
+	w->on_stop = on_stop;
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop)
 		return -ENOMEM;
-	persist_loop_made(w->loop);
 	ev_set_userdata(w->loop, w);
-	pthread_mutex_init(&w->inbox_lock, NULL);
 	pthread_cond_init(&w->cond, NULL);
-	ev_async_init(&w->wake, on_wake);
-	ev_async_start(w->loop, &w->wake);
-	ev_timer_init(&w->probe, on_timer, PROBE_MIN_S, 0.);
-	ev_timer_start(w->loop, &w->probe);
-	return 0;
+	loop_track(w->loop);
+	return inbox_init(&w->in, w->loop);
 }
 
-int workers_start(struct rp_daemon *d, int n)
+int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w))
 {
-	d->workers = calloc(n, sizeof(*d->workers));
-	if (!d->workers)
+	ws->v = calloc(n, sizeof(*ws->v));
+	if (!ws->v)
 		return -ENOMEM;
-	for (int i = 0; i < n; i++) {
-		int r = worker_init(d, &d->workers[i], i);
+	pthread_mutex_init(&ws->place_lock, NULL);
+	for (unsigned i = 0; i < n; i++) {
+		int r = worker_init(&ws->v[i], i + 1, on_stop);
 		if (r < 0)
 			return r;
-		r = pthread_create(&d->workers[i].thread, NULL, worker_main, &d->workers[i]);
+		r = pthread_create(&ws->v[i].thread, NULL, worker_main, &ws->v[i]);
 		if (r)
 			return -r;
-		d->nworkers = i + 1;
+		ws->n = i + 1;
 	}
 	return 0;
 }
 
-void workers_stop(struct rp_daemon *d)
+/* The main thread's stop or pause. Never two at once: a pause is over
+ * (workers_resume) before anything else is asked. */
+static void control(struct worker *w)
 {
-	for (int i = 0; i < d->nworkers; i++) {
-		struct worker *w = &d->workers[i];
-		pthread_mutex_lock(&w->inbox_lock);
+	w->ctl.fn = on_control;
+	w->ctl.arg = w;
+	inbox_post(&w->in, &w->ctl);
+}
+
+void workers_stop(struct workers *ws)
+{
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		pthread_mutex_lock(&w->in.lock);
 		w->stop = 1;
-		pthread_mutex_unlock(&w->inbox_lock);
-		ev_async_send(w->loop, &w->wake);
+		pthread_mutex_unlock(&w->in.lock);
+		control(w);
 	}
-	for (int i = 0; i < d->nworkers; i++) {
-		pthread_join(d->workers[i].thread, NULL);
-		ev_loop_destroy(d->workers[i].loop);
-		pthread_mutex_destroy(&d->workers[i].inbox_lock);
-		pthread_cond_destroy(&d->workers[i].cond);
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		pthread_join(w->thread, NULL);
+		inbox_fini(&w->in);
+		ev_loop_destroy(w->loop);
+		pthread_cond_destroy(&w->cond);
 	}
-	free(d->workers);
-	d->workers = NULL;
-	d->nworkers = 0;
+	free(ws->v);
+	pthread_mutex_destroy(&ws->place_lock);
+	ws->v = NULL;
+	ws->n = 0;
 }
 
-void worker_add(struct worker *w, struct rp_mm *mm)
+void workers_pause(struct workers *ws)
 {
-	pthread_mutex_lock(&w->inbox_lock);
-	mm->add_next = w->inbox_add;
-	w->inbox_add = mm;
-	pthread_mutex_unlock(&w->inbox_lock);
-	ev_async_send(w->loop, &w->wake);
-}
-
-void worker_del(struct worker *w, struct rp_mm *mm)
-{
-	pthread_mutex_lock(&w->inbox_lock);
-	mm->del_next = w->inbox_del;
-	w->inbox_del = mm;
-	pthread_mutex_unlock(&w->inbox_lock);
-	ev_async_send(w->loop, &w->wake);
-}
-
-void workers_pause(struct rp_daemon *d)
-{
-	for (int i = 0; i < d->nworkers; i++) {
-		struct worker *w = &d->workers[i];
-		pthread_mutex_lock(&w->inbox_lock);
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		pthread_mutex_lock(&w->in.lock);
 		w->pause = 1;
-		pthread_mutex_unlock(&w->inbox_lock);
-		ev_async_send(w->loop, &w->wake);
+		pthread_mutex_unlock(&w->in.lock);
+		control(w);
 	}
-	for (int i = 0; i < d->nworkers; i++) {
-		struct worker *w = &d->workers[i];
-		pthread_mutex_lock(&w->inbox_lock);
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		pthread_mutex_lock(&w->in.lock);
 		while (!w->paused)
-			pthread_cond_wait(&w->cond, &w->inbox_lock);
-		pthread_mutex_unlock(&w->inbox_lock);
+			pthread_cond_wait(&w->cond, &w->in.lock);
+		pthread_mutex_unlock(&w->in.lock);
 	}
 }
 
-void workers_resume(struct rp_daemon *d)
+void workers_resume(struct workers *ws)
 {
-	for (int i = 0; i < d->nworkers; i++) {
-		struct worker *w = &d->workers[i];
-		pthread_mutex_lock(&w->inbox_lock);
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		pthread_mutex_lock(&w->in.lock);
 		w->pause = 0;
 		pthread_cond_broadcast(&w->cond);
-		pthread_mutex_unlock(&w->inbox_lock);
+		pthread_mutex_unlock(&w->in.lock);
 	}
+}
+
+/* --- placement ------------------------------------------------------------- */
+
+struct worker *worker_pick(struct workers *ws, struct acct *a)
+{
+	struct worker *best = NULL;
+	uint64_t best_score = UINT64_MAX;
+
+	pthread_mutex_lock(&ws->place_lock);
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		uint64_t others = atomic_load(&w->nuids) - (a->placed[w->id] ? 1 : 0);
+		uint64_t score = others << 32 | atomic_load(&w->nmms);
+		if (score < best_score) {
+			best = w;
+			best_score = score;
+		}
+	}
+	if (a->placed[best->id]++ == 0)
+		atomic_fetch_add(&best->nuids, 1);
+	pthread_mutex_unlock(&ws->place_lock);
+	return best;
+}
+
+void worker_enter(struct workers *ws, struct worker *w, struct acct *a)
+{
+	pthread_mutex_lock(&ws->place_lock);
+	if (a->placed[w->id]++ == 0)
+		atomic_fetch_add(&w->nuids, 1);
+	pthread_mutex_unlock(&ws->place_lock);
+}
+
+void worker_leave(struct workers *ws, struct worker *w, struct acct *a)
+{
+	pthread_mutex_lock(&ws->place_lock);
+	if (--a->placed[w->id] == 0)
+		atomic_fetch_sub(&w->nuids, 1);
+	pthread_mutex_unlock(&ws->place_lock);
 }

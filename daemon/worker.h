@@ -1,6 +1,15 @@
-/* Fault workers: one thread and one libev loop each. Every served address
- * space lives on exactly one worker, which reads its uffd, answers its
- * faults and applies its events. */
+/* Event loops in threads of their own, and the inboxes that hand them work.
+ *
+ * A worker is a thread running a libev loop; every served address space
+ * (daemon/mm.c) lives on exactly one worker, whose thread alone reads its
+ * uffd, serves its faults, applies its events and changes its range table.
+ * Other threads talk to a worker only by posting a call to its inbox; the
+ * main loop has an inbox too, which workers post completions to.
+ *
+ * Placement keeps uids apart: a new fork family goes to the worker with the
+ * fewest other uids on it, then the fewest address spaces, so a uid whose
+ * process makes a worker wait in the kernel (uffd ioctls take the client's
+ * mmap_lock) delays no other uid until there are more uids than workers. */
 #ifndef REFPAGED_WORKER_H
 #define REFPAGED_WORKER_H
 
@@ -8,41 +17,76 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-struct rp_daemon;
+struct acct;
 struct rp_mm;
 
-/* Most uffd messages taken per read(2) (--batch). */
-#define WORKER_MSG_BATCH 64
-
-struct worker {
-	int id;
-	struct rp_daemon *d;
-	pthread_t thread;
-	struct ev_loop *loop;
-	ev_async wake;           /* inbox has work, or stop */
-	ev_timer probe;          /* liveness of fork children */
-	pthread_mutex_t inbox_lock;
-	struct rp_mm *inbox_add; /* through ->add_next */
-	struct rp_mm *inbox_del; /* through ->del_next */
-	int stop;
-	int pause, paused;       /* workers_pause, under inbox_lock */
-	pthread_cond_t cond;     /* paused or resumed */
-	struct rp_mm *mms;       /* served here, doubly linked */
-	atomic_uint nmms;
+/* A call for another loop's thread; the poster owns the storage until fn
+ * runs (embed it in the object it is about). */
+struct loop_call {
+	void (*fn)(void *arg);
+	void *arg;
+	struct loop_call *next;
 };
 
-int workers_start(struct rp_daemon *d, int n);
-void workers_stop(struct rp_daemon *d);
+struct inbox {
+	struct ev_loop *loop;
+	ev_async async;
+	pthread_mutex_t lock;
+	struct loop_call *head, *tail;
+};
 
-/* Main thread: stop every worker's loop (between two callbacks: no fault,
- * event or probe half handled), and go on. For the handover. */
-void workers_pause(struct rp_daemon *d);
-void workers_resume(struct rp_daemon *d);
+/* On loop's thread, before the loop runs. 0 or -errno. */
+int inbox_init(struct inbox *q, struct ev_loop *loop);
+void inbox_fini(struct inbox *q);
+/* From any thread: c->fn(c->arg) runs on q's loop. */
+void inbox_post(struct inbox *q, struct loop_call *c);
 
-/* From any thread: serve mm on w (takes over the caller's reference). */
-void worker_add(struct worker *w, struct rp_mm *mm);
-/* From any thread: stop serving mm and close its uffd (the caller's
- * reference is dropped once the worker has let go). */
-void worker_del(struct worker *w, struct rp_mm *mm);
+struct worker {
+	unsigned id;             /* 1..n: index of its loop in the accounts' turns */
+	pthread_t thread;
+	struct ev_loop *loop;
+	struct inbox in;
+	int stop, pause, paused; /* under in.lock */
+	pthread_cond_t cond;
+	struct loop_call ctl;    /* the main thread's stop or pause */
+	/* daemon/mm.c's: the address spaces served here, and a hook run on
+	 * this thread when the worker stops. */
+	struct rp_mm *mms;
+	void (*on_stop)(struct worker *w);
+	atomic_uint nmms;
+	atomic_uint nuids;       /* distinct uids with an address space here */
+};
+
+struct workers {
+	struct worker *v;
+	unsigned n;
+	pthread_mutex_t place_lock;
+};
+
+int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w));
+void workers_stop(struct workers *ws);
+
+/* A worker for a new fork family of a's uid (see above); its count of a's
+ * address spaces goes up by one. worker_enter: one more on w (a fork
+ * child), worker_leave: one fewer. Any thread. */
+struct worker *worker_pick(struct workers *ws, struct acct *a);
+void worker_enter(struct workers *ws, struct worker *w, struct acct *a);
+void worker_leave(struct workers *ws, struct worker *w, struct acct *a);
+
+/* Close fd, which loop watched (its watchers stopped) and which another
+ * process may still hold: the fd store, the previous daemon for a moment
+ * after a handover, or a client that kept a duplicate of the uffd it sent.
+ * libev leaves a closed fd in its epoll set, trusting close() to drop it,
+ * which it does not while the file is open elsewhere; an event for it then
+ * makes libev rebuild its epoll set with epoll_create1, which the sandbox
+ * forbids. So it goes out of the set first. */
+void loop_close_fd(struct ev_loop *loop, int fd);
+/* Right after making a loop, before the sandbox: learn its epoll set. */
+void loop_track(struct ev_loop *loop);
+
+/* Main thread: stop every worker's loop between two callbacks (no fault,
+ * event or request half handled), and go on; for the handover. */
+void workers_pause(struct workers *ws);
+void workers_resume(struct workers *ws);
 
 #endif

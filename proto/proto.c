@@ -44,8 +44,10 @@ const char *proto_type_name(uint16_t type)
 	case PROTO_UNMAP: return "UNMAP";
 	case PROTO_STATS: return "STATS";
 	case PROTO_UPGRADE: return "UPGRADE";
+	case PROTO_USAGE: return "USAGE";
 	case PROTO_REPLY: return "REPLY";
 	case PROTO_STATS_REPLY: return "STATS_REPLY";
+	case PROTO_USAGE_REPLY: return "USAGE_REPLY";
 	default: return "?";
 	}
 }
@@ -71,7 +73,7 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_EV_FORK] = "ev_fork",
 		[PROTO_STAT_EV_REMAP] = "ev_remap",
 		[PROTO_STAT_EV_UNMAP] = "ev_unmap",
-		[PROTO_STAT_EV_REMOVE] = "ev_remove",
+		[PROTO_STAT_RESERVED_18] = "reserved_18",
 		[PROTO_STAT_PROCS_RECLAIMED] = "processes_reclaimed",
 		[PROTO_STAT_CLIENTS_CLOSED] = "clients_closed_bad_input",
 		[PROTO_STAT_UNTRACKED] = "forks_untracked",
@@ -79,8 +81,24 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_BATCH_WAKES] = "batch_wakes",
 		[PROTO_STAT_MAPS_WAITED] = "maps_waited",
 		[PROTO_STAT_MAPS_WAIT_EXPIRED] = "maps_wait_expired",
+		[PROTO_STAT_REFUSED] = "refused_budget",
+		[PROTO_STAT_RELEASED] = "processes_released",
+		[PROTO_STAT_LOG_SUPPRESSED] = "log_suppressed",
+		[PROTO_STAT_LOOP_US] = "loop_us",
+		[PROTO_STAT_DENIED_SYSCALLS] = "denied_syscalls",
 	};
 	return s < PROTO_STAT_COUNT ? names[s] : "?";
+}
+
+const char *proto_res_name(unsigned r)
+{
+	static const char *const names[PROTO_RES_COUNT] = {
+		[PROTO_RES_CONNECTIONS] = "connections", [PROTO_RES_TEMPLATES] = "templates",
+		[PROTO_RES_RANGES] = "ranges", [PROTO_RES_BYTES] = "bytes_registered",
+		[PROTO_RES_PROCESSES] = "processes", [PROTO_RES_FDS] = "descriptors",
+		[PROTO_RES_MEMORY] = "memory_bytes",
+	};
+	return r < PROTO_RES_COUNT ? names[r] : "?";
 }
 
 long proto_payload_len(uint16_t type)
@@ -94,15 +112,17 @@ long proto_payload_len(uint16_t type)
 	case PROTO_UNMAP: return sizeof(struct proto_unmap);
 	case PROTO_STATS: return 0;
 	case PROTO_UPGRADE: return sizeof(struct proto_upgrade);
+	case PROTO_USAGE: return sizeof(struct proto_usage);
 	case PROTO_REPLY: return sizeof(struct proto_reply);
 	case PROTO_STATS_REPLY: return sizeof(struct proto_stats_reply);
+	case PROTO_USAGE_REPLY: return sizeof(struct proto_usage_reply);
 	default: return -1;
 	}
 }
 
 static int is_request(uint16_t type)
 {
-	return type >= PROTO_HELLO && type <= PROTO_UPGRADE;
+	return type >= PROTO_HELLO && type <= PROTO_USAGE;
 }
 
 static int all_zero(const uint8_t *p, size_t n)
@@ -139,6 +159,10 @@ static enum proto_err check_reserved(uint16_t type, const void *payload)
 	case PROTO_UPGRADE: {
 		const struct proto_upgrade *u = payload;
 		return u->flags || u->reserved ? PROTO_ERESERVED : PROTO_OK;
+	}
+	case PROTO_USAGE: {
+		const struct proto_usage *u = payload;
+		return u->flags & ~PROTO_USAGE_FLAGS_ALL ? PROTO_ERESERVED : PROTO_OK;
 	}
 	default:
 		return PROTO_OK;

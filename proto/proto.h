@@ -30,9 +30,11 @@ enum proto_type {
 	PROTO_UNMAP = 6,            /* c->d */
 	PROTO_STATS = 7,            /* c->d */
 	PROTO_UPGRADE = 8,          /* c->d: re-exec the daemon binary, keeping every client */
-	PROTO_REPLY = 64,           /* d->c: answer to every request but STATS */
+	PROTO_USAGE = 9,            /* c->d: a uid's use of its budgets */
+	PROTO_REPLY = 64,           /* d->c: answer to every request but STATS and USAGE */
 	PROTO_STATS_REPLY = 65,     /* d->c */
-	PROTO_TYPE_MAX = 66
+	PROTO_USAGE_REPLY = 66,     /* d->c */
+	PROTO_TYPE_MAX = 67
 };
 
 struct proto_hdr {
@@ -101,6 +103,47 @@ struct proto_upgrade {
 };
 _Static_assert(sizeof(struct proto_upgrade) == 8, "proto_upgrade size");
 
+/* USAGE: one uid's use of each budget (enum proto_res order). A client may
+ * ask about its own uid only (uid = its own; or PROTO_USAGE_SELF); root
+ * and the daemon's uid may ask about any, and walk every uid the daemon
+ * has an account for with PROTO_USAGE_NEXT (the first uid above uid;
+ * status -ENOENT past the last). */
+#define PROTO_USAGE_NEXT 0x1u
+#define PROTO_USAGE_SELF 0x2u
+#define PROTO_USAGE_FLAGS_ALL (PROTO_USAGE_NEXT | PROTO_USAGE_SELF)
+struct proto_usage {
+	uint32_t uid;
+	uint32_t flags; /* PROTO_USAGE_* */
+};
+_Static_assert(sizeof(struct proto_usage) == 8, "proto_usage size");
+
+enum proto_res {
+	PROTO_RES_CONNECTIONS,
+	PROTO_RES_TEMPLATES,
+	PROTO_RES_RANGES,
+	PROTO_RES_BYTES,
+	PROTO_RES_PROCESSES,
+	PROTO_RES_FDS,
+	PROTO_RES_MEMORY,
+	PROTO_RES_COUNT
+};
+#define PROTO_RES_MAX 16u
+_Static_assert(PROTO_RES_COUNT <= PROTO_RES_MAX, "too many resources");
+
+struct proto_usage_reply {
+	int32_t status;
+	uint32_t uid;
+	uint32_t count;               /* valid entries below */
+	uint32_t reserved;
+	uint64_t used[PROTO_RES_MAX];
+	uint64_t limit[PROTO_RES_MAX]; /* the uid's budget, 0: none */
+	uint64_t refused[PROTO_RES_MAX]; /* requests refused for this budget so far */
+	uint64_t log_suppressed;      /* this uid's log lines dropped by its rate limit */
+	uint64_t loop_us;             /* main-loop time its requests took */
+};
+_Static_assert(sizeof(struct proto_usage_reply) == 16 + 3 * 8 * PROTO_RES_MAX + 16,
+	       "proto_usage_reply size");
+
 struct proto_reply {
 	int32_t status; /* 0 or -errno */
 	uint32_t id;    /* TEMPLATE_*: the template id; HELLO: PROTO_VERSION; UPGRADE: new pid */
@@ -108,7 +151,10 @@ struct proto_reply {
 };
 _Static_assert(sizeof(struct proto_reply) == 16, "proto_reply size");
 
-/* STATS counters, by index. Append only: old clients read a prefix. */
+/* STATS counters, by index. Append only: old clients read a prefix.
+ * Root and the daemon's own uid are shown the daemon's; any other uid its
+ * own uid's share only (the gauges and every count of its own work):
+ * nothing in STATS tells one uid about another's. */
 enum proto_stat {
 	PROTO_STAT_CLIENTS,         /* connected sessions */
 	PROTO_STAT_PROCESSES,       /* live address spaces served (incl. fork children) */
@@ -128,7 +174,7 @@ enum proto_stat {
 	PROTO_STAT_EV_FORK,         /* uffd events handled */
 	PROTO_STAT_EV_REMAP,
 	PROTO_STAT_EV_UNMAP,
-	PROTO_STAT_EV_REMOVE,
+	PROTO_STAT_RESERVED_18,     /* unused (UFFD_EVENT_REMOVE is never asked for) */
 	PROTO_STAT_PROCS_RECLAIMED, /* fork children found dead and released */
 	PROTO_STAT_CLIENTS_CLOSED,  /* sessions closed for bad input */
 	PROTO_STAT_UNTRACKED,       /* fork children past the limit, served untracked */
@@ -136,6 +182,12 @@ enum proto_stat {
 	PROTO_STAT_BATCH_WAKES,     /* UFFDIO_WAKEs of filled spans (--dontwake) */
 	PROTO_STAT_MAPS_WAITED,     /* MAPs held back for an unmap/mremap event in flight */
 	PROTO_STAT_MAPS_WAIT_EXPIRED, /* of those, MAPs that went ahead at the wait's cap */
+	PROTO_STAT_REFUSED,         /* requests, fork children and fills refused: a budget */
+	PROTO_STAT_RELEASED,        /* address spaces let go (the fallback: zeros) for a budget
+				     * or a fill the kernel kept refusing */
+	PROTO_STAT_LOG_SUPPRESSED,  /* log lines dropped by a uid's rate limit */
+	PROTO_STAT_LOOP_US,         /* main-loop time spent on requests, microseconds */
+	PROTO_STAT_DENIED_SYSCALLS, /* system calls the sandbox refused (daemon-wide only) */
 	PROTO_STAT_COUNT
 };
 #define PROTO_STATS_MAX 32u
@@ -169,6 +221,8 @@ const char *proto_err_str(enum proto_err e);
 const char *proto_type_name(uint16_t type);
 /* Name of STATS counter s (snake_case), "?" when unknown. */
 const char *proto_stat_name(unsigned s);
+/* Name of USAGE resource r (snake_case), "?" when unknown. */
+const char *proto_res_name(unsigned r);
 
 /* Exact payload length of a type, or -1 for an unknown type. */
 long proto_payload_len(uint16_t type);

@@ -54,6 +54,12 @@ void *refpage_mmap(void *addr, size_t len, int prot, int flags, const void *refp
  * closed us): from then on refpage mappings read zeros where untouched. */
 int rp_alive(rp_client *c);
 
+/* What an error of this library means, in words for a user: err is a
+ * -errno (or errno) any rp_* call returned; EDQUOT (a budget of the
+ * caller's uid is used up), EMFILE (a connection refused) and ENOTCONN (the
+ * daemon went away) say what refpaged did. Never NULL. */
+const char *rp_strerror(int err);
+
 /* Daemon counters (see refpagectl stats). names[i] describes values[i].
  * Fills at most max entries; returns the number filled or -errno. */
 int rp_stats(rp_client *c, uint64_t *values, const char **names, int max);

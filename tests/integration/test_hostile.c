@@ -62,7 +62,11 @@ struct fx {
 	uint64_t closed0, faults0;
 };
 
-static const char *const hostile_args[] = { "--hello-timeout", "1", NULL };
+/* Each case asserts the reason the daemon logs: a uid's log rate limit
+ * (tests/tenant tests it) would drop them after the first thousands of
+ * bad packets. */
+#define LOG_ALL "--log-burst", "1000000", "--log-rate", "1000000"
+static const char *const hostile_args[] = { "--hello-timeout", "1", LOG_ALL, NULL };
 
 /* Root's budget: this process's connection and the good client take one
  * connection each; the good client one template, one range and 256 MiB. */
@@ -74,7 +78,7 @@ static const char *const hostile_args[] = { "--hello-timeout", "1", NULL };
 static const char *const limit_args[] = {
 	"--uid-connections", "3", "--uid-templates", "4", "--uid-ranges", "4",
 	"--uid-bytes", "268566528", /* 256 MiB + 32 pages */
-	"--max-descendants", "3", NULL,
+	"--max-descendants", "3", LOG_ALL, NULL,
 };
 _Static_assert(GOOD_LEN + LIM_SPARE_PAGES * PAGE == 268566528ull, "--uid-bytes");
 
@@ -907,7 +911,7 @@ static void test_uid_limits(void **state)
 	}
 	map_or_errno(c3, 1, id[0], &err);
 	assert_int_equal(err, EDQUOT);
-	assert_true(h_daemon_log_has(&fx->d, "limit of"));
+	assert_true(h_daemon_log_has(&fx->d, "budget reached"));
 
 	/* Root is out of everything; another uid is not. */
 	char why[256], out[512];

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -14,11 +15,64 @@
 
 #define NTHREADS 8
 
+/* A fake owner's account: memory charged, and a budget it may hit. The
+ * charge callback is called from several threads in the smoke test. */
+struct owner {
+	_Atomic long long charged;
+	long long budget;      /* 0: unlimited */
+	_Atomic int refs;
+};
+
+static struct owner owner_a, owner_b;
+
+static int fake_charge(void *o, int64_t bytes)
+{
+	struct owner *w = o;
+	long long now = atomic_fetch_add(&w->charged, bytes) + bytes;
+
+	if (bytes > 0 && w->budget && now > w->budget) {
+		atomic_fetch_sub(&w->charged, bytes);
+		return -EDQUOT;
+	}
+	return 0;
+}
+
+static void fake_ref(void *o)
+{
+	atomic_fetch_add(&((struct owner *)o)->refs, 1);
+}
+
+static void fake_put(void *o)
+{
+	atomic_fetch_sub(&((struct owner *)o)->refs, 1);
+}
+
+static int made, freed;
+
+static void count_made(void *ctx, struct tmpl *t)
+{
+	(void)ctx;
+	(void)t;
+	made++;
+}
+
+static void count_freed(void *ctx, struct tmpl *t)
+{
+	(void)ctx;
+	(void)t;
+	freed++;
+}
+
+static const struct tmpl_ops fake_ops = {
+	.charge = fake_charge, .owner_ref = fake_ref, .owner_put = fake_put,
+	.made = count_made, .freed = count_freed,
+};
+
 static int store_setup(void **state)
 {
 	struct tmpl_store *s = calloc(1, sizeof(*s));
 
-	if (!s || tmpl_store_init(s, 0) != 0)
+	if (!s || tmpl_store_init(s, 0, TMPL_SLAB_PAGES, &fake_ops) != 0)
 		return -1;
 	*state = s;
 	return 0;
@@ -32,6 +86,12 @@ static int store_teardown(void **state)
 	assert_int_equal(tmpl_count(s), 0);
 	tmpl_store_fini(s);
 	free(s);
+	/* Every template and slab was uncharged, every owner reference put. */
+	assert_int_equal(atomic_load(&owner_a.charged), 0);
+	assert_int_equal(atomic_load(&owner_b.charged), 0);
+	assert_int_equal(atomic_load(&owner_a.refs), 0);
+	assert_int_equal(atomic_load(&owner_b.refs), 0);
+	owner_a.budget = owner_b.budget = 0;
 	return 0;
 }
 
@@ -51,8 +111,8 @@ static void test_dedup(void **state)
 	seed_page(a, 7);
 	/* The same contents from an unaligned, distinct buffer. */
 	memcpy(b + 1, a, TMPL_PAGE);
-	struct tmpl *t1 = tmpl_get_page(s, a);
-	struct tmpl *t2 = tmpl_get_page(s, b + 1);
+	struct tmpl *t1 = tmpl_get_page(s, &owner_a, 1, a, 0);
+	struct tmpl *t2 = tmpl_get_page(s, &owner_a, 1, b + 1, 0);
 	assert_non_null(t1);
 	assert_ptr_equal(t1, t2);
 	assert_int_equal(t1->refs, 2);
@@ -71,8 +131,8 @@ static void test_fill_equals_create(void **state)
 
 	for (size_t i = 0; i < sizeof(bytes); i++) {
 		memset(page, bytes[i], sizeof(page));
-		struct tmpl *f = tmpl_get_fill(s, bytes[i]);
-		struct tmpl *c = tmpl_get_page(s, page);
+		struct tmpl *f = tmpl_get_fill(s, &owner_a, 1, bytes[i]);
+		struct tmpl *c = tmpl_get_page(s, &owner_a, 1, page, 0);
 		assert_non_null(f);
 		assert_ptr_equal(f, c);
 		assert_int_equal(f->refs, 2);
@@ -91,9 +151,9 @@ static void test_different(void **state)
 	seed_page(a, 1);
 	memcpy(b, a, TMPL_PAGE);
 	b[TMPL_PAGE - 1] ^= 1; /* differ in the last byte only */
-	struct tmpl *ta = tmpl_get_page(s, a);
-	struct tmpl *tb = tmpl_get_page(s, b);
-	struct tmpl *tf = tmpl_get_fill(s, 0x5a);
+	struct tmpl *ta = tmpl_get_page(s, &owner_a, 1, a, 0);
+	struct tmpl *tb = tmpl_get_page(s, &owner_a, 1, b, 0);
+	struct tmpl *tf = tmpl_get_fill(s, &owner_a, 1, 0x5a);
 	assert_non_null(ta);
 	assert_non_null(tb);
 	assert_non_null(tf);
@@ -114,12 +174,12 @@ static void test_zero_detection(void **state)
 	static const size_t offsets[] = { 0, 1, TMPL_PAGE / 2, TMPL_PAGE - 1 };
 	uint8_t page[TMPL_PAGE] = { 0 };
 
-	struct tmpl *z = tmpl_get_page(s, page);
+	struct tmpl *z = tmpl_get_page(s, &owner_a, 1, page, 0);
 	assert_non_null(z);
 	assert_true(z->is_zero);
 	for (size_t i = 0; i < sizeof(offsets) / sizeof(offsets[0]); i++) {
 		page[offsets[i]] = 1;
-		struct tmpl *t = tmpl_get_page(s, page);
+		struct tmpl *t = tmpl_get_page(s, &owner_a, 1, page, 0);
 		assert_non_null(t);
 		assert_false(t->is_zero);
 		tmpl_put(s, t);
@@ -132,7 +192,7 @@ static void test_put_frees(void **state)
 {
 	struct tmpl_store *s = *state;
 
-	struct tmpl *t = tmpl_get_fill(s, 3);
+	struct tmpl *t = tmpl_get_fill(s, &owner_a, 1, 3);
 	assert_non_null(t);
 	tmpl_ref(s, t);
 	assert_int_equal(t->refs, 2);
@@ -141,7 +201,7 @@ static void test_put_frees(void **state)
 	tmpl_put(s, t);
 	assert_int_equal(tmpl_count(s), 0);
 	/* Gone from the table: the same contents make a fresh template. */
-	t = tmpl_get_fill(s, 3);
+	t = tmpl_get_fill(s, &owner_a, 1, 3);
 	assert_non_null(t);
 	assert_int_equal(t->refs, 1);
 	assert_int_equal(tmpl_count(s), 1);
@@ -155,22 +215,22 @@ static void test_max(void **state)
 
 	s = calloc(1, sizeof(*s));
 	assert_non_null(s);
-	assert_int_equal(tmpl_store_init(s, 2), 0);
-	struct tmpl *a = tmpl_get_fill(s, 1);
-	struct tmpl *b = tmpl_get_fill(s, 2);
+	assert_int_equal(tmpl_store_init(s, 2, TMPL_SLAB_PAGES, &fake_ops), 0);
+	struct tmpl *a = tmpl_get_fill(s, &owner_a, 1, 1);
+	struct tmpl *b = tmpl_get_fill(s, &owner_a, 1, 2);
 	assert_non_null(a);
 	assert_non_null(b);
 	errno = 0;
-	assert_null(tmpl_get_fill(s, 3));
+	assert_null(tmpl_get_fill(s, &owner_a, 1, 3));
 	assert_int_equal(errno, ENOSPC);
 	assert_int_equal(tmpl_count(s), 2);
 	/* At the limit, existing contents are still shared. */
-	assert_ptr_equal(tmpl_get_fill(s, 1), a);
+	assert_ptr_equal(tmpl_get_fill(s, &owner_a, 1, 1), a);
 	assert_int_equal(a->refs, 2);
 	tmpl_put(s, a);
 	tmpl_put(s, a);
 	/* A slot freed is a slot usable. */
-	struct tmpl *c = tmpl_get_fill(s, 3);
+	struct tmpl *c = tmpl_get_fill(s, &owner_a, 1, 3);
 	assert_non_null(c);
 	tmpl_put(s, b);
 	tmpl_put(s, c);
@@ -185,13 +245,13 @@ static void test_slab_contents(void **state)
 	uint8_t page[TMPL_PAGE];
 
 	seed_page(page, 42);
-	struct tmpl *t = tmpl_get_page(s, page);
+	struct tmpl *t = tmpl_get_page(s, &owner_a, 1, page, 0);
 	assert_non_null(t);
-	const uint8_t *first = tmpl_slab(t, 1);
+	const uint8_t *first = tmpl_slab(s, t, 1);
 	assert_non_null(first);
 	assert_int_equal((uintptr_t)first % TMPL_PAGE, 0);
 	for (unsigned n = 1; n <= TMPL_SLAB_PAGES; n++) {
-		const uint8_t *slab = tmpl_slab(t, n);
+		const uint8_t *slab = tmpl_slab(s, t, n);
 		assert_ptr_equal(slab, first);
 		for (unsigned i = 0; i < n; i++)
 			assert_memory_equal(slab + (size_t)i * TMPL_PAGE, page, TMPL_PAGE);
@@ -204,11 +264,11 @@ static void test_slab_bad_n(void **state)
 	struct tmpl_store *s = *state;
 	static const unsigned bad[] = { 0, TMPL_SLAB_PAGES + 1, ~0u };
 
-	struct tmpl *t = tmpl_get_fill(s, 9);
+	struct tmpl *t = tmpl_get_fill(s, &owner_a, 1, 9);
 	assert_non_null(t);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		errno = 0;
-		assert_null(tmpl_slab(t, bad[i]));
+		assert_null(tmpl_slab(s, t, bad[i]));
 		assert_int_equal(errno, EINVAL);
 	}
 	tmpl_put(s, t);
@@ -216,6 +276,7 @@ static void test_slab_bad_n(void **state)
 
 struct slab_race {
 	pthread_barrier_t start;
+	struct tmpl_store *s;
 	struct tmpl *t;
 	const void *got[NTHREADS];
 };
@@ -230,7 +291,7 @@ static void *slab_thread(void *p)
 	struct slab_arg *a = p;
 
 	pthread_barrier_wait(&a->race->start);
-	a->race->got[a->i] = tmpl_slab(a->race->t, TMPL_SLAB_PAGES);
+	a->race->got[a->i] = tmpl_slab(a->race->s, a->race->t, TMPL_SLAB_PAGES);
 	return NULL;
 }
 
@@ -244,7 +305,8 @@ static void test_slab_race(void **state)
 	pthread_t th[NTHREADS];
 
 	for (int round = 0; round < 20; round++) {
-		race.t = tmpl_get_fill(s, (uint8_t)round);
+		race.s = s;
+		race.t = tmpl_get_fill(s, &owner_a, 1, (uint8_t)round);
 		assert_non_null(race.t);
 		assert_int_equal(pthread_barrier_init(&race.start, NULL, NTHREADS), 0);
 		for (int i = 0; i < NTHREADS; i++) {
@@ -257,7 +319,7 @@ static void test_slab_race(void **state)
 		assert_non_null(race.got[0]);
 		for (int i = 1; i < NTHREADS; i++)
 			assert_ptr_equal(race.got[i], race.got[0]);
-		assert_ptr_equal(tmpl_slab(race.t, 1), race.got[0]);
+		assert_ptr_equal(tmpl_slab(s, race.t, 1), race.got[0]);
 		tmpl_put(s, race.t);
 	}
 }
@@ -274,7 +336,7 @@ static void test_rehash(void **state)
 	assert_non_null(all);
 	for (uint32_t i = 0; i < MANY; i++) {
 		seed_page(page, i);
-		all[i] = tmpl_get_page(s, page);
+		all[i] = tmpl_get_page(s, &owner_a, 1, page, 0);
 		assert_non_null(all[i]);
 	}
 	assert_int_equal(tmpl_count(s), MANY);
@@ -282,7 +344,7 @@ static void test_rehash(void **state)
 	assert_true(s->nbuckets >= MANY);
 	for (uint32_t i = 0; i < MANY; i++) {
 		seed_page(page, i);
-		assert_ptr_equal(tmpl_get_page(s, page), all[i]);
+		assert_ptr_equal(tmpl_get_page(s, &owner_a, 1, page, 0), all[i]);
 		assert_int_equal(all[i]->refs, 2);
 		tmpl_put(s, all[i]);
 		tmpl_put(s, all[i]);
@@ -306,10 +368,10 @@ static void *smoke_thread(void *p)
 		uint8_t byte = (uint8_t)(rand_r(&a->seed) % 8);
 		struct tmpl *t;
 		if (i & 1) {
-			t = tmpl_get_fill(a->s, byte);
+			t = tmpl_get_fill(a->s, &owner_a, 1, byte);
 		} else {
 			memset(page, byte, sizeof(page));
-			t = tmpl_get_page(a->s, page);
+			t = tmpl_get_page(a->s, &owner_a, 1, page, 0);
 		}
 		if (!t || t->page[TMPL_PAGE - 1] != byte || t->is_zero != (byte == 0))
 			return (void *)1;
@@ -317,7 +379,7 @@ static void *smoke_thread(void *p)
 			tmpl_ref(a->s, t);
 			tmpl_put(a->s, t);
 		}
-		if (i % 5 == 0 && !tmpl_slab(t, TMPL_SLAB_PAGES))
+		if (i % 5 == 0 && !tmpl_slab(a->s, t, TMPL_SLAB_PAGES))
 			return (void *)1;
 		tmpl_put(a->s, t);
 	}
@@ -341,6 +403,82 @@ static void test_thread_smoke(void **state)
 	}
 }
 
+/* The same bytes of two owners are two templates: nothing one uid does
+ * with a template (its count, its creation time, an error) depends on
+ * whether another uid has the same bytes. One owner's are one. */
+static void test_owner_isolation(void **state)
+{
+	struct tmpl_store *s = *state;
+	uint8_t page[TMPL_PAGE];
+
+	seed_page(page, 77);
+	struct tmpl *a1 = tmpl_get_page(s, &owner_a, 1, page, 0);
+	struct tmpl *b1 = tmpl_get_page(s, &owner_b, 2, page, 0);
+	struct tmpl *a2 = tmpl_get_page(s, &owner_a, 1, page, 0);
+	assert_non_null(a1);
+	assert_non_null(b1);
+	assert_ptr_equal(a1, a2);
+	assert_ptr_not_equal(a1, b1);
+	assert_int_not_equal(a1->id, b1->id);
+	assert_ptr_equal(a1->owner, &owner_a);
+	assert_ptr_equal(b1->owner, &owner_b);
+	assert_int_equal(tmpl_count(s), 2);
+	/* Each owner pays for its own, once. */
+	assert_int_equal(atomic_load(&owner_a.charged), atomic_load(&owner_b.charged));
+	assert_true(atomic_load(&owner_a.charged) >= TMPL_PAGE);
+	tmpl_put(s, a1);
+	tmpl_put(s, a2);
+	tmpl_put(s, b1);
+}
+
+/* Over its budget, an owner is refused (EDQUOT) and nothing is left
+ * charged; another owner is not affected; an existing template of the
+ * refused owner is still handed out (it costs nothing more). */
+static void test_owner_budget(void **state)
+{
+	struct tmpl_store *s = *state;
+	struct tmpl *t = tmpl_get_fill(s, &owner_a, 1, 1);
+
+	assert_non_null(t);
+	owner_a.budget = atomic_load(&owner_a.charged);
+	errno = 0;
+	assert_null(tmpl_get_fill(s, &owner_a, 1, 2));
+	assert_int_equal(errno, EDQUOT);
+	assert_int_equal(atomic_load(&owner_a.charged), owner_a.budget);
+	struct tmpl *again = tmpl_get_fill(s, &owner_a, 1, 1);
+	assert_ptr_equal(again, t);
+	struct tmpl *b = tmpl_get_fill(s, &owner_b, 2, 2);
+	assert_non_null(b);
+	/* No budget left for a slab: fills go one page at a time. */
+	assert_null(tmpl_slab(s, t, 4));
+	assert_int_equal(atomic_load(&owner_a.charged), owner_a.budget);
+	assert_non_null(tmpl_slab(s, b, 4));
+	assert_int_equal(atomic_load(&owner_b.charged), owner_a.budget + TMPL_SLAB_PAGES * TMPL_PAGE);
+	tmpl_put(s, t);
+	tmpl_put(s, again);
+	tmpl_put(s, b);
+}
+
+/* Ids are unique while the store lives, a restart's id is kept, and the
+ * observer hears of every template made and freed. */
+static void test_ids_and_hooks(void **state)
+{
+	struct tmpl_store *s = *state;
+	uint8_t page[TMPL_PAGE];
+	int m0 = made, f0 = freed;
+
+	seed_page(page, 5);
+	struct tmpl *kept = tmpl_get_page(s, &owner_a, 1, page, 1000);
+	assert_non_null(kept);
+	assert_int_equal(kept->id, 1000);
+	struct tmpl *next = tmpl_get_fill(s, &owner_a, 1, 0x11);
+	assert_true(next->id > 1000);
+	assert_int_equal(made - m0, 2);
+	tmpl_put(s, kept);
+	tmpl_put(s, next);
+	assert_int_equal(freed - f0, 2);
+}
+
 int main(void)
 {
 #define WITH_STORE(f) cmocka_unit_test_setup_teardown(f, store_setup, store_teardown)
@@ -356,6 +494,9 @@ int main(void)
 		WITH_STORE(test_slab_race),
 		WITH_STORE(test_rehash),
 		WITH_STORE(test_thread_smoke),
+		WITH_STORE(test_owner_isolation),
+		WITH_STORE(test_owner_budget),
+		WITH_STORE(test_ids_and_hooks),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
