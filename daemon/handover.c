@@ -675,6 +675,7 @@ static void check_journal(int sock, int fd)
 	static const struct jnl_callbacks none;
 	struct jnl_info info;
 	enum jnl_err e = jnl_read(fd, &none, NULL, &info);
+	uint32_t version = info.version;
 	char why[120];
 
 	jnl_info_free(&info);
@@ -682,7 +683,7 @@ static void check_journal(int sock, int fd)
 		return;
 	if (e == JNL_EVERSION)
 		snprintf(why, sizeof(why), "the journal is format version %u; this binary reads %u",
-			 info.version, JNL_VERSION);
+			 version, JNL_VERSION);
 	else
 		snprintf(why, sizeof(why), "the journal is unusable: %s", jnl_err_str(e));
 	log_err("handover: %s: refusing; the running daemon goes on serving", why);

@@ -520,6 +520,7 @@ static int init(int argc, char **argv, char **args, struct fdset *fds)
 	return 0;
 }
 
+#ifndef RP_RESTART_WING
 /* The core alone (no restart wing): a start passes nothing on. */
 static void drop_passed(struct fdset *fds)
 {
@@ -529,6 +530,7 @@ static void drop_passed(struct fdset *fds)
 				 fds->v[i].name);
 	fdset_free(fds);
 }
+#endif
 
 static void shutdown_all(int status)
 {

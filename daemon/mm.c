@@ -327,6 +327,7 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 	atomic_init(&mm->refs, 1);
 	atomic_init(&mm->dead, 0);
 	range_table_init(&mm->ranges, d->cfg.lim.ranges, &mm_ops, mm);
+	mm->accounted = 1;
 	atomic_fetch_add(&tree->procs, 1);
 	atomic_fetch_add(&tree->refs, 1);
 	acct_stat_add(a, PROTO_STAT_PROCESSES, 1);
@@ -453,11 +454,13 @@ struct rp_mm *mm_restore(struct rp_daemon *d, int uffd, uint64_t features, struc
 	acct_adjust(a, ACCT_PROCESSES, 1);
 	acct_adjust(a, ACCT_FDS, 1);
 	mm->is_child = is_child;
+	mm->accounted = 0; /* its table is charged once the replay is done */
 	return mm;
 }
 
 void mm_restore_account(struct rp_mm *mm)
 {
+	mm->accounted = 1;
 	account(mm, 0, 0);
 }
 
@@ -473,7 +476,8 @@ static void mm_free(struct rp_mm *mm)
 	uint64_t b0 = range_bytes(&mm->ranges);
 
 	range_table_fini(&mm->ranges);
-	account(mm, n0, b0);
+	if (mm->accounted)
+		account(mm, n0, b0);
 	if (mm->uffd >= 0) {
 		/* Never served: nobody watches it. */
 		close(mm->uffd);

@@ -84,6 +84,7 @@ struct rp_mm {
 	int is_child;              /* adopted from a fork event */
 	int budget_hit;            /* a range node was refused for the budget */
 	int wake_all;              /* restored: wake every waiting thread when served */
+	int accounted;             /* its table is in the gauges and the uid's account */
 	struct acct *acct;         /* the uid's account, charged for all below */
 	struct rp_tree *tree;
 	struct rp_daemon *d;

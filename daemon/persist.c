@@ -112,7 +112,7 @@ static void emit_session(struct wing *wg, const struct obs_event *ev)
 		break;
 	}
 	case OBS_SESSION_END: {
-		struct jnl_end r = { .id = ev->session };
+		struct jnl_ended r = { .id = ev->session };
 		append(wg, JNL_SESSION_END, &r, sizeof(r));
 		unstore(wg, 'c', ev->session);
 		break;
@@ -149,7 +149,7 @@ static void emit_mm(struct wing *wg, const struct obs_event *ev)
 		break;
 	}
 	case OBS_MM_END: {
-		struct jnl_end r = { .id = ev->mm };
+		struct jnl_ended r = { .id = ev->mm };
 		append(wg, JNL_MM_END, &r, sizeof(r));
 		unstore(wg, 'u', ev->mm);
 		break;
@@ -247,7 +247,7 @@ static void on_tmpl_freed(void *ctx, struct tmpl *t)
 	if (!wg->writer_open || !tmpl_page(t, &page, &crc))
 		return;
 	if (wg->journaling) {
-		struct jnl_end rec = { .id = t->id };
+		struct jnl_ended rec = { .id = t->id };
 		append(wg, JNL_TMPL_FREE, &rec, sizeof(rec));
 	}
 	jnl_page_free(&wg->w, page);

@@ -269,7 +269,6 @@ static int add_mm(struct restore *r, uint32_t id, pid_t pid, uid_t uid, uint32_t
 	rm->mm = mm;
 	if (root)
 		range_table_set_root(&mm->ranges, root);
-	mm_restore_account(mm);
 	return 0;
 }
 
@@ -405,13 +404,12 @@ static int rec_range(struct restore *r, enum jnl_type type, const union jnl_payl
 	uint32_t id = type == JNL_MAP ? p->map.mm : type == JNL_UNMAP ? p->unmap.mm : p->copy.mm;
 	struct rp_mm *mm = mm_of(r, id);
 	struct range_table *rt = mm ? &mm->ranges : NULL;
-	size_t n0, max;
-	uint64_t b0;
+	size_t max;
 	int e = 0;
 
 	if (!mm)
 		return JNL_REJECT;
-	n0 = range_count(rt), b0 = range_bytes(rt), max = rt->max;
+	max = rt->max;
 	rt->max = 0;
 	if (type == JNL_MAP) {
 		struct tmpl *t = idm_get(&r->tmpls, p->map.tmpl);
@@ -425,8 +423,6 @@ static int rec_range(struct restore *r, enum jnl_type type, const union jnl_payl
 		e = range_copy(rt, p->copy.from, p->copy.to, p->copy.len);
 	}
 	rt->max = max;
-	acct_adjust(mm->acct, ACCT_RANGES, (int64_t)range_count(rt) - (int64_t)n0);
-	acct_adjust(mm->acct, ACCT_BYTES, (int64_t)range_bytes(rt) - (int64_t)b0);
 	if (e)
 		log_warn("restore: u%u: a %s could not be replayed; some untouched pages may read "
 			 "zeros", id, jnl_type_name(type));
@@ -558,6 +554,8 @@ static void link_and_check(struct restore *r)
 				  : uffd_probe(rm->mm->uffd, uffd_user_bottom()) == -ESRCH
 					  ? "the process is gone" : NULL;
 		if (!why) {
+			/* Its table is what the replay left: charged now. */
+			mm_restore_account(rm->mm);
 			r->kept[1]++;
 			continue;
 		}

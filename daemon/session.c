@@ -388,6 +388,17 @@ static int range_ok(uint64_t addr, uint64_t len)
 
 static void on_op_done(struct mm_op *op);
 
+/* --debug-die-peeked/--debug-die-answered N: the N-th request handled. */
+static uint32_t nrequests;
+
+static void debug_die(uint32_t at, uint32_t n, const char *when)
+{
+	if (at && at == n) {
+		log_warn("--debug-die-%s %u: dying here", when, at);
+		_exit(99);
+	}
+}
+
 /* The op runs on the worker; the socket is not read until it is answered
  * (the request stays peeked on it: a restart finds it there). */
 static int submit(struct session *s, uint32_t seq, enum mm_op_type type, uint64_t addr,
@@ -423,6 +434,7 @@ static void on_op_done(struct mm_op *op)
 			  (unsigned long long)op->len, strerror(-op->status));
 	if (reply(s, s->op_seq, op->status, s->op_id, 0) < 0)
 		return;
+	debug_die(s->d->cfg.die_answered, s->op_nreq, "answered");
 	session_consume(s);
 	ev_io_start(s->d->loop, &s->io);
 }
@@ -599,17 +611,6 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 	}
 }
 
-/* --debug-die-peeked/--debug-die-answered N: the N-th request handled. */
-static uint32_t nrequests;
-
-static void debug_die(uint32_t at, const char *when)
-{
-	if (at && at == nrequests) {
-		log_warn("--debug-die-%s %u: dying here", when, at);
-		_exit(99);
-	}
-}
-
 void session_consume(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
@@ -694,11 +695,11 @@ static int handle_one(struct session *s)
 	int r = replayed(s, h, fd);
 	if (r)
 		return r;
-	nrequests++;
-	debug_die(s->d->cfg.die_peeked, "peeked");
+	s->op_nreq = ++nrequests;
+	debug_die(s->d->cfg.die_peeked, s->op_nreq, "peeked");
 	if ((r = dispatch(s, h, fd)) != 0)
 		return r > 0 ? 0 : -1;
-	debug_die(s->d->cfg.die_answered, "answered");
+	debug_die(s->d->cfg.die_answered, s->op_nreq, "answered");
 	session_consume(s);
 	return 1;
 }

@@ -40,6 +40,7 @@ struct session {
 	struct mm_op op;         /* the MAP or UNMAP in flight, if busy */
 	int busy;
 	uint32_t op_seq, op_id;   /* the request's seq, and the id its reply carries */
+	uint32_t op_nreq;         /* its number among all requests (--debug-die-*) */
 	struct session *prev, *next;
 	/* Restarts (the restart wing): the last reply sent; the request being
 	 * handled is still on the socket (peeked); the first request after a

@@ -150,8 +150,9 @@ void wing_fini(struct rp_daemon *d)
 
 	if (!wg)
 		return;
+	/* SIGHUP's watcher stays: stopping it would restore the default
+	 * action with rt_sigaction, which the sandbox does not allow. */
 	ev_timer_stop(d->loop, &wg->compact_timer);
-	ev_signal_stop(d->loop, &wg->sighup);
 	if (wg->counters) {
 		stats_move_home();
 		munmap(wg->counters, JNL_PAGE);

@@ -4,14 +4,14 @@
  *     16 threads and a fork child with 4, all faulting without a pause over
  *     four refpage mappings: not one wrong byte, no fault slower than a
  *     handover, STATS going on, the same connection throughout;
- *   - an upgrade the new binary refuses (a snapshot format it cannot read):
+ *   - an upgrade the new binary refuses (a journal format it cannot read):
  *     the old daemon goes on serving; uid 65534 may not upgrade;
  *   - the fd store, with this process standing in for systemd
  *     ($NOTIFY_SOCKET, FDSTORE=1/FDNAME=/FDSTOREREMOVE=1, LISTEN_FDS and
  *     LISTEN_FDNAMES): SIGKILL and a restart lose nothing; then each kind
- *     of damage between the kill and the restart (a corrupt slot, a
- *     truncated snapshot, an unknown version, a fork child gone, a
- *     descriptor that is not a uffd) with its outcome checked.
+ *     of damage between the kill and the restart (a torn last record, a
+ *     corrupt image, a truncated journal, an unknown version, a fork child
+ *     gone, a descriptor that is not a uffd) with its outcome checked.
  * Deadlines only keep a broken build from hanging. */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,7 +41,7 @@
 
 #include "harness.h"
 #include "load.h"
-#include "snapshot.h"
+#include "journal.h"
 
 #define PAGE H_PAGE
 #define RW (PROT_READ | PROT_WRITE)
@@ -294,10 +294,10 @@ static void test_upgrade_refused(void **state)
 	assert_int_equal(ctl_upgrade(fx, 0, &st, out, sizeof(out)), 0);
 	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 3)
 		fail_msg("refpagectl upgrade: status %#x, want exit 3: %s", st, out);
-	assert_non_null(strstr(out, "cannot read the state snapshot"));
+	assert_non_null(strstr(out, "cannot read the state journal"));
 	assert_true(h_daemon_alive(&fx->d));
 	assert_int_equal(fx->d.pid, pid0);
-	assert_true(h_daemon_log_has(&fx->d, "the snapshot is format version 999"));
+	assert_true(h_daemon_log_has(&fx->d, "the journal is format version 999"));
 	assert_true(h_daemon_log_has(&fx->d, "(exit status 3)"));
 	assert_true(h_daemon_log_has(&fx->d, "still serving"));
 	ld_wait_progress(&ld);
@@ -696,7 +696,7 @@ static void test_store_kill(void **state)
 		       (double)atomic_load(&f->ld.sh->side[0].max_ns) / 1e6);
 	}
 	alive_stop(&mon);
-	assert_true(log_has(f, "restore: from systemd, snapshot generation"));
+	assert_true(log_has(f, "restore: from systemd, journal generation"));
 	assert_false(log_has(f, "dropped;"));
 	assert_false(log_has(f, "client up"));
 	/* What goes away leaves the store: a connection, a fork child. */
@@ -730,7 +730,7 @@ static void *bg_map_main(void *arg)
 
 /* A request in flight when the daemon dies is neither lost nor done twice:
  * the daemon takes a request off its socket only once it has answered it,
- * and the snapshot keeps its last answer (daemon/session.c). */
+ * and the journal keeps its last answer (daemon/session.c). */
 static void test_store_in_flight(void **state)
 {
 	static const char *const die_answered[] = { "--debug-die-answered", "3", NULL };
@@ -784,37 +784,63 @@ static void test_store_in_flight(void **state)
 	f->ok = 1;
 }
 
-enum damage { CORRUPT_NEWEST, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD };
+enum damage { TORN_TAIL, CORRUPT_IMAGE, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD };
 
 struct damage_row {
 	const char *name;
 	enum damage what;
 	const char *log;   /* what the restarted daemon must say */
-	int drops_all;     /* the snapshot is lost: every client is let go */
+	int drops_all;     /* the journal is lost: every client is let go */
 };
 
 static const struct damage_row damage_rows[] = {
-	{ "newest slot corrupt", CORRUPT_NEWEST, "checksum mismatch; using generation", 0 },
-	{ "truncated memfd", TRUNCATED, "the snapshot is unusable: truncated", 1 },
-	{ "unknown version", UNKNOWN_VERSION, "the snapshot is format version 999", 1 },
+	{ "last record torn", TORN_TAIL, "the journal ends with torn record", 0 },
+	{ "image corrupt", CORRUPT_IMAGE, "the journal is unusable", 1 },
+	{ "truncated memfd", TRUNCATED, "the journal is unusable: truncated", 1 },
+	{ "unknown version", UNKNOWN_VERSION, "the journal is format version 999", 1 },
 	{ "fork child gone", CHILD_GONE, "the process is gone; released", 0 },
 	{ "not a uffd", NOT_A_UFFD, "not a userfaultfd; dropped", 0 },
 };
 
-static void corrupt_newest(int snap)
+/* Where the journal stands, as a reader sees it. */
+static void journal_info(int snap, struct jnl_info *info)
 {
-	struct snap_image img;
-	uint32_t version;
+	static const struct jnl_callbacks none;
+
+	assert_int_equal(jnl_read(snap, &none, NULL, info), JNL_OK);
+	printf("  generation %llu in slot %d: image %llu bytes, %llu records\n",
+	       (unsigned long long)info->gen, info->slot, (unsigned long long)info->image_len,
+	       (unsigned long long)info->records);
+}
+
+static void flip(int snap, uint64_t off)
+{
 	uint8_t b;
 
-	assert_int_equal(snap_read(snap, &img, &version), SNAP_OK);
-	uint64_t off = SNAP_SLOT_OFF(img.slot) + img.len / 2;
-	printf("  newest: generation %llu in slot %d, %zu bytes\n", (unsigned long long)img.gen,
-	       img.slot, img.len);
-	snap_image_free(&img);
 	assert_int_equal(pread(snap, &b, 1, (off_t)off), 1);
 	b ^= 0x40;
 	assert_int_equal(pwrite(snap, &b, 1, (off_t)off), 1);
+}
+
+/* The last record (the reply of the last request: nothing served depends
+ * on it) is torn, as a crash in its pwrite would leave it. */
+static void tear_tail(int snap)
+{
+	struct jnl_info info;
+
+	journal_info(snap, &info);
+	assert_true(info.records > 0);
+	flip(snap, info.tail - 1);
+	jnl_info_free(&info);
+}
+
+static void corrupt_image(int snap)
+{
+	struct jnl_info info;
+
+	journal_info(snap, &info);
+	flip(snap, JNL_IMAGE_OFF(info.slot) + info.image_len / 2);
+	jnl_info_free(&info);
 }
 
 static void do_damage(struct sfx *f, const struct damage_row *row)
@@ -825,14 +851,17 @@ static void do_damage(struct sfx *f, const struct damage_row *row)
 
 	assert_true(snap >= 0);
 	switch (row->what) {
-	case CORRUPT_NEWEST:
-		corrupt_newest(snap);
+	case TORN_TAIL:
+		tear_tail(snap);
+		break;
+	case CORRUPT_IMAGE:
+		corrupt_image(snap);
 		break;
 	case TRUNCATED:
-		assert_int_equal(ftruncate(snap, SNAP_PAGE), 0);
+		assert_int_equal(ftruncate(snap, JNL_PAGE), 0);
 		break;
 	case UNKNOWN_VERSION:
-		assert_int_equal(pwrite(snap, &v, sizeof(v), offsetof(struct snap_file_hdr, version)), 4);
+		assert_int_equal(pwrite(snap, &v, sizeof(v), offsetof(struct jnl_file_hdr, version)), 4);
 		break;
 	case CHILD_GONE:
 		kill(f->ld.child, SIGKILL);
@@ -894,9 +923,8 @@ static void test_store_damage(void **state)
 			f = *state;
 		}
 		sfx_clients(f, 4);
-		if (row->what == CORRUPT_NEWEST) {
-			/* One more change, so that the other slot has a
-			 * generation with every mapping too. */
+		if (row->what == TORN_TAIL) {
+			/* One more request, whose records come last. */
 			uint32_t id;
 			assert_int_equal(rp_template_fill(f->c, 0x77, &id), 0);
 		}
@@ -915,7 +943,8 @@ static void test_store_damage(void **state)
 			assert_int_equal(rp_alive(f->c), 1);
 			/* Our own pages were served throughout. */
 			assert_int_equal(atomic_load(&f->ld.sh->side[0].zeros), 0);
-			assert_int_equal(stat_of(f->c, "processes"), row->what == CORRUPT_NEWEST ? 2 : 1);
+			assert_int_equal(stat_of(f->c, "processes"),
+					 row->what == TORN_TAIL ? 2 : 1);
 		}
 		ld_assert_good(&f->ld);
 		f->ok = 1;
@@ -927,7 +956,7 @@ static void test_store_damage(void **state)
 #define COST_PAIRS 300
 
 /* Microseconds per MAP + UNMAP of 16 pages, with n other ranges registered
- * (the snapshot is rewritten, whole, before each reply). */
+ * (each change is appended to the journal before its reply). */
 static double map_cost_us(rp_client *c, int n)
 {
 	uint8_t **keep = calloc((size_t)n, sizeof(*keep));
