@@ -58,9 +58,9 @@ static void no_effect(void)
 	printf("  a range from a registered page into an unregistered one %s\n",
 	       kf_err(kf_wp(fd, (uintptr_t)r + 3 * PAGE, 2 * PAGE, DW)));
 	printf("  0x7ffffffff000 - 4096 (last page below TASK_SIZE) %s, 0x7ffffffff000 %s, "
-	       "0x1000 (< mmap_min_addr) %s, unaligned %s, mode WP|DONTWAKE %s\n",
+	       "0 (below vm.mmap_min_addr: no such check) %s, unaligned %s, mode WP|DONTWAKE %s\n",
 	       kf_err(kf_wp(fd, 0x7ffffffff000ull - PAGE, PAGE, DW)),
-	       kf_err(kf_wp(fd, 0x7ffffffff000ull, PAGE, DW)), kf_err(kf_wp(fd, 0x1000, PAGE, DW)),
+	       kf_err(kf_wp(fd, 0x7ffffffff000ull, PAGE, DW)), kf_err(kf_wp(fd, 0, PAGE, DW)),
 	       kf_err(kf_wp(fd, (uintptr_t)r + 1, PAGE, DW)),
 	       kf_err(kf_wp(fd, (uintptr_t)r, PAGE, DW | UFFDIO_WRITEPROTECT_MODE_WP)));
 
