@@ -60,7 +60,7 @@
 #define PAGE 4096
 #define NOBODY 65534
 #define WAIT_MS 5000
-#define RACE_TRIES 100
+#define RACE_TRIES 400
 
 /* Older uapi headers (Debian 12 has 6.1's) lack UFFDIO_MOVE (6.8). A
  * kernel without it answers EINVAL too, which is what is checked. */
@@ -552,7 +552,7 @@ static pid_t fork_and_steal(int stolen, const uint8_t *tmpl, uint8_t *R, uint8_t
 			child_loop(sv[1], R, Q, S);
 		}
 		close(sv[1]);
-		for (double end = now_s() + 0.2; now_s() < end && atomic_load(&sp.child_ufd) < 0;)
+		for (double end = now_s() + 0.05; now_s() < end && atomic_load(&sp.child_ufd) < 0;)
 			usleep(100);
 		atomic_store(&sp.stop, 1);
 		pthread_join(t, NULL);
