@@ -99,5 +99,5 @@ enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault
 	if (uffd_wake(uffd, addr, addr + PAGE) == -ESRCH)
 		return UFFD_GONE_MM;
 	acct_stat_add(c->acct, PROTO_STAT_FAULTS, 1);
-	return UFFD_OK;
+	return k == UFFD_BUG ? UFFD_BUG : UFFD_OK;
 }

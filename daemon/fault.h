@@ -46,9 +46,10 @@ struct fault_cfg {
  * with the zero page when p is NULL (an address no range knows: answered
  * all the same, never left waiting). Returns UFFD_OK when the thread was
  * answered (*end: the end of the pages filled, else 0; with dontwake the
- * caller must uffd_wake [page, *end) itself), UFFD_RETRY or UFFD_NOMEM
- * when it must be tried again later, UFFD_GONE_MM when the process is
- * gone. */
+ * caller must uffd_wake [page, *end) itself), UFFD_BUG when the fill
+ * failed for a reason we do not know and the thread was woken to fault
+ * again (the caller bounds how often), UFFD_RETRY or UFFD_NOMEM when it
+ * must be tried again later, UFFD_GONE_MM when the process is gone. */
 enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault_streams *fs,
 			     uint64_t addr, uint64_t flags, const struct fault_cfg *c, uint64_t *end);
 

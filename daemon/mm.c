@@ -45,6 +45,10 @@
 #define RETRY_NOMEM_S 0.001
 #define RETRY_NOMEM_MAX_S 0.064
 #define RETRY_GIVE_UP_S 2.0
+/* Faults in a row that fail for a reason we do not know (the thread is
+ * woken and faults again): past this, the address space is let go rather
+ * than spun on for ever. */
+#define BUGS_MAX 1000
 /* A MAP held back for an event in flight (op_try) is tried again this
  * often, and goes ahead anyway after the cap. */
 #define MAP_RETRY_S 0.001
@@ -819,7 +823,7 @@ static int pending_retry(struct rp_mm *mm)
 			return -1;
 		}
 		if (k != UFFD_RETRY && k != UFFD_NOMEM)
-			continue;
+			continue; /* answered, or woken to fault again */
 		if (now - f.first >= RETRY_GIVE_UP_S) {
 			mm_gone(mm, k == UFFD_NOMEM ? "the kernel kept refusing its page fills "
 				"(ENOMEM: its memory limit)" : "a fault stayed unfillable", 1);
@@ -1010,6 +1014,11 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 	enum uffd_class k = answer(mm, addr, flags, cfg->dontwake, &end);
 	if (k == UFFD_GONE_MM) {
 		mm_gone(mm, "process gone", 0);
+		return -1;
+	}
+	mm->bugs = k == UFFD_BUG ? mm->bugs + 1 : 0;
+	if (mm->bugs > BUGS_MAX) {
+		mm_gone(mm, "its faults keep failing (see the lines above)", 1);
 		return -1;
 	}
 	if (k == UFFD_RETRY || k == UFFD_NOMEM) {

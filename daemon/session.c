@@ -524,35 +524,39 @@ static int do_usage(struct session *s, uint32_t seq, const struct proto_usage *u
 
 /* --- HELLO ---------------------------------------------------------------------------- */
 
+/* A HELLO refused: the client's uffd is closed off the main loop (its
+ * last close waits for the client's mmap_lock), the client told why. */
+static int hello_refused(struct session *s, uint32_t seq, int fd, int32_t status, const char *why)
+{
+	workers_close_fd(&s->d->workers, fd);
+	reply_and_close(s, seq, status, PROTO_VERSION, why);
+	return -1;
+}
+
 /* HELLO: the client's unconfigured uffd. Returns -1 if s was closed. */
 static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h, int fd)
 {
 	uint64_t features = 0;
 	int r;
 
-	if (s->mm) {
-		close(fd);
-		reply_and_close(s, seq, -EPROTO, 0, "second HELLO");
-		return -1;
-	}
-	if (h->page_size != TMPL_PAGE) {
-		close(fd);
-		reply_and_close(s, seq, -EINVAL, PROTO_VERSION, "page size mismatch");
-		return -1;
-	}
-	if ((r = mm_handshake(fd, &features)) < 0) {
-		close(fd);
-		reply_and_close(s, seq, r, PROTO_VERSION,
-				r == -EBADF ? "HELLO fd is not a userfaultfd" : "userfaultfd handshake refused");
-		return -1;
-	}
+	if (s->mm)
+		return hello_refused(s, seq, fd, -EPROTO, "second HELLO");
+	if (h->page_size != TMPL_PAGE)
+		return hello_refused(s, seq, fd, -EINVAL, "page size mismatch");
+	if ((r = mm_handshake(fd, &features)) < 0)
+		return hello_refused(s, seq, fd, r, r == -EBADF ? "HELLO fd is not a userfaultfd"
+								: "userfaultfd handshake refused");
+	/* A 32-bit process's uffd refuses every copy from our (64-bit)
+	 * template addresses: it would fault for ever. UFFDIO_WAKE takes no
+	 * lock of the client's and checks the range against its top. */
+	if (uffd_wake(fd, uffd_user_bottom(), uffd_user_top()) == -EINVAL)
+		return hello_refused(s, seq, fd, -EOPNOTSUPP,
+				     "a 32-bit process: its address space ends below our templates");
 	struct rp_mm *mm = mm_new_client(s->d, fd, features, s->acct, s->pid);
 	if (!mm) {
 		int e = errno;
-		close(fd);
-		reply_and_close(s, seq, -e, PROTO_VERSION,
-				e == EDQUOT ? "a budget of its uid is used up" : "out of memory");
-		return -1;
+		return hello_refused(s, seq, fd, -e, e == EDQUOT ? "a budget of its uid is used up"
+								 : "out of memory");
 	}
 	session_attach_mm(s, mm);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_MM, .mm = mm->id });

@@ -276,6 +276,35 @@ void workers_resume(struct workers *ws)
 	}
 }
 
+/* --- closing off the main loop --------------------------------------------- */
+
+struct fd_close {
+	struct loop_call call;
+	int fd;
+};
+
+static void fd_close_run(void *arg)
+{
+	struct fd_close *c = arg;
+
+	close(c->fd);
+	free(c);
+}
+
+void workers_close_fd(struct workers *ws, int fd)
+{
+	struct fd_close *c = ws->n ? malloc(sizeof(*c)) : NULL;
+
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->call.fn = fd_close_run;
+	c->call.arg = c;
+	inbox_post(&ws->v[(unsigned)fd % ws->n].in, &c->call);
+}
+
 /* --- placement ------------------------------------------------------------- */
 
 struct worker *worker_pick(struct workers *ws, struct acct *a)

@@ -84,6 +84,11 @@ void loop_close_fd(struct ev_loop *loop, int fd);
 /* Right after making a loop, before the sandbox: learn its epoll set. */
 void loop_track(struct ev_loop *loop);
 
+/* Close fd on a worker's thread: the last close of a client's uffd takes
+ * the client's mmap_lock (userfaultfd_release), which the client may hold
+ * for long; the main loop must not wait for it. */
+void workers_close_fd(struct workers *ws, int fd);
+
 /* Main thread: stop every worker's loop between two callbacks (no fault,
  * event or request half handled), and go on; for the handover. */
 void workers_pause(struct workers *ws);
