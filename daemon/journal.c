@@ -1044,7 +1044,7 @@ static int builder_fail(struct jnl_image_builder *b, int err)
 
 static int builder_put(struct jnl_image_builder *b, struct jnl_bytes *sec, const void *p, size_t n)
 {
-	if (b->err)
+	if (b->err || !n)
 		return b->err;
 	if (n > JNL_IMAGE_MAX - sec->len)
 		return builder_fail(b, -EFBIG);
@@ -1264,6 +1264,8 @@ static int cmp_u32(const void *a, const void *b)
 /* Punch pages that nothing refers to any more, by runs of neighbours. */
 static void punch_pages(struct jnl_writer *w, struct jnl_u32s *pages)
 {
+	if (!pages->n)
+		return;
 	qsort(pages->v, pages->n, sizeof(*pages->v), cmp_u32);
 	for (size_t i = 0, j; i < pages->n; i = j) {
 		for (j = i + 1; j < pages->n && pages->v[j] == pages->v[j - 1] + 1; j++)

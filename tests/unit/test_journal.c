@@ -421,7 +421,7 @@ struct rctx {
 	uint32_t reject_mm, reject_tmpl; /* reject these (0: none) */
 };
 
-static int rfail(struct rctx *c, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static int rfail(struct rctx *c, const char *fmt, ...)
 {
 	va_list ap;
 
