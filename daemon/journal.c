@@ -778,7 +778,7 @@ static enum jnl_end next_record(struct replay *r, struct rd *d, uint64_t seq, st
 		return rd_end(d, sizeof(*h) + len, JNL_END_TORN);
 	if (jnl_crc32c((uint32_t)r->gen, b + 4, sizeof(*h) - 4 + len) != h->crc)
 		return JNL_END_TORN;
-	if (h->seq != seq)
+	if (h->seq != seq || seq > JNL_SEQ_MAX)
 		return JNL_END_SEQ;
 	memcpy(p, b + sizeof(*h), len);
 	return rec_ok(h->type, p) ? JNL_END_COUNT : JNL_END_INVALID;
@@ -843,9 +843,9 @@ static enum jnl_err slot_desc(const struct jnl_slot *s, int i)
 		return JNL_EEMPTY;
 	if (jnl_crc32c(0, s, offsetof(struct jnl_slot, crc)) != s->crc)
 		return JNL_ECRC;
-	if (!s->gen || s->image_off != JNL_IMAGE_OFF(i) || s->journal_off != JNL_JOURNAL_OFF(i) ||
+	if (!s->gen || s->gen > JNL_SEQ_MAX || s->image_off != JNL_IMAGE_OFF(i) || s->journal_off != JNL_JOURNAL_OFF(i) ||
 	    s->image_len < sizeof(struct jnl_image_hdr) || s->image_len > JNL_IMAGE_MAX || s->image_len % 8 ||
-	    !s->first_seq)
+	    !s->first_seq || s->first_seq > JNL_SEQ_MAX)
 		return JNL_EFORMAT;
 	return JNL_OK;
 }
@@ -1467,7 +1467,7 @@ int jnl_append(struct jnl_writer *w, enum jnl_type type, const void *payload, si
 	pthread_mutex_lock(&w->lock);
 	h.seq = w->seq + 1;
 	memcpy(rec, &h, sizeof(h));
-	r = put_record(w, rec, sizeof(h) + len);
+	r = h.seq > JNL_SEQ_MAX ? -EOVERFLOW : put_record(w, rec, sizeof(h) + len);
 	if (r == 0) {
 		w->seq = h.seq;
 		if (seq_out)
@@ -1501,8 +1501,10 @@ int jnl_compact_begin(struct jnl_writer *w, uint64_t *q)
 	int r = -EBUSY;
 
 	pthread_mutex_lock(&w->lock);
+	if (w->seq >= JNL_SEQ_MAX || w->gen >= JNL_SEQ_MAX)
+		r = -EOVERFLOW;
 	/* The slot to write must be one no reader takes before it is whole. */
-	if (!w->compacting && (r = write_desc(w, 1 - w->cur, &zero)) == 0) {
+	else if (!w->compacting && (r = write_desc(w, 1 - w->cur, &zero)) == 0) {
 		w->compacting = w->dual = 1;
 		w->dual_err = 0;
 		w->dual_pos = 0;

@@ -67,7 +67,12 @@
  * main thread captures sessions (with their handles and last replies) and
  * templates at S_main (jnl_image_hdr.main_seq), each worker the mms it
  * owns at its own seq (jnl_mm.seq); a capture at seq S reflects every
- * record <= S of its objects and none > S. Replay rule (jnl_read):
+ * record <= S of its objects and none > S (read jnl_last_seq under the
+ * lock that orders the appends of those objects), and a fork family is
+ * captured at once by the worker that owns it. The template table holds
+ * every template alive at S_main and every template a captured node or
+ * handle names (captured trees hold their templates until the image is
+ * built, so those are alive). Replay rule (jnl_read):
  *  - a record targeting an object captured in the image applies only if
  *    its seq > that object's capture seq (templates and sessions:
  *    S_main; mms: their own);
@@ -136,13 +141,16 @@
  * daemon's --max-templates is at most 2^20. */
 #define JNL_MAX_HANDLES (1u << 20)
 #define JNL_MAX_STATS 64u
+/* No seq or generation is larger (2^62: past any lifetime, and nothing
+ * added to one can wrap); the writer refuses to go beyond (-EOVERFLOW). */
+#define JNL_SEQ_MAX (1ull << 62)
 
 struct jnl_slot {
-	uint64_t gen;         /* 0: never written, or zeroed */
+	uint64_t gen;         /* 0: never written, or zeroed; <= JNL_SEQ_MAX */
 	uint64_t image_off;   /* JNL_IMAGE_OFF(slot) */
 	uint64_t image_len;
 	uint64_t journal_off; /* JNL_JOURNAL_OFF(slot) */
-	uint64_t first_seq;   /* Q: the seq of the journal's first record */
+	uint64_t first_seq;   /* Q: the seq of the journal's first record, <= JNL_SEQ_MAX */
 	uint32_t image_crc;   /* CRC32C of the image */
 	uint32_t crc;         /* CRC32C of the 44 bytes above */
 };
@@ -489,7 +497,8 @@ uint32_t jnl_crc32c(uint32_t crc, const void *p, size_t n);
  * replayed through cb (see the top of this file for the filter).
  * JNL_OK, or why not: info->slot_err says why each slot was refused,
  * info->version is the file's. Callbacks are made only for the slot
- * finally used, once its image is known to be whole and well formed.
+ * finally used, once its image is known to be whole and well formed;
+ * JNL_ENOMEM or JNL_EABORT may come after some: drop what they built.
  * Uses pread only. jnl_info_free(info) in every case. */
 enum jnl_err jnl_read(int fd, const struct jnl_callbacks *cb, void *ctx, struct jnl_info *info);
 void jnl_info_free(struct jnl_info *info);
@@ -542,7 +551,14 @@ struct jnl_u32s {
 
 /* Thread safety: jnl_append, jnl_last_seq, jnl_journal_bytes and the
  * jnl_page_* calls from any thread; jnl_compact_* from one thread at a
- * time, concurrently with those; init, resume and fini alone. */
+ * time, concurrently with those; init, resume and fini alone.
+ * System calls on the file: pwrite64 (records, descriptors, images,
+ * template pages; the header and counters page at init), fallocate with
+ * FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (slots no reader takes,
+ * released pages, what follows the last record at resume; where it fails
+ * only memory is lost, but at resume, where the bytes after the last
+ * record are then zeroed with pwrite64), ftruncate (init only); besides
+ * futex for the mutex and the allocator's. */
 struct jnl_writer {
 	int fd;
 	uint32_t version;
@@ -578,7 +594,8 @@ void jnl_writer_fini(struct jnl_writer *w);
 /* Append a record: one pwrite (two in dual mode), under the writer's
  * mutex. payload must be len == jnl_payload_len(type) bytes, well formed
  * (-EINVAL otherwise: the reader would stop there). *seq_out (may be
- * NULL) gets its seq. 0, or -errno (nothing appended, no seq used). */
+ * NULL) gets its seq. 0, or -errno (nothing appended, no seq used):
+ * -ENOSPC (the journal area is full: compact), -EOVERFLOW (JNL_SEQ_MAX). */
 int jnl_append(struct jnl_writer *w, enum jnl_type type, const void *payload, size_t len,
 	       uint64_t *seq_out);
 /* The seq of the last record appended: a capture seq, when read while no

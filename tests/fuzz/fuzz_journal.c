@@ -345,6 +345,11 @@ static void resume_checked(int fd, uint8_t cb, const struct jnl_info *first)
 	CHECK(again.slot == first->slot && again.next_seq == first->next_seq &&
 	      again.records == first->records && again.delivered == first->delivered);
 	jnl_info_free(&again);
+	/* Seqs or generations at their end: the writer refuses to go on. */
+	if (first->next_seq >= JNL_SEQ_MAX || first->gen >= JNL_SEQ_MAX) {
+		jnl_writer_fini(&w);
+		return;
+	}
 	/* One callback more than the first read made: no stopping now. */
 	cb &= 0x0f;
 	struct jnl_ended e = { .id = 1 };

@@ -197,66 +197,72 @@ static int fresh(struct jnl_writer *w)
 	return fd;
 }
 
-static void seeds(const char *dir)
+/* Fresh, then with every record type (also read with rejections, with a
+ * stop, without fix-ups), then with a torn record after them. */
+static void seeds_records(const char *dir, struct jnl_writer *w, int fd, struct jnl_tmpl *t)
 {
-	struct jnl_writer w;
-	struct parts p = { 0 }, before = { 0 };
-	struct jnl_tmpl t[2];
-	uint64_t q;
-	int fd = fresh(&w);
+	struct parts p = { 0 };
 
 	take(&p, fd, 0, 0);
 	save(dir, "fresh", &p, FJ_FIX_ALL, FJ_CB_NONE);
 	parts_free(&p);
-
-	records(&w, t);
+	records(w, t);
 	take(&p, fd, 0, 0);
 	save(dir, "records", &p, FJ_FIX_ALL, FJ_CB_NONE);
 	save(dir, "records-reject", &p, FJ_FIX_ALL, 0x03);
 	save(dir, "records-stop", &p, FJ_FIX_ALL, 0x20 | FJ_CB_NONE);
 	save(dir, "records-nofix", &p, 0, FJ_CB_NONE);
 	parts_free(&p);
-	rec(&w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 1, .pid = 13 });
+	rec(w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 1, .pid = 13 });
 	take(&p, fd, 0, 20);
 	save(dir, "torn", &p, FJ_FIX_ALL, FJ_CB_NONE);
 	parts_free(&p);
+}
 
-	/* A compaction under way: records in both journals. */
-	ok(jnl_compact_begin(&w, &q), "begin");
-	rec(&w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 2, .pid = 14 });
+/* The state of p just after its commit, with the previous slot (from
+ * before) still whole: a crash before the commit zeroes it. */
+static void both_slots(struct parts *p, struct parts *before)
+{
+	const struct jnl_file_hdr *h = (const void *)p->r[FJ_HDR];
+	int old = h->slot[0].gen ? 1 : 0; /* the one the commit zeroed */
+	size_t desc = offsetof(struct jnl_file_hdr, slot) + (size_t)old * sizeof(struct jnl_slot);
+
+	memcpy(p->r[FJ_HDR] + desc, before->r[FJ_HDR] + desc, sizeof(struct jnl_slot));
+	for (int k = FJ_IMAGE0 + 2 * old; k <= FJ_JOURNAL0 + 2 * old; k++) {
+		free(p->r[k]);
+		p->r[k] = before->r[k];
+		p->len[k] = before->len[k];
+		before->r[k] = NULL;
+	}
+}
+
+/* A compaction under way (records in both journals), committed, and
+ * just committed. */
+static void seeds_compaction(const char *dir, struct jnl_writer *w, int fd, const struct jnl_tmpl *t)
+{
+	struct parts p = { 0 }, before = { 0 };
+	uint64_t q;
+
+	ok(jnl_compact_begin(w, &q), "begin");
+	rec(w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 2, .pid = 14 });
 	/* Before the captures: a fork child born and gone, a session the
 	 * image has. */
-	rec(&w, JNL_MM_NEW, &(struct jnl_mm_new){ .id = 4, .parent = 1, .pid = 41, .uid = 1000, .tree = 1,
-						  .flags = JNL_MM_CHILD });
-	rec(&w, JNL_MM_END, &(struct jnl_ended){ .id = 4 });
-	rec(&w, JNL_SESSION_NEW, &(struct jnl_session_new){ .id = 3, .pid = 40, .uid = 1000, .gid = 100 });
+	rec(w, JNL_MM_NEW, &(struct jnl_mm_new){ .id = 4, .parent = 1, .pid = 41, .uid = 1000, .tree = 1,
+						 .flags = JNL_MM_CHILD });
+	rec(w, JNL_MM_END, &(struct jnl_ended){ .id = 4 });
+	rec(w, JNL_SESSION_NEW, &(struct jnl_session_new){ .id = 3, .pid = 40, .uid = 1000, .gid = 100 });
 	take(&before, fd, 0, 0);
 	save(dir, "compacting", &before, FJ_FIX_ALL, FJ_CB_NONE);
-	commit_image(&w, t);
-	rec(&w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 1, .pid = 15 });
-	rec(&w, JNL_MAP, &(struct jnl_map){ .mm = 2, .tmpl = 2, .start = BASE + 30 * PG, .end = BASE + 31 * PG });
+	commit_image(w, t);
+	rec(w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 1, .pid = 15 });
+	rec(w, JNL_MAP, &(struct jnl_map){ .mm = 2, .tmpl = 2, .start = BASE + 30 * PG, .end = BASE + 31 * PG });
 	take(&p, fd, 0, 0);
 	save(dir, "compacted", &p, FJ_FIX_ALL, FJ_CB_NONE);
 	save(dir, "compacted-reject", &p, FJ_FIX_ALL, 0x01 | 0x08);
-
-	/* Just after the commit, the previous slot still whole: the old
-	 * descriptor, image and journal from before. */
-	const struct jnl_file_hdr *h = (const void *)p.r[FJ_HDR];
-	int old = h->slot[0].gen ? 1 : 0; /* the one the commit zeroed */
-	memcpy(p.r[FJ_HDR] + offsetof(struct jnl_file_hdr, slot) + (size_t)old * sizeof(struct jnl_slot),
-	       before.r[FJ_HDR] + offsetof(struct jnl_file_hdr, slot) + (size_t)old * sizeof(struct jnl_slot),
-	       sizeof(struct jnl_slot));
-	for (int k = FJ_IMAGE0 + 2 * old; k <= FJ_JOURNAL0 + 2 * old; k++) {
-		free(p.r[k]);
-		p.r[k] = before.r[k];
-		p.len[k] = before.len[k];
-		before.r[k] = NULL;
-	}
+	both_slots(&p, &before);
 	save(dir, "both-slots", &p, FJ_FIX_ALL, FJ_CB_NONE);
 	parts_free(&p);
 	parts_free(&before);
-	jnl_writer_fini(&w);
-	close(fd);
 }
 
 int main(int argc, char **argv)
@@ -270,6 +276,12 @@ int main(int argc, char **argv)
 	snprintf(sub, sizeof(sub), "%s/fuzz_journal", argv[1]);
 	if (mkdir(sub, 0755) < 0 && errno != EEXIST)
 		die(sub);
-	seeds(sub);
+	struct jnl_writer w;
+	struct jnl_tmpl t[2];
+	int fd = fresh(&w);
+	seeds_records(sub, &w, fd, t);
+	seeds_compaction(sub, &w, fd, t);
+	jnl_writer_fini(&w);
+	close(fd);
 	return 0;
 }

@@ -1137,6 +1137,12 @@ static void test_append_rejects_malformed(void **state)
 	assert_int_equal(jnl_append(&d.w, JNL_MM_END, &p, sizeof(p.end), NULL), -EINVAL);
 	assert_int_equal(jnl_last_seq(&d.w), 0);
 	assert_int_equal(jnl_journal_bytes(&d.w), 0);
+	/* Seqs never wrap. */
+	uint64_t q;
+	d.w.seq = JNL_SEQ_MAX;
+	p.mm_pid = (struct jnl_mm_pid){ .id = 1 };
+	assert_int_equal(jnl_append(&d.w, JNL_MM_PID, &p, sizeof(p.mm_pid), NULL), -EOVERFLOW);
+	assert_int_equal(jnl_compact_begin(&d.w, &q), -EOVERFLOW);
 	drv_fini(&d);
 }
 
@@ -1183,52 +1189,64 @@ static int seen_session(void *ctx, const struct jnl_session *se, const struct jn
 	return 0;
 }
 
-/* Two trees sharing a subtree, stored once; every entry back as it went in. */
-static void test_image_dag(void **state)
+/* An image whose two trees share a subtree, stored once. */
+struct dag {
+	struct jnl_node n[4];
+	struct jnl_mm m[2];
+	struct jnl_session se;
+	struct jnl_handle h[3];
+	struct jnl_ids next;
+};
+
+static void dag_commit(struct drv *d, struct dag *g, uint32_t t1, uint32_t t2)
 {
-	static const struct jnl_callbacks seen_cbs = { seen_tmpl, seen_node, seen_mm, seen_session, NULL };
-	struct drv d;
 	struct jnl_image_builder b;
-	struct seen s = { 0 };
-	struct jnl_info info;
 	const void *image;
 	size_t len;
 	uint64_t q;
 
+	*g = (struct dag){
+		.n = { { .start = BASE, .end = BASE + PG, .tmpl = t1 },
+		       { .start = BASE + 8 * PG, .end = BASE + 9 * PG, .tmpl = t2 },
+		       { .start = BASE + 4 * PG, .end = BASE + 6 * PG, .tmpl = t1, .left = 1, .right = 2 },
+		       { .start = BASE + 2 * PG, .end = BASE + 3 * PG, .tmpl = t2, .left = 1 } },
+		.m = { { .id = 1, .pid = 10, .uid = 1000, .tree = 1, .features = 0x3f, .root = 3, .seq = 2 },
+		       { .id = 2, .pid = 11, .uid = 1000, .tree = 1, .features = 0x3f, .flags = JNL_MM_CHILD,
+			 .root = 4, .seq = 2 } },
+		.se = { .id = 1, .pid = 10, .uid = 1000, .gid = 100, .mm = 1, .nhandles = 3, .last_seq = 9,
+			.last_status = -22, .last_id = 4, .flags = JNL_SESSION_REPLIED, .last_value = 1ull << 40 },
+		.h = { { t1, 1 }, { 0, 0 }, { t2, 5 } },
+		.next = { 3, 2, 3, 2 },
+	};
+	assert_int_equal(jnl_compact_begin(&d->w, &q), 0);
+	assert_int_equal(q, 3);
+	jnl_image_init(&b);
+	assert_int_equal(jnl_image_add_tmpl(&b, &d->W->t[t1].t), 0);
+	assert_int_equal(jnl_image_add_tmpl(&b, &d->W->t[t2].t), 0);
+	for (uint32_t i = 0; i < 4; i++)
+		assert_int_equal(jnl_image_add_node(&b, &g->n[i]), i + 1);
+	assert_int_equal(jnl_image_add_mm(&b, &g->m[0]), 0);
+	assert_int_equal(jnl_image_add_session(&b, &g->se, g->h), 0);
+	assert_int_equal(jnl_image_add_mm(&b, &g->m[1]), 0);
+	assert_int_equal(jnl_image_finish(&b, 2, &g->next, &image, &len), 0);
+	assert_int_equal(len, sizeof(struct jnl_image_hdr) + 2 * 16 + 4 * 32 + 2 * 40 + 48 + 3 * 8);
+	assert_int_equal(jnl_compact_commit(&d->w, image, len), 0);
+	jnl_image_free(&b);
+}
+
+/* Every entry back as it went in, each node once, children first. */
+static void test_image_dag(void **state)
+{
+	static const struct jnl_callbacks seen_cbs = { seen_tmpl, seen_node, seen_mm, seen_session, NULL };
+	struct drv d;
+	struct dag g;
+	struct seen s = { 0 };
+	struct jnl_info info;
+
 	(void)state;
 	drv_init(&d, 0, 0);
 	uint32_t t1 = drv_tmpl_new(&d, 1000), t2 = drv_tmpl_new(&d, 1001);
-	assert_int_equal(jnl_compact_begin(&d.w, &q), 0);
-	assert_int_equal(q, 3);
-	jnl_image_init(&b);
-	assert_int_equal(jnl_image_add_tmpl(&b, &d.W->t[t1].t), 0);
-	assert_int_equal(jnl_image_add_tmpl(&b, &d.W->t[t2].t), 0);
-	struct jnl_node n[4] = {
-		{ .start = BASE, .end = BASE + PG, .tmpl = t1 },
-		{ .start = BASE + 8 * PG, .end = BASE + 9 * PG, .tmpl = t2 },
-		{ .start = BASE + 4 * PG, .end = BASE + 6 * PG, .tmpl = t1, .left = 1, .right = 2 },
-		{ .start = BASE + 2 * PG, .end = BASE + 3 * PG, .tmpl = t2, .left = 1 },
-	};
-	for (uint32_t i = 0; i < 4; i++)
-		assert_int_equal(jnl_image_add_node(&b, &n[i]), i + 1);
-	struct jnl_mm m[2] = {
-		{ .id = 1, .pid = 10, .uid = 1000, .tree = 1, .features = 0x3f, .root = 3, .seq = 2 },
-		{ .id = 2, .pid = 11, .uid = 1000, .tree = 1, .features = 0x3f, .flags = JNL_MM_CHILD, .root = 4,
-		  .seq = 2 },
-	};
-	struct jnl_session se = { .id = 1, .pid = 10, .uid = 1000, .gid = 100, .mm = 1, .nhandles = 3,
-				  .last_seq = 9, .last_status = -22, .last_id = 4, .flags = JNL_SESSION_REPLIED,
-				  .last_value = 1ull << 40 };
-	struct jnl_handle h[3] = { { t1, 1 }, { 0, 0 }, { t2, 5 } };
-	assert_int_equal(jnl_image_add_mm(&b, &m[0]), 0);
-	assert_int_equal(jnl_image_add_session(&b, &se, h), 0);
-	assert_int_equal(jnl_image_add_mm(&b, &m[1]), 0);
-	struct jnl_ids next = { 3, 2, 3, 2 };
-	assert_int_equal(jnl_image_finish(&b, 2, &next, &image, &len), 0);
-	assert_int_equal(len, sizeof(struct jnl_image_hdr) + 2 * 16 + 4 * 32 + 2 * 40 + 48 + 3 * 8);
-	assert_int_equal(jnl_compact_commit(&d.w, image, len), 0);
-	jnl_image_free(&b);
-
+	dag_commit(&d, &g, t1, t2);
 	assert_int_equal(jnl_read(d.fd, &seen_cbs, &s, &info), JNL_OK);
 	assert_int_equal(info.slot, 1);
 	assert_int_equal(info.gen, 2);
@@ -1240,15 +1258,27 @@ static void test_image_dag(void **state)
 	assert_int_equal(s.nm, 2);
 	assert_int_equal(s.ns, 1);
 	assert_memory_equal(s.t[0].id == t1 ? &s.t[0] : &s.t[1], &d.W->t[t1].t, sizeof(struct jnl_tmpl));
-	assert_memory_equal(s.n, n, sizeof(n));
-	assert_memory_equal(s.m, m, sizeof(m));
-	assert_memory_equal(&s.s[0], &se, sizeof(se));
-	assert_memory_equal(s.h[0], h, sizeof(h));
-	assert_memory_equal(&info.next, &next, sizeof(next));
+	assert_memory_equal(s.n, g.n, sizeof(g.n));
+	assert_memory_equal(s.m, g.m, sizeof(g.m));
+	assert_memory_equal(&s.s[0], &g.se, sizeof(g.se));
+	assert_memory_equal(s.h[0], g.h, sizeof(g.h));
+	assert_memory_equal(&info.next, &g.next, sizeof(g.next));
 	jnl_info_free(&info);
+	drv_fini(&d);
+}
 
-	/* Through the state model: both trees, in order, pages checked. */
+/* Through the state model: both trees, in order, pages checked. */
+static void test_image_dag_trees(void **state)
+{
+	struct drv d;
+	struct dag g;
 	struct rctx c;
+	struct jnl_info info;
+
+	(void)state;
+	drv_init(&d, 0, 0);
+	uint32_t t1 = drv_tmpl_new(&d, 1000), t2 = drv_tmpl_new(&d, 1001);
+	dag_commit(&d, &g, t1, t2);
 	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
 	assert_false(c.fail);
 	assert_int_equal(c.W->m[1].n, 3);
@@ -1278,20 +1308,17 @@ static void expect_refused(struct drv *d, struct jnl_image_builder *b, uint64_t 
 	jnl_image_init(b);
 }
 
-static void test_image_checks(void **state)
+/* The builder's own checks. */
+static void test_builder_checks(void **state)
 {
 	struct drv d;
 	struct jnl_image_builder b;
-	uint64_t q;
 
 	(void)state;
 	drv_init(&d, 0, 0);
 	uint32_t t = drv_tmpl_new(&d, 1000);
-	struct jnl_tmpl tr = d.W->t[t].t;
 	struct jnl_node leaf = { .start = BASE, .end = BASE + PG, .tmpl = t };
-	struct jnl_mm mm = { .id = 1, .tree = 1, .seq = 1 };
 
-	/* The builder's own checks. */
 	jnl_image_init(&b);
 	struct jnl_node bad = leaf;
 	bad.left = 1;
@@ -1309,7 +1336,22 @@ static void test_image_checks(void **state)
 	assert_int_equal(jnl_image_add_session(&b, &se, &h), -EINVAL);
 	jnl_image_free(&b);
 
-	/* The commit's: references and capture seqs. */
+	drv_fini(&d);
+}
+
+/* The commit's checks: references and capture seqs. */
+static void test_commit_checks(void **state)
+{
+	struct drv d;
+	struct jnl_image_builder b;
+	uint64_t q;
+
+	(void)state;
+	drv_init(&d, 0, 0);
+	uint32_t t = drv_tmpl_new(&d, 1000);
+	struct jnl_tmpl tr = d.W->t[t].t;
+	struct jnl_node leaf = { .start = BASE, .end = BASE + PG, .tmpl = t };
+	struct jnl_mm mm = { .id = 1, .tree = 1, .seq = 1 };
 	assert_int_equal(jnl_compact_commit(&d.w, "", 0), -EINVAL); /* none begun */
 	assert_int_equal(jnl_compact_begin(&d.w, &q), 0);
 	assert_int_equal(jnl_compact_begin(&d.w, &q), -EBUSY);
@@ -2126,7 +2168,9 @@ int main(void)
 		cmocka_unit_test(test_record_round_trip),
 		cmocka_unit_test(test_append_rejects_malformed),
 		cmocka_unit_test(test_image_dag),
-		cmocka_unit_test(test_image_checks),
+		cmocka_unit_test(test_image_dag_trees),
+		cmocka_unit_test(test_builder_checks),
+		cmocka_unit_test(test_commit_checks),
 		cmocka_unit_test(test_filter),
 		cmocka_unit_test(test_filter_fork),
 		cmocka_unit_test(test_filter_unresolved),
