@@ -601,10 +601,24 @@ static int enc_sessions(struct encoder *e, const struct capture *c)
 	return e->err;
 }
 
+/* Every template alive (journal.h: the image has each template alive at
+ * its capture, and any a captured node or handle names). Under the
+ * store's lock: a template's page is written when it is made, so this
+ * only adds entries. */
+static void enc_live(struct tmpl *t, void *arg)
+{
+	struct encoder *e = arg;
+	uint32_t page, crc;
+
+	if (!e->err && tmpl_page(t, &page, &crc))
+		e->err = enc_tmpl(e, t);
+}
+
 static int encode(struct encoder *e, const struct capture *c)
 {
 	struct rp_daemon *d = e->wg->d;
 
+	tmpl_store_foreach(&d->tmpls, enc_live, e);
 	for (unsigned i = 0; i < d->workers.n && !e->err; i++) {
 		const struct cap_worker *cw = &c->workers[i];
 		if (cw->oom)

@@ -27,26 +27,30 @@ fi
 
 dir=build-fuzz
 CC=clang cmake -S . -B "$dir" -DRP_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$dir" -j"$(nproc)" --target fuzz_proto fuzz_session fuzz_uffd_helper fuzz_mkcorpus
+cmake --build "$dir" -j"$(nproc)" --target fuzz_proto fuzz_session fuzz_journal fuzz_uffd_helper \
+	fuzz_mkcorpus fuzz_mkcorpus_journal
 bin=$dir/tests/fuzz
 
 if [[ ${1:-} == --seeds ]]; then
 	"$bin/fuzz_mkcorpus" tests/fuzz/corpus
+	"$bin/fuzz_mkcorpus_journal" tests/fuzz/corpus
 	echo "fuzz: seeds written to tests/fuzz/corpus/"
 	exit 0
 fi
 
 total=${1:-60}
-if ! [[ $total =~ ^[0-9]+$ ]] || ((total < 2)); then
-	echo "usage: scripts/fuzz.sh [SECONDS >= 2] | --seeds" >&2
+if ! [[ $total =~ ^[0-9]+$ ]] || ((total < 3)); then
+	echo "usage: scripts/fuzz.sh [SECONDS >= 3] | --seeds" >&2
 	exit 2
 fi
-# The decoder is small; the session machine gets most of the time.
-targets=(fuzz_proto fuzz_session)
+# The decoders are small; the session machine gets most of the time.
+targets=(fuzz_proto fuzz_journal fuzz_session)
 declare -A share=([fuzz_proto]=$((total / 4 > 0 ? total / 4 : 1)))
-share[fuzz_session]=$((total - share[fuzz_proto]))
+share[fuzz_journal]=$((total / 4 > 0 ? total / 4 : 1))
+share[fuzz_session]=$((total - share[fuzz_proto] - share[fuzz_journal]))
 declare -A opts=(
 	[fuzz_proto]="-max_len=4200 -use_value_profile=1"
+	[fuzz_journal]="-max_len=16384 -use_value_profile=1"
 	[fuzz_session]="-max_len=12000"
 )
 
