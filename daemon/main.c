@@ -568,7 +568,7 @@ static int serve_from(struct fdset *fds)
 	/* glibc's per-thread arenas would trim with a file read the sandbox
 	 * forbids (sandbox.h): one arena, trimmed with brk. */
 	mallopt(M_ARENA_MAX, 1);
-	if ((r = workers_start(&d.workers, d.cfg.workers, mm_worker_stop)) < 0) {
+	if ((r = workers_start(&d.workers, d.cfg.workers, mm_worker_stop, mm_worker_pause)) < 0) {
 		log_err("cannot start workers: %s", strerror(-r));
 		return -1;
 	}

@@ -53,6 +53,14 @@
  * often, and goes ahead anyway after the cap. */
 #define MAP_RETRY_S 0.001
 #define MAP_WAIT_MAX_S 0.25
+/* An event read before an earlier change's late event (follow.h) waits
+ * for it REORDER_MAX_S, then as long as the kernel says an event is still
+ * in flight, up to REORDER_HARD_S, asking again every REORDER_RECHECK_S;
+ * measured, the late one comes within 20 ms (docs/design.md, "Two
+ * threads' moves read in the opposite order"). */
+#define REORDER_MAX_S 0.1
+#define REORDER_HARD_S 1.0
+#define REORDER_RECHECK_S 0.01
 
 /* --- the range table's templates and memory --------------------------------- */
 
@@ -167,8 +175,9 @@ static void account(struct rp_mm *mm, size_t n0, uint64_t b0)
  * its piece limit (a hole or a move may need pieces), or it would go on
  * charging, and standing in the way of, memory that is gone. The next MAP
  * is refused until the table is back under its limit. Emitted as made. */
-static long long follow_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
+static long long table_unmap(void *ctx, uint64_t start, uint64_t end)
 {
+	struct rp_mm *mm = ctx;
 	struct range_table *rt = &mm->ranges;
 	size_t max = rt->max;
 
@@ -180,8 +189,9 @@ static long long follow_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
 	return r;
 }
 
-static int follow_copy(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
+static int table_copy(void *ctx, uint64_t from, uint64_t to, uint64_t len)
 {
+	struct rp_mm *mm = ctx;
 	struct range_table *rt = &mm->ranges;
 	size_t max = rt->max;
 
@@ -193,115 +203,26 @@ static int follow_copy(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t le
 	return r;
 }
 
-/* Sources of moves. A moving mremap sends a REMAP, and only once we have
- * read it an UNMAP of its whole old range (exactly the REMAP's source: one
- * mremap moves within one VMA). Another thread's moving mremap can put its
- * mapping into that old range in between; its REMAP, read before the
- * UNMAP, puts its pieces there, which the UNMAP must then leave alone. And
- * with MREMAP_DONTUNMAP the old mapping stays, still registered, and no
- * UNMAP comes at all: it reads the template again, like a fresh mapping.
- * So a REMAP copies the source's pieces to the destination, keeps them at
- * the source, and records the source; whatever gives addresses in it a new
- * owner (a REMAP onto them, a MAP, an UNMAP that is not the record's, an
- * UNMAP request) takes them out of the record; the UNMAP naming exactly the
- * record forgets only what is left in it, and the record. */
-
-/* Appends [s, e) to r's spans; -1 when they are full. */
-static int span_add(struct remap_src *r, uint64_t s, uint64_t e)
+static void *follow_alloc(void *ctx, size_t size)
 {
-	if (r->nspans == MM_SRC_SPANS)
-		return -1;
-	r->span[r->nspans].start = s;
-	r->span[r->nspans].end = e;
-	r->nspans++;
-	return 0;
+	struct rp_mm *mm = ctx;
+
+	return acct_alloc(mm->acct, size);
 }
 
-/* r without [s, e); -1 when what is left needs more spans than a record
- * has. */
-static int span_take(struct remap_src *r, uint64_t s, uint64_t e)
+static void follow_free(void *ctx, void *p)
 {
-	struct remap_src left = { .start = r->start, .end = r->end };
+	struct rp_mm *mm = ctx;
 
-	for (uint32_t k = 0; k < r->nspans; k++) {
-		uint64_t a = r->span[k].start, b = r->span[k].end;
-
-		if (e <= a || b <= s) {
-			if (span_add(&left, a, b) < 0)
-				return -1;
-			continue;
-		}
-		if (a < s && span_add(&left, a, s) < 0)
-			return -1;
-		if (e < b && span_add(&left, e, b) < 0)
-			return -1;
-	}
-	*r = left;
-	return 0;
+	acct_free(mm->acct, p);
 }
 
-/* [s, e) has a new owner: out of every record. A record left with nothing
- * goes; so does one that would need more spans than it has, and what is
- * left of it stays in the table until an UNMAP names it, as if the REMAP
- * had never been recorded. */
-static void srcs_take(struct rp_mm *mm, uint64_t s, uint64_t e)
-{
-	uint32_t keep = 0;
+static void fork_reached(void *ctx, void *child);
 
-	for (uint32_t i = 0; i < mm->nsrcs; i++) {
-		struct remap_src *r = &mm->srcs[i];
-
-		if (span_take(r, s, e) == 0 && r->nspans)
-			mm->srcs[keep++] = *r;
-	}
-	mm->nsrcs = keep;
-}
-
-/* Records [s, e) as the source of a REMAP, taken out of older records
- * first. When all slots are in use the oldest record is dropped (as when
- * its spans overflow); without memory for the slots nothing is recorded:
- * the UNMAP then forgets the whole source. */
-static void srcs_add(struct rp_mm *mm, uint64_t s, uint64_t e)
-{
-	srcs_take(mm, s, e);
-	if (!mm->srcs && !(mm->srcs = acct_alloc(mm->acct, MM_SRCS * sizeof(*mm->srcs))))
-		return;
-	if (mm->nsrcs == MM_SRCS)
-		memmove(&mm->srcs[0], &mm->srcs[1], --mm->nsrcs * sizeof(*mm->srcs));
-	mm->srcs[mm->nsrcs++] = (struct remap_src){
-		.start = s, .end = e, .nspans = 1, .span = { { s, e } },
-	};
-}
-
-/* The record an UNMAP of exactly [s, e) completes, or NULL. */
-static struct remap_src *srcs_find(struct rp_mm *mm, uint64_t s, uint64_t e)
-{
-	for (uint32_t i = mm->nsrcs; i-- > 0;)
-		if (mm->srcs[i].start == s && mm->srcs[i].end == e)
-			return &mm->srcs[i];
-	return NULL;
-}
-
-/* Forgets from mm's table what is left of from's records in [s, e) (from
- * is mm itself, or a fork child's parent). */
-static long long srcs_unmap(struct rp_mm *mm, const struct rp_mm *from, uint64_t s, uint64_t e)
-{
-	long long err = 0;
-
-	for (uint32_t i = 0; i < from->nsrcs; i++) {
-		const struct remap_src *r = &from->srcs[i];
-
-		for (uint32_t k = 0; k < r->nspans; k++) {
-			uint64_t a = r->span[k].start > s ? r->span[k].start : s;
-			uint64_t b = r->span[k].end < e ? r->span[k].end : e;
-			long long u = a < b ? follow_unmap(mm, a, b) : 0;
-
-			if (u < 0)
-				err = u;
-		}
-	}
-	return err;
-}
+static const struct follow_ops follow_mm = {
+	.unmap = table_unmap, .copy = table_copy, .fork = fork_reached,
+	.alloc = follow_alloc, .free = follow_free,
+};
 
 /* --- creating and freeing ------------------------------------------------------ */
 
@@ -331,6 +252,7 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 	atomic_init(&mm->refs, 1);
 	atomic_init(&mm->dead, 0);
 	range_table_init(&mm->ranges, d->cfg.lim.ranges, &mm_ops, mm);
+	follow_init(&mm->fl, &mm->ranges, &follow_mm, mm);
 	mm->accounted = 1;
 	atomic_fetch_add(&tree->procs, 1);
 	atomic_fetch_add(&tree->refs, 1);
@@ -391,11 +313,9 @@ static int tree_full(struct rp_mm *parent)
 	return 1;
 }
 
-/* A fork child of parent with uffd ufd: same uid, same tree, the parent's
- * table shared (O(1)) but for the sources of its moves still waiting for
- * their UNMAP (the child's address space has none there, unless the move
- * kept it: docs/design.md). NULL and errno (EDQUOT past a budget, ENOMEM);
- * ufd is not closed. */
+/* A fork child of parent with uffd ufd: same uid, same tree, its table
+ * still empty (child_table). NULL and errno (EDQUOT past a budget,
+ * ENOMEM); ufd is not closed. */
 static struct rp_mm *new_child(struct rp_mm *parent, int ufd)
 {
 	struct rp_mm *mm;
@@ -409,21 +329,21 @@ static struct rp_mm *new_child(struct rp_mm *parent, int ufd)
 		return NULL;
 	}
 	mm->is_child = 1;
-	range_clone(&mm->ranges, &parent->ranges);
-	emit_mm_new(mm, parent);
-	long long r = srcs_unmap(mm, parent, 0, UINT64_MAX);
-	account(mm, 0, 0);
-	if (r == 0)
-		return mm;
-	/* The budget: what it cannot forget it cannot follow either. The
-	 * caller closes ufd. */
-	struct obs_event ev = { .type = OBS_MM_END, .mm = mm->id };
-	obs_emit(&mm->d->obs, &ev);
-	mm->uffd = -1;
-	acct_uncharge(mm->acct, ACCT_FDS, 1);
-	mm_put(mm);
-	errno = EDQUOT;
-	return NULL;
+	return mm;
+}
+
+/* The child's table: the parent's as it is now, shared (O(1)), but for the
+ * sources of its moves still waiting for their UNMAP (the child's address
+ * space has none there, unless the move kept it: docs/design.md). The
+ * observer hears of the child from here on. -EDQUOT: the budget; what it
+ * cannot forget it cannot follow either. */
+static int child_table(struct rp_mm *parent, struct rp_mm *child)
+{
+	range_clone(&child->ranges, &parent->ranges);
+	emit_mm_new(child, parent);
+	long long r = follow_forget_recorded(&parent->fl, &follow_mm, child, 0, UINT64_MAX);
+	account(child, 0, 0);
+	return r < 0 ? -EDQUOT : 0;
 }
 
 struct rp_tree *mm_tree_new(struct acct *a, uint32_t id)
@@ -487,7 +407,7 @@ static void mm_free(struct rp_mm *mm)
 		close(mm->uffd);
 		acct_uncharge(a, ACCT_FDS, 1);
 	}
-	acct_free(a, mm->srcs);
+	follow_fini(&mm->fl);
 	acct_free(a, mm->pending);
 	acct_uncharge(a, ACCT_PROCESSES, 1);
 	atomic_fetch_sub(&mm->tree->procs, 1);
@@ -509,6 +429,8 @@ static void mm_readable(struct ev_loop *loop, ev_io *io, int revents);
 static void on_probe(struct ev_loop *loop, ev_timer *t, int revents);
 static void on_retry(struct ev_loop *loop, ev_timer *t, int revents);
 static void op_complete(struct rp_mm *mm, struct mm_op *op, int status);
+static int settle_at(struct rp_mm *mm, double now, double cap);
+static double reorder_cap(struct rp_mm *mm, double now);
 
 static void list_link(struct worker *w, struct rp_mm *mm)
 {
@@ -551,6 +473,10 @@ static void retire(struct rp_mm *mm)
 
 	if (atomic_exchange(&mm->dead, 1))
 		return;
+	/* Told to the observer yet (a fork child is once it has a table)? */
+	int told = !mm->fl.unborn;
+	/* Fork children still waiting for our events get the table as it is. */
+	follow_fini(&mm->fl);
 	ev_io_stop(w->loop, &mm->io);
 	ev_timer_stop(w->loop, &mm->probe);
 	ev_timer_stop(w->loop, &mm->retry);
@@ -564,8 +490,10 @@ static void retire(struct rp_mm *mm)
 	}
 	mm->held_tail = NULL;
 	mm->npending = 0;
-	struct obs_event ev = { .type = OBS_MM_END, .mm = mm->id };
-	obs_emit(&mm->d->obs, &ev);
+	if (told) {
+		struct obs_event ev = { .type = OBS_MM_END, .mm = mm->id };
+		obs_emit(&mm->d->obs, &ev);
+	}
 	loop_close_fd(w->loop, mm->uffd);
 	mm->uffd = -1;
 	acct_uncharge(mm->acct, ACCT_FDS, 1);
@@ -694,13 +622,29 @@ void mm_release(struct rp_mm *mm)
 void mm_foreach_on(struct worker *w, void (*fn)(struct rp_mm *mm, void *arg), void *arg)
 {
 	for (struct rp_mm *mm = w->mms; mm; mm = mm->next)
-		fn(mm, arg);
+		if (!mm->fl.unborn)
+			fn(mm, arg);
 }
 
 void mm_worker_stop(struct worker *w)
 {
 	while (w->mms)
 		retire(w->mms);
+}
+
+/* Settling without waiting empties a queue (fork children on it get their
+ * table) or lets its mm go: either way the list gets shorter in what is
+ * left to do, whatever settling changes in it. */
+void mm_worker_pause(struct worker *w)
+{
+	for (;;) {
+		struct rp_mm *mm = w->mms;
+		while (mm && (!follow_busy(&mm->fl) || mm->fl.unborn))
+			mm = mm->next;
+		if (!mm)
+			return;
+		settle_at(mm, ev_now(w->loop), 0);
+	}
 }
 
 /* --- on the worker: probes and retries ------------------------------------------ */
@@ -802,8 +746,43 @@ static enum uffd_class answer(struct rp_mm *mm, uint64_t addr, uint64_t flags, i
 	return fault_answer(mm->uffd, found ? &p : NULL, &mm->fs, addr, flags, &c, end);
 }
 
-/* Retry what could not be filled, waking at once (dontwake or not). 0, or
- * -1 if the mm is gone (retired). */
+/* Try one fault again, waking at once (dontwake or not). 1: keep it
+ * (f->next says when to try next), 0: done, -1: the mm is gone
+ * (retired). One where events still waiting touch it (follow.h) keeps
+ * waiting without a time: it is tried once they are applied. */
+static int pending_one(struct rp_mm *mm, struct pending_fault *f, double now)
+{
+	uint64_t page = f->addr & ~(uint64_t)(PAGE - 1), end;
+
+	if (follow_holds(&mm->fl, page, page + PAGE, 0)) {
+		f->next = 0;
+		return 1;
+	}
+	if (f->next > now)
+		return 1;
+	enum uffd_class k = answer(mm, f->addr, f->flags, 0, &end);
+	if (k == UFFD_GONE_MM) {
+		mm_gone(mm, "process gone", 0);
+		return -1;
+	}
+	if (k != UFFD_RETRY && k != UFFD_NOMEM)
+		return 0; /* answered, or woken to fault again */
+	if (now - f->first >= RETRY_GIVE_UP_S) {
+		mm_gone(mm, k == UFFD_NOMEM ? "the kernel kept refusing its page fills "
+			"(ENOMEM: its memory limit)" : "a fault stayed unfillable", 1);
+		return -1;
+	}
+	double in = RETRY_AGAIN_S;
+	if (k == UFFD_NOMEM) {
+		in = RETRY_NOMEM_S * (double)(1u << (f->tries < 6 ? f->tries : 6));
+		in = in > RETRY_NOMEM_MAX_S ? RETRY_NOMEM_MAX_S : in;
+	}
+	f->tries++;
+	f->next = now + in;
+	return 1;
+}
+
+/* Retry what could not be filled. 0, or -1 if the mm is gone. */
 static int pending_retry(struct rp_mm *mm)
 {
 	double now = ev_now(mm->w->loop), next = 0;
@@ -811,36 +790,17 @@ static int pending_retry(struct rp_mm *mm)
 
 	for (uint32_t i = 0; i < mm->npending; i++) {
 		struct pending_fault f = mm->pending[i];
-		uint64_t end;
-		if (f.next > now) {
-			mm->pending[keep++] = f;
-			next = !next || f.next < next ? f.next : next;
+		int r = pending_one(mm, &f, now);
+		if (r < 0)
+			return -1;
+		if (!r)
 			continue;
-		}
-		enum uffd_class k = answer(mm, f.addr, f.flags, 0, &end);
-		if (k == UFFD_GONE_MM) {
-			mm_gone(mm, "process gone", 0);
-			return -1;
-		}
-		if (k != UFFD_RETRY && k != UFFD_NOMEM)
-			continue; /* answered, or woken to fault again */
-		if (now - f.first >= RETRY_GIVE_UP_S) {
-			mm_gone(mm, k == UFFD_NOMEM ? "the kernel kept refusing its page fills "
-				"(ENOMEM: its memory limit)" : "a fault stayed unfillable", 1);
-			return -1;
-		}
-		double in = RETRY_AGAIN_S;
-		if (k == UFFD_NOMEM) {
-			in = RETRY_NOMEM_S * (double)(1u << (f.tries < 6 ? f.tries : 6));
-			in = in > RETRY_NOMEM_MAX_S ? RETRY_NOMEM_MAX_S : in;
-		}
-		f.tries++;
-		f.next = now + in;
 		mm->pending[keep++] = f;
-		next = !next || f.next < next ? f.next : next;
+		if (f.next > 0)
+			next = !next || f.next < next ? f.next : next;
 	}
 	mm->npending = keep;
-	if (keep)
+	if (next > 0)
 		retry_arm(mm, next);
 	return 0;
 }
@@ -856,6 +816,12 @@ static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
 	/* A read that failed for want of descriptors is tried again. */
 	if (!ev_is_active(&mm->io))
 		ev_io_start(loop, &mm->io);
+	/* Events that waited enough for a late one go as they came. */
+	double now = ev_now(loop);
+	if (follow_busy(&mm->fl) && settle_at(mm, now, reorder_cap(mm, now)) < 0) {
+		mm_put(mm);
+		return;
+	}
 	if (!mm->npending || pending_retry(mm) == 0)
 		ops_run_held(mm);
 	mm_put(mm);
@@ -863,40 +829,104 @@ static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
 
 /* --- on the worker: events ----------------------------------------------------- */
 
-static void on_unmap(struct rp_mm *mm, uint64_t start, uint64_t end)
+/* After follow.c applied what it could: the gauges and the account, the
+ * counts, the timer of the cap. 0, or -1 if mm was let go (r: what the
+ * follow call returned). */
+static int followed(struct rp_mm *mm, int r, size_t n0, uint64_t b0, const struct follow_count *n)
 {
-	size_t n0 = range_count(&mm->ranges);
-	uint64_t b0 = range_bytes(&mm->ranges);
-	struct remap_src *src = srcs_find(mm, start, end);
-	long long r;
-
-	if (src) {
-		/* The mremap that moved it away: what nobody took since. */
-		r = srcs_unmap(mm, mm, start, end);
-		size_t i = (size_t)(src - mm->srcs);
-		memmove(src, src + 1, (--mm->nsrcs - i) * sizeof(*src));
-	} else {
-		r = follow_unmap(mm, start, end);
-		srcs_take(mm, start, end);
-	}
 	account(mm, n0, b0);
-	if (r < 0)
-		mm_gone(mm, "its range table cannot follow an unmap within its memory budget", 1);
+	if (n->reordered)
+		acct_stat_add(mm->acct, PROTO_STAT_EVENTS_REORDERED, n->reordered);
+	if (n->expired)
+		acct_log(mm->acct, LOG_NOTICE, "pid %d: %u unmap or mremap events waited for an "
+			 "earlier change's event that did not come (the kernel had none in flight, "
+			 "%.0f s passed, or there was no room); applied in the order they came",
+			 (int)mm->pid, n->expired, REORDER_HARD_S);
+	if (r == -ENOBUFS) {
+		mm_gone(mm, "a fork child unmapped or moved too much before its parent's events "
+			"let it start", 1);
+		return -1;
+	}
+	if (r < 0) {
+		mm_gone(mm, "its range table cannot follow an unmap or mremap within its memory "
+			"budget", 1);
+		return -1;
+	}
+	double at = follow_deadline(&mm->fl, REORDER_MAX_S), now = ev_now(mm->w->loop);
+	if (at > 0)
+		retry_arm(mm, at > now ? at : now + REORDER_RECHECK_S);
+	return 0;
 }
 
-static void on_remap(struct rp_mm *mm, uint64_t from, uint64_t to, uint64_t len)
+/* An event read: only the timer (reorder_cap) lets events that wait for a
+ * late one go before REORDER_HARD_S. */
+static int on_change(struct rp_mm *mm, const struct follow_ev *e)
 {
 	size_t n0 = range_count(&mm->ranges);
 	uint64_t b0 = range_bytes(&mm->ranges);
-	int r = follow_copy(mm, from, to, len);
+	struct follow_count n = { 0, 0 };
+	int r = follow_event(&mm->fl, e, ev_now(mm->w->loop), REORDER_HARD_S, &n);
 
-	/* The destination has a new owner whether or not we could follow. */
-	srcs_take(mm, to, to + len);
-	if (r == 0 && from != to)
-		srcs_add(mm, from, from + len);
-	account(mm, n0, b0);
-	if (r < 0)
-		mm_gone(mm, "its range table cannot follow an mremap within its memory budget", 1);
+	return followed(mm, r, n0, b0, &n);
+}
+
+/* How long the events that wait for a late one may wait, asked when the
+ * timer fires: REORDER_MAX_S; past that, as long as the kernel says an
+ * event is in flight (most likely the late one: its thread preempted
+ * between dropping mmap_lock and queueing it, or its vCPU stopped by the
+ * host), up to REORDER_HARD_S; not at all once it says none is (the late
+ * one is not coming: its change raised the count before the events that
+ * wait were even made, and it stays raised until it is read), or cannot
+ * say (a kernel without UFFDIO_WRITEPROTECT). */
+static double reorder_cap(struct rp_mm *mm, double now)
+{
+	double due = follow_deadline(&mm->fl, REORDER_MAX_S);
+
+	if (due == 0 || now < due)
+		return REORDER_HARD_S;
+	return uffd_probe(mm->uffd, uffd_user_bottom()) == -EAGAIN ? REORDER_HARD_S : 0;
+}
+
+/* Apply what waited and can go by now, waiting at most cap. 0, or -1 if
+ * mm was let go. */
+static int settle_at(struct rp_mm *mm, double now, double cap)
+{
+	size_t n0 = range_count(&mm->ranges);
+	uint64_t b0 = range_bytes(&mm->ranges);
+	struct follow_count n = { 0, 0 };
+	int r = follow_settle(&mm->fl, now, cap, &n);
+
+	return followed(mm, r, n0, b0, &n);
+}
+
+/* A fork child got its table: its own events that waited for it go, then
+ * its faults and requests. */
+static void child_ready(struct rp_mm *child)
+{
+	if (settle_at(child, ev_now(child->w->loop), REORDER_HARD_S) < 0)
+		return;
+	if (child->npending && pending_retry(child) < 0)
+		return;
+	ops_run_held(child);
+}
+
+/* The parent's events reached the place of a fork read while some of
+ * them waited for a late one (follow.h): the child's table is the
+ * parent's now. ctx: the parent; child: a reference of the fork's. */
+static void fork_reached(void *ctx, void *arg)
+{
+	struct rp_mm *parent = ctx, *child = arg;
+
+	if (!atomic_load(&child->dead)) {
+		follow_born(&child->fl);
+		if (child_table(parent, child) < 0) {
+			acct_stat_add(child->acct, PROTO_STAT_UNTRACKED, 1);
+			retire(child);
+		} else {
+			child_ready(child);
+		}
+	}
+	mm_put(child);
 }
 
 static void on_fork(struct rp_mm *parent, int ufd)
@@ -920,8 +950,18 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	}
 	child->w = parent->w;
 	worker_enter(&parent->d->workers, child->w, child->acct);
+	/* Served at once (the fork read, the child runs), with its table
+	 * now, or where the fork falls among the parent's waiting events. */
+	int later = follow_busy(&parent->fl) && follow_unborn(&child->fl) == 0;
 	serve(child);
 	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
+	if (later) {
+		mm_ref(child);
+		on_change(parent, &(struct follow_ev){ .type = FOLLOW_FORK, .child = child });
+	} else if (child_table(parent, child) < 0) {
+		acct_stat_add(child->acct, PROTO_STAT_UNTRACKED, 1);
+		retire(child);
+	}
 }
 
 /* 0, or -1 if mm was let go. */
@@ -934,11 +974,13 @@ static int on_event(struct rp_mm *mm, const struct uffd_msg *m)
 		break;
 	case UFFD_EVENT_REMAP:
 		acct_stat_add(mm->acct, PROTO_STAT_EV_REMAP, 1);
-		on_remap(mm, m->arg.remap.from, m->arg.remap.to, m->arg.remap.len);
+		on_change(mm, &(struct follow_ev){ .type = FOLLOW_REMAP, .from = m->arg.remap.from,
+						   .to = m->arg.remap.to, .len = m->arg.remap.len });
 		break;
 	case UFFD_EVENT_UNMAP:
 		acct_stat_add(mm->acct, PROTO_STAT_EV_UNMAP, 1);
-		on_unmap(mm, m->arg.remove.start, m->arg.remove.end);
+		on_change(mm, &(struct follow_ev){ .type = FOLLOW_UNMAP, .from = m->arg.remove.start,
+						   .to = m->arg.remove.end });
 		break;
 	default:
 		log_err("pid %d uffd %d: unknown uffd event %u", (int)mm->pid, mm->uffd, m->event);
@@ -993,6 +1035,17 @@ static void batch_wake(struct rp_mm *mm, struct batch *b)
 	b->n = 0;
 }
 
+/* The first fault names a thread of the process: its exit is watched. */
+static void learn_pid(struct rp_mm *mm, const struct uffd_msg *m)
+{
+	if (mm->pid || !(mm->features & UFFD_FEATURE_THREAD_ID))
+		return;
+	mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
+	struct obs_event ev = { .type = OBS_MM_PID, .mm = mm->id, .pid = mm->pid };
+	obs_emit(&mm->d->obs, &ev);
+	watch(mm, mm->pid);
+}
+
 static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 {
 	const struct rp_config *cfg = &mm->d->cfg;
@@ -1004,12 +1057,16 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 		acct_stat_add(mm->acct, PROTO_STAT_FAULTS_COALESCED, 1);
 		return 0;
 	}
-	if (!mm->pid && (mm->features & UFFD_FEATURE_THREAD_ID)) {
-		mm->pid = (pid_t)m->arg.pagefault.feat.ptid;
-		struct obs_event ev = { .type = OBS_MM_PID, .mm = mm->id, .pid = mm->pid };
-		obs_emit(&mm->d->obs, &ev);
-		watch(mm, mm->pid);
+	/* What it reads depends on the order of events still waiting for a
+	 * late one (or, in an unborn child, on its table to come): it waits
+	 * with them, and is answered once they are applied. */
+	if (follow_holds(&mm->fl, page, page + PAGE, 0)) {
+		if (pending_push(mm, addr, flags, UFFD_RETRY) == 0)
+			return 0;
+		mm_gone(mm, "no memory (or budget) left to queue a fault retry", 1);
+		return -1;
 	}
+	learn_pid(mm, m);
 	probe_reset(mm);
 	enum uffd_class k = answer(mm, addr, flags, cfg->dontwake, &end);
 	if (k == UFFD_GONE_MM) {
@@ -1171,8 +1228,8 @@ static int map_apply(struct rp_mm *mm, struct mm_op *op)
 		return -EDQUOT;
 	/* What is left there of a moved mapping has gone: the client has a
 	 * new one there. */
-	srcs_unmap(mm, mm, op->addr, end);
-	srcs_take(mm, op->addr, end);
+	follow_forget_recorded(&mm->fl, &follow_mm, mm, op->addr, end);
+	follow_taken(&mm->fl, op->addr, end, 1);
 	mm->budget_hit = 0;
 	int r = range_insert(&mm->ranges, op->addr, end, op->t);
 	if (r == -ENOSPC || (r == -ENOMEM && mm->budget_hit))
@@ -1206,7 +1263,7 @@ static int unmap_apply(struct rp_mm *mm, struct mm_op *op)
 	mm->budget_hit = 0;
 	long long r = range_remove(&mm->ranges, op->addr, end, unregister_run, mm);
 	if (r >= 0) {
-		srcs_take(mm, op->addr, end);
+		follow_taken(&mm->fl, op->addr, end, 0);
 		if (r > 0)
 			emit_range(mm, OBS_UNMAP, op->addr, end, NULL, op);
 	}
@@ -1234,6 +1291,11 @@ static int op_try(struct rp_mm *mm, struct mm_op *op)
 {
 	double now = ev_now(mm->w->loop);
 
+	/* It must not overtake events still waiting for a late one that
+	 * touch its range (or a fork among them: the child must not get it):
+	 * ops_run_held tries it again once they are applied. */
+	if (follow_holds(&mm->fl, op->addr, op->addr + op->len, 1))
+		return 0;
 	if (op->type == MM_OP_MAP && uffd_probe(mm->uffd, op->addr) == -EAGAIN) {
 		if (!op->since) {
 			op->since = now;

@@ -17,6 +17,7 @@
 #include <sys/types.h>
 
 #include "fault.h"
+#include "follow.h"
 #include "range.h"
 #include "worker.h"
 
@@ -39,21 +40,6 @@ struct pending_fault {
 	uint32_t tries;
 	uint32_t reserved;
 };
-
-/* The source of a moving mremap, kept in the table after its REMAP until
- * the UNMAP the mremap sends for it (mm.c): what it spans, as that UNMAP
- * will name it, and the parts of it nobody has taken since. */
-#define MM_SRC_SPANS 4
-struct remap_src {
-	uint64_t start, end;
-	uint32_t nspans;
-	struct {
-		uint64_t start, end;
-	} span[MM_SRC_SPANS];
-};
-
-/* Sources kept per mm: past that, the oldest record is dropped. */
-#define MM_SRCS 64
 
 /* A change of the range table asked for by a session (main loop), done on
  * the worker in order with the uffd's events, answered back on the main
@@ -97,9 +83,8 @@ struct rp_mm {
 	ev_tstamp probe_every;
 	ev_timer retry;            /* pending faults and held ops */
 	struct range_table ranges;
+	struct follow fl;          /* records of moves, events waiting for a late one */
 	struct fault_streams fs;
-	struct remap_src *srcs;    /* MM_SRCS slots once the first comes, oldest first */
-	uint32_t nsrcs;
 	struct pending_fault *pending;
 	uint32_t npending, cappending;
 	struct mm_op *held, *held_tail;
@@ -158,9 +143,15 @@ const struct range_ops *mm_range_ops_acct(struct tmpl_store *store);
 /* Charge what a restored table holds to mm's uid and the gauges. */
 void mm_restore_account(struct rp_mm *mm);
 
-/* Every served mm of w (on w's thread: a call posted to it). */
+/* Every served mm of w the observer has been told of (a fork child whose
+ * table still waits for its parent's events is not; on w's thread, or
+ * with w paused). */
 void mm_foreach_on(struct worker *w, void (*fn)(struct rp_mm *mm, void *arg), void *arg);
-/* The hook workers_start is given: retire every mm when a worker stops. */
+/* The hooks workers_start is given: retire every mm when a worker stops;
+ * before it pauses (a handover, a stop with the fd store), apply the
+ * events waiting for a late one as they came, so that the journal has
+ * them. */
 void mm_worker_stop(struct worker *w);
+void mm_worker_pause(struct worker *w);
 
 #endif

@@ -149,6 +149,8 @@ void loop_close_fd(struct ev_loop *loop, int fd)
  * wait in the kernel meanwhile. */
 static void pause_here(struct worker *w)
 {
+	if (w->on_pause)
+		w->on_pause(w);
 	pthread_mutex_lock(&w->in.lock);
 	if (w->pause) {
 		w->paused = 1;
@@ -185,10 +187,12 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct worker *w))
+static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct worker *w),
+		       void (*on_pause)(struct worker *w))
 {
 	w->id = id;
 	w->on_stop = on_stop;
+	w->on_pause = on_pause;
 	w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
 	if (!w->loop)
 		return -ENOMEM;
@@ -198,14 +202,15 @@ static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct wor
 	return inbox_init(&w->in, w->loop);
 }
 
-int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w))
+int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w),
+		  void (*on_pause)(struct worker *w))
 {
 	ws->v = calloc(n, sizeof(*ws->v));
 	if (!ws->v)
 		return -ENOMEM;
 	pthread_mutex_init(&ws->place_lock, NULL);
 	for (unsigned i = 0; i < n; i++) {
-		int r = worker_init(&ws->v[i], i + 1, on_stop);
+		int r = worker_init(&ws->v[i], i + 1, on_stop, on_pause);
 		if (r < 0)
 			return r;
 		r = pthread_create(&ws->v[i].thread, NULL, worker_main, &ws->v[i]);

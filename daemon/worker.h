@@ -49,10 +49,11 @@ struct worker {
 	int stop, pause, paused; /* under in.lock */
 	pthread_cond_t cond;
 	struct loop_call ctl;    /* the main thread's stop or pause */
-	/* daemon/mm.c's: the address spaces served here, and a hook run on
-	 * this thread when the worker stops. */
+	/* daemon/mm.c's: the address spaces served here, and hooks run on
+	 * this thread when the worker stops, and before it pauses. */
 	struct rp_mm *mms;
 	void (*on_stop)(struct worker *w);
+	void (*on_pause)(struct worker *w);
 	atomic_uint nmms;
 	atomic_uint nuids;       /* distinct uids with an address space here */
 };
@@ -63,7 +64,8 @@ struct workers {
 	pthread_mutex_t place_lock;
 };
 
-int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w));
+int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w),
+		  void (*on_pause)(struct worker *w));
 void workers_stop(struct workers *ws);
 
 /* A worker for a new fork family of a's uid (see above); its count of a's

@@ -86,6 +86,7 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_LOG_SUPPRESSED] = "log_suppressed",
 		[PROTO_STAT_LOOP_US] = "loop_us",
 		[PROTO_STAT_DENIED_SYSCALLS] = "denied_syscalls",
+		[PROTO_STAT_EVENTS_REORDERED] = "events_reordered",
 	};
 	return s < PROTO_STAT_COUNT ? names[s] : "?";
 }

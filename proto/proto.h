@@ -188,6 +188,8 @@ enum proto_stat {
 	PROTO_STAT_LOG_SUPPRESSED,  /* log lines dropped by a uid's rate limit */
 	PROTO_STAT_LOOP_US,         /* main-loop time spent on requests, microseconds */
 	PROTO_STAT_DENIED_SYSCALLS, /* system calls the sandbox refused (daemon-wide only) */
+	PROTO_STAT_EVENTS_REORDERED, /* late unmap/mremap events applied before events read
+				      * earlier (their changes came first) */
 	PROTO_STAT_COUNT
 };
 #define PROTO_STATS_MAX 32u
