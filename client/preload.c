@@ -619,9 +619,14 @@ static void *large_shrink(void *p, struct blk b, size_t n)
 	return p;
 }
 
-/* Grow an anonymous or memset block: mremap may move it (no daemon
- * involved); memset mode fills the new part. */
-static void *anon_grow(void *p, struct blk b, size_t n)
+/* Grow a block with mremap, which moves it when the addresses above are
+ * taken: no copy, whatever its size. A refpage block's new part reads the
+ * pattern from refpaged (the block's range grows over it at its first
+ * fault), a memset block's is filled here. refpaged follows a moved refpage
+ * block from the REMAP and UNMAP events the move sends, and puts them back
+ * in order when another thread's move into the old addresses is read first
+ * (docs/preload.md, "Moving refpage blocks"). */
+static void *large_grow(void *p, struct blk b, size_t n)
 {
 	size_t len = blk_len(b), nlen = page_round(n);
 
@@ -637,38 +642,6 @@ static void *anon_grow(void *p, struct blk b, size_t n)
 		memset(q + len, cfg.pattern, nlen - len);
 	tab_put(q, nlen, blk_kind(b), n);
 	atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
-	return q;
-}
-
-/* Grow a refpage block. Never by a moving mremap: that sends a REMAP and
- * then, late, an UNMAP of the old addresses, and a block another thread
- * moves there in between loses its range in refpaged to that UNMAP
- * (docs/preload.md, "Moving refpage blocks"; a MAP there waits for it,
- * a move does not). In place if the addresses above are free (refpaged
- * serves the grown part from the same range); else a new block, the
- * contents copied, the old one unmapped through refpaged. A new block gets
- * twice the size asked for, room for the next growths in place:
- * untouched, that room costs address space, not memory. */
-static void *refpage_grow(void *p, struct blk b, size_t n)
-{
-	size_t len = blk_len(b), nlen = page_round(n);
-	size_t room = n < SIZE_MAX - PAGE - n ? page_round(2 * n) : nlen;
-
-	in_shim++;
-	char *q = mremap(p, len, nlen, 0);
-	in_shim--;
-	if (q != MAP_FAILED) {
-		tab_put(p, nlen, BLK_REFPAGE, n);
-		atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
-		return p;
-	}
-	q = large_alloc(room, 0, 0);
-	if (!q) {
-		tab_put(p, len, BLK_REFPAGE, b.req);
-		return NULL;
-	}
-	memcpy(q, p, b.req < n ? b.req : n);
-	release(p, b);
 	return q;
 }
 
@@ -696,7 +669,7 @@ static void *large_realloc(void *p, struct blk b, size_t n)
 	}
 	if (page_round(n) <= blk_len(b))
 		return large_shrink(p, b, n);
-	return blk_kind(b) == BLK_REFPAGE ? refpage_grow(p, b, n) : anon_grow(p, b, n);
+	return large_grow(p, b, n);
 }
 
 /* realloc of someone else's block to a large size: into one of ours. */
