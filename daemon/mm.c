@@ -954,7 +954,8 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	 * now, or where the fork falls among the parent's waiting events. */
 	int later = follow_busy(&parent->fl) && follow_unborn(&child->fl) == 0;
 	serve(child);
-	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
+	log_debug("pid %d uffd %d: fork child adopted as uffd %d%s", (int)parent->pid, parent->uffd,
+		  ufd, later ? ", its table after the events waiting before the fork" : "");
 	if (later) {
 		mm_ref(child);
 		on_change(parent, &(struct follow_ev){ .type = FOLLOW_FORK, .child = child });

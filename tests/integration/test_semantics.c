@@ -974,6 +974,9 @@ struct places {
 	uint32_t free_id;            /* a free place's template */
 	_Atomic int state[SLOTS];
 	atomic_int go, stop;
+	uint8_t *still;              /* a block of the free template nobody moves */
+	int forks;
+	char fork_why[128];
 };
 
 struct leaver {
@@ -1116,6 +1119,28 @@ static void *yielder_main(void *arg)
 	return NULL;
 }
 
+/* Forks all along: a fork read while events wait for a late one takes its
+ * place among them (the child's table comes when they reach it). The
+ * child reads a block nobody moves and is gone. */
+static void *forker_main(void *arg)
+{
+	struct places *pl = arg;
+
+	while (!atomic_load(&pl->go))
+		sched_yield();
+	while (!atomic_load(&pl->stop) && !pl->fork_why[0]) {
+		pid_t pid = fork();
+		if (pid == 0)
+			_exit(h_first_not(pl->still, SLOT_PAGES * PAGE, 0xEE) >= 0);
+		int st;
+		if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
+			snprintf(pl->fork_why, sizeof(pl->fork_why), "a fork child read the still "
+				 "block wrong, or did not end well (status %#x)", pid < 0 ? 0 : st);
+		pl->forks++;
+	}
+	return NULL;
+}
+
 /* Blocks in the first LEAVERS places, free places' mappings in the rest. */
 static void places_map(struct places *pl, struct leaver *l)
 {
@@ -1134,7 +1159,7 @@ static void places_map(struct places *pl, struct leaver *l)
 
 static void run_leavers(struct fx *fx, struct places *pl, struct leaver *l)
 {
-	pthread_t th[LEAVERS + 1];
+	pthread_t th[LEAVERS + 2];
 
 	pin_one_cpu(fx);
 	cpu_set_t one;
@@ -1143,11 +1168,13 @@ static void run_leavers(struct fx *fx, struct places *pl, struct leaver *l)
 	for (int t = 0; t < LEAVERS; t++)
 		assert_int_equal(pthread_create(&th[t], NULL, leaver_main, &l[t]), 0);
 	assert_int_equal(pthread_create(&th[LEAVERS], NULL, yielder_main, pl), 0);
+	assert_int_equal(pthread_create(&th[LEAVERS + 1], NULL, forker_main, pl), 0);
 	atomic_store(&pl->go, 1);
 	for (int t = 0; t < LEAVERS; t++)
 		assert_int_equal(pthread_join(th[t], NULL), 0);
 	atomic_store(&pl->stop, 1);
-	assert_int_equal(pthread_join(th[LEAVERS], NULL), 0);
+	for (int t = LEAVERS; t < LEAVERS + 2; t++)
+		assert_int_equal(pthread_join(th[t], NULL), 0);
 	pin_daemon(fx, &fx->cpus);
 	assert_int_equal(sched_setaffinity(0, sizeof(fx->cpus), &fx->cpus), 0);
 	fx->pinned = 0;
@@ -1173,19 +1200,26 @@ static void test_moves_into_places_being_left(void **state)
 		l[t].id = fill_template(fx, l[t].tmpl);
 	}
 	places_map(pl, l);
+	pl->still = map(fx, SLOT_PAGES, pl->free_id);
 	run_leavers(fx, pl, l);
 	for (int t = 0; t < LEAVERS; t++)
 		if (l[t].why[0])
 			fail_msg("%s", l[t].why);
+	if (pl->fork_why[0])
+		fail_msg("%s", pl->fork_why);
 	/* How often the order had to be put right depends on the scheduler:
 	 * said, not checked. */
 	assert_int_equal(h_stats_read(fx->c, &s), 0);
 	printf("  %d moves; late events applied before events read earlier: %llu; events that "
-	       "waited for one past the cap: %s\n", LEAVERS * LEAVE_ROUNDS,
+	       "waited for one past the cap: %s; forks: %d, %s read while events waited\n",
+	       LEAVERS * LEAVE_ROUNDS,
 	       (unsigned long long)(h_stat(&s, "events_reordered") - reordered0),
 	       h_daemon_log_has(&fx->d, "applied in the order they came") ? "some (see the log)" :
-									      "none");
+									      "none",
+	       pl->forks, h_daemon_log_has(&fx->d, "its table after the events waiting") ? "some" :
+											    "none");
 	assert_int_equal(rp_unmap(fx->c, pl->base, SLOTS * SLOT_PAGES * PAGE), 0);
+	assert_int_equal(rp_unmap(fx->c, pl->still, SLOT_PAGES * PAGE), 0);
 	for (int t = 0; t < LEAVERS; t++)
 		assert_int_equal(rp_template_release(fx->c, l[t].id), 0);
 	assert_int_equal(rp_template_release(fx->c, pl->free_id), 0);
