@@ -725,6 +725,16 @@ static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
 		compact_start(wg);
 }
 
+void wing_compaction_drop(struct wing *wg)
+{
+	/* The workers are stopped: what they were asked will never answer. */
+	if (wg->cap) {
+		jnl_compact_abort(&wg->w);
+		capture_free(wg->cap);
+		wg->cap = NULL;
+	}
+}
+
 void wing_journal_start(struct wing *wg)
 {
 	wg->journaling = 1;

@@ -153,6 +153,7 @@ void wing_fini(struct rp_daemon *d)
 	/* SIGHUP's watcher stays: stopping it would restore the default
 	 * action with rt_sigaction, which the sandbox does not allow. */
 	ev_timer_stop(d->loop, &wg->compact_timer);
+	wing_compaction_drop(wg);
 	if (wg->counters) {
 		stats_move_home();
 		munmap(wg->counters, JNL_PAGE);

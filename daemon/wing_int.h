@@ -54,6 +54,8 @@ void wing_counters_attach(struct wing *wg, int restored);
 int wing_sync_image(struct wing *wg);
 /* Start journaling (fd store mode) with the compaction timer. */
 void wing_journal_start(struct wing *wg);
+/* At exit, the workers stopped: a compaction under way is given up. */
+void wing_compaction_drop(struct wing *wg);
 /* The UPGRADE hook (handover.c). */
 void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid);
 
