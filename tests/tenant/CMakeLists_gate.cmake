@@ -1,4 +1,4 @@
-# The fork-event gate (docs/security-forkgate.md): a client run as uid 65534
+# The fork-event gate (docs/security.md ("The fork-event gate")): a client run as uid 65534
 # against a private refpaged steals its fork child's uffd and the test checks
 # what that uffd can and cannot do. Included from tests/CMakeLists.txt:
 #   include(tenant/CMakeLists_gate.cmake)

@@ -1,4 +1,4 @@
-/* The fork-event gate: the facts docs/security-forkgate.md relies on.
+/* The fork-event gate: the facts docs/security.md ("The fork-event gate") relies on.
  *
  * The kernel lets only a CAP_SYS_PTRACE caller enable
  * UFFD_FEATURE_EVENT_FORK (userfaultfd_api(), commit 3c1c24d91ffd). refpaged
@@ -6,7 +6,7 @@
  * client that kept a duplicate can read the fork events itself and so get
  * its children's uffds. This program runs such a client as uid 65534
  * against a private refpaged and checks, on the running kernel, every
- * property the argument in docs/security-forkgate.md stands on:
+ * property the argument in docs/security.md ("The fork-event gate") stands on:
  *
  *   - the client cannot enable EVENT_FORK itself (the gate exists);
  *   - a duplicate in flight in an SCM_RIGHTS message is in no process's fd
