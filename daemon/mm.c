@@ -781,7 +781,10 @@ static int lookup(struct rp_mm *mm, uint64_t addr, struct range_piece *p)
 		return 1;
 	size_t n0 = range_count(&mm->ranges);
 	uint64_t b0 = range_bytes(&mm->ranges);
-	if (range_extend_to(&mm->ranges, addr, PAGE, p) != 1)
+	int r = range_extend_to(&mm->ranges, addr, PAGE, p);
+	if (r < 0)
+		mm->cannot_follow = 1; /* this fault reads zeros, then the mm goes */
+	if (r != 1)
 		return 0;
 	/* The whole piece, as it is now: a MAP the observer hears of sets
 	 * what it names. */
@@ -1014,6 +1017,10 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 	enum uffd_class k = answer(mm, addr, flags, cfg->dontwake, &end);
 	if (k == UFFD_GONE_MM) {
 		mm_gone(mm, "process gone", 0);
+		return -1;
+	}
+	if (mm->cannot_follow) {
+		mm_gone(mm, "its range table cannot follow a grown mapping within its memory budget", 1);
 		return -1;
 	}
 	mm->bugs = k == UFFD_BUG ? mm->bugs + 1 : 0;
