@@ -7,9 +7,11 @@
 # -DRP_FUZZ=ON: the same flags as scripts/fuzz.sh's build-fuzz/.
 # Each configuration builds in its own build-<name>/ (next to build/, at the
 # same depth: with ccache's base_dir the objects they share hit the cache).
-# Nothing is run.
+# Build only, unless --unit.
 #
-#   scripts/build-matrix.sh [--list] [NAME...]   NAME: gcc-Debug, clang-Release, ...
+#   scripts/build-matrix.sh [--list] [--unit] [NAME...]   NAME: gcc-Debug, clang-Release, ...
+#
+# --unit also runs the unit tests (ctest -L unit, a few seconds) in each.
 #
 # Every configuration is built even after one fails; the failed ones are
 # listed at the end and the exit status is 1. Set CMAKE_C_COMPILER_LAUNCHER=ccache
@@ -35,6 +37,11 @@ if [[ ${1:-} == --list ]]; then
 	for n in "${names[@]}"; do echo "$n: CC=${n%%-*} ${flags[$n]}"; done
 	exit 0
 fi
+unit=0
+if [[ ${1:-} == --unit ]]; then
+	unit=1
+	shift
+fi
 if (($#)); then
 	for n in "$@"; do
 		[[ -n ${flags[$n]:-} ]] || { echo "build-matrix: no configuration $n (--list)" >&2; exit 2; }
@@ -49,7 +56,8 @@ for n in "${names[@]}"; do
 	mkdir -p "$dir"
 	# shellcheck disable=SC2086 # flags are words
 	if CC=${n%%-*} cmake -S . -B "$dir" -DCMAKE_INSTALL_PREFIX=/usr ${flags[$n]} >"$log" 2>&1 &&
-		cmake --build "$dir" -j"$(nproc)" >>"$log" 2>&1; then
+		cmake --build "$dir" -j"$(nproc)" >>"$log" 2>&1 &&
+		{ ((!unit)) || (cd "$dir" && ctest -L unit --output-on-failure >>build.log 2>&1); }; then
 		printf 'build-matrix: %-24s ok      %4d s\n' "$n" $((SECONDS - start))
 	else
 		printf 'build-matrix: %-24s FAILED  %4d s (%s)\n' "$n" $((SECONDS - start)) "$log"
