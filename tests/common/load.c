@@ -59,7 +59,7 @@ void load_fill_page(void *page, uint32_t seed)
 	}
 }
 
-static void say(char *err, size_t n, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void say(char *err, size_t n, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -68,7 +68,7 @@ static void say(char *err, size_t n, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void bad(struct load_shared *sh, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void bad(struct load_shared *sh, const char *fmt, ...)
 {
 	va_list ap;
 

@@ -706,7 +706,11 @@ static void full_then_second_hello(struct fx *fx, int k, int j)
 	if (leave_replies(s, k, 0) == 0 && leave_replies(s, j, 1) == 0) {
 		int u = h_make_uffd();
 		assert_true(u >= 0);
-		assert_int_equal(h_send(s, PROTO_HELLO, 8, &h, sizeof(h), u), 0);
+		/* -EPIPE: the daemon hung up on the replies left after all
+		 * (leave_replies looked before it answered the last request:
+		 * seen under TSan), as when leave_replies says so. */
+		int r = h_send(s, PROTO_HELLO, 8, &h, sizeof(h), u);
+		assert_true(r == 0 || r == -EPIPE || r == -ECONNRESET);
 		close(u);
 	}
 	count_replies(s);
@@ -739,7 +743,8 @@ static void test_not_reading_replies(void **state)
 		s = dial(fx);
 		if (leave_replies(s, k, 0) == 0) {
 			struct proto_template_fill f = { .byte = 0xAA };
-			assert_int_equal(h_send(s, PROTO_TEMPLATE_FILL, 7, &f, sizeof(f), -1), 0);
+			int r = h_send(s, PROTO_TEMPLATE_FILL, 7, &f, sizeof(f), -1);
+			assert_true(r == 0 || r == -EPIPE || r == -ECONNRESET); /* as above */
 		}
 		count_replies(s);
 		close(s);
