@@ -73,7 +73,8 @@ static void usage(FILE *f)
 		"Limits of the whole daemon:\n"
 		"  --max-connections N   connections (default 4096)\n"
 		"  --max-templates N     template handles per connection (default 4096)\n"
-		"  --max-store N         distinct templates (default 65536)\n"
+		"  --max-store N         distinct templates (default 0: no count, the memory budgets\n"
+		"                        bound them; a count would be a pool one uid could fill)\n"
 		"  --max-ranges N        ranges per process (default 65536)\n"
 		"  --max-bytes N         registered bytes per process (default 1 TiB)\n"
 		"  --max-descendants N   processes in one client's fork tree (default 4096)\n"
@@ -245,7 +246,7 @@ static int parse_limit(int o, const char *name, struct rp_limits *l)
 	switch (o) {
 	case O_MAXCONN: l->connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
 	case O_MAXTMPL: l->templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-	case O_MAXSTORE: l->store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+	case O_MAXSTORE: l->store = (uint32_t)parse_num(name, optarg, 0, 1u << 24); break;
 	case O_MAXRANGES: l->ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
 	case O_MAXBYTES: l->bytes = parse_num(name, optarg, 4096, 1ull << 56); break;
 	case O_MAXDESC: l->descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
@@ -476,7 +477,7 @@ static void set_defaults(struct rp_config *c)
 		 * few, however few CPUs. */
 		.workers = cpus > 4 ? (unsigned)cpus : 4,
 		.fault_around = 16, .batch = MM_MSG_BATCH, .drain = 1, .coalesce = 1,
-		.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40, .store = 65536,
+		.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40, .store = 0,
 			 .connections = 4096, .descendants = 4096, .hello_timeout_s = 10,
 			 .loop_quota = 8, .fault_quota = 128,
 			 .per_uid.max = { [ACCT_CONNECTIONS] = 1024, [ACCT_TEMPLATES] = 16384,
