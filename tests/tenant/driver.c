@@ -117,7 +117,7 @@ static const struct attack attacks[] = {
 	{ A("fault-flood", "4 processes x 4 threads faulting 32 MiB each as fast as they can (--full: "
 	    "16 processes)", "procs=4 threads=4 mb=32", "procs=16 threads=4 mb=64", 4, 10) },
 	{ A("oracle", "uid 65534 asks, for each of the 256 fill bytes, whether another uid holds that "
-	    "template (STATS' template count; creation time)", "trials=5", "trials=15", 0, 0),
+	    "template (STATS' template count; the time of a fill that may need a slab)", "trials=5", "trials=15", 0, 0),
 	  .victim = "hello_every=0 fresh_every=0", .flags = F_ORACLE },
 	{ A("fork-gate", "a client keeps a duplicate of the uffd it hands over and reads "
 	    "UFFD_EVENT_FORK itself", "forks=40", "forks=200", 0, 0) },
@@ -698,8 +698,8 @@ static void judge_findings(struct result *r, const char *out, int secret)
 				"(STATS' template count did not grow when it made one)", secret);
 		char t[1200];
 		if (kv(out, "finding", "oracle_timing_fastest", t, sizeof(t)))
-			printf("   oracle: secret 0x%02x %s the 8 fastest creations (%s): timing oracle %s "
-			       "(reported, not judged)\n",
+			printf("   oracle: secret 0x%02x %s the 8 fastest 2-page fills (%s): slab timing oracle "
+			       "%s (reported, not judged)\n",
 			       secret, in_list(t, secret) ? "IS among" : "is not among", t,
 			       in_list(t, secret) ? "works" : "not shown");
 	}
@@ -1126,11 +1126,11 @@ out_tmp:
 
 static void print_table(size_t n)
 {
-	printf("\nVictim latency, unloaded -> under attack (p50/p99, microseconds). MAP: rp_map round "
-	       "trip; fault: first touch of a missing page.\n");
+	printf("\nVictim latency in microseconds, p50/p99, unloaded -> under attack (MAP: the rp_map round "
+	       "trip; fault: a first touch of a missing page)\n");
 	printf("%-17s %-6s", "attack", "result");
 	for (int i = 0; i < NVICTIMS; i++)
-		printf(" | %-8s MAP p50/p99          fault p50/p99       ", vlabel[i]);
+		printf("  %-22s  %-22s", i ? "uid65533 MAP" : "root MAP", i ? "uid65533 fault" : "root fault");
 	printf("\n");
 	for (size_t k = 0; k < n; k++) {
 		const struct result *r = &results[k];
@@ -1140,11 +1140,11 @@ static void print_table(size_t n)
 		for (int i = 0; i < NVICTIMS; i++) {
 			const struct vres *v = &r->v[i];
 			char m[64], f[64];
-			snprintf(m, sizeof(m), "%.0f/%.0f->%.0f/%.0f", v->map_p50[0], v->map_p99[0],
+			snprintf(m, sizeof(m), "%.0f/%.0f -> %.0f/%.0f", v->map_p50[0], v->map_p99[0],
 				 v->map_p50[1], v->map_p99[1]);
-			snprintf(f, sizeof(f), "%.1f/%.1f->%.1f/%.1f", v->fault_p50[0], v->fault_p99[0],
+			snprintf(f, sizeof(f), "%.0f/%.0f -> %.0f/%.0f", v->fault_p50[0], v->fault_p99[0],
 				 v->fault_p50[1], v->fault_p99[1]);
-			printf(" | %-8s %-20s %-20s", "", m, f);
+			printf("  %-22s  %-22s", m, f);
 		}
 		printf("\n");
 	}
