@@ -87,6 +87,8 @@ int atk_fd_exhaust(const char *sock)
 		waitpid(pid[i], NULL, 0);
 	for (unsigned long i = 0; i < up; i++)
 		atk_close(&cs[i]);
+	free(cs);
+	free(pid);
 	return 0;
 }
 
@@ -152,6 +154,7 @@ int atk_slowloris(const char *sock)
 	for (long i = 0; i < n; i++)
 		if (cs[i].fd >= 0)
 			close(cs[i].fd);
+	free(cs);
 	return 0;
 }
 
@@ -308,5 +311,9 @@ int atk_req_flood(const char *sock)
 		replies, (double)replies / dur, closed);
 	for (long i = 0; i < n; i++)
 		atk_close(&cs[i]);
+	free(cs);
+	free(id);
+	free(owed);
+	free(flip);
 	return 0;
 }

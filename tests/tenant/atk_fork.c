@@ -147,6 +147,7 @@ int atk_fork_storm(const char *sock)
 		"child_killed=%lu fork_us_avg=%.0f",
 		rounds, total, max_alive, k.fork_failed, k.bad, k.killed,
 		total ? fork_s * 1e6 / (double)total : 0.0);
+	free(k.pid);
 	rp_disconnect(c);
 	return 0;
 }
@@ -206,6 +207,7 @@ int atk_fork_fat(const char *sock)
 		"fork_ms_avg=%.2f child_bad=%lu",
 		made, refused, failed, map_s, alive, k.fork_failed,
 		alive ? fork_s * 1e3 / (double)alive : 0.0, k.bad);
+	free(k.pid);
 	rp_disconnect(c);
 	return 0;
 }
@@ -269,6 +271,7 @@ int atk_exec_storm(const char *sock)
 	} while (atk_until(deadline));
 	atk_out("rounds=%lu children_total=%lu fork_failed=%lu exec_failed=%lu", rounds, total,
 		k.fork_failed, exec_failed);
+	free(k.pid);
 	rp_disconnect(c);
 	return 0;
 }

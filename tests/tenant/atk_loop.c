@@ -197,6 +197,7 @@ int atk_mremap_storm(const char *sock)
 		"map_max_us=%.0f errors=%lu",
 		n, atomic_load(&m.moves), atomic_load(&m.failed), maps, (double)tn_lat_pct(&l, 50) / 1e3,
 		(double)tn_lat_pct(&l, 99) / 1e3, (double)l.max / 1e3, errors);
+	tn_lat_free(&l);
 	atk_close(&c);
 	return 0;
 }
@@ -330,6 +331,7 @@ int atk_mmap_lock(const char *sock)
 		"errors=%lu",
 		k.len >> 20, atomic_load(&k.toggles), atomic_load(&k.touches), maps,
 		(double)tn_lat_pct(&l, 50) / 1e3, (double)tn_lat_pct(&l, 99) / 1e3, errors);
+	tn_lat_free(&l);
 	atk_close(&c);
 	return 0;
 }

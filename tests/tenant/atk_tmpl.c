@@ -91,6 +91,7 @@ int atk_template_flood(const char *sock)
 		tn_sleep(0.05);
 	for (long i = 0; i < conns; i++)
 		atk_close(&cs[i]);
+	free(cs);
 	return 0;
 }
 
@@ -145,6 +146,7 @@ int atk_template_pin(const char *sock)
 		tn_sleep(0.05);
 	for (long i = 0; i < conns; i++)
 		atk_close(&cs[i]);
+	free(cs);
 	return 0;
 }
 
