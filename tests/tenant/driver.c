@@ -86,10 +86,10 @@ static const struct attack attacks[] = {
 	{ A("template-flood", "8 connections x 250 distinct templates (--full: 800 x 100), each "
 	    "faulted so that its 256 KiB slab is built, handles released",
 	    "conns=8 templates=250", "conns=800 templates=100", 3, 10) },
-	{ A("template-pin", "one uid fills the shared template store (--max-store 2048; --full: the "
-	    "default) with templates held by ranges alone; victims keep making new templates",
-	    "templates=60000", "conns=2 templates=40000", 2, 5),
-	  .daemon_ci = "--max-store 2048", .victim = "fresh_every=2" },
+	{ A("template-pin", "one uid pins as many templates as it can with ranges alone (its "
+	    "memory budget bounds them: 16 MiB here, --full: the default 64 MiB); victims keep "
+	    "making new templates", "templates=60000", "conns=2 templates=40000", 2, 5),
+	  .daemon_ci = "--uid-memory 16777216", .victim = "fresh_every=2" },
 	{ A("fd-exhaust", "connections and fork children until the daemon is at its descriptor limit "
 	    "(lowered to 1024; --full: as it is); the victims HELLO and fork meanwhile",
 	    "conns=1024 children=400", "conns=1024 children=12000", 3, 30),
