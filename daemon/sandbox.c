@@ -275,6 +275,9 @@ static const struct sb_rule sanitizer_rules[] = {
 	/* ThreadSanitizer's background thread wakes up every 100 ms */
 	ALLOW(nanosleep),
 	ALLOW(clock_nanosleep),
+	/* the runtimes' spin locks, and LeakSanitizer waiting for its tracer
+	 * (the daemon itself never yields) */
+	ALLOW(sched_yield),
 };
 #endif
 
