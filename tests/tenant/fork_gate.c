@@ -74,7 +74,7 @@ struct uffdio_move {
 
 static int passed, failed;
 
-static void check(int ok, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void check(int ok, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -89,7 +89,7 @@ static void check(int ok, const char *fmt, ...)
 		failed++;
 }
 
-static void note(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static void note(const char *fmt, ...)
 {
 	va_list ap;
 
