@@ -690,11 +690,13 @@ static int handle_one(struct session *s)
 		return -1;
 	}
 	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);
-	if (trunc && n >= (long)sizeof(struct proto_hdr) &&
+	if (trunc && !nfds && n >= (long)sizeof(struct proto_hdr) &&
 	    ((const struct proto_hdr *)buf)->type == PROTO_HELLO) {
 		/* A HELLO's descriptor could not be installed: our own table
 		 * is full (the budgets keep a reserve, but not for ever). The
-		 * client is not to blame: it hears EMFILE, not EBADMSG. */
+		 * client is not to blame: it hears EMFILE, not EBADMSG. (One
+		 * that sends more descriptors than we take gets some, and
+		 * EBADMSG.) */
 		if (fd >= 0)
 			close(fd);
 		reply_and_close(s, ((const struct proto_hdr *)buf)->seq, -EMFILE, 0,
