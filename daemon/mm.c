@@ -1263,10 +1263,11 @@ static int op_try(struct rp_mm *mm, struct mm_op *op)
 static void ops_run_held(struct rp_mm *mm)
 {
 	while (mm->held && !atomic_load(&mm->dead)) {
-		struct mm_op *op = mm->held;
+		/* Once answered, op is its session's again: read next first. */
+		struct mm_op *op = mm->held, *next = op->next;
 		if (!op_try(mm, op))
 			return;
-		if (!(mm->held = op->next))
+		if (!(mm->held = next))
 			mm->held_tail = NULL;
 	}
 }

@@ -699,11 +699,27 @@ static void ids_from(struct rp_daemon *d, const struct jnl_ids *next)
 		d->tmpls.next_id = next->tmpl;
 }
 
+/* The journal open (an unusable one is written over, in the same memfd: it
+ * keeps its place in the fd store; without the fd store and without one
+ * passed in, a fresh one, written only for an upgrade: the sandbox allows
+ * no new file later), and the counters in it: before anything is served,
+ * since the workers count from their first fault on. */
+static void journal_ready(struct wing *wg, int snap_fd, const struct jnl_info *info, int have)
+{
+	int e = wing_journal_open(wg, snap_fd, have ? info : NULL);
+
+	if (e < 0)
+		log_err("restore: cannot write the journal: %s; restarts and upgrades will lose "
+			"what changes from now on", strerror(-e));
+	else
+		wing_counters_attach(wg, have);
+}
+
 int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)
 {
 	struct restore r = { .wg = wg, .d = wg->d, .set = set };
 	struct jnl_info info;
-	int have = 0, e = 0;
+	int have = 0;
 
 	memset(&info, 0, sizeof(info));
 	range_table_init(&r.build, 0, mm_range_ops_acct(&wg->d->tmpls), NULL);
@@ -722,14 +738,9 @@ int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)
 		adopt_new_connections(&r);
 	}
 	drop_rest(&r, have);
-	/* An unusable journal is written over, in the same memfd: it keeps
-	 * its place in the fd store. */
-	if (snap_fd >= 0 || wg->o.fdstore)
-		e = wing_journal_open(wg, snap_fd, have ? &info : NULL);
+	journal_ready(wg, snap_fd, &info, have);
 	wg->restoring = 0;
 	acct_enforce(1);
-	if (e < 0)
-		log_err("restore: cannot write the journal: %s", strerror(-e));
 	if (snap_fd >= 0)
 		log_notice("restore: from %s, journal generation %llu (%llu records): %u clients and "
 			   "%u address spaces back; dropped %u clients, %u address spaces, %u templates",

@@ -100,7 +100,7 @@ void wing_failed(struct rp_daemon *d, const char *why)
 int wing_restore(struct rp_daemon *d, struct fdset *fds)
 {
 	struct wing *wg = d->wing;
-	int handover = wg->o.handover_fd > 0, restored = snap_fd >= 0;
+	int handover = wg->o.handover_fd > 0;
 
 	if (wing_rebuild(wg, fds, snap_fd, handover) < 0) {
 		fdset_free(fds);
@@ -108,14 +108,8 @@ int wing_restore(struct rp_daemon *d, struct fdset *fds)
 		return -1;
 	}
 	fdset_free(fds);
-	/* Written only for an upgrade without the fd store, but open now:
-	 * the sandbox allows no new file later. */
-	if (!wg->writer_open && wing_journal_open(wg, -1, NULL) < 0)
-		log_warn("cannot open a state journal: upgrades will fail");
 	if (handover && wing_handover_commit(wg->o.handover_fd) < 0)
 		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on: touch nothing */
-	if (wg->writer_open)
-		wing_counters_attach(wg, restored);
 	if (wg->o.fdstore)
 		wing_journal_start(wg);
 	ev_signal_init(&wg->sighup, on_sighup, SIGHUP);
