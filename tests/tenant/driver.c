@@ -1046,6 +1046,12 @@ static int run_attack(const struct attack *a, struct result *res)
 		     WIFSIGNALED(stop_st) ? "signal" : "exit status",
 		     WIFSIGNALED(stop_st) ? WTERMSIG(stop_st) : WEXITSTATUS(stop_st));
 	}
+	/* Every path the attack drove the daemon down, under its filter: a
+	 * call the filter does not know is denied (ENOSYS) and logged, and
+	 * must not happen. */
+	if (h_daemon_log_has(&d, "denied (ENOSYS)"))
+		fail(res, "the sandbox denied a system call the daemon made (its log names it): a "
+			  "path under this load that the filter does not know");
 	if (hwm > cfg.rss_budget_mb)
 		fail(res, "daemon peak RSS %.0f MiB is over the budget of %.0f MiB%s", hwm,
 		     cfg.rss_budget_mb, atomic_load(&smp.capped) ? " (and passed the safety cap)" : "");
