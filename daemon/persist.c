@@ -737,7 +737,6 @@ void wing_compaction_drop(struct wing *wg)
 
 void wing_journal_start(struct wing *wg)
 {
-	wg->journaling = 1;
 	ev_timer_init(&wg->compact_timer, on_compact_timer, COMPACT_EVERY_S, COMPACT_EVERY_S);
 	wg->compact_timer.data = wg;
 	ev_timer_start(wg->d->loop, &wg->compact_timer);

@@ -713,6 +713,9 @@ static void journal_ready(struct wing *wg, int snap_fd, const struct jnl_info *i
 			"what changes from now on", strerror(-e));
 	else
 		wing_counters_attach(wg, have);
+	/* With the fd store every change from now on is a record: set before
+	 * the workers get anything to serve. */
+	wg->journaling = wg->o.fdstore && e == 0;
 }
 
 int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)

@@ -52,7 +52,7 @@ void wing_counters_attach(struct wing *wg, int restored);
 /* Write the whole state now, workers paused (an upgrade, a stop with the
  * fd store): an image of everything, committed. 0 or -errno (logged). */
 int wing_sync_image(struct wing *wg);
-/* Start journaling (fd store mode) with the compaction timer. */
+/* The compaction timer (journaling itself starts with the restore). */
 void wing_journal_start(struct wing *wg);
 /* At exit, the workers stopped: a compaction under way is given up. */
 void wing_compaction_drop(struct wing *wg);
