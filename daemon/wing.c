@@ -131,7 +131,7 @@ void wing_stop(struct rp_daemon *d, int status)
 
 	if (!wg || !wg->o.fdstore)
 		return;
-	log_notice("%llu clients (%llu processes) stay in the fd store: a restart resumes them, a "
+	log_notice("stopping; %llu clients (%llu processes) stay in the fd store: a restart resumes them, a "
 		   "stop (systemctl stop) releases them and their untouched refpages read zeros "
 		   "from then on", (unsigned long long)stat_get(PROTO_STAT_CLIENTS),
 		   (unsigned long long)stat_get(PROTO_STAT_PROCESSES));
