@@ -59,6 +59,7 @@ static struct acct *acct_new(uid_t uid)
 	}
 	a->uid = uid;
 	log_rl_init(&a->rl);
+	log_rl_init(&a->rl_chat);
 	return a;
 }
 
@@ -98,6 +99,7 @@ void acct_put(struct acct *a)
 			pp = &(*pp)->next;
 		*pp = a->next;
 		log_rl_fini(&a->rl);
+		log_rl_fini(&a->rl_chat);
 		free(a->turns);
 		free(a->placed);
 		free(a);
@@ -130,7 +132,7 @@ void acct_log(struct acct *a, int prio, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	rp_log_rl(&a->rl, prio, "uid %d: %s", (int)a->uid, line);
+	rp_log_rl(prio >= LOG_INFO ? &a->rl_chat : &a->rl, prio, "uid %d: %s", (int)a->uid, line);
 }
 
 static void refuse(struct acct *a, enum acct_res res, int pool)

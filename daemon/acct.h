@@ -63,7 +63,9 @@ struct acct {
 	/* The STATS counters of this uid's work alone: what a client of
 	 * this uid is shown (nothing of another uid's). */
 	_Atomic uint64_t stat[PROTO_STATS_MAX];
-	struct log_rl rl;
+	struct log_rl rl;               /* its warnings and notices */
+	struct log_rl rl_chat;          /* its info and debug lines, apart: they cannot
+					 * use up the budget of the lines that matter */
 	struct acct_turn *turns;        /* one per loop: main, then workers */
 	uint32_t *placed;               /* address spaces per loop (worker.c, under its lock) */
 	struct acct *next;
@@ -122,7 +124,8 @@ void acct_stat_add(struct acct *a, unsigned s, int64_t v);
 uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota);
 void acct_turn_use(struct acct *a, unsigned loop, uint32_t n);
 
-/* A line about this uid, through its rate limit ("uid N: ..."). */
+/* A line about this uid, through its rate limit ("uid N: ...": one for
+ * warnings and notices, one for info and debug lines). */
 void acct_log(struct acct *a, int prio, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

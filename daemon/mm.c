@@ -594,7 +594,7 @@ static void mm_gone(struct rp_mm *mm, const char *why, int fallback)
 			 "anonymous memory", (int)mm->pid, why);
 		acct_stat_add(mm->acct, PROTO_STAT_RELEASED, 1);
 	} else {
-		log_debug("pid %d: released: %s", (int)mm->pid, why);
+		acct_log(mm->acct, LOG_DEBUG, "pid %d: released: %s", (int)mm->pid, why);
 		if (mm->is_child)
 			acct_stat_add(mm->acct, PROTO_STAT_PROCS_RECLAIMED, 1);
 	}
@@ -906,7 +906,8 @@ static void on_fork(struct rp_mm *parent, int ufd)
 {
 	int fl = fcntl(ufd, F_GETFL);
 	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
-		log_err("pid %d: fork child uffd %d unusable: %s", (int)parent->pid, ufd, strerror(errno));
+		acct_log(parent->acct, LOG_ERR, "pid %d: fork child uffd %d unusable: %s", (int)parent->pid,
+			 ufd, strerror(errno));
 		close(ufd);
 		return;
 	}
@@ -924,7 +925,8 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	child->w = parent->w;
 	worker_enter(&parent->d->workers, child->w, child->acct);
 	serve(child);
-	log_debug("pid %d uffd %d: fork child adopted as uffd %d", (int)parent->pid, parent->uffd, ufd);
+	acct_log(parent->acct, LOG_DEBUG, "pid %d uffd %d: fork child adopted as uffd %d",
+		 (int)parent->pid, parent->uffd, ufd);
 }
 
 /* 0, or -1 if mm was let go. */
@@ -944,7 +946,8 @@ static int on_event(struct rp_mm *mm, const struct uffd_msg *m)
 		on_unmap(mm, m->arg.remove.start, m->arg.remove.end);
 		break;
 	default:
-		log_err("pid %d uffd %d: unknown uffd event %u", (int)mm->pid, mm->uffd, m->event);
+		acct_log(mm->acct, LOG_ERR, "pid %d uffd %d: unknown uffd event %u", (int)mm->pid,
+			 mm->uffd, m->event);
 		break;
 	}
 	return atomic_load(&mm->dead) ? -1 : 0;
@@ -1067,7 +1070,8 @@ static int read_failed(struct rp_mm *mm, int err)
 		ev_io_stop(mm->w->loop, &mm->io);
 		return 0;
 	}
-	log_warn("pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd, strerror(err));
+	acct_log(mm->acct, LOG_WARNING, "pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd,
+		 strerror(err));
 	mm_gone(mm, "its uffd cannot be read", 0);
 	return -1;
 }

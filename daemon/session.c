@@ -127,17 +127,21 @@ void session_start(struct rp_daemon *d, int fd)
 	if (!s) {
 		/* The budget's refusal is logged by acct. */
 		if (e == -ENOMEM)
-			log_err("pid %d uid %d: connection refused: out of memory", (int)cred.pid,
-				(int)cred.uid);
+			acct_log(a, LOG_ERR, "pid %d: connection refused: out of memory", (int)cred.pid);
 		acct_put(a);
 		refuse(fd, e);
 		return;
 	}
 	s->acct = a;
+	/* A new connection is work done for its uid this iteration: a uid
+	 * that floods connections gets fewer of its requests handled, not
+	 * anyone else. */
+	acct_turn_left(a, 0, ev_iteration(d->loop), d->cfg.lim.loop_quota);
+	acct_turn_use(a, 0, 1);
 	session_init(d, s, fd, &cred, rp_id_new(d, RP_ID_SESSION));
 	emit(s, (struct obs_event){ .type = OBS_SESSION_NEW, .fd = fd, .pid = s->pid, .uid = s->uid,
 				    .gid = s->gid });
-	log_debug("pid %d uid %d: connected (fd %d)", (int)s->pid, (int)s->uid, fd);
+	acct_log(s->acct, LOG_DEBUG, "pid %d: connected (fd %d)", (int)s->pid, fd);
 }
 
 /* Restarts run with the budgets off (acct_enforce): what comes back exists
@@ -217,7 +221,7 @@ void session_close(struct session *s, const char *why)
 			 why);
 		acct_stat_add(s->acct, PROTO_STAT_CLIENTS_CLOSED, 1);
 	} else {
-		log_debug("pid %d uid %d fd %d: disconnected", (int)s->pid, (int)s->uid, s->fd);
+		acct_log(s->acct, LOG_DEBUG, "pid %d fd %d: disconnected", (int)s->pid, s->fd);
 	}
 	ev_io_stop(d->loop, &s->io);
 	ev_timer_stop(d->loop, &s->hello_timer);
@@ -429,7 +433,7 @@ static void on_op_done(struct mm_op *op)
 	/* Not the last reference: the list holds one while not closed. */
 	session_put(s);
 	if (op->status < 0)
-		log_debug("pid %d: %s [%#llx, +%#llx) refused: %s", (int)s->pid,
+		acct_log(s->acct, LOG_DEBUG, "pid %d: %s [%#llx, +%#llx) refused: %s", (int)s->pid,
 			  op->type == MM_OP_MAP ? "MAP" : "UNMAP", (unsigned long long)op->addr,
 			  (unsigned long long)op->len, strerror(-op->status));
 	if (reply(s, s->op_seq, op->status, s->op_id, 0) < 0)
@@ -561,7 +565,7 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 	session_attach_mm(s, mm);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_MM, .mm = mm->id });
 	mm_start(mm, worker_pick(&s->d->workers, s->acct));
-	log_info("pid %d uid %d: client up, uffd %d on worker %u%s", (int)s->pid, (int)s->uid, fd,
+	acct_log(s->acct, LOG_INFO, "client up: pid %d, uffd %d on worker %u%s", (int)s->pid, fd,
 		 mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "");
 	return reply_changed(s, seq, PROTO_VERSION, features);
 }
@@ -642,8 +646,8 @@ static int replayed(struct session *s, const struct proto_hdr *h, int fd)
 		return 0;
 	if (fd >= 0)
 		close(fd);
-	log_info("pid %d uid %d: %s seq %u was answered before the restart: answering again",
-		 (int)s->pid, (int)s->uid, proto_type_name(h->type), h->seq);
+	acct_log(s->acct, LOG_INFO, "pid %d: %s seq %u was answered before the restart: answering again",
+		 (int)s->pid, proto_type_name(h->type), h->seq);
 	int e = proto_send(s->fd, PROTO_REPLY, h->seq, &s->last, sizeof(s->last), -1, MSG_DONTWAIT);
 	if (e) {
 		session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
