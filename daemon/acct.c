@@ -7,8 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "stats.h"
+
+/* An account nobody refers to any more stays this long: a uid that
+ * connects, misbehaves and disconnects in a loop must find its rate limit
+ * and its quotas where it left them, not a fresh account each time. */
+#define IDLE_KEEP_S 60.0
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct acct *table; /* as many as uids with a client: a list is enough */
@@ -63,6 +69,39 @@ static struct acct *acct_new(uid_t uid)
 	return a;
 }
 
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void acct_destroy(struct acct *a)
+{
+	log_rl_fini(&a->rl);
+	log_rl_fini(&a->rl_chat);
+	free(a->turns);
+	free(a->placed);
+	free(a);
+}
+
+/* Under the table lock: the accounts idle for long go. */
+static void sweep(double now)
+{
+	struct acct **pp = &table;
+
+	while (*pp) {
+		struct acct *a = *pp;
+		if (!atomic_load(&a->refs) && now - a->idle_since > IDLE_KEEP_S) {
+			*pp = a->next;
+			acct_destroy(a);
+		} else {
+			pp = &a->next;
+		}
+	}
+}
+
 struct acct *acct_get(uid_t uid)
 {
 	struct acct *a;
@@ -71,6 +110,8 @@ struct acct *acct_get(uid_t uid)
 	for (a = table; a; a = a->next)
 		if (a->uid == uid)
 			break;
+	if (!a)
+		sweep(now_s());
 	if (!a && (a = acct_new(uid))) {
 		a->next = table;
 		table = a;
@@ -86,24 +127,15 @@ void acct_ref(struct acct *a)
 	atomic_fetch_add(&a->refs, 1);
 }
 
-/* The last reference goes under the table lock, where acct_get may have
- * found the account and taken a new one meanwhile: checked again there. */
+/* The last reference only marks the account idle (acct_get sweeps it
+ * later, under the table lock, where it may be found again meanwhile). */
 void acct_put(struct acct *a)
 {
 	if (atomic_fetch_sub(&a->refs, 1) != 1)
 		return;
 	pthread_mutex_lock(&table_lock);
-	if (atomic_load(&a->refs) == 0) {
-		struct acct **pp = &table;
-		while (*pp != a)
-			pp = &(*pp)->next;
-		*pp = a->next;
-		log_rl_fini(&a->rl);
-		log_rl_fini(&a->rl_chat);
-		free(a->turns);
-		free(a->placed);
-		free(a);
-	}
+	if (atomic_load(&a->refs) == 0)
+		a->idle_since = now_s();
 	pthread_mutex_unlock(&table_lock);
 }
 
@@ -319,15 +351,32 @@ void acct_stat_add(struct acct *a, unsigned s, int64_t v)
 		atomic_fetch_add_explicit(&a->stat[s], (uint64_t)v, memory_order_relaxed);
 }
 
-uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+static struct acct_turn *turn(struct acct *a, unsigned loop, uint64_t iter)
 {
 	struct acct_turn *t = &a->turns[loop < nloops ? loop : 0];
 
 	if (t->iter != iter) {
 		t->iter = iter;
-		t->used = 0;
+		t->used = t->woken = 0;
 	}
+	return t;
+}
+
+uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+{
+	struct acct_turn *t = turn(a, loop, iter);
+
 	return t->used < quota ? quota - t->used : 0;
+}
+
+int acct_turn_wake(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+{
+	struct acct_turn *t = turn(a, loop, iter);
+
+	if (t->woken >= quota)
+		return 0;
+	t->woken++;
+	return 1;
 }
 
 void acct_turn_use(struct acct *a, unsigned loop, uint32_t n)

@@ -52,12 +52,14 @@ struct acct_limits {
  * thread only. */
 struct acct_turn {
 	uint64_t iter;
-	uint32_t used;
+	uint32_t used;   /* requests or messages taken this iteration */
+	uint32_t woken;  /* parked sockets or uffds woken this iteration */
 };
 
 struct acct {
 	uid_t uid;
-	atomic_uint refs;               /* goes to 0 and away under the table lock */
+	atomic_uint refs;               /* at 0 the account stays a while (acct.c) */
+	double idle_since;              /* when refs went to 0, under the table lock */
 	_Atomic uint64_t used[ACCT_RES_COUNT];
 	_Atomic uint64_t refused[ACCT_RES_COUNT];
 	/* The STATS counters of this uid's work alone: what a client of
@@ -123,6 +125,9 @@ void acct_stat_add(struct acct *a, unsigned s, int64_t v);
  * iteration, then take some. */
 uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota);
 void acct_turn_use(struct acct *a, unsigned loop, uint32_t n);
+/* May one more of this uid's parked sockets or uffds be woken this
+ * iteration (at most quota)? 1 (counted) or 0. */
+int acct_turn_wake(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota);
 
 /* A line about this uid, through its rate limit ("uid N: ...": one for
  * warnings and notices, one for info and debug lines). */

@@ -32,7 +32,7 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
  * the loop from everyone's requests (the listener stays readable: the rest
  * come in the next iteration). Each is also taken out of its uid's share
  * of the iteration (session_start). */
-#define ACCEPTS_PER_WAKE 8
+#define ACCEPTS_PER_WAKE 4
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {

@@ -551,6 +551,7 @@ static void retire(struct rp_mm *mm)
 
 	if (atomic_exchange(&mm->dead, 1))
 		return;
+	park_drop(&w->parked, &mm->park);
 	ev_io_stop(w->loop, &mm->io);
 	ev_timer_stop(w->loop, &mm->probe);
 	ev_timer_stop(w->loop, &mm->retry);
@@ -649,6 +650,7 @@ static void serve(struct rp_mm *mm)
 	ev_io_init(&mm->io, mm_readable, mm->uffd, EV_READ);
 	mm->io.data = mm;
 	ev_io_start(loop, &mm->io);
+	mm->park = (struct park){ .io = &mm->io, .acct = mm->acct };
 	ev_timer_init(&mm->probe, on_probe, PROBE_MIN_S, 0.);
 	mm->probe.data = mm;
 	ev_timer_start(loop, &mm->probe);
@@ -857,7 +859,7 @@ static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)revents;
 	mm_ref(mm);
 	/* A read that failed for want of descriptors is tried again. */
-	if (!ev_is_active(&mm->io))
+	if (!ev_is_active(&mm->io) && !mm->park.parked)
 		ev_io_start(loop, &mm->io);
 	if (!mm->npending || pending_retry(mm) == 0)
 		ops_run_held(mm);
@@ -1129,17 +1131,19 @@ static void busy_poll(struct rp_mm *mm, uint32_t us)
 }
 
 /* A uid takes at most its quota of messages per loop iteration, whatever
- * number of processes it spreads them over: past it, its uffds wait for
- * the next iteration (epoll is level-triggered: they come back), and every
- * other uid gets its turn first. */
+ * number of processes it spreads them over: past it, its uffds are parked
+ * and woken a few at a time (worker.h), and every other uid gets its turn
+ * first. */
 static void mm_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct rp_mm *mm = io->data;
 	uint32_t left = acct_turn_left(mm->acct, mm->w->id, ev_iteration(loop), mm->d->cfg.lim.fault_quota);
 
 	(void)revents;
-	if (!left)
+	if (!left) {
+		park(&mm->w->parked, &mm->park);
 		return;
+	}
 	mm_ref(mm);
 	int n = drain(mm, left);
 	if (n > 0)

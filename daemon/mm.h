@@ -92,6 +92,7 @@ struct rp_mm {
 	struct rp_daemon *d;
 	struct worker *w;
 	ev_io io;                  /* the uffd, on w's loop */
+	struct park park;          /* over its uid's quota: waiting to be watched again */
 	int pidfd;                 /* process exit watch, -1 if none */
 	ev_io pidfd_io;
 	ev_timer probe;            /* liveness, at doubling intervals */

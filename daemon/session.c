@@ -84,6 +84,7 @@ static void session_init(struct rp_daemon *d, struct session *s, int fd, const s
 	ev_io_init(&s->io, on_readable, fd, EV_READ);
 	s->io.data = s;
 	ev_io_start(d->loop, &s->io);
+	s->park = (struct park){ .io = &s->io, .acct = s->acct };
 	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
 	s->hello_timer.data = s;
 	ev_timer_start(d->loop, &s->hello_timer);
@@ -223,6 +224,7 @@ void session_close(struct session *s, const char *why)
 	} else {
 		acct_log(s->acct, LOG_DEBUG, "pid %d fd %d: disconnected", (int)s->pid, s->fd);
 	}
+	park_drop(&d->parked, &s->park);
 	ev_io_stop(d->loop, &s->io);
 	ev_timer_stop(d->loop, &s->hello_timer);
 	/* The worker closes the uffd: any fault still waiting falls back to
@@ -734,18 +736,23 @@ static uint64_t now_ns(void)
 }
 
 /* A uid gets at most --loop-quota requests per loop iteration, whatever
- * number of connections it spreads them over: past it, its sockets wait
- * for the next iteration (epoll is level-triggered: they come back), and
- * every other uid gets its turn first. */
+ * number of connections it spreads them over: past it, its sockets are
+ * parked and woken a few at a time (worker.h), and every other uid gets
+ * its turn first. */
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct session *s = io->data;
 	struct acct *a = s->acct;
 	uint32_t left = acct_turn_left(a, 0, ev_iteration(loop), s->d->cfg.lim.loop_quota);
 	uint32_t done = 0;
-	uint64_t t0 = now_ns();
+	uint64_t t0;
 
 	(void)revents;
+	if (!left) {
+		park(&s->d->parked, &s->park);
+		return;
+	}
+	t0 = now_ns();
 	acct_ref(a);
 	while (done < left && done < REQS_PER_WAKE) {
 		done++;

@@ -32,6 +32,7 @@ struct session {
 	unsigned refs;           /* the list's, and an op's in flight */
 	int closed;
 	ev_io io;
+	struct park park;        /* over its uid's quota: waiting to be watched again */
 	ev_timer hello_timer;
 	struct rp_mm *mm;        /* after HELLO */
 	struct tmpl **tmpls;     /* handle id-1 -> template */

@@ -143,6 +143,72 @@ void loop_close_fd(struct ev_loop *loop, int fd)
 	close(fd);
 }
 
+/* --- parking -------------------------------------------------------------- */
+
+static void unpark_some(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct park_queue *q = w->data;
+	struct park **pp = &q->head, *last = NULL;
+	uint64_t iter = ev_iteration(loop);
+
+	(void)revents;
+	while (*pp) {
+		struct park *p = *pp;
+		if (!acct_turn_wake(p->acct, q->id, iter, q->quota)) {
+			last = p;
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		p->parked = 0;
+		ev_io_start(loop, p->io);
+	}
+	q->tail = last;
+	if (!q->head)
+		ev_prepare_stop(loop, &q->prepare);
+}
+
+void park_init(struct park_queue *q, struct ev_loop *loop, unsigned id, uint32_t quota)
+{
+	q->loop = loop;
+	q->id = id;
+	q->quota = quota;
+	q->head = q->tail = NULL;
+	ev_prepare_init(&q->prepare, unpark_some);
+	q->prepare.data = q;
+}
+
+void park(struct park_queue *q, struct park *p)
+{
+	ev_io_stop(q->loop, p->io);
+	p->parked = 1;
+	p->next = NULL;
+	if (q->tail)
+		q->tail->next = p;
+	else
+		q->head = p;
+	q->tail = p;
+	if (!ev_is_active(&q->prepare))
+		ev_prepare_start(q->loop, &q->prepare);
+}
+
+void park_drop(struct park_queue *q, struct park *p)
+{
+	struct park **pp = &q->head, *last = NULL;
+
+	if (!p->parked)
+		return;
+	while (*pp && *pp != p) {
+		last = *pp;
+		pp = &(*pp)->next;
+	}
+	if (*pp)
+		*pp = p->next;
+	if (q->tail == p)
+		q->tail = last;
+	p->parked = 0;
+}
+
 /* --- threads ---------------------------------------------------------------- */
 
 /* workers_pause: nothing of this loop runs until workers_resume; faults
@@ -185,7 +251,8 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct worker *w))
+static int worker_init(struct worker *w, unsigned id, uint32_t quota,
+		       void (*on_stop)(struct worker *w))
 {
 	w->id = id;
 	w->on_stop = on_stop;
@@ -193,19 +260,23 @@ static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct wor
 	if (!w->loop)
 		return -ENOMEM;
 	ev_set_userdata(w->loop, w);
+	park_init(&w->parked, w->loop, id, quota);
 	pthread_cond_init(&w->cond, NULL);
 	loop_track(w->loop);
 	return inbox_init(&w->in, w->loop);
 }
 
-int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w))
+int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
+		  void (*on_stop)(struct worker *w))
 {
 	ws->v = calloc(n, sizeof(*ws->v));
 	if (!ws->v)
 		return -ENOMEM;
 	pthread_mutex_init(&ws->place_lock, NULL);
 	for (unsigned i = 0; i < n; i++) {
-		int r = worker_init(&ws->v[i], i + 1, on_stop);
+		/* A uid's parked uffds woken per iteration: as many as one read
+		 * each of its quota's messages can serve. */
+		int r = worker_init(&ws->v[i], i + 1, fault_quota / 64 + 1, on_stop);
 		if (r < 0)
 			return r;
 		r = pthread_create(&ws->v[i].thread, NULL, worker_main, &ws->v[i]);

@@ -16,6 +16,7 @@
 #include <ev.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 
 struct acct;
 struct rp_mm;
@@ -41,6 +42,33 @@ void inbox_fini(struct inbox *q);
 /* From any thread: c->fn(c->arg) runs on q's loop. */
 void inbox_post(struct inbox *q, struct loop_call *c);
 
+/* Parking: a socket or uffd whose uid has used its share of this loop's
+ * iteration stops being watched (were it left readable, epoll would hand
+ * it back every iteration, and a uid with thousands of them would cost
+ * every other uid that much each time) and waits in the loop's queue;
+ * before each poll, at most quota of each uid's parked ones are watched
+ * again, oldest first. */
+struct park {
+	ev_io *io;
+	struct acct *acct;
+	struct park *next;
+	int parked;
+};
+
+struct park_queue {
+	struct ev_loop *loop;
+	unsigned id;          /* the loop's index in the accounts' turns */
+	uint32_t quota;
+	struct park *head, *tail;
+	ev_prepare prepare;
+};
+
+void park_init(struct park_queue *q, struct ev_loop *loop, unsigned id, uint32_t quota);
+/* Stop watching p->io and queue it (it must be active). */
+void park(struct park_queue *q, struct park *p);
+/* Out of the queue (its io stays stopped), e.g. when it closes. */
+void park_drop(struct park_queue *q, struct park *p);
+
 struct worker {
 	unsigned id;             /* 1..n: index of its loop in the accounts' turns */
 	pthread_t thread;
@@ -49,6 +77,7 @@ struct worker {
 	int stop, pause, paused; /* under in.lock */
 	pthread_cond_t cond;
 	struct loop_call ctl;    /* the main thread's stop or pause */
+	struct park_queue parked; /* uffds over their uid's quota (mm.c) */
 	/* daemon/mm.c's: the address spaces served here, and a hook run on
 	 * this thread when the worker stops. */
 	struct rp_mm *mms;
@@ -63,7 +92,8 @@ struct workers {
 	pthread_mutex_t place_lock;
 };
 
-int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w));
+int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
+		  void (*on_stop)(struct worker *w));
 void workers_stop(struct workers *ws);
 
 /* A worker for a new fork family of a's uid (see above); its count of a's

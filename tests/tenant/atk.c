@@ -278,6 +278,7 @@ static const struct {
 	{ "fd-exhaust", atk_fd_exhaust },
 	{ "slowloris", atk_slowloris },
 	{ "log-flood", atk_log_flood },
+	{ "cpu-hog", atk_cpu_hog },
 	{ "req-flood", atk_req_flood },
 	{ "churn", atk_churn },
 	{ "unmap-pieces", atk_unmap_pieces },

@@ -73,6 +73,7 @@ int atk_oracle(const char *sock);
 int atk_fd_exhaust(const char *sock);
 int atk_slowloris(const char *sock);
 int atk_log_flood(const char *sock);
+int atk_cpu_hog(const char *sock);
 int atk_req_flood(const char *sock);
 int atk_churn(const char *sock);
 int atk_unmap_pieces(const char *sock);

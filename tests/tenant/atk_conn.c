@@ -317,3 +317,28 @@ int atk_req_flood(const char *sock)
 	free(flip);
 	return 0;
 }
+
+/* cpu-hog: the control row. procs= processes that only spin until
+ * duration=, never talking to the daemon: what any CPU hog of another
+ * user costs the victims on this machine, so that an attack's latency can
+ * be told apart from the CPU its processes take. */
+int atk_cpu_hog(const char *sock)
+{
+	long procs = (long)tn_opt_ll("procs", 4);
+	double deadline = tn_now() + tn_opt_double("duration", 4);
+
+	(void)sock;
+	for (long i = 0; i < procs; i++) {
+		if (fork() != 0)
+			continue;
+		volatile unsigned long spin = 0;
+		while (tn_now() < deadline)
+			for (int k = 0; k < 100000; k++)
+				spin++;
+		_exit(0);
+	}
+	while (wait(NULL) > 0 || errno == EINTR)
+		;
+	atk_out("procs=%ld", procs);
+	return 0;
+}

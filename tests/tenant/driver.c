@@ -121,6 +121,8 @@ static const struct attack attacks[] = {
 	  .victim = "hello_every=0 fresh_every=0", .flags = F_ORACLE },
 	{ A("fork-gate", "a client keeps a duplicate of the uffd it hands over and reads "
 	    "UFFD_EVENT_FORK itself", "forks=40", "forks=200", 0, 0) },
+	{ A("cpu-hog", "the control row: 4 (--full: 8) processes that only burn CPU and never talk "
+	    "to the daemon, as any other user's job may", "procs=4", "procs=8", 3, 10) },
 	{ A("log-flood", "4 (--full: 8) processes making bad connections as fast as they can (a "
 	    "warning line each)", "procs=4", "procs=8", 3, 10) },
 	{ A("enomem", "the attacker's memory cgroup at its limit with the OOM killer off: every "
