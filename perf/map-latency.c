@@ -87,6 +87,7 @@ struct daemon {
 	rp_client *c;
 	uint32_t tmpl;
 	double *lat;              /* ns per pair, in the order taken */
+	double *at;               /* when each began (CLOCK_MONOTONIC ns), for --samples */
 	long taken, errors;
 	int first_err;
 	double fill_s;
@@ -500,8 +501,11 @@ static void pairs(struct daemon *d, long count, int record)
 				d->first_err = -r;
 			continue;
 		}
-		if (record)
+		if (record) {
+			if (d->at)
+				d->at[d->taken] = t0;
 			d->lat[d->taken++] = t;
+		}
 	}
 }
 
@@ -533,7 +537,7 @@ static int write_samples(const char *dir, const struct daemon *d)
 	    !(f = fopen(path, "w")))
 		return -1;
 	for (long i = 0; i < d->taken; i++)
-		fprintf(f, "%.0f\n", d->lat[i]);
+		fprintf(f, "%.0f %.0f\n", d->at[i], d->lat[i]);
 	return fclose(f) ? -1 : 0;
 }
 
@@ -767,8 +771,8 @@ static void usage(FILE *f)
 	      "  --daemon-args ARGS   more arguments for every daemon, split at blanks\n"
 	      "  --markdown FILE, --json FILE   reports (the markdown also goes to stdout)\n"
 	      "  --keep DIR           the daemons' sockets and logs go to DIR and stay\n"
-	      "  --samples DIR        every pair's latency (ns), in the order taken, to\n"
-	      "                       DIR/KIND-N.txt (rounds are consecutive equal shares)\n"
+	      "  --samples DIR        every pair, in the order taken, to DIR/KIND-N.txt: when it\n"
+	      "                       began (CLOCK_MONOTONIC ns) and its latency (ns)\n"
 	      "  --quick              smoke size: sizes 0,1000, 400 pairs, 4 rounds, 20 warm-up\n",
 	      f);
 }
@@ -852,6 +856,12 @@ static void parse(int argc, char **argv, struct opts *o)
 	}
 	if (o->rounds > o->pairs)
 		o->rounds = (int)o->pairs;
+	for (int i = 0; i < o->nsizes; i++)
+		for (int j = 0; j < i; j++)
+			if (o->sizes[i] == o->sizes[j]) {
+				fprintf(stderr, "map-latency: --sizes: %ld twice\n", o->sizes[i]);
+				exit(2);
+			}
 	for (int i = 0; i < o->nsizes; i++)
 		if (o->sizes[i] + (long)PAIR_PAGES > o->max_ranges) {
 			fprintf(stderr, "map-latency: %ld ranges do not fit --max-ranges %ld\n",
@@ -939,7 +949,9 @@ int main(int argc, char **argv)
 			if (k == FDSTORE)
 				d->argv[a++] = "--fd-store";
 			d->argv[a] = NULL;
-			if (!(d->lat = calloc((size_t)o.pairs, sizeof(double))) || daemon_spawn(d) < 0) {
+			if (!(d->lat = calloc((size_t)o.pairs, sizeof(double))) ||
+			    (o.samples && !(d->at = calloc((size_t)o.pairs, sizeof(double)))) ||
+			    daemon_spawn(d) < 0) {
 				fprintf(stderr, "map-latency: cannot start %s: %s\n", o.daemon,
 					strerror(errno));
 				goto out;
@@ -1059,6 +1071,7 @@ out:
 		for (int k = 0; k < NKIND; k++) {
 			daemon_stop(&ds[s][k]);
 			free(ds[s][k].lat);
+			free(ds[s][k].at);
 		}
 	listener_stop();
 	if (rc == 0 && !o.keep) {
