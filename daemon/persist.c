@@ -196,30 +196,33 @@ static void on_event(void *ctx, const struct obs_event *ev)
  * (0: none yet). */
 static int tmpl_page(const struct tmpl *t, uint32_t *page, uint32_t *crc)
 {
-	if (!t->obs)
+	uintptr_t v = atomic_load(&t->obs);
+
+	if (!v)
 		return 0;
-	*page = (uint32_t)(t->obs & 0xffffffffu) - 1;
-	*crc = (uint32_t)(t->obs >> 32);
+	*page = (uint32_t)(v & 0xffffffffu) - 1;
+	*crc = (uint32_t)(v >> 32);
 	return 1;
 }
 
-/* Its page into the file (once): 0 or -errno. */
+/* Its page into the file (once): 0 or -errno. The main loop (a template
+ * made) and the compaction thread (every live template into an image) may
+ * both try: the one that loses gives its page back. */
 static int tmpl_write(struct wing *wg, struct tmpl *t)
 {
+	uintptr_t none = 0;
 	uint32_t crc;
 	long idx;
 
-	if (t->obs)
+	if (atomic_load(&t->obs))
 		return 0;
 	if ((idx = jnl_page_alloc(&wg->w)) < 0)
 		return (int)idx;
 	int r = jnl_page_write(&wg->w, (uint32_t)idx, t->page, &crc);
-	if (r < 0) {
+	uintptr_t v = (uintptr_t)((uint64_t)crc << 32 | ((uint64_t)idx + 1));
+	if (r < 0 || !atomic_compare_exchange_strong(&t->obs, &none, v))
 		jnl_page_free(&wg->w, (uint32_t)idx);
-		return r;
-	}
-	t->obs = (uintptr_t)((uint64_t)crc << 32 | ((uint64_t)idx + 1));
-	return 0;
+	return r;
 }
 
 static void on_tmpl_made(void *ctx, struct tmpl *t)
@@ -341,6 +344,11 @@ struct capture {
 	struct wing *wg;
 	unsigned waiting;     /* workers yet to answer */
 	int aborted;          /* given up: freed when the last answers */
+	int result;           /* of the commit, for the main loop */
+	int committing;       /* handed to the compaction thread: no way back */
+	int done;             /* committed (or failed), under wg->cap_lock */
+	uint64_t image_len;   /* of the image committed */
+	struct loop_call call; /* to the compaction thread and back */
 	ev_tstamp started;
 	uint64_t main_seq;
 	struct cap_worker *workers;
@@ -634,12 +642,12 @@ static int encode(struct encoder *e, const struct capture *c)
 }
 
 /* Build the image of c and commit it. 0 or -errno. */
-static int commit(struct wing *wg, const struct capture *c)
+static int commit(struct wing *wg, struct capture *c)
 {
 	struct rp_daemon *d = wg->d;
 	struct encoder e = { .wg = wg };
 	struct jnl_ids next = {
-		.tmpl = d->tmpls.next_id, .session = atomic_load(&d->next_id[RP_ID_SESSION]),
+		.tmpl = tmpl_next_id(&d->tmpls), .session = atomic_load(&d->next_id[RP_ID_SESSION]),
 		.mm = atomic_load(&d->next_id[RP_ID_MM]), .tree = atomic_load(&d->next_id[RP_ID_TREE]),
 	};
 	const void *image;
@@ -654,7 +662,7 @@ static int commit(struct wing *wg, const struct capture *c)
 	else
 		jnl_compact_abort(&wg->w);
 	if (r == 0)
-		wg->image_len = len;
+		c->image_len = len;
 	jnl_image_free(&e.b);
 	free(e.nodes.k);
 	free(e.nodes.v);
@@ -663,18 +671,48 @@ static int commit(struct wing *wg, const struct capture *c)
 	return r;
 }
 
-static void capture_done(struct capture *c)
+/* On the main loop, the compaction thread done. */
+static void committed(void *arg)
 {
+	struct capture *c = arg;
 	struct wing *wg = c->wg;
-	int r = commit(wg, c);
 
-	if (r < 0)
-		log_err("journal compaction failed: %s; the journal goes on growing", strerror(-r));
+	if (c->result < 0)
+		log_err("journal compaction failed: %s; the journal goes on growing",
+			strerror(-c->result));
 	else
+		wg->image_len = c->image_len;
+	if (c->result == 0)
 		log_debug("journal compacted: image %llu bytes, %.1f ms",
 			  (unsigned long long)wg->image_len, (ev_time() - c->started) * 1e3);
-	wg->cap = NULL;
+	if (wg->cap == c)
+		wg->cap = NULL;
 	capture_free(c);
+}
+
+/* On the compaction thread: the image is encoded from what the capture
+ * holds (nodes are immutable while referenced) and committed, as long as
+ * it takes, while the main loop and the workers go on. */
+static void commit_off_loop(void *arg)
+{
+	struct capture *c = arg;
+	struct wing *wg = c->wg;
+
+	c->result = commit(wg, c);
+	pthread_mutex_lock(&wg->cap_lock);
+	c->done = 1;
+	pthread_cond_broadcast(&wg->cap_done);
+	pthread_mutex_unlock(&wg->cap_lock);
+	c->call.fn = committed;
+	inbox_post(&c->wg->d->mainq, &c->call);
+}
+
+static void capture_done(struct capture *c)
+{
+	c->call.fn = commit_off_loop;
+	c->call.arg = c;
+	c->committing = 1;
+	inbox_post(&c->wg->compactor.in, &c->call);
 }
 
 static void compact_start(struct wing *wg)
@@ -713,7 +751,7 @@ static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (wg->cap && ev_time() - wg->cap->started > CAPTURE_MAX_S) {
+	if (wg->cap && !wg->cap->committing && ev_time() - wg->cap->started > CAPTURE_MAX_S) {
 		log_warn("journal compaction: a worker did not answer within %.0f s (it waits in "
 			 "the kernel on a client); trying again later", CAPTURE_MAX_S);
 		jnl_compact_abort(&wg->w);
@@ -725,14 +763,31 @@ static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
 		compact_start(wg);
 }
 
+/* A compaction the compaction thread is committing, waited for (at most
+ * the time of one image: the main loop stops or upgrades). Its clean-up
+ * comes later, on the main loop (committed). */
+static void wait_committed(struct wing *wg)
+{
+	struct capture *c = wg->cap;
+
+	if (!c || !c->committing)
+		return;
+	pthread_mutex_lock(&wg->cap_lock);
+	while (!c->done)
+		pthread_cond_wait(&wg->cap_done, &wg->cap_lock);
+	pthread_mutex_unlock(&wg->cap_lock);
+}
+
 void wing_compaction_drop(struct wing *wg)
 {
-	/* The workers are stopped: what they were asked will never answer. */
-	if (wg->cap) {
+	/* The workers and the compaction thread are stopped: what they were
+	 * asked will never answer, or its answer will not be run. */
+	if (!wg->cap)
+		return;
+	if (!wg->cap->committing)
 		jnl_compact_abort(&wg->w);
-		capture_free(wg->cap);
-		wg->cap = NULL;
-	}
+	capture_free(wg->cap);
+	wg->cap = NULL;
 }
 
 void wing_journal_start(struct wing *wg)
@@ -752,12 +807,13 @@ int wing_sync_image(struct wing *wg)
 
 	if (!wg->writer_open && (r = wing_journal_open(wg, -1, NULL)) < 0)
 		return r;
-	if (wg->cap) {
+	if (wg->cap && !wg->cap->committing) {
 		/* Its workers are paused: it cannot finish now. */
 		jnl_compact_abort(&wg->w);
 		wg->cap->aborted = 1;
 		wg->cap = NULL;
 	}
+	wait_committed(wg);
 	struct capture *c = capture_new(wg);
 	if (!c)
 		return -ENOMEM;
@@ -770,6 +826,8 @@ int wing_sync_image(struct wing *wg)
 	for (unsigned i = 0; i < d->workers.n; i++)
 		mm_foreach_on(c->workers[i].w, capture_one, &c->workers[i]);
 	r = commit(wg, c);
+	if (r == 0)
+		wg->image_len = c->image_len;
 	capture_free(c);
 	if (r < 0)
 		log_err("cannot write the state journal: %s", strerror(-r));

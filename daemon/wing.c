@@ -66,6 +66,8 @@ int wing_init(struct rp_daemon *d, const struct wing_opts *o, struct tmpl_ops *t
 		log_warn("--fd-store: no $NOTIFY_SOCKET, so no fd store: a restart loses every client");
 		wg->o.fdstore = 0;
 	}
+	pthread_mutex_init(&wg->cap_lock, NULL);
+	pthread_cond_init(&wg->cap_done, NULL);
 	d->wing = wg;
 	d->upgrade = wing_upgrade;
 	wing_subscribe(wg, tops);
@@ -110,8 +112,14 @@ int wing_restore(struct rp_daemon *d, struct fdset *fds)
 	fdset_free(fds);
 	if (handover && wing_handover_commit(wg->o.handover_fd) < 0)
 		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on: touch nothing */
-	if (wg->o.fdstore)
-		wing_journal_start(wg);
+	if (wg->o.fdstore) {
+		if (worker_spawn(&wg->compactor) < 0) {
+			log_err("cannot start the journal's compaction thread: the journal will grow");
+		} else {
+			wg->compactor_up = 1;
+			wing_journal_start(wg);
+		}
+	}
 	ev_signal_init(&wg->sighup, on_sighup, SIGHUP);
 	wg->sighup.data = wg;
 	ev_signal_start(d->loop, &wg->sighup);
@@ -147,6 +155,8 @@ void wing_fini(struct rp_daemon *d)
 	/* SIGHUP's watcher stays: stopping it would restore the default
 	 * action with rt_sigaction, which the sandbox does not allow. */
 	ev_timer_stop(d->loop, &wg->compact_timer);
+	if (wg->compactor_up)
+		worker_join(&wg->compactor);
 	wing_compaction_drop(wg);
 	if (wg->counters) {
 		stats_move_home();

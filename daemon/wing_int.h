@@ -9,6 +9,7 @@
 
 #include "journal.h"
 #include "wing.h"
+#include "worker.h"
 
 struct capture;
 struct rp_daemon;
@@ -32,6 +33,10 @@ struct wing {
 	struct jnl_counters *counters; /* mapped from the memfd, once serving */
 	uint64_t image_len;       /* of the last commit */
 	struct capture *cap;      /* a compaction under way */
+	struct worker compactor;  /* encodes and commits images off the main loop */
+	int compactor_up;
+	pthread_mutex_t cap_lock; /* a capture's done, with cap_done */
+	pthread_cond_t cap_done;
 	ev_timer compact_timer;
 	ev_signal sighup;
 	atomic_int append_failing, store_warned;

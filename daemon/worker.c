@@ -287,6 +287,30 @@ int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
 	return 0;
 }
 
+int worker_spawn(struct worker *w)
+{
+	int r = worker_init(w, 0, 1, NULL);
+
+	if (r < 0)
+		return r;
+	r = pthread_create(&w->thread, NULL, worker_main, w);
+	return -r;
+}
+
+static void control(struct worker *w);
+
+void worker_join(struct worker *w)
+{
+	pthread_mutex_lock(&w->in.lock);
+	w->stop = 1;
+	pthread_mutex_unlock(&w->in.lock);
+	control(w);
+	pthread_join(w->thread, NULL);
+	inbox_fini(&w->in);
+	ev_loop_destroy(w->loop);
+	pthread_cond_destroy(&w->cond);
+}
+
 /* The main thread's stop or pause. Never two at once: a pause is over
  * (workers_resume) before anything else is asked. */
 static void control(struct worker *w)

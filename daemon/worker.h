@@ -95,6 +95,12 @@ struct workers {
 int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
 		  void (*on_stop)(struct worker *w));
 void workers_stop(struct workers *ws);
+/* One more loop thread of the same kind, for work that must not run on
+ * the main loop and serves no address space (the restart wing's journal
+ * compaction). Before the sandbox. 0 or -errno. */
+int worker_spawn(struct worker *w);
+/* Stop it and wait for it. */
+void worker_join(struct worker *w);
 
 /* A worker for a new fork family of a's uid (see above); its count of a's
  * address spaces goes up by one. worker_enter: one more on w (a fork
