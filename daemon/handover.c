@@ -74,7 +74,7 @@
  * (under sanitizers too); while the old one is paused, a bound on the
  * pause should the new one hang. */
 #define HO_TIMEOUT_S 20.0
-#define HO_MAX_FDS 128u
+#define HO_MAX_FDS PROTO_SEND_FDS_MAX
 
 enum ho_type {
 	HO_HELLO = 1, HO_SNAPSHOT, HO_CHECKED, HO_REFUSE, HO_FDS, HO_END, HO_COMMIT, HO_ACK,
@@ -156,30 +156,15 @@ static int ho_send(int sock, uint32_t type, const void *p, uint32_t len, const i
 {
 	struct ho_hdr h = { type, len };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)p, len } };
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(HO_MAX_FDS * sizeof(int))];
-	} cm;
-	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
 
-	if (nfds) {
-		memset(&cm, 0, sizeof(cm));
-		mh.msg_control = cm.buf;
-		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-	}
 	for (;;) {
-		if (sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+		long r = proto_sendmsg_fds(sock, iov, len ? 2 : 1, fds, nfds, MSG_DONTWAIT);
+		if (r >= 0)
 			return 0;
-		if (errno != EAGAIN && errno != EINTR)
-			return -errno;
-		int r = wait_for(sock, POLLOUT, deadline);
-		if (r < 0)
-			return r;
+		if (r != -EAGAIN)
+			return (int)r;
+		if ((r = wait_for(sock, POLLOUT, deadline)) < 0)
+			return (int)r;
 	}
 }
 

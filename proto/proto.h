@@ -237,6 +237,19 @@ enum proto_err proto_check(const void *buf, size_t n, int nfds, int want_request
  * packet length. */
 size_t proto_build(void *out, uint16_t type, uint32_t seq, const void *payload, uint32_t len);
 
+/* The most descriptors one proto_sendmsg_fds passes. */
+#define PROTO_SEND_FDS_MAX 128u
+
+struct iovec;
+
+/* sendmsg of iov with nfds descriptors attached as SCM_RIGHTS (at most
+ * PROTO_SEND_FDS_MAX), retried on EINTR; the bytes sent, or -errno.
+ * MSG_NOSIGNAL is added: a dead peer gives -EPIPE, never SIGPIPE. The one
+ * place that builds SCM_RIGHTS control data (the daemon, the library, the
+ * handover and the tests all go through it). */
+long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds,
+		       unsigned nfds, int flags);
+
 /* sendmsg one packet, with fd >= 0 attached as SCM_RIGHTS. 0 or -errno.
  * MSG_NOSIGNAL: a dead peer gives -EPIPE, never SIGPIPE. */
 int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint32_t len, int fd,

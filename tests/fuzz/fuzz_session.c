@@ -736,27 +736,10 @@ static int take_fds(unsigned kind, int fds[2])
 
 static int send_pkt(int sock, const uint8_t *pkt, size_t len, const int *fds, int nfds)
 {
-	union {
-		struct cmsghdr c;
-		char buf[CMSG_SPACE(2 * sizeof(int))];
-	} ctl;
 	struct iovec iov = { .iov_base = (void *)pkt, .iov_len = len };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	long r = proto_sendmsg_fds(sock, &iov, 1, fds, (unsigned)nfds, MSG_DONTWAIT);
 
-	if (nfds) {
-		memset(&ctl, 0, sizeof(ctl));
-		m.msg_control = ctl.buf;
-		m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-	}
-	ssize_t r;
-	while ((r = sendmsg(sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL)) < 0 && errno == EINTR)
-		;
-	return r < 0 ? -errno : 0;
+	return r < 0 ? (int)r : 0;
 }
 
 /* What the daemon must make of pkt, as a pending reply. */
