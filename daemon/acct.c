@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "stats.h"
 
@@ -69,14 +68,6 @@ static struct acct *acct_new(uid_t uid)
 	return a;
 }
 
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 static void acct_destroy(struct acct *a)
 {
 	log_rl_fini(&a->rl);
@@ -111,7 +102,7 @@ struct acct *acct_get(uid_t uid)
 		if (a->uid == uid)
 			break;
 	if (!a)
-		sweep(now_s());
+		sweep(rp_now());
 	if (!a && (a = acct_new(uid))) {
 		a->next = table;
 		table = a;
@@ -135,7 +126,7 @@ void acct_put(struct acct *a)
 		return;
 	pthread_mutex_lock(&table_lock);
 	if (atomic_load(&a->refs) == 0)
-		a->idle_since = now_s();
+		a->idle_since = rp_now();
 	pthread_mutex_unlock(&table_lock);
 }
 
@@ -225,6 +216,23 @@ void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n)
 {
 	atomic_fetch_sub(&a->used[res], n);
 	atomic_fetch_sub(&pool_used[res], n);
+}
+
+int acct_charge_fd(struct acct *a, enum acct_res res)
+{
+	if (acct_charge(a, res, 1) < 0)
+		return -EDQUOT;
+	if (acct_charge(a, ACCT_FDS, 1) < 0) {
+		acct_uncharge(a, res, 1);
+		return -EDQUOT;
+	}
+	return 0;
+}
+
+void acct_uncharge_fd(struct acct *a, enum acct_res res)
+{
+	acct_uncharge(a, res, 1);
+	acct_uncharge(a, ACCT_FDS, 1);
 }
 
 void acct_adjust(struct acct *a, enum acct_res res, int64_t delta)

@@ -89,6 +89,10 @@ void acct_put(struct acct *a);
  * rate limit). */
 int acct_charge(struct acct *a, enum acct_res res, uint64_t n);
 void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n);
+/* One unit of res that holds a descriptor (a connection, a process's
+ * uffd) and that descriptor (ACCT_FDS), both or neither: 0 or -EDQUOT. */
+int acct_charge_fd(struct acct *a, enum acct_res res);
+void acct_uncharge_fd(struct acct *a, enum acct_res res);
 /* Would n more units fit? 0 or -EDQUOT (counted and logged), nothing charged. */
 int acct_check(struct acct *a, enum acct_res res, uint64_t n);
 /* Follow a change the kernel already made, or a restart brings back:

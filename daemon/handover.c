@@ -50,7 +50,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -121,14 +120,6 @@ struct ho_pid {
 
 #define HO_MAX_MSG (sizeof(struct ho_hdr) + sizeof(struct ho_fds))
 
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* --- messages ---------------------------------------------------------------- */
 
 /* deadline < 0: wait for ever (the helper). */
@@ -137,7 +128,7 @@ static int wait_for(int fd, short events, double deadline)
 	for (;;) {
 		int ms = -1;
 		if (deadline >= 0) {
-			double left = deadline - now_s();
+			double left = deadline - rp_now();
 			if (left <= 0)
 				return -ETIMEDOUT;
 			ms = (int)(left * 1000) + 1;
@@ -426,7 +417,7 @@ static int spawn(struct up *u, double deadline)
 /* How the new binary exited, when it did (from the helper). */
 static void exit_status(struct up *u)
 {
-	double deadline = now_s() + 2.0;
+	double deadline = rp_now() + 2.0;
 
 	for (;;) {
 		struct ho_pid m;
@@ -545,12 +536,12 @@ static int send_fds(struct rp_daemon *d, struct up *u, double deadline)
  * client's uffd or socket. 0, or the status for the requester. */
 static int take_over(struct rp_daemon *d, struct up *u)
 {
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 	struct ho_pid commit;
 	long r;
 	int status = -ECANCELED;
 
-	u->paused = now_s();
+	u->paused = rp_now();
 	workers_pause(&d->workers);
 	if ((r = wing_sync_image(d->wing)) < 0)
 		snprintf(u->why, sizeof(u->why), "cannot write the journal: %s", strerror((int)-r));
@@ -580,7 +571,7 @@ static int take_over(struct rp_daemon *d, struct up *u)
 
 static int upgrade(struct rp_daemon *d, struct up *u)
 {
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 	struct ho_hello hello;
 	long r;
 
@@ -616,7 +607,7 @@ static void answer(int fd, uint32_t seq, int32_t status, pid_t pid)
 void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
 {
 	struct up u = { .sock = -1 };
-	double t0 = now_s();
+	double t0 = rp_now();
 	int status;
 
 	if (uid != 0 && uid != geteuid()) {
@@ -633,7 +624,7 @@ void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
 	log_notice("upgrade: %s", reply_fd >= 0 ? "asked by a client" : "SIGHUP");
 	status = upgrade(d, &u);
 	if (status == 0) {
-		double t = now_s();
+		double t = rp_now();
 		log_notice("upgrade: pid %d serves now; clients waited at most %.1f ms (%.1f ms in all)",
 			   (int)u.pid, (t - u.paused) * 1e3, (t - t0) * 1e3);
 		answer(reply_fd, seq, 0, u.pid);
@@ -653,7 +644,7 @@ void wing_handover_refuse(int sock, int status, const char *why)
 	struct ho_refuse r = { .status = status };
 
 	snprintf(r.why, sizeof(r.why), "%s", why);
-	ho_send(sock, HO_REFUSE, &r, sizeof(r), NULL, 0, now_s() + HO_TIMEOUT_S);
+	ho_send(sock, HO_REFUSE, &r, sizeof(r), NULL, 0, rp_now() + HO_TIMEOUT_S);
 }
 
 /* Check the journal the old daemon passed: can we read it at all? */
@@ -687,7 +678,7 @@ static int receive_fds(int sock, struct fdset *set)
 	while (m) {
 		uint32_t type;
 		unsigned n;
-		long len = ho_recv(sock, &type, m, sizeof(*m), fds, HO_MAX_FDS, &n, now_s() + HO_TIMEOUT_S);
+		long len = ho_recv(sock, &type, m, sizeof(*m), fds, HO_MAX_FDS, &n, rp_now() + HO_TIMEOUT_S);
 		if (len >= 0 && type == HO_END && len == sizeof(struct ho_end) && !n) {
 			const struct ho_end *e = (const void *)m;
 			set->listen_owned = (int)e->listen_owned;
@@ -714,7 +705,7 @@ static int receive_fds(int sock, struct fdset *set)
 int wing_handover_receive(struct wing *wg, int sock, struct fdset *set, int *snap_fd)
 {
 	struct ho_hello h = { HO_PROTO, JNL_VERSION, JNL_VERSION, (int32_t)getpid() };
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 	uint32_t type;
 	unsigned n = 0;
 	int fd = -1;
@@ -741,7 +732,7 @@ int wing_handover_commit(int sock)
 	struct ho_pid c = { (int32_t)getpid(), 0 };
 	uint32_t type;
 	unsigned n;
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 
 	if (ho_send(sock, HO_COMMIT, &c, sizeof(c), NULL, 0, end) < 0 ||
 	    ho_recv(sock, &type, NULL, 0, NULL, 0, &n, end) < 0 || type != HO_ACK) {

@@ -338,34 +338,16 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 	return mm;
 }
 
-/* A process and the descriptor of its uffd, charged to a. */
-static int charge_process(struct acct *a)
-{
-	if (acct_charge(a, ACCT_PROCESSES, 1) < 0)
-		return -EDQUOT;
-	if (acct_charge(a, ACCT_FDS, 1) < 0) {
-		acct_uncharge(a, ACCT_PROCESSES, 1);
-		return -EDQUOT;
-	}
-	return 0;
-}
-
-static void uncharge_process(struct acct *a)
-{
-	acct_uncharge(a, ACCT_PROCESSES, 1);
-	acct_uncharge(a, ACCT_FDS, 1);
-}
-
 struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
 			    pid_t pid)
 {
 	struct rp_tree *tree = mm_tree_new(a, rp_id_new(d, RP_ID_TREE));
 	struct rp_mm *mm = NULL;
-	int e = tree ? charge_process(a) : -errno;
+	int e = tree ? acct_charge_fd(a, ACCT_PROCESSES) : -errno;
 
 	if (e == 0 && !(mm = mm_alloc(d, uffd, features, a, tree, pid, 0))) {
 		e = -errno;
-		uncharge_process(a);
+		acct_uncharge_fd(a, ACCT_PROCESSES);
 	}
 	if (tree)
 		mm_tree_put(tree); /* the mm's own reference is the one left */
@@ -400,12 +382,12 @@ static struct rp_mm *new_child(struct rp_mm *parent, int ufd)
 {
 	struct rp_mm *mm;
 
-	if (tree_full(parent) || charge_process(parent->acct) < 0) {
+	if (tree_full(parent) || acct_charge_fd(parent->acct, ACCT_PROCESSES) < 0) {
 		errno = EDQUOT;
 		return NULL;
 	}
 	if (!(mm = mm_alloc(parent->d, ufd, parent->features, parent->acct, parent->tree, 0, 0))) {
-		uncharge_process(parent->acct);
+		acct_uncharge_fd(parent->acct, ACCT_PROCESSES);
 		return NULL;
 	}
 	mm->is_child = 1;

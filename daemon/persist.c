@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "hmap.h"
 #include "log.h"
 #include "mm.h"
 #include "observer.h"
@@ -486,68 +487,10 @@ static struct capture *capture_new(struct wing *wg)
 
 /* --- encoding ------------------------------------------------------------------------ */
 
-/* Pointer -> index, open addressing: nodes shared by a fork family are
- * encoded once. */
-struct ptrmap {
-	const void **k;
-	uint32_t *v;
-	size_t cap, n;
-};
-
-static size_t pm_slot(const struct ptrmap *m, const void *p)
-{
-	size_t i = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull & (m->cap - 1);
-
-	while (m->k[i] && m->k[i] != p)
-		i = (i + 1) & (m->cap - 1);
-	return i;
-}
-
-static int pm_grow(struct ptrmap *m)
-{
-	struct ptrmap n = { .cap = m->cap ? m->cap * 2 : 1024 };
-
-	n.k = calloc(n.cap, sizeof(*n.k));
-	n.v = calloc(n.cap, sizeof(*n.v));
-	if (!n.k || !n.v) {
-		free(n.k);
-		free(n.v);
-		return -ENOMEM;
-	}
-	for (size_t i = 0; i < m->cap; i++)
-		if (m->k[i]) {
-			size_t j = pm_slot(&n, m->k[i]);
-			n.k[j] = m->k[i];
-			n.v[j] = m->v[i];
-		}
-	n.n = m->n;
-	free(m->k);
-	free(m->v);
-	*m = n;
-	return 0;
-}
-
-static uint32_t pm_get(const struct ptrmap *m, const void *p)
-{
-	return m->cap ? m->v[pm_slot(m, p)] : 0;
-}
-
-static int pm_put(struct ptrmap *m, const void *p, uint32_t v)
-{
-	if ((m->n + 1) * 2 > m->cap && pm_grow(m) < 0)
-		return -ENOMEM;
-	size_t i = pm_slot(m, p);
-	if (!m->k[i])
-		m->n++;
-	m->k[i] = p;
-	m->v[i] = v;
-	return 0;
-}
-
 struct encoder {
 	struct wing *wg;
 	struct jnl_image_builder b;
-	struct ptrmap nodes, tmpls;
+	struct hmap nodes, tmpls; /* pointer -> image index (tmpls: 1, written) */
 	int err;
 };
 
@@ -556,7 +499,7 @@ static int enc_tmpl(struct encoder *e, struct tmpl *t)
 {
 	uint32_t page, crc;
 
-	if (pm_get(&e->tmpls, t))
+	if (hmap_get(&e->tmpls, (uintptr_t)t))
 		return 0;
 	if (!tmpl_page(t, &page, &crc)) {
 		int r = tmpl_write(e->wg, t);
@@ -565,7 +508,7 @@ static int enc_tmpl(struct encoder *e, struct tmpl *t)
 	}
 	struct jnl_tmpl rec = { t->id, t->key, page, crc };
 	int r = jnl_image_add_tmpl(&e->b, &rec);
-	return r < 0 ? r : pm_put(&e->tmpls, t, 1);
+	return r < 0 ? r : hmap_put(&e->tmpls, (uintptr_t)t, 1);
 }
 
 /* The node's index, its subtrees first (each distinct node once); 0 and
@@ -576,7 +519,7 @@ static uint32_t enc_node(struct encoder *e, const struct range_node *n)
 
 	if (!n || e->err)
 		return 0;
-	if ((idx = pm_get(&e->nodes, n)))
+	if ((idx = (uint32_t)hmap_get(&e->nodes, (uintptr_t)n)))
 		return idx;
 	uint32_t l = enc_node(e, range_node_left(n)), r = enc_node(e, range_node_right(n));
 	struct tmpl *t = range_node_tmpl(n);
@@ -584,7 +527,7 @@ static uint32_t enc_node(struct encoder *e, const struct range_node *n)
 		return 0;
 	struct jnl_node rec = { .start = range_node_start(n), .end = range_node_end(n),
 				.left = l, .right = r, .tmpl = t->id };
-	if (!(idx = jnl_image_add_node(&e->b, &rec)) || (e->err = pm_put(&e->nodes, n, idx)) < 0) {
+	if (!(idx = jnl_image_add_node(&e->b, &rec)) || (e->err = hmap_put(&e->nodes, (uintptr_t)n, idx)) < 0) {
 		e->err = e->err ? e->err : -ENOMEM;
 		return 0;
 	}
@@ -664,10 +607,8 @@ static int commit(struct wing *wg, struct capture *c)
 	if (r == 0)
 		c->image_len = len;
 	jnl_image_free(&e.b);
-	free(e.nodes.k);
-	free(e.nodes.v);
-	free(e.tmpls.k);
-	free(e.tmpls.v);
+	hmap_free(&e.nodes);
+	hmap_free(&e.tmpls);
 	return r;
 }
 

@@ -91,25 +91,13 @@ static void session_init(struct rp_daemon *d, struct session *s, int fd, const s
 	list_add(d, s);
 }
 
-/* A connection and its descriptor, charged to its uid. */
-static int charge_connection(struct acct *a)
-{
-	if (acct_charge(a, ACCT_CONNECTIONS, 1) < 0)
-		return -EMFILE;
-	if (acct_charge(a, ACCT_FDS, 1) < 0) {
-		acct_uncharge(a, ACCT_CONNECTIONS, 1);
-		return -EMFILE;
-	}
-	return 0;
-}
-
 void session_start(struct rp_daemon *d, int fd)
 {
 	struct ucred cred;
 	socklen_t len = sizeof(cred);
 	struct acct *a = NULL;
 	struct session *s = NULL;
-	int e;
+	int e = 0;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(a = acct_get(cred.uid))) {
 		log_err("connection fd %d refused: %s", fd, a ? strerror(errno) : "out of memory");
@@ -120,10 +108,11 @@ void session_start(struct rp_daemon *d, int fd)
 		acct_log(a, LOG_WARNING, "pid %d: connection refused: the daemon's limit of %u "
 			 "connections is reached", (int)cred.pid, d->cfg.lim.connections);
 		e = -EMFILE;
-	} else if ((e = charge_connection(a)) == 0 && !(s = acct_calloc(a, 1, sizeof(*s)))) {
+	} else if (acct_charge_fd(a, ACCT_CONNECTIONS) < 0) {
+		e = -EMFILE;
+	} else if (!(s = acct_calloc(a, 1, sizeof(*s)))) {
 		e = errno == EDQUOT ? -EMFILE : -ENOMEM;
-		acct_uncharge(a, ACCT_CONNECTIONS, 1);
-		acct_uncharge(a, ACCT_FDS, 1);
+		acct_uncharge_fd(a, ACCT_CONNECTIONS);
 	}
 	if (!s) {
 		/* The budget's refusal is logged by acct. */
@@ -152,10 +141,8 @@ struct session *session_adopt(struct rp_daemon *d, int fd, const struct ucred *c
 	struct acct *a = acct_get(cred->uid);
 	struct session *s = NULL;
 
-	if (a && charge_connection(a) == 0 && !(s = acct_calloc(a, 1, sizeof(*s)))) {
-		acct_uncharge(a, ACCT_CONNECTIONS, 1);
-		acct_uncharge(a, ACCT_FDS, 1);
-	}
+	if (a && acct_charge_fd(a, ACCT_CONNECTIONS) == 0 && !(s = acct_calloc(a, 1, sizeof(*s))))
+		acct_uncharge_fd(a, ACCT_CONNECTIONS);
 	if (!s) {
 		if (a)
 			acct_put(a);
@@ -236,8 +223,7 @@ void session_close(struct session *s, const char *why)
 	}
 	drop_templates(s);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_END });
-	acct_uncharge(s->acct, ACCT_CONNECTIONS, 1);
-	acct_uncharge(s->acct, ACCT_FDS, 1);
+	acct_uncharge_fd(s->acct, ACCT_CONNECTIONS);
 	loop_close_fd(d->loop, s->fd);
 	s->fd = -1;
 	list_del(d, s);
@@ -291,13 +277,13 @@ static void reply_and_close(struct session *s, uint32_t seq, int32_t status, uin
 
 /* --- templates ------------------------------------------------------------------ */
 
-static int grow_handles(struct session *s)
+int session_reserve_handles(struct session *s, uint32_t n)
 {
-	if (s->ntmpls >= s->d->cfg.lim.templates)
-		return -EDQUOT;
-	if (s->ntmpls < s->captmpls)
+	if (n <= s->captmpls)
 		return 0;
-	uint32_t cap = s->captmpls ? s->captmpls * 2 : 8;
+	uint32_t cap = s->captmpls ? s->captmpls : 8;
+	while (cap < n)
+		cap *= 2;
 	struct tmpl **t2 = acct_realloc(s->acct, s->tmpls, cap * sizeof(*t2));
 	if (!t2)
 		return -errno;
@@ -306,8 +292,17 @@ static int grow_handles(struct session *s)
 	if (!u2)
 		return -errno;
 	s->tmpl_uses = u2;
+	memset(s->tmpls + s->captmpls, 0, (cap - s->captmpls) * sizeof(*t2));
+	memset(s->tmpl_uses + s->captmpls, 0, (cap - s->captmpls) * sizeof(*u2));
 	s->captmpls = cap;
 	return 0;
+}
+
+static int grow_handles(struct session *s)
+{
+	if (s->ntmpls >= s->d->cfg.lim.templates)
+		return -EDQUOT;
+	return session_reserve_handles(s, s->ntmpls + 1);
 }
 
 static void emit_handle(struct session *s, uint32_t i)
