@@ -11,7 +11,10 @@
  *     LISTEN_FDNAMES): SIGKILL and a restart lose nothing; then each kind
  *     of damage between the kill and the restart (a torn last record, a
  *     corrupt image, a truncated journal, an unknown version, a fork child
- *     gone, a descriptor that is not a uffd) with its outcome checked.
+ *     gone, a descriptor that is not a uffd) with its outcome checked;
+ *   - a mapping at the very top of user space, under 128 TiB, and above
+ *     it where the machine has 5-level paging (else skipped, with why),
+ *     served before and after a SIGKILL and a restart.
  * Deadlines only keep a broken build from hanging. */
 #include <errno.h>
 #include <fcntl.h>
@@ -1003,6 +1006,98 @@ static void test_store_cost(void **state)
 	f->ok = 1;
 }
 
+/* --- the top of user space ------------------------------------------------------- */
+
+/* The kernel's top of user space (exclusive: TASK_SIZE, one guard page
+ * under 2^47 or 2^56), the one the daemon takes from it (daemon/uffd.c). */
+#define TOP_4LEVEL ((1ull << 47) - PAGE)
+#define TOP_5LEVEL ((1ull << 56) - PAGE)
+#define TOP_PAGES 4
+
+/* Whether this machine maps above 128 TiB (5-level paging: an la57 CPU
+ * and kernel); if not, why. */
+static int la57_usable(char *why, size_t n)
+{
+	void *want = (void *)(1ull << 48);
+	void *p = mmap(want, PAGE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (p == want) {
+		munmap(p, PAGE);
+		return 1;
+	}
+	if (p != MAP_FAILED)
+		munmap(p, PAGE);
+	snprintf(why, n, "no 5-level paging here (mmap at 2^48: %s): nothing maps above 128 TiB",
+		 p == MAP_FAILED ? strerror(errno) : "placed elsewhere");
+	return 0;
+}
+
+/* TOP_PAGES refpage pages as high as they fit under top (the stack or
+ * the vdso may hold the very last ones). */
+static uint8_t *map_at_top(rp_client *c, uint32_t id, uint64_t top)
+{
+	size_t len = TOP_PAGES * PAGE;
+
+	for (uint64_t end = top; end > top - 4096 * PAGE; end -= PAGE) {
+		void *want = (void *)(uintptr_t)(end - len);
+		void *p = rp_map(c, want, len, RW, MAP_FIXED_NOREPLACE, id);
+		if (p == want)
+			return p;
+		if (p != MAP_FAILED)
+			rp_unmap(c, p, len);
+	}
+	fail_msg("nothing could be mapped in the last 16 MiB under 0x%llx", (unsigned long long)top);
+	return NULL;
+}
+
+/* A mapping ending at the top of user space: pages touched before a
+ * SIGKILL keep what was written, the others read the template after the
+ * restart, first touched then (a fault there is answered and woken: the
+ * restored daemon has the same top as the kernel). */
+static void top_across_restart(struct sfx *f, uint64_t top)
+{
+	uint32_t id;
+
+	sfx_start(f);
+	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_template_fill(f->c, 0xa5, &id), 0);
+	uint8_t *p = map_at_top(f->c, id, top);
+	printf("  %d pages at 0x%llx-0x%llx (top 0x%llx)\n", TOP_PAGES,
+	       (unsigned long long)(uintptr_t)p, (unsigned long long)(uintptr_t)p + TOP_PAGES * PAGE,
+	       (unsigned long long)top);
+	assert_int_equal(p[0], 0xa5);
+	p[PAGE] = 0x11; /* page 1: filled, then written */
+	sfx_kill(f);
+	sfx_start(f);
+	assert_true(log_has(f, "restore: from systemd, journal generation"));
+	for (int i = 1; i < TOP_PAGES; i++) {
+		uint8_t *pg = p + (size_t)i * PAGE;
+		assert_int_equal(pg[PAGE - 1], 0xa5);
+		assert_int_equal(pg[0], i == 1 ? 0x11 : 0xa5);
+	}
+	assert_int_equal(rp_alive(f->c), 1);
+	assert_int_equal(rp_unmap(f->c, p, TOP_PAGES * PAGE), 0);
+	assert_int_equal(stat_of(f->c, "unknown_faults"), 0);
+	f->ok = 1;
+}
+
+static void test_store_top_4level(void **state)
+{
+	top_across_restart(*state, TOP_4LEVEL);
+}
+
+static void test_store_top_5level(void **state)
+{
+	char why[160];
+
+	if (!la57_usable(why, sizeof(why))) {
+		((struct sfx *)*state)->ok = 1;
+		printf("skipped: %s\n", why);
+		skip();
+	}
+	top_across_restart(*state, TOP_5LEVEL);
+}
+
 /* itest_restart [TEST]: one test (a cmocka filter, e.g. test_store_kill). */
 int main(int argc, char **argv)
 {
@@ -1013,6 +1108,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_store_damage, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_in_flight, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_cost, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_top_4level, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_top_5level, sfx_setup, sfx_teardown),
 	};
 	char why[256];
 
@@ -1027,6 +1124,12 @@ int main(int argc, char **argv)
 	/* Upgraded daemons are children of their exec helper; when it goes,
 	 * they come back to us, to be reaped. */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	/* Run alone (its own ctest), the 5-level test says "skipped" to ctest
+	 * too where the machine has no 5-level paging. */
+	if (argc > 1 && !strcmp(argv[1], "test_store_top_5level") && !la57_usable(why, sizeof(why))) {
+		printf("SKIP: %s\n", why);
+		return H_EXIT_SKIP;
+	}
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
 	return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
