@@ -57,6 +57,7 @@
 
 #include "kf.h"
 #include "proto.h"
+#include "tutil.h"
 
 #define NOBODY 65534
 #define WAIT_MS 5000
@@ -394,19 +395,6 @@ static int ask(struct pump *pm, char cmd, struct answer *a)
 	return -1;
 }
 
-static int yama_scope(void)
-{
-	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
-	int s = -1;
-
-	if (f) {
-		if (fscanf(f, "%d", &s) != 1)
-			s = -1;
-		fclose(f);
-	}
-	return s;
-}
-
 /* process_vm_writev: ptrace access (PTRACE_MODE_ATTACH_REALCREDS). */
 static int poke_child(pid_t pid, int v)
 {
@@ -544,7 +532,7 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 
 	/* 5. The baseline: ptrace access to the child, then a non-dumpable
 	 *    child, which the client's own pre-fork arrangements still reach. */
-	int scope = yama_scope();
+	int scope = tu_read_int("/proc/sys/kernel/yama/ptrace_scope");
 	int want_ok = scope < 2; /* no Yama, or scope 0/1: a parent may attach */
 	e = poke_child(pid, 41);
 	r = ask(&pm, 'T', &a);
