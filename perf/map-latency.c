@@ -53,6 +53,7 @@
 
 #include <refpage.h>
 
+#include "sdnotify.h"
 #include "timing.h"
 
 #define PAGE 4096u
@@ -154,34 +155,22 @@ static void store_remove(pid_t pid, const char *name)
 	L.n = k;
 }
 
-/* What systemd does with a notification: FDSTORE=1 (each fd named
- * FDNAME=), FDSTOREREMOVE=1 (every fd of that name), READY=1; the rest
- * (STATUS=, WATCHDOG=1) is dropped. */
+/* What systemd does with a notification (tests/common/sdnotify.h). */
 static void store_handle(pid_t pid, char *msg, const int *fds, int nfds)
 {
-	char name[32] = "stored", *save = NULL;
-	int fdstore = 0, remove = 0, ready = 0;
+	struct sdn_msg m;
 
-	for (char *l = strtok_r(msg, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-		if (!strcmp(l, "FDSTORE=1"))
-			fdstore = 1;
-		else if (!strcmp(l, "FDSTOREREMOVE=1"))
-			remove = 1;
-		else if (!strncmp(l, "FDNAME=", 7))
-			snprintf(name, sizeof(name), "%s", l + 7);
-		else if (!strcmp(l, "READY=1"))
-			ready = 1;
-	}
+	sdn_parse(msg, &m);
 	pthread_mutex_lock(&L.lock);
 	for (int i = 0; i < nfds; i++) {
-		if (fdstore)
-			store_add(pid, name, fds[i]);
+		if (m.fdstore)
+			store_add(pid, m.name, fds[i]);
 		else
 			close(fds[i]);
 	}
-	if (remove)
-		store_remove(pid, name);
-	if (ready && L.nready < 2 * MAX_SIZES)
+	if (m.remove)
+		store_remove(pid, m.name);
+	if (m.ready && L.nready < 2 * MAX_SIZES)
 		L.ready[L.nready++] = pid;
 	L.datagrams++;
 	pthread_mutex_unlock(&L.lock);
@@ -198,33 +187,10 @@ static void *listener_main(void *arg)
 			continue;
 		for (;;) {
 			char buf[4096];
-			union {
-				struct cmsghdr h;
-				char b[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
-			} cm;
-			struct iovec iov = { buf, sizeof(buf) - 1 };
-			struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
-					     .msg_controllen = sizeof(cm.b) };
-			ssize_t n = recvmsg(L.sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-			if (n < 0)
+			int fds[SDN_MAX_FDS], nfds;
+			pid_t pid;
+			if ((nfds = sdn_recv(L.sock, buf, sizeof(buf), fds, &pid)) < 0)
 				break;
-			buf[n] = '\0';
-			int fds[16], nfds = 0;
-			pid_t pid = -1;
-			for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-				if (c->cmsg_level != SOL_SOCKET)
-					continue;
-				if (c->cmsg_type == SCM_RIGHTS) {
-					size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-					for (size_t i = 0; i < k && nfds < 16; i++)
-						memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int),
-						       sizeof(int));
-				} else if (c->cmsg_type == SCM_CREDENTIALS) {
-					struct ucred u;
-					memcpy(&u, CMSG_DATA(c), sizeof(u));
-					pid = u.pid;
-				}
-			}
 			store_handle(pid, buf, fds, nfds);
 		}
 	}
@@ -404,6 +370,17 @@ static int stat_get(struct daemon *d, const char *name, uint64_t *v)
 			return 0;
 		}
 	return -1;
+}
+
+/* The counters read before and after the timed rounds: 0, or -1 (said). */
+static int stats_get(struct daemon *d, uint64_t *ranges, uint64_t *loop_us, uint64_t *waited)
+{
+	if (stat_get(d, "ranges", ranges) < 0 || stat_get(d, "loop_us", loop_us) < 0 ||
+	    stat_get(d, "maps_waited", waited) < 0) {
+		fprintf(stderr, "map-latency: STATS failed\n");
+		return -1;
+	}
+	return 0;
 }
 
 /* CPU time of every thread of pid so far, ns (schedstat: run time). */
@@ -969,12 +946,8 @@ int main(int argc, char **argv)
 			if (fill(d) < 0)
 				goto out;
 			pairs(d, o.warmup, 0);
-			if (stat_get(d, "ranges", &d->ranges_fill) < 0 ||
-			    stat_get(d, "loop_us", &d->loop_us0) < 0 ||
-			    stat_get(d, "maps_waited", &d->waited0) < 0) {
-				fprintf(stderr, "map-latency: STATS failed\n");
+			if (stats_get(d, &d->ranges_fill, &d->loop_us0, &d->waited0) < 0)
 				goto out;
-			}
 			if (k == FDSTORE) {
 				d->jnl_fill = d->jnl_peak = journal_bytes(d);
 				read_log(d, &d->compact_fill);
@@ -1009,12 +982,8 @@ int main(int argc, char **argv)
 	for (int s = 0; s < o.nsizes; s++)
 		for (int k = 0; k < NKIND; k++) {
 			struct daemon *d = &ds[s][k];
-			if (stat_get(d, "ranges", &d->ranges_end) < 0 ||
-			    stat_get(d, "loop_us", &d->loop_us1) < 0 ||
-			    stat_get(d, "maps_waited", &d->waited1) < 0) {
-				fprintf(stderr, "map-latency: STATS failed\n");
+			if (stats_get(d, &d->ranges_end, &d->loop_us1, &d->waited1) < 0)
 				goto out;
-			}
 			if (k == FDSTORE) {
 				d->jnl_end = journal_bytes(d);
 				d->jnl_peak = d->jnl_end > d->jnl_peak ? d->jnl_end : d->jnl_peak;

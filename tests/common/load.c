@@ -1,5 +1,6 @@
 /* The faulting load of restart tests: see load.h. */
 #include "load.h"
+#include "tutil.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -48,15 +49,7 @@ long load_first_diff(const void *a, const void *b, size_t n)
 
 void load_fill_page(void *page, uint32_t seed)
 {
-	uint32_t x = seed * 2654435761u + 1;
-	uint8_t *p = page;
-
-	for (size_t i = 0; i < LOAD_PAGE; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		p[i] = (uint8_t)(x >> 11);
-	}
+	tu_fill_bytes(page, LOAD_PAGE, seed);
 }
 
 __attribute__((format(printf, 3, 4))) static void say(char *err, size_t n, const char *fmt, ...)

@@ -71,7 +71,7 @@ int h_uffd_usable(char *why, size_t n)
 	return 0;
 }
 
-static int find_setpriv(char *path, size_t n)
+int h_find_setpriv(char *path, size_t n)
 {
 	static const char *const dirs[] = { "/usr/bin", "/bin", "/usr/sbin", "/sbin" };
 
@@ -92,7 +92,7 @@ int h_can_run_as_nobody(char *why, size_t n)
 			 H_NOBODY);
 		return 0;
 	}
-	if (find_setpriv(sp, sizeof(sp)) < 0) {
+	if (h_find_setpriv(sp, sizeof(sp)) < 0) {
 		snprintf(why, n, "setpriv(1) not found: cannot run a client as uid %d", H_NOBODY);
 		return 0;
 	}
@@ -516,7 +516,7 @@ pid_t h_spawn(const char *const argv[], int as_nobody, int *out_fd)
 	pid_t pid;
 
 	if (as_nobody) {
-		if (find_setpriv(sp, sizeof(sp)) < 0)
+		if (h_find_setpriv(sp, sizeof(sp)) < 0)
 			return -1;
 		v[n++] = sp;
 		for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++)

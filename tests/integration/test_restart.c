@@ -44,6 +44,7 @@
 
 #include "harness.h"
 #include "load.h"
+#include "sdnotify.h"
 #include "journal.h"
 
 #define PAGE H_PAGE
@@ -361,32 +362,23 @@ static void store_remove(struct store *st, const char *name)
 	st->n = k;
 }
 
-/* What systemd does with a notification: FDSTORE=1 (each fd named
- * FDNAME=), FDSTOREREMOVE=1 (every fd of that name), READY=1. */
+/* What systemd does with a notification (sdnotify.h). */
 static void store_handle(struct store *st, char *msg, int *fds, int nfds)
 {
-	char name[32] = "stored";
-	int fdstore = 0, remove = 0;
+	struct sdn_msg m;
 
-	for (char *l = strtok(msg, "\n"); l; l = strtok(NULL, "\n")) {
-		if (!strcmp(l, "FDSTORE=1"))
-			fdstore = 1;
-		else if (!strcmp(l, "FDSTOREREMOVE=1"))
-			remove = 1;
-		else if (!strncmp(l, "FDNAME=", 7))
-			snprintf(name, sizeof(name), "%s", l + 7);
-		else if (!strcmp(l, "READY=1"))
-			atomic_fetch_add(&st->ready, 1);
-	}
+	sdn_parse(msg, &m);
+	if (m.ready)
+		atomic_fetch_add(&st->ready, 1);
 	pthread_mutex_lock(&st->lock);
 	for (int i = 0; i < nfds; i++) {
-		if (fdstore)
-			store_add(st, name, fds[i]);
+		if (m.fdstore)
+			store_add(st, m.name, fds[i]);
 		else
 			close(fds[i]);
 	}
-	if (remove)
-		store_remove(st, name);
+	if (m.remove)
+		store_remove(st, m.name);
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -396,25 +388,13 @@ static void *store_main(void *arg)
 
 	while (!atomic_load(&st->stop)) {
 		char buf[4096];
-		union {
-			struct cmsghdr h;
-			char b[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
-		} cm;
-		struct iovec iov = { buf, sizeof(buf) - 1 };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
-				     .msg_controllen = sizeof(cm.b) };
+		int fds[SDN_MAX_FDS], nfds;
+		pid_t pid;
 		struct pollfd p = { .fd = st->sock, .events = POLLIN };
 		if (poll(&p, 1, 50) <= 0)
 			continue;
-		ssize_t n = recvmsg(st->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-		if (n < 0)
+		if ((nfds = sdn_recv(st->sock, buf, sizeof(buf), fds, &pid)) < 0)
 			continue;
-		buf[n] = '\0';
-		int fds[16], nfds = 0;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-				for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 16; i++)
-					memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 		store_handle(st, buf, fds, nfds);
 	}
 	return NULL;

@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -175,20 +176,8 @@ static int bad_packet(int s, int kind, int devnull)
 		memcpy(buf, &h, sizeof(h));
 		return (int)send(s, buf, sizeof(buf), MSG_DONTWAIT | MSG_NOSIGNAL);
 	}
-	union {
-		struct cmsghdr c;
-		char b[CMSG_SPACE(sizeof(int))];
-	} ctl;
 	struct iovec iov = { .iov_base = buf, .iov_len = 0 };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-			    .msg_controllen = sizeof(ctl.b) };
-	memset(&ctl, 0, sizeof(ctl));
-	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &devnull, sizeof(int));
-	return (int)sendmsg(s, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+	return (int)proto_sendmsg_fds(s, &iov, 1, &devnull, 1, MSG_DONTWAIT);
 }
 
 /* log-flood: procs= processes each making bad connections as fast as the

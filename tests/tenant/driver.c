@@ -173,18 +173,6 @@ static int split(char *s, const char **v, int n, int max)
 	return n;
 }
 
-static int find_setpriv(char *path, size_t n)
-{
-	static const char *const dirs[] = { "/usr/bin", "/bin", "/usr/sbin", "/sbin" };
-
-	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		snprintf(path, n, "%s/setpriv", dirs[i]);
-		if (access(path, X_OK) == 0)
-			return 0;
-	}
-	return -1;
-}
-
 /* A value of "key=" in text (the first), copied into out; NULL if none. */
 static const char *kv(const char *text, const char *prefix, const char *key, char *out, size_t n)
 {
@@ -478,7 +466,7 @@ static pid_t spawn_as(const char *const *argv, uid_t uid, int *fd)
 	int n = 0;
 
 	if (uid != 0) {
-		if (find_setpriv(sp, sizeof(sp)) < 0)
+		if (h_find_setpriv(sp, sizeof(sp)) < 0)
 			return -1;
 		snprintf(ru, sizeof(ru), "--reuid=%u", (unsigned)uid);
 		snprintf(rg, sizeof(rg), "--regid=%u", (unsigned)uid);

@@ -1,5 +1,6 @@
 /* Helpers of the multi-tenant attack suite: see tenant.h. */
 #include "tenant.h"
+#include "tutil.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -181,15 +182,7 @@ const char *tn_opts_unused(void)
 
 void tn_fill_page(void *page, uint32_t seed)
 {
-	uint32_t x = seed * 2654435761u + 1;
-	uint8_t *p = page;
-
-	for (size_t i = 0; i < TN_PAGE; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		p[i] = (uint8_t)(x >> 11);
-	}
+	tu_fill_bytes(page, TN_PAGE, seed);
 }
 
 size_t tn_count_diff(const void *a, const void *b, size_t n)
