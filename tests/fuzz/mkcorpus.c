@@ -360,6 +360,17 @@ static void session_seeds(const char *dir)
 	memcpy(big, &bh, HDR);
 	step(&b, op_of(0, FZ_FD_NONE), big, sizeof(big));
 	save(dir, "bad-oversized", &b);
+	/* An oversized HELLO without a descriptor: a bad message (-EBADMSG),
+	 * which the daemon took for a descriptor lost on its side (-EMFILE). */
+	b.n = 0;
+	struct proto_hdr oh = {
+		.version = PROTO_VERSION, .type = PROTO_HELLO, .len = sizeof(hh), .seq = 1
+	};
+	memset(big, 0, sizeof(big));
+	memcpy(big, &oh, HDR);
+	memcpy(big + HDR, &hh, sizeof(hh));
+	step(&b, op_of(0, FZ_FD_NONE), big, sizeof(big));
+	save(dir, "regress-oversized-hello-no-fd", &b);
 
 	b.n = 0;
 	hello(&b, 0, FZ_FD_TWO, 1);
