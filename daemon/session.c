@@ -691,8 +691,13 @@ static int handle_one(struct session *s)
 		return -1;
 	}
 	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);
-	if (trunc && !nfds && n >= (long)sizeof(struct proto_hdr) &&
-	    ((const struct proto_hdr *)buf)->type == PROTO_HELLO) {
+	/* proto_recv reports MSG_TRUNC and MSG_CTRUNC alike: only a HELLO
+	 * that is whole and valid but for its missing descriptor lost that
+	 * descriptor on our side. An oversized packet (data cut: MSG_TRUNC)
+	 * that merely says HELLO is the client's fault (found by
+	 * fuzz_session: it was told EMFILE). */
+	if (trunc && !nfds && proto_check(buf, (size_t)n, 1, 1, &h) == PROTO_OK &&
+	    h->type == PROTO_HELLO) {
 		/* A HELLO's descriptor could not be installed: our own table
 		 * is full (the budgets keep a reserve, but not for ever). The
 		 * client is not to blame: it hears EMFILE, not EBADMSG. (One
