@@ -7,6 +7,7 @@
 # only reports. As root.
 #   perf/tenant.sh [BUILD_DIR] [rp_tenant options] [ATTACK...]
 #   perf/tenant.sh build --full fork-storm churn     # the sizes
+#   perf/tenant.sh build --markdown                  # the table of docs/security.md
 # The whole report (each attack's daemon RSS, descriptors, log rate, what
 # the attacker did) goes to a file named at the end.
 set -uo pipefail

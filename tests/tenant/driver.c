@@ -1120,19 +1120,45 @@ out_tmp:
 
 /* --- the latency table ----------------------------------------------------------- */
 
-static void print_table(size_t n)
+/* The worst of the four p99 ratios (attacked / unloaded) of a row. */
+static double worst_p99_ratio(const struct result *r)
+{
+	double w = 0;
+
+	for (int i = 0; i < NVICTIMS; i++) {
+		const struct vres *v = &r->v[i];
+		if (v->map_p99[0] > 0 && v->map_p99[1] / v->map_p99[0] > w)
+			w = v->map_p99[1] / v->map_p99[0];
+		if (v->fault_p99[0] > 0 && v->fault_p99[1] / v->fault_p99[0] > w)
+			w = v->fault_p99[1] / v->fault_p99[0];
+	}
+	return w;
+}
+
+/* md: a Markdown table (docs/security.md), with the worst p99 ratio. */
+static void print_table(size_t n, int md)
 {
 	printf("\nVictim latency in microseconds, p50/p99, unloaded -> under attack (MAP: the rp_map round "
 	       "trip; fault: a first touch of a missing page)\n");
-	printf("%-17s %-6s", "attack", "result");
-	for (int i = 0; i < NVICTIMS; i++)
-		printf("  %-22s  %-22s", i ? "uid65533 MAP" : "root MAP", i ? "uid65533 fault" : "root fault");
-	printf("\n");
+	if (md)
+		printf("\n| attack | result | root MAP | root fault | uid 65533 MAP | uid 65533 fault | "
+		       "worst p99 ratio |\n|---|---|--:|--:|--:|--:|--:|\n");
+	else {
+		printf("%-17s %-6s", "attack", "result");
+		for (int i = 0; i < NVICTIMS; i++)
+			printf("  %-22s  %-22s", i ? "uid65533 MAP" : "root MAP",
+			       i ? "uid65533 fault" : "root fault");
+		printf("\n");
+	}
 	for (size_t k = 0; k < n; k++) {
 		const struct result *r = &results[k];
 		if (!r->a)
 			continue;
-		printf("%-17s %-6s", r->a->name, r->skipped ? "SKIP" : r->failed ? "FAIL" : "PASS");
+		const char *verdict = r->skipped ? "SKIP" : r->failed ? "FAIL" : "PASS";
+		if (md)
+			printf("| %s | %s |", r->a->name, verdict);
+		else
+			printf("%-17s %-6s", r->a->name, verdict);
 		for (int i = 0; i < NVICTIMS; i++) {
 			const struct vres *v = &r->v[i];
 			char m[64], f[64];
@@ -1140,8 +1166,13 @@ static void print_table(size_t n)
 				 v->map_p50[1], v->map_p99[1]);
 			snprintf(f, sizeof(f), "%.0f/%.0f -> %.0f/%.0f", v->fault_p50[0], v->fault_p99[0],
 				 v->fault_p50[1], v->fault_p99[1]);
-			printf("  %-22s  %-22s", m, f);
+			if (md)
+				printf(" %s | %s |", m, f);
+			else
+				printf("  %-22s  %-22s", m, f);
 		}
+		if (md)
+			printf(" %.1fx |", worst_p99_ratio(r));
 		printf("\n");
 	}
 }
@@ -1170,6 +1201,7 @@ static void usage(FILE *f)
 		"  --duration S          every attack's length (default: its own)\n"
 		"  --log-level LEVEL     the daemons' (default info)\n"
 		"  --table               print the victims' latency table at the end (perf/tenant.sh)\n"
+		"  --markdown            the same as a Markdown table (docs/security.md)\n"
 		"  --keep                keep each daemon's directory and log\n"
 		"  --verbose             print everything the attacker said\n",
 		cfg.rss_budget_mb, cfg.log_budget, cfg.cpu_budget, cfg.cgroup_limit_mb, cfg.baseline,
@@ -1199,6 +1231,7 @@ int main(int argc, char **argv)
 		{ "baseline", required_argument, NULL, 'b' }, { "after", required_argument, NULL, 'a' },
 		{ "settle", required_argument, NULL, 'S' }, { "duration", required_argument, NULL, 'D' },
 		{ "log-level", required_argument, NULL, 'V' }, { "table", no_argument, NULL, 't' },
+		{ "markdown", no_argument, NULL, 'M' },
 		{ "keep", no_argument, NULL, 'k' }, { "verbose", no_argument, NULL, 'x' },
 		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
 	};
@@ -1227,6 +1260,7 @@ int main(int argc, char **argv)
 		case 'D': cfg.duration = atof(optarg); break;
 		case 'V': cfg.log_level = optarg; break;
 		case 't': cfg.table = 1; break;
+		case 'M': cfg.table = 2; break;
 		case 'k': cfg.keep = 1; break;
 		case 'x': cfg.verbose = 1; break;
 		case 'h': usage(stdout); return 0;
@@ -1280,7 +1314,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (cfg.table)
-		print_table(n);
+		print_table(n, cfg.table == 2);
 	printf("\ntenant: %d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	for (size_t i = 0; i < n; i++)
 		if (results[i].failed)
