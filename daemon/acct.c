@@ -122,10 +122,17 @@ void acct_ref(struct acct *a)
  * later, under the table lock, where it may be found again meanwhile). */
 void acct_put(struct acct *a)
 {
-	if (atomic_fetch_sub(&a->refs, 1) != 1)
-		return;
+	unsigned r = atomic_load(&a->refs);
+
+	/* Not the last reference: no lock. */
+	while (r > 1)
+		if (atomic_compare_exchange_weak(&a->refs, &r, r - 1))
+			return;
+	/* The last goes under the table's lock with the time it went idle:
+	 * sweep (under that lock) never sees an account at 0 references
+	 * whose idle time is not set yet, and frees none a put still uses. */
 	pthread_mutex_lock(&table_lock);
-	if (atomic_load(&a->refs) == 0)
+	if (atomic_fetch_sub(&a->refs, 1) == 1)
 		a->idle_since = rp_now();
 	pthread_mutex_unlock(&table_lock);
 }

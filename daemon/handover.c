@@ -73,7 +73,8 @@
  * (under sanitizers too); while the old one is paused, a bound on the
  * pause should the new one hang. */
 #define HO_TIMEOUT_S 20.0
-#define HO_MAX_FDS PROTO_SEND_FDS_MAX
+/* Descriptors per HO_FDS message: part of the handover protocol (HO_PROTO). */
+#define HO_MAX_FDS 128u
 
 enum ho_type {
 	HO_HELLO = 1, HO_SNAPSHOT, HO_CHECKED, HO_REFUSE, HO_FDS, HO_END, HO_COMMIT, HO_ACK,

@@ -56,17 +56,18 @@
 
 /* --- the range table's templates and memory --------------------------------- */
 
-/* One store per daemon; set before any table exists. */
-static struct tmpl_store *range_store;
+/* One store per daemon; set before any table exists (again, to the same
+ * value, by each new mm, on any thread: hence atomic). */
+static _Atomic(struct tmpl_store *) range_store;
 
 static void range_tmpl_get(void *t)
 {
-	tmpl_ref(range_store, t);
+	tmpl_ref(atomic_load_explicit(&range_store, memory_order_relaxed), t);
 }
 
 static void range_tmpl_put(void *t)
 {
-	tmpl_put(range_store, t);
+	tmpl_put(atomic_load_explicit(&range_store, memory_order_relaxed), t);
 }
 
 /* Nodes are charged to the uid of the table's mm (a fork family shares
@@ -118,7 +119,7 @@ static const struct range_ops acct_ops = {
 
 const struct range_ops *mm_range_ops_acct(struct tmpl_store *store)
 {
-	range_store = store;
+	atomic_store_explicit(&range_store, store, memory_order_relaxed);
 	return &acct_ops;
 }
 
@@ -317,7 +318,7 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 
 	if (!mm)
 		return NULL;
-	range_store = &d->tmpls;
+	atomic_store_explicit(&range_store, &d->tmpls, memory_order_relaxed);
 	acct_ref(a);
 	mm->id = id ? id : rp_id_new(d, RP_ID_MM);
 	mm->uffd = uffd;
@@ -521,6 +522,7 @@ static void unwatch(struct rp_mm *mm)
 	ev_io_stop(mm->w->loop, &mm->pidfd_io);
 	close(mm->pidfd);
 	mm->pidfd = -1;
+	acct_uncharge(mm->acct, ACCT_FDS, 1);
 }
 
 /* Stop serving: close the uffd so that every fault still waiting falls
@@ -607,11 +609,14 @@ static void on_exit_seen(struct ev_loop *loop, ev_io *io, int revents)
 /* Learn of the process's exit at once instead of at the next probe. */
 static void watch(struct rp_mm *mm, pid_t pid)
 {
-	if (mm->pidfd >= 0 || pid <= 0)
+	/* Past the uid's descriptor budget, no watch: the probe covers it. */
+	if (mm->pidfd >= 0 || pid <= 0 || acct_charge(mm->acct, ACCT_FDS, 1) < 0)
 		return;
 	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (fd < 0)
+	if (fd < 0) {
+		acct_uncharge(mm->acct, ACCT_FDS, 1);
 		return; /* not a thread group leader, or gone: the probe covers it */
+	}
 	mm->pidfd = fd;
 	ev_io_init(&mm->pidfd_io, on_exit_seen, fd, EV_READ);
 	mm->pidfd_io.data = mm;
@@ -1007,7 +1012,7 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 		return -1;
 	}
 	if (mm->cannot_follow) {
-		mm_gone(mm, "its range table cannot follow a grown mapping within its memory budget", 1);
+		mm_gone(mm, "its range table cannot follow the kernel within its memory budget", 1);
 		return -1;
 	}
 	mm->bugs = k == UFFD_BUG ? mm->bugs + 1 : 0;
@@ -1033,8 +1038,18 @@ static int batch_serve(struct rp_mm *mm, const struct uffd_msg *msgs, size_t n, 
 	for (size_t i = 0; i < n; i++) {
 		int r = msgs[i].event == UFFD_EVENT_PAGEFAULT ? on_fault(mm, &msgs[i], b)
 							     : on_event(mm, &msgs[i]);
-		if (r < 0)
+		if (r < 0) {
+			/* Let go mid-batch: the fork events read but not
+			 * handled carry children's uffds, which the read put in
+			 * our table. Closed, they hand those children to the
+			 * kernel (zeros), never left waiting, never leaked. */
+			for (size_t j = i + 1; j < n; j++)
+				if (msgs[j].event == UFFD_EVENT_FORK) {
+					acct_stat_add(mm->acct, PROTO_STAT_UNTRACKED, 1);
+					close((int)msgs[j].arg.fork.ufd);
+				}
 			return -1;
+		}
 	}
 	return 0;
 }
@@ -1174,8 +1189,12 @@ static int map_apply(struct rp_mm *mm, struct mm_op *op)
 	int r = range_insert(&mm->ranges, op->addr, end, op->t);
 	if (r == -ENOSPC || (r == -ENOMEM && mm->budget_hit))
 		r = -EDQUOT;
-	if (r == 0 && (r = uffd_register(mm->uffd, op->addr, op->len)) < 0)
-		range_remove(&mm->ranges, op->addr, end, NULL, NULL);
+	/* Taking back the piece may need nodes too (a path shared with a
+	 * fork child): refused, the table keeps a piece the kernel does not
+	 * have, so this address space is let go at its next fault. */
+	if (r == 0 && (r = uffd_register(mm->uffd, op->addr, op->len)) < 0 &&
+	    range_remove(&mm->ranges, op->addr, end, NULL, NULL) < 0)
+		mm->cannot_follow = 1;
 	if (r == 0)
 		emit_range(mm, OBS_MAP, op->addr, end, op->t, op);
 	account(mm, n0, b0);

@@ -416,9 +416,10 @@ static void worker_answered(void *arg)
 
 	if (--c->waiting)
 		return;
-	if (c->aborted)
+	if (c->aborted) {
+		c->wg->stale_caps--;
 		capture_free(c);
-	else
+	} else
 		capture_done(c);
 }
 
@@ -697,10 +698,14 @@ static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
 			 "the kernel on a client); trying again later", CAPTURE_MAX_S);
 		jnl_compact_abort(&wg->w);
 		wg->cap->aborted = 1;
+		wg->stale_caps++;
 		wg->cap = NULL;
 		return;
 	}
-	if (!wg->cap && bytes > (want > COMPACT_MIN ? want : COMPACT_MIN))
+	/* Not while a capture given up still waits for a worker: each one
+	 * holds every template and range tree it captured, and a worker
+	 * stuck on one client would otherwise make them pile up. */
+	if (!wg->cap && !wg->stale_caps && bytes > (want > COMPACT_MIN ? want : COMPACT_MIN))
 		compact_start(wg);
 }
 
@@ -752,6 +757,7 @@ int wing_sync_image(struct wing *wg)
 		/* Its workers are paused: it cannot finish now. */
 		jnl_compact_abort(&wg->w);
 		wg->cap->aborted = 1;
+		wg->stale_caps++;
 		wg->cap = NULL;
 	}
 	wait_committed(wg);

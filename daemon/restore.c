@@ -84,6 +84,17 @@ __attribute__((format(printf, 4, 5))) static void drop_fd(struct restore *r, con
 	wing_unstore(r->wg, name);
 }
 
+/* A restored connection closed: systemd's copy goes too, or the client
+ * would never see the end of file. */
+static void drop_session(struct restore *r, struct session *s, uint32_t id, const char *why)
+{
+	char name[WING_NAME_MAX];
+
+	session_close(s, why);
+	wing_name(name, 'c', id);
+	wing_unstore(r->wg, name);
+}
+
 static int set_flags(int fd)
 {
 	int fl = fcntl(fd, F_GETFL);
@@ -269,7 +280,7 @@ static struct session *add_session(struct restore *r, uint32_t id, pid_t pid, ui
 	struct session *s = session_adopt(r->d, fd, &cred, id);
 	if (!s || idm_put(&r->sessions, id, s) < 0) {
 		if (s)
-			session_close(s, "out of memory restoring it");
+			drop_session(r, s, id, "out of memory restoring it");
 		else
 			drop_fd(r, name, fd, "out of memory");
 		r->dropped[0]++;
@@ -380,17 +391,25 @@ static int rec_mm_new(struct restore *r, const struct jnl_mm_new *m)
 		      root);
 }
 
-static int rec_mm_end(struct restore *r, uint32_t id)
+/* unstore: systemd's copy of its uffd goes too (it ended, or is let go);
+ * not when a failed restore gives up, which leaves the store as it was. */
+static int rec_mm_end(struct restore *r, uint32_t id, int unstore)
 {
 	struct rmm *rm = idm_get(&r->mms, id);
 
 	if (rm) {
+		if (unstore) {
+			char name[WING_NAME_MAX];
+			wing_name(name, 'u', id);
+			wing_unstore(r->wg, name);
+		}
 		mm_put(rm->mm);
 		free(rm);
 		idm_put(&r->mms, id, NULL);
 	}
 	return 0;
 }
+
 
 static int rec_session(struct restore *r, enum jnl_type type, const union jnl_payload *p)
 {
@@ -402,7 +421,7 @@ static int rec_session(struct restore *r, enum jnl_type type, const union jnl_pa
 			       ? 0 : JNL_REJECT;
 	case JNL_SESSION_END:
 		if ((s = idm_get(&r->sessions, p->end.id))) {
-			session_close(s, NULL);
+			drop_session(r, s, p->end.id, NULL);
 			idm_put(&r->sessions, p->end.id, NULL);
 		}
 		return 0;
@@ -439,7 +458,7 @@ static int cb_record(void *ctx, uint64_t seq, enum jnl_type type, const union jn
 	case JNL_MM_NEW:
 		return rec_mm_new(r, &p->mm_new);
 	case JNL_MM_END:
-		return rec_mm_end(r, p->end.id);
+		return rec_mm_end(r, p->end.id, 1);
 	case JNL_MM_PID:
 		if (mm_of(r, p->mm_pid.id))
 			mm_of(r, p->mm_pid.id)->pid = p->mm_pid.pid;
@@ -465,7 +484,7 @@ static void link_one(struct restore *r, uint32_t sid, uint32_t mid)
 	if (!rm || rm->claimed || rm->mm->is_child) {
 		log_warn("restore: c%u (pid %d): its address space (u%u) is gone; dropped", sid,
 			 (int)s->pid, mid);
-		session_close(s, NULL);
+		drop_session(r, s, sid, NULL);
 		idm_put(&r->sessions, sid, NULL);
 		r->dropped[0]++;
 		return;
@@ -493,11 +512,8 @@ static void link_and_check(struct restore *r)
 			r->kept[1]++;
 			continue;
 		}
-		char name[WING_NAME_MAX];
-		wing_name(name, 'u', rm->mm->id);
-		log_info("restore: %s (pid %d): %s; released", name, (int)rm->mm->pid, why);
-		wing_unstore(r->wg, name);
-		rec_mm_end(r, (uint32_t)r->mms.k[i - 1]);
+		log_info("restore: u%u (pid %d): %s; released", rm->mm->id, (int)rm->mm->pid, why);
+		rec_mm_end(r, (uint32_t)r->mms.k[i - 1], 1);
 		r->dropped[1]++;
 	}
 }
@@ -567,7 +583,7 @@ static void restore_free(struct restore *r)
 	for (size_t i = 0; hmap_next(&r->tmpls, &i);)
 		tmpl_put(&r->d->tmpls, idm_get(&r->tmpls, (uint32_t)r->tmpls.k[i - 1]));
 	for (size_t i = 0; hmap_next(&r->mms, &i);)
-		rec_mm_end(r, (uint32_t)r->mms.k[i - 1]);
+		rec_mm_end(r, (uint32_t)r->mms.k[i - 1], 0);
 	for (size_t i = 0; hmap_next(&r->trees, &i);)
 		mm_tree_put(idm_get(&r->trees, (uint32_t)r->trees.k[i - 1]));
 	for (size_t i = 0; i < r->nnodes; i++)

@@ -62,12 +62,21 @@ static void emit(struct session *s, struct obs_event ev)
 	obs_emit(&s->d->obs, &ev);
 }
 
+/* A descriptor a client gave us (a socket, or one it sent) that we do not
+ * keep: its last close may take a client's mmap_lock (a uffd, or a socket
+ * with uffds queued on it), so it goes to a worker of that uid. */
+static void drop_fd(struct rp_daemon *d, struct acct *a, int fd)
+{
+	if (fd >= 0)
+		workers_close_fd(&d->workers, a, fd);
+}
+
 /* Refuse a connection with a status the client library reports. */
-static void refuse(int fd, int32_t status)
+static void refuse(struct rp_daemon *d, struct acct *a, int fd, int32_t status)
 {
 	struct proto_reply r = { .status = status };
 	proto_send(fd, PROTO_REPLY, 0, &r, sizeof(r), -1, MSG_DONTWAIT);
-	close(fd);
+	drop_fd(d, a, fd);
 }
 
 /* Serve s (acct charged, fd non-blocking) from now on. */
@@ -99,9 +108,14 @@ void session_start(struct rp_daemon *d, int fd)
 	struct session *s = NULL;
 	int e = 0;
 
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(a = acct_get(cred.uid))) {
-		log_err("connection fd %d refused: %s", fd, a ? strerror(errno) : "out of memory");
-		refuse(fd, -ENOMEM);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		log_err("connection fd %d refused: SO_PEERCRED: %s", fd, strerror(errno));
+		refuse(d, NULL, fd, -ENOMEM);
+		return;
+	}
+	if (!(a = acct_get(cred.uid))) {
+		log_err("connection fd %d (uid %u) refused: out of memory", fd, (unsigned)cred.uid);
+		refuse(d, NULL, fd, -ENOMEM);
 		return;
 	}
 	if (d->nsessions >= d->cfg.lim.connections) {
@@ -118,8 +132,8 @@ void session_start(struct rp_daemon *d, int fd)
 		/* The budget's refusal is logged by acct. */
 		if (e == -ENOMEM)
 			acct_log(a, LOG_ERR, "pid %d: connection refused: out of memory", (int)cred.pid);
+		refuse(d, a, fd, e);
 		acct_put(a);
-		refuse(fd, e);
 		return;
 	}
 	s->acct = a;
@@ -224,7 +238,10 @@ void session_close(struct session *s, const char *why)
 	drop_templates(s);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_END });
 	acct_uncharge_fd(s->acct, ACCT_CONNECTIONS);
-	loop_close_fd(d->loop, s->fd);
+	/* Messages still queued on the socket may carry uffds: its last
+	 * close may wait for their owners' mmap_lock. */
+	loop_forget_fd(d->loop, s->fd);
+	drop_fd(d, s->acct, s->fd);
 	s->fd = -1;
 	list_del(d, s);
 	session_put(s);
@@ -529,7 +546,7 @@ static int do_usage(struct session *s, uint32_t seq, const struct proto_usage *u
  * last close waits for the client's mmap_lock), the client told why. */
 static int hello_refused(struct session *s, uint32_t seq, int fd, int32_t status, const char *why)
 {
-	workers_close_fd(&s->d->workers, fd);
+	drop_fd(s->d, s->acct, fd);
 	reply_and_close(s, seq, status, PROTO_VERSION, why);
 	return -1;
 }
@@ -619,14 +636,15 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 void session_consume(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
-	int fd, nfds, trunc;
+	int fds[PROTO_RECV_FDS_MAX], nfds, trunc;
 
 	if (!s->peeked)
 		return;
 	s->peeked = 0;
-	proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT);
-	if (fd >= 0)
-		close(fd);
+	if (proto_recv_fds(s->fd, buf, fds, &nfds, &trunc, MSG_DONTWAIT) < 0)
+		return;
+	for (int i = 0; i < nfds; i++)
+		drop_fd(s->d, s->acct, fds[i]);
 }
 
 /* A restored session's first request may be the one the previous daemon
@@ -641,8 +659,7 @@ static int replayed(struct session *s, const struct proto_hdr *h, int fd)
 	if (!first || !s->replied || h->seq != s->last_seq || h->type == PROTO_STATS ||
 	    h->type == PROTO_UPGRADE || h->type == PROTO_USAGE)
 		return 0;
-	if (fd >= 0)
-		close(fd);
+	drop_fd(s->d, s->acct, fd);
 	acct_log(s->acct, LOG_INFO, "pid %d: %s seq %u was answered before the restart: answering again",
 		 (int)s->pid, proto_type_name(h->type), h->seq);
 	int e = proto_send(s->fd, PROTO_REPLY, h->seq, &s->last, sizeof(s->last), -1, MSG_DONTWAIT);
@@ -675,17 +692,21 @@ static int handle_one(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
 	const struct proto_hdr *h = NULL;
-	int fd, nfds, trunc;
-	long n = proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT | MSG_PEEK);
+	int fds[PROTO_RECV_FDS_MAX], nfds, trunc;
+	long n = proto_recv_fds(s->fd, buf, fds, &nfds, &trunc, MSG_DONTWAIT | MSG_PEEK);
+	int fd = n >= 0 && nfds ? fds[0] : -1;
 
 	s->peeked = n >= 0;
+	/* Only a HELLO's one descriptor is ever kept (proto_check refuses
+	 * the rest); these copies of the others go now, off the main loop. */
+	for (int i = 1; n >= 0 && i < nfds; i++)
+		drop_fd(s->d, s->acct, fds[i]);
 	if (n == -EAGAIN)
 		return 0;
 	if (n <= 0) {
 		/* An empty packet reads as end of file, but may still carry
 		 * descriptors: each one would leak. */
-		if (fd >= 0)
-			close(fd);
+		drop_fd(s->d, s->acct, fd);
 		session_close(s, nfds ? "bad message: empty, with a file descriptor"
 			      : n == 0 || n == -ECONNRESET ? NULL : "receive failed");
 		return -1;
@@ -703,15 +724,13 @@ static int handle_one(struct session *s)
 		 * client is not to blame: it hears EMFILE, not EBADMSG. (One
 		 * that sends more descriptors than we take gets some, and
 		 * EBADMSG.) */
-		if (fd >= 0)
-			close(fd);
+		drop_fd(s->d, s->acct, fd);
 		reply_and_close(s, ((const struct proto_hdr *)buf)->seq, -EMFILE, 0,
 				"its HELLO's descriptor could not be taken: out of descriptors");
 		return -1;
 	}
 	if (e != PROTO_OK) {
-		if (fd >= 0)
-			close(fd);
+		drop_fd(s->d, s->acct, fd);
 		bad_packet(s, buf, n, e);
 		return -1;
 	}

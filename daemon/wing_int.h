@@ -33,6 +33,7 @@ struct wing {
 	struct jnl_counters *counters; /* mapped from the memfd, once serving */
 	uint64_t image_len;       /* of the last commit */
 	struct capture *cap;      /* a compaction under way */
+	unsigned stale_caps;      /* given up, a worker still to answer: none new meanwhile */
 	struct worker compactor;  /* encodes and commits images off the main loop */
 	int compactor_up;
 	pthread_mutex_t cap_lock; /* a capture's done, with cap_done */

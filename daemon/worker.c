@@ -129,7 +129,7 @@ void loop_track(struct ev_loop *loop)
 		log_warn("cannot tell the epoll set of an event loop");
 }
 
-void loop_close_fd(struct ev_loop *loop, int fd)
+void loop_forget_fd(struct ev_loop *loop, int fd)
 {
 	int epfd = -1;
 
@@ -140,6 +140,11 @@ void loop_close_fd(struct ev_loop *loop, int fd)
 	pthread_mutex_unlock(&loops_lock);
 	if (epfd >= 0)
 		epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+void loop_close_fd(struct ev_loop *loop, int fd)
+{
+	loop_forget_fd(loop, fd);
 	close(fd);
 }
 
@@ -376,6 +381,9 @@ void workers_resume(struct workers *ws)
 struct fd_close {
 	struct loop_call call;
 	int fd;
+	struct acct *acct;
+	struct workers *ws;
+	struct worker *w;
 };
 
 static void fd_close_run(void *arg)
@@ -383,10 +391,34 @@ static void fd_close_run(void *arg)
 	struct fd_close *c = arg;
 
 	close(c->fd);
+	if (c->acct) {
+		worker_leave(c->ws, c->w, c->acct);
+		acct_adjust(c->acct, ACCT_FDS, -1);
+		acct_put(c->acct);
+	}
 	free(c);
 }
 
-void workers_close_fd(struct workers *ws, int fd)
+/* The worker a new fork family of a's uid would go to: the fewest other
+ * uids, then the fewest address spaces. Under place_lock. */
+static struct worker *pick_locked(struct workers *ws, struct acct *a)
+{
+	struct worker *best = NULL;
+	uint64_t best_score = UINT64_MAX;
+
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		uint64_t others = atomic_load(&w->nuids) - (a && a->placed[w->id] ? 1 : 0);
+		uint64_t score = others << 32 | atomic_load(&w->nmms);
+		if (score < best_score) {
+			best = w;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+void workers_close_fd(struct workers *ws, struct acct *a, int fd)
 {
 	struct fd_close *c = ws->n ? malloc(sizeof(*c)) : NULL;
 
@@ -395,28 +427,30 @@ void workers_close_fd(struct workers *ws, int fd)
 		return;
 	}
 	c->fd = fd;
+	c->acct = a;
+	c->ws = ws;
 	c->call.fn = fd_close_run;
 	c->call.arg = c;
-	inbox_post(&ws->v[(unsigned)fd % ws->n].in, &c->call);
+	/* Until it is closed, the uid counts as placed on that worker: new
+	 * clients of other uids go elsewhere while it may wait there. */
+	pthread_mutex_lock(&ws->place_lock);
+	c->w = pick_locked(ws, a);
+	if (a && a->placed[c->w->id]++ == 0)
+		atomic_fetch_add(&c->w->nuids, 1);
+	pthread_mutex_unlock(&ws->place_lock);
+	if (a) {
+		acct_ref(a);
+		acct_adjust(a, ACCT_FDS, 1);
+	}
+	inbox_post(&c->w->in, &c->call);
 }
 
 /* --- placement ------------------------------------------------------------- */
 
 struct worker *worker_pick(struct workers *ws, struct acct *a)
 {
-	struct worker *best = NULL;
-	uint64_t best_score = UINT64_MAX;
-
 	pthread_mutex_lock(&ws->place_lock);
-	for (unsigned i = 0; i < ws->n; i++) {
-		struct worker *w = &ws->v[i];
-		uint64_t others = atomic_load(&w->nuids) - (a->placed[w->id] ? 1 : 0);
-		uint64_t score = others << 32 | atomic_load(&w->nmms);
-		if (score < best_score) {
-			best = w;
-			best_score = score;
-		}
-	}
+	struct worker *best = pick_locked(ws, a);
 	if (a->placed[best->id]++ == 0)
 		atomic_fetch_add(&best->nuids, 1);
 	pthread_mutex_unlock(&ws->place_lock);

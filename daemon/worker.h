@@ -117,13 +117,20 @@ void worker_leave(struct workers *ws, struct worker *w, struct acct *a);
  * makes libev rebuild its epoll set with epoll_create1, which the sandbox
  * forbids. So it goes out of the set first. */
 void loop_close_fd(struct ev_loop *loop, int fd);
+/* The same but the close: fd leaves loop's epoll set, and the caller
+ * closes it (elsewhere: workers_close_fd). */
+void loop_forget_fd(struct ev_loop *loop, int fd);
 /* Right after making a loop, before the sandbox: learn its epoll set. */
 void loop_track(struct ev_loop *loop);
 
-/* Close fd on a worker's thread: the last close of a client's uffd takes
- * the client's mmap_lock (userfaultfd_release), which the client may hold
- * for long; the main loop must not wait for it. */
-void workers_close_fd(struct workers *ws, int fd);
+/* Close fd, which came from a client of a's uid (NULL: unknown), on the
+ * worker that uid's next fork family would go to, and charge it to a's
+ * descriptors until then. The last close of a client's uffd takes the
+ * client's mmap_lock (userfaultfd_release), and so does that of a socket
+ * with uffds queued on it: the main loop must not wait for a lock a
+ * client holds, and the worker that waits is its uid's own (as far as
+ * placement can make it so). */
+void workers_close_fd(struct workers *ws, struct acct *a, int fd);
 
 /* Main thread: stop every worker's loop between two callbacks (no fault,
  * event or request half handled), and go on; for the handover. */

@@ -275,33 +275,22 @@ int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint3
 	return (size_t)r == sizeof(h) + len ? 0 : -EMSGSIZE;
 }
 
-/* Room for a few descriptors, so that a sender passing several is detected
- * (and all are closed) instead of silently truncated. */
-#define PROTO_RECV_FDS 8
-
-static void take_fds(struct msghdr *mh, int *fd, int *nfds)
+static void take_fds(struct msghdr *mh, int *fds, int *nfds)
 {
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
 		size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < n; i++) {
-			int f;
-			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			if (*fd < 0)
-				*fd = f;
-			else
-				close(f);
-			(*nfds)++;
-		}
+		for (size_t i = 0; i < n && *nfds < (int)PROTO_RECV_FDS_MAX; i++)
+			memcpy(&fds[(*nfds)++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 	}
 }
 
-long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags)
+long proto_recv_fds(int sock, void *buf, int *fds, int *nfds, int *truncated, int flags)
 {
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(PROTO_RECV_FDS * sizeof(int))];
+		char buf[CMSG_SPACE(PROTO_RECV_FDS_MAX * sizeof(int))];
 	} cm;
 	struct iovec iov = { .iov_base = buf, .iov_len = PROTO_MAX_MSG };
 	struct msghdr mh = {
@@ -309,7 +298,6 @@ long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int fla
 	};
 	ssize_t r;
 
-	*fd = -1;
 	*nfds = 0;
 	*truncated = 0;
 	do
@@ -317,9 +305,20 @@ long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int fla
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return -errno;
-	take_fds(&mh, fd, nfds);
+	take_fds(&mh, fds, nfds);
 	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		*truncated = 1;
+	return r;
+}
+
+long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags)
+{
+	int fds[PROTO_RECV_FDS_MAX];
+	long r = proto_recv_fds(sock, buf, fds, nfds, truncated, flags);
+
+	*fd = r >= 0 && *nfds ? fds[0] : -1;
+	for (int i = 1; r >= 0 && i < *nfds; i++)
+		close(fds[i]);
 	return r;
 }
 

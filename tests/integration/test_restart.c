@@ -413,14 +413,16 @@ static int store_get(struct store *st, const char *name)
 	return fd;
 }
 
-/* The name of the stored uffd with the highest id (the last adopted). */
-static int store_last_uffd(struct store *st, char *name, size_t n)
+/* The name of the stored uffd with the highest id (the last adopted: the
+ * fork child), or with the lowest (the client's own). */
+static int store_uffd(struct store *st, int highest, char *name, size_t n)
 {
 	unsigned best = 0, id;
 
 	pthread_mutex_lock(&st->lock);
 	for (int i = 0; i < st->n; i++)
-		if (sscanf(st->e[i].name, "u%u", &id) == 1 && id > best)
+		if (sscanf(st->e[i].name, "u%u", &id) == 1 &&
+		    (!best || (highest ? id > best : id < best)))
 			best = id;
 	pthread_mutex_unlock(&st->lock);
 	snprintf(name, n, "u%u", best);
@@ -767,7 +769,10 @@ static void test_store_in_flight(void **state)
 	f->ok = 1;
 }
 
-enum damage { TORN_TAIL, CORRUPT_IMAGE, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD };
+enum damage {
+	TORN_TAIL, CORRUPT_IMAGE, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD,
+	CLIENT_NOT_A_UFFD
+};
 
 struct damage_row {
 	const char *name;
@@ -783,6 +788,9 @@ static const struct damage_row damage_rows[] = {
 	{ "unknown version", UNKNOWN_VERSION, "the journal is format version 999", 1 },
 	{ "fork child gone", CHILD_GONE, "the process is gone; released", 0 },
 	{ "not a uffd", NOT_A_UFFD, "not a userfaultfd; dropped", 0 },
+	/* The client's own: its connection is closed, and leaves the store
+	 * (or it would never see the end of file). */
+	{ "the client's uffd not a uffd", CLIENT_NOT_A_UFFD, "its address space (u", 1 },
 };
 
 /* Where the journal stands, as a reader sees it. */
@@ -852,9 +860,10 @@ static void do_damage(struct sfx *f, const struct damage_row *row)
 		f->ld.child = -1;
 		break;
 	case NOT_A_UFFD:
-		/* The child's uffd goes (its faults fall back to the kernel),
-		 * an eventfd takes its name. */
-		assert_int_equal(store_last_uffd(&f->st, name, sizeof(name)), 0);
+	case CLIENT_NOT_A_UFFD:
+		/* The child's (or the client's) uffd goes (its faults fall
+		 * back to the kernel), an eventfd takes its name. */
+		assert_int_equal(store_uffd(&f->st, row->what == NOT_A_UFFD, name, sizeof(name)), 0);
 		pthread_mutex_lock(&f->st.lock);
 		store_remove(&f->st, name);
 		store_add(&f->st, name, eventfd(0, EFD_CLOEXEC));
@@ -920,6 +929,8 @@ static void test_store_damage(void **state)
 		if (!log_has(f, row->log))
 			fail_msg("%s: the log does not say '%s'", row->name, row->log);
 		if (row->drops_all) {
+			if (row->what == CLIENT_NOT_A_UFFD)
+				wait_store_count(&f->st, 'c', 0);
 			check_dropped_all(f);
 		} else {
 			ld_wait_progress(&f->ld);

@@ -285,6 +285,7 @@ static const struct {
 	{ "mremap-storm", atk_mremap_storm },
 	{ "mremap-dontunmap", atk_mremap_dontunmap },
 	{ "mmap-lock", atk_mmap_lock },
+	{ "uffd-bomb", atk_uffd_bomb },
 	{ "fault-flood", atk_fault_flood },
 	{ "fork-gate", atk_fork_gate },
 	{ "enomem", atk_enomem },

@@ -78,6 +78,7 @@ int atk_req_flood(const char *sock);
 int atk_churn(const char *sock);
 int atk_unmap_pieces(const char *sock);
 int atk_mremap_storm(const char *sock);
+int atk_uffd_bomb(const char *sock);
 int atk_mremap_dontunmap(const char *sock);
 int atk_mmap_lock(const char *sock);
 int atk_fault_flood(const char *sock);

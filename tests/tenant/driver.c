@@ -114,6 +114,9 @@ static const struct attack attacks[] = {
 	    "pieces=20000 moves=60", "pieces=20000 moves=300", 3, 10) },
 	{ A("mmap-lock", "mprotect of 512 MiB (--full: 4 GiB) of populated memory in a loop while the "
 	    "same process MAPs and faults", "mb=512", "mb=4096", 4, 10) },
+	{ A("uffd-bomb", "packets of 253 of its own uffds each (a STATS, refused) while another "
+	    "thread holds its mmap_lock with mprotect of 512 MiB (--full: 4 GiB) in a loop: the "
+	    "last close of each uffd waits for that lock", "mb=512", "mb=4096", 4, 10) },
 	{ A("fault-flood", "4 processes x 4 threads faulting 32 MiB each as fast as they can (--full: "
 	    "16 processes)", "procs=4 threads=4 mb=32", "procs=16 threads=4 mb=64", 4, 10) },
 	{ A("oracle", "uid 65534 asks, for each of the 256 fill bytes, whether another uid holds that "
