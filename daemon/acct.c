@@ -10,6 +10,11 @@
 
 #include "stats.h"
 
+/* An account nobody refers to any more stays this long: a uid that
+ * connects, misbehaves and disconnects in a loop must find its rate limit
+ * and its quotas where it left them, not a fresh account each time. */
+#define IDLE_KEEP_S 60.0
+
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct acct *table; /* as many as uids with a client: a list is enough */
 static struct acct_limits limits;
@@ -59,7 +64,33 @@ static struct acct *acct_new(uid_t uid)
 	}
 	a->uid = uid;
 	log_rl_init(&a->rl);
+	log_rl_init(&a->rl_chat);
 	return a;
+}
+
+static void acct_destroy(struct acct *a)
+{
+	log_rl_fini(&a->rl);
+	log_rl_fini(&a->rl_chat);
+	free(a->turns);
+	free(a->placed);
+	free(a);
+}
+
+/* Under the table lock: the accounts idle for long go. */
+static void sweep(double now)
+{
+	struct acct **pp = &table;
+
+	while (*pp) {
+		struct acct *a = *pp;
+		if (!atomic_load(&a->refs) && now - a->idle_since > IDLE_KEEP_S) {
+			*pp = a->next;
+			acct_destroy(a);
+		} else {
+			pp = &a->next;
+		}
+	}
 }
 
 struct acct *acct_get(uid_t uid)
@@ -70,6 +101,8 @@ struct acct *acct_get(uid_t uid)
 	for (a = table; a; a = a->next)
 		if (a->uid == uid)
 			break;
+	if (!a)
+		sweep(rp_now());
 	if (!a && (a = acct_new(uid))) {
 		a->next = table;
 		table = a;
@@ -85,23 +118,22 @@ void acct_ref(struct acct *a)
 	atomic_fetch_add(&a->refs, 1);
 }
 
-/* The last reference goes under the table lock, where acct_get may have
- * found the account and taken a new one meanwhile: checked again there. */
+/* The last reference only marks the account idle (acct_get sweeps it
+ * later, under the table lock, where it may be found again meanwhile). */
 void acct_put(struct acct *a)
 {
-	if (atomic_fetch_sub(&a->refs, 1) != 1)
-		return;
+	unsigned r = atomic_load(&a->refs);
+
+	/* Not the last reference: no lock. */
+	while (r > 1)
+		if (atomic_compare_exchange_weak(&a->refs, &r, r - 1))
+			return;
+	/* The last goes under the table's lock with the time it went idle:
+	 * sweep (under that lock) never sees an account at 0 references
+	 * whose idle time is not set yet, and frees none a put still uses. */
 	pthread_mutex_lock(&table_lock);
-	if (atomic_load(&a->refs) == 0) {
-		struct acct **pp = &table;
-		while (*pp != a)
-			pp = &(*pp)->next;
-		*pp = a->next;
-		log_rl_fini(&a->rl);
-		free(a->turns);
-		free(a->placed);
-		free(a);
-	}
+	if (atomic_fetch_sub(&a->refs, 1) == 1)
+		a->idle_since = rp_now();
 	pthread_mutex_unlock(&table_lock);
 }
 
@@ -130,7 +162,7 @@ void acct_log(struct acct *a, int prio, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	rp_log_rl(&a->rl, prio, "uid %d: %s", (int)a->uid, line);
+	rp_log_rl(prio >= LOG_INFO ? &a->rl_chat : &a->rl, prio, "uid %d: %s", (int)a->uid, line);
 }
 
 static void refuse(struct acct *a, enum acct_res res, int pool)
@@ -191,6 +223,23 @@ void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n)
 {
 	atomic_fetch_sub(&a->used[res], n);
 	atomic_fetch_sub(&pool_used[res], n);
+}
+
+int acct_charge_fd(struct acct *a, enum acct_res res)
+{
+	if (acct_charge(a, res, 1) < 0)
+		return -EDQUOT;
+	if (acct_charge(a, ACCT_FDS, 1) < 0) {
+		acct_uncharge(a, res, 1);
+		return -EDQUOT;
+	}
+	return 0;
+}
+
+void acct_uncharge_fd(struct acct *a, enum acct_res res)
+{
+	acct_uncharge(a, res, 1);
+	acct_uncharge(a, ACCT_FDS, 1);
 }
 
 void acct_adjust(struct acct *a, enum acct_res res, int64_t delta)
@@ -317,15 +366,32 @@ void acct_stat_add(struct acct *a, unsigned s, int64_t v)
 		atomic_fetch_add_explicit(&a->stat[s], (uint64_t)v, memory_order_relaxed);
 }
 
-uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+static struct acct_turn *turn(struct acct *a, unsigned loop, uint64_t iter)
 {
 	struct acct_turn *t = &a->turns[loop < nloops ? loop : 0];
 
 	if (t->iter != iter) {
 		t->iter = iter;
-		t->used = 0;
+		t->used = t->woken = 0;
 	}
+	return t;
+}
+
+uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+{
+	struct acct_turn *t = turn(a, loop, iter);
+
 	return t->used < quota ? quota - t->used : 0;
+}
+
+int acct_turn_wake(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
+{
+	struct acct_turn *t = turn(a, loop, iter);
+
+	if (t->woken >= quota)
+		return 0;
+	t->woken++;
+	return 1;
 }
 
 void acct_turn_use(struct acct *a, unsigned loop, uint32_t n)

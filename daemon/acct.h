@@ -52,18 +52,22 @@ struct acct_limits {
  * thread only. */
 struct acct_turn {
 	uint64_t iter;
-	uint32_t used;
+	uint32_t used;   /* requests or messages taken this iteration */
+	uint32_t woken;  /* parked sockets or uffds woken this iteration */
 };
 
 struct acct {
 	uid_t uid;
-	atomic_uint refs;               /* goes to 0 and away under the table lock */
+	atomic_uint refs;               /* at 0 the account stays a while (acct.c) */
+	double idle_since;              /* when refs went to 0, under the table lock */
 	_Atomic uint64_t used[ACCT_RES_COUNT];
 	_Atomic uint64_t refused[ACCT_RES_COUNT];
 	/* The STATS counters of this uid's work alone: what a client of
 	 * this uid is shown (nothing of another uid's). */
 	_Atomic uint64_t stat[PROTO_STATS_MAX];
-	struct log_rl rl;
+	struct log_rl rl;               /* its warnings and notices */
+	struct log_rl rl_chat;          /* its info and debug lines, apart: they cannot
+					 * use up the budget of the lines that matter */
 	struct acct_turn *turns;        /* one per loop: main, then workers */
 	uint32_t *placed;               /* address spaces per loop (worker.c, under its lock) */
 	struct acct *next;
@@ -85,6 +89,10 @@ void acct_put(struct acct *a);
  * rate limit). */
 int acct_charge(struct acct *a, enum acct_res res, uint64_t n);
 void acct_uncharge(struct acct *a, enum acct_res res, uint64_t n);
+/* One unit of res that holds a descriptor (a connection, a process's
+ * uffd) and that descriptor (ACCT_FDS), both or neither: 0 or -EDQUOT. */
+int acct_charge_fd(struct acct *a, enum acct_res res);
+void acct_uncharge_fd(struct acct *a, enum acct_res res);
 /* Would n more units fit? 0 or -EDQUOT (counted and logged), nothing charged. */
 int acct_check(struct acct *a, enum acct_res res, uint64_t n);
 /* Follow a change the kernel already made, or a restart brings back:
@@ -121,8 +129,12 @@ void acct_stat_add(struct acct *a, unsigned s, int64_t v);
  * iteration, then take some. */
 uint32_t acct_turn_left(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota);
 void acct_turn_use(struct acct *a, unsigned loop, uint32_t n);
+/* May one more of this uid's parked sockets or uffds be woken this
+ * iteration (at most quota)? 1 (counted) or 0. */
+int acct_turn_wake(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota);
 
-/* A line about this uid, through its rate limit ("uid N: ..."). */
+/* A line about this uid, through its rate limit ("uid N: ...": one for
+ * warnings and notices, one for info and debug lines). */
 void acct_log(struct acct *a, int prio, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

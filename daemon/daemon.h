@@ -56,6 +56,7 @@ struct rp_daemon {
 	struct rp_config cfg;
 	struct ev_loop *loop;     /* listener, sessions, signals, watchdog */
 	struct inbox mainq;       /* workers' completions for the main loop */
+	struct park_queue parked; /* sessions over their uid's quota (session.c) */
 	struct tmpl_store tmpls;
 	struct workers workers;
 	int listen_fd;

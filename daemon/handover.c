@@ -50,7 +50,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -74,6 +73,7 @@
  * (under sanitizers too); while the old one is paused, a bound on the
  * pause should the new one hang. */
 #define HO_TIMEOUT_S 20.0
+/* Descriptors per HO_FDS message: part of the handover protocol (HO_PROTO). */
 #define HO_MAX_FDS 128u
 
 enum ho_type {
@@ -121,14 +121,6 @@ struct ho_pid {
 
 #define HO_MAX_MSG (sizeof(struct ho_hdr) + sizeof(struct ho_fds))
 
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 /* --- messages ---------------------------------------------------------------- */
 
 /* deadline < 0: wait for ever (the helper). */
@@ -137,7 +129,7 @@ static int wait_for(int fd, short events, double deadline)
 	for (;;) {
 		int ms = -1;
 		if (deadline >= 0) {
-			double left = deadline - now_s();
+			double left = deadline - rp_now();
 			if (left <= 0)
 				return -ETIMEDOUT;
 			ms = (int)(left * 1000) + 1;
@@ -156,30 +148,15 @@ static int ho_send(int sock, uint32_t type, const void *p, uint32_t len, const i
 {
 	struct ho_hdr h = { type, len };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)p, len } };
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(HO_MAX_FDS * sizeof(int))];
-	} cm;
-	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
 
-	if (nfds) {
-		memset(&cm, 0, sizeof(cm));
-		mh.msg_control = cm.buf;
-		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-	}
 	for (;;) {
-		if (sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+		long r = proto_sendmsg_fds(sock, iov, len ? 2 : 1, fds, nfds, MSG_DONTWAIT);
+		if (r >= 0)
 			return 0;
-		if (errno != EAGAIN && errno != EINTR)
-			return -errno;
-		int r = wait_for(sock, POLLOUT, deadline);
-		if (r < 0)
-			return r;
+		if (r != -EAGAIN)
+			return (int)r;
+		if ((r = wait_for(sock, POLLOUT, deadline)) < 0)
+			return (int)r;
 	}
 }
 
@@ -190,7 +167,9 @@ static void close_all(int *fds, unsigned n)
 }
 
 /* One message: its payload length, or -ECONNRESET (the other end is gone),
- * -ETIMEDOUT, -EBADMSG. Up to maxfds descriptors go to fds (*nfds). */
+ * -ETIMEDOUT, -EBADMSG. Up to maxfds descriptors go to fds (*nfds). buf
+ * and fds may be NULL when cap and maxfds are 0 (said again at the copies:
+ * gcc -O3 warns of a constant-propagated NULL the size checks rule out). */
 static long ho_recv(int sock, uint32_t *type, void *buf, size_t cap, int *fds, unsigned maxfds,
 		    unsigned *nfds, double deadline)
 {
@@ -230,9 +209,9 @@ static long ho_recv(int sock, uint32_t *type, void *buf, size_t cap, int *fds, u
 		close_all(got, ngot);
 		return -EBADMSG;
 	}
-	if (h.len)
+	if (h.len && buf)
 		memcpy(buf, raw + sizeof(h), h.len);
-	if (ngot)
+	if (ngot && fds)
 		memcpy(fds, got, ngot * sizeof(int));
 	*nfds = ngot;
 	*type = h.type;
@@ -439,7 +418,7 @@ static int spawn(struct up *u, double deadline)
 /* How the new binary exited, when it did (from the helper). */
 static void exit_status(struct up *u)
 {
-	double deadline = now_s() + 2.0;
+	double deadline = rp_now() + 2.0;
 
 	for (;;) {
 		struct ho_pid m;
@@ -558,12 +537,12 @@ static int send_fds(struct rp_daemon *d, struct up *u, double deadline)
  * client's uffd or socket. 0, or the status for the requester. */
 static int take_over(struct rp_daemon *d, struct up *u)
 {
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 	struct ho_pid commit;
 	long r;
 	int status = -ECANCELED;
 
-	u->paused = now_s();
+	u->paused = rp_now();
 	workers_pause(&d->workers);
 	if ((r = wing_sync_image(d->wing)) < 0)
 		snprintf(u->why, sizeof(u->why), "cannot write the journal: %s", strerror((int)-r));
@@ -593,7 +572,7 @@ static int take_over(struct rp_daemon *d, struct up *u)
 
 static int upgrade(struct rp_daemon *d, struct up *u)
 {
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 	struct ho_hello hello;
 	long r;
 
@@ -629,7 +608,7 @@ static void answer(int fd, uint32_t seq, int32_t status, pid_t pid)
 void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
 {
 	struct up u = { .sock = -1 };
-	double t0 = now_s();
+	double t0 = rp_now();
 	int status;
 
 	if (uid != 0 && uid != geteuid()) {
@@ -646,7 +625,7 @@ void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
 	log_notice("upgrade: %s", reply_fd >= 0 ? "asked by a client" : "SIGHUP");
 	status = upgrade(d, &u);
 	if (status == 0) {
-		double t = now_s();
+		double t = rp_now();
 		log_notice("upgrade: pid %d serves now; clients waited at most %.1f ms (%.1f ms in all)",
 			   (int)u.pid, (t - u.paused) * 1e3, (t - t0) * 1e3);
 		answer(reply_fd, seq, 0, u.pid);
@@ -666,7 +645,7 @@ void wing_handover_refuse(int sock, int status, const char *why)
 	struct ho_refuse r = { .status = status };
 
 	snprintf(r.why, sizeof(r.why), "%s", why);
-	ho_send(sock, HO_REFUSE, &r, sizeof(r), NULL, 0, now_s() + HO_TIMEOUT_S);
+	ho_send(sock, HO_REFUSE, &r, sizeof(r), NULL, 0, rp_now() + HO_TIMEOUT_S);
 }
 
 /* Check the journal the old daemon passed: can we read it at all? */
@@ -700,7 +679,7 @@ static int receive_fds(int sock, struct fdset *set)
 	while (m) {
 		uint32_t type;
 		unsigned n;
-		long len = ho_recv(sock, &type, m, sizeof(*m), fds, HO_MAX_FDS, &n, now_s() + HO_TIMEOUT_S);
+		long len = ho_recv(sock, &type, m, sizeof(*m), fds, HO_MAX_FDS, &n, rp_now() + HO_TIMEOUT_S);
 		if (len >= 0 && type == HO_END && len == sizeof(struct ho_end) && !n) {
 			const struct ho_end *e = (const void *)m;
 			set->listen_owned = (int)e->listen_owned;
@@ -727,7 +706,7 @@ static int receive_fds(int sock, struct fdset *set)
 int wing_handover_receive(struct wing *wg, int sock, struct fdset *set, int *snap_fd)
 {
 	struct ho_hello h = { HO_PROTO, JNL_VERSION, JNL_VERSION, (int32_t)getpid() };
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 	uint32_t type;
 	unsigned n = 0;
 	int fd = -1;
@@ -754,7 +733,7 @@ int wing_handover_commit(int sock)
 	struct ho_pid c = { (int32_t)getpid(), 0 };
 	uint32_t type;
 	unsigned n;
-	double end = now_s() + HO_TIMEOUT_S;
+	double end = rp_now() + HO_TIMEOUT_S;
 
 	if (ho_send(sock, HO_COMMIT, &c, sizeof(c), NULL, 0, end) < 0 ||
 	    ho_recv(sock, &type, NULL, 0, NULL, 0, &n, end) < 0 || type != HO_ACK) {

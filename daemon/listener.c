@@ -28,10 +28,11 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
 	ev_io_start(loop, &d->listen_io);
 }
 
-/* Connections accepted per wake-up: a flood of them must not keep the
- * loop from everything else (the listener stays readable: the rest come
- * in the next iteration). */
-#define ACCEPTS_PER_WAKE 64
+/* Connections accepted per loop iteration: a flood of them must not keep
+ * the loop from everyone's requests (the listener stays readable: the rest
+ * come in the next iteration). Each is also taken out of its uid's share
+ * of the iteration (session_start). */
+#define ACCEPTS_PER_WAKE 4
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {

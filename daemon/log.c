@@ -89,7 +89,7 @@ uint64_t log_rl_dropped(struct log_rl *rl)
 	return n;
 }
 
-static double now_s(void)
+double rp_now(void)
 {
 	struct timespec t;
 
@@ -101,7 +101,7 @@ static double now_s(void)
  * that got a token. */
 static int rl_take(struct log_rl *rl, uint64_t *dropped)
 {
-	double now = now_s();
+	double now = rp_now();
 	int ok;
 
 	pthread_mutex_lock(&rl->lock);

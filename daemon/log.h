@@ -24,6 +24,10 @@ void rp_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 #define log_info(...) rp_log(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) rp_log(LOG_DEBUG, __VA_ARGS__)
 
+/* CLOCK_MONOTONIC in seconds (the rate limiters', the budgets' and the
+ * handover's clock; any thread). */
+double rp_now(void);
+
 /* A token bucket: up to burst lines at once, then per_s a second. */
 struct log_rl {
 	pthread_mutex_t lock;

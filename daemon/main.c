@@ -73,7 +73,8 @@ static void usage(FILE *f)
 		"Limits of the whole daemon:\n"
 		"  --max-connections N   connections (default 4096)\n"
 		"  --max-templates N     template handles per connection (default 4096)\n"
-		"  --max-store N         distinct templates (default 65536)\n"
+		"  --max-store N         distinct templates (default 0: no count, the memory budgets\n"
+		"                        bound them; a count would be a pool one uid could fill)\n"
 		"  --max-ranges N        ranges per process (default 65536)\n"
 		"  --max-bytes N         registered bytes per process (default 1 TiB)\n"
 		"  --max-descendants N   processes in one client's fork tree (default 4096)\n"
@@ -88,7 +89,7 @@ static void usage(FILE *f)
 		"  --uid-fds N           descriptors held for the uid (default 4096, lowered to fit\n"
 		"                        64 uids in the descriptor limit)\n"
 		"  --uid-memory BYTES    the daemon's memory spent for the uid (default 64 MiB)\n"
-		"  --loop-quota N        requests per uid per main-loop iteration (default 8)\n"
+		"  --loop-quota N        requests per uid per main-loop iteration (default 2)\n"
 		"  --fault-quota N       uffd messages per uid per worker iteration (default 128)\n"
 		"  --log-burst N, --log-rate N\n"
 		"                        log lines a uid can cause: N at once, then N a second\n"
@@ -245,7 +246,7 @@ static int parse_limit(int o, const char *name, struct rp_limits *l)
 	switch (o) {
 	case O_MAXCONN: l->connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
 	case O_MAXTMPL: l->templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-	case O_MAXSTORE: l->store = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+	case O_MAXSTORE: l->store = (uint32_t)parse_num(name, optarg, 0, 1u << 24); break;
 	case O_MAXRANGES: l->ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
 	case O_MAXBYTES: l->bytes = parse_num(name, optarg, 4096, 1ull << 56); break;
 	case O_MAXDESC: l->descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
@@ -476,9 +477,9 @@ static void set_defaults(struct rp_config *c)
 		 * few, however few CPUs. */
 		.workers = cpus > 4 ? (unsigned)cpus : 4,
 		.fault_around = 16, .batch = MM_MSG_BATCH, .drain = 1, .coalesce = 1,
-		.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40, .store = 65536,
+		.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40, .store = 0,
 			 .connections = 4096, .descendants = 4096, .hello_timeout_s = 10,
-			 .loop_quota = 8, .fault_quota = 128,
+			 .loop_quota = 2, .fault_quota = 128,
 			 .per_uid.max = { [ACCT_CONNECTIONS] = 1024, [ACCT_TEMPLATES] = 16384,
 					  [ACCT_RANGES] = 1u << 20, [ACCT_BYTES] = 1ull << 46,
 					  [ACCT_PROCESSES] = 4096, [ACCT_FDS] = 4096,
@@ -508,6 +509,7 @@ static int init(int argc, char **argv, char **args, struct fdset *fds)
 		return -1;
 	}
 	loop_track(d.loop);
+	park_init(&d.parked, d.loop, 0, d.cfg.lim.loop_quota);
 #ifdef RP_RESTART_WING
 	if (wing_init(&d, &wing_o, &tmpl_ops, argc, args, fds) < 0)
 		return -1;
@@ -568,7 +570,8 @@ static int serve_from(struct fdset *fds)
 	/* glibc's per-thread arenas would trim with a file read the sandbox
 	 * forbids (sandbox.h): one arena, trimmed with brk. */
 	mallopt(M_ARENA_MAX, 1);
-	if ((r = workers_start(&d.workers, d.cfg.workers, mm_worker_stop, mm_worker_pause)) < 0) {
+	if ((r = workers_start(&d.workers, d.cfg.workers, d.cfg.lim.fault_quota, mm_worker_stop,
+				 mm_worker_pause)) < 0) {
 		log_err("cannot start workers: %s", strerror(-r));
 		return -1;
 	}

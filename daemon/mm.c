@@ -64,17 +64,18 @@
 
 /* --- the range table's templates and memory --------------------------------- */
 
-/* One store per daemon; set before any table exists. */
-static struct tmpl_store *range_store;
+/* One store per daemon; set before any table exists (again, to the same
+ * value, by each new mm, on any thread: hence atomic). */
+static _Atomic(struct tmpl_store *) range_store;
 
 static void range_tmpl_get(void *t)
 {
-	tmpl_ref(range_store, t);
+	tmpl_ref(atomic_load_explicit(&range_store, memory_order_relaxed), t);
 }
 
 static void range_tmpl_put(void *t)
 {
-	tmpl_put(range_store, t);
+	tmpl_put(atomic_load_explicit(&range_store, memory_order_relaxed), t);
 }
 
 /* Nodes are charged to the uid of the table's mm (a fork family shares
@@ -126,7 +127,7 @@ static const struct range_ops acct_ops = {
 
 const struct range_ops *mm_range_ops_acct(struct tmpl_store *store)
 {
-	range_store = store;
+	atomic_store_explicit(&range_store, store, memory_order_relaxed);
 	return &acct_ops;
 }
 
@@ -238,7 +239,7 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 
 	if (!mm)
 		return NULL;
-	range_store = &d->tmpls;
+	atomic_store_explicit(&range_store, &d->tmpls, memory_order_relaxed);
 	acct_ref(a);
 	mm->id = id ? id : rp_id_new(d, RP_ID_MM);
 	mm->uffd = uffd;
@@ -260,34 +261,16 @@ static struct rp_mm *mm_alloc(struct rp_daemon *d, int uffd, uint64_t features, 
 	return mm;
 }
 
-/* A process and the descriptor of its uffd, charged to a. */
-static int charge_process(struct acct *a)
-{
-	if (acct_charge(a, ACCT_PROCESSES, 1) < 0)
-		return -EDQUOT;
-	if (acct_charge(a, ACCT_FDS, 1) < 0) {
-		acct_uncharge(a, ACCT_PROCESSES, 1);
-		return -EDQUOT;
-	}
-	return 0;
-}
-
-static void uncharge_process(struct acct *a)
-{
-	acct_uncharge(a, ACCT_PROCESSES, 1);
-	acct_uncharge(a, ACCT_FDS, 1);
-}
-
 struct rp_mm *mm_new_client(struct rp_daemon *d, int uffd, uint64_t features, struct acct *a,
 			    pid_t pid)
 {
 	struct rp_tree *tree = mm_tree_new(a, rp_id_new(d, RP_ID_TREE));
 	struct rp_mm *mm = NULL;
-	int e = tree ? charge_process(a) : -errno;
+	int e = tree ? acct_charge_fd(a, ACCT_PROCESSES) : -errno;
 
 	if (e == 0 && !(mm = mm_alloc(d, uffd, features, a, tree, pid, 0))) {
 		e = -errno;
-		uncharge_process(a);
+		acct_uncharge_fd(a, ACCT_PROCESSES);
 	}
 	if (tree)
 		mm_tree_put(tree); /* the mm's own reference is the one left */
@@ -320,12 +303,12 @@ static struct rp_mm *new_child(struct rp_mm *parent, int ufd)
 {
 	struct rp_mm *mm;
 
-	if (tree_full(parent) || charge_process(parent->acct) < 0) {
+	if (tree_full(parent) || acct_charge_fd(parent->acct, ACCT_PROCESSES) < 0) {
 		errno = EDQUOT;
 		return NULL;
 	}
 	if (!(mm = mm_alloc(parent->d, ufd, parent->features, parent->acct, parent->tree, 0, 0))) {
-		uncharge_process(parent->acct);
+		acct_uncharge_fd(parent->acct, ACCT_PROCESSES);
 		return NULL;
 	}
 	mm->is_child = 1;
@@ -461,6 +444,7 @@ static void unwatch(struct rp_mm *mm)
 	ev_io_stop(mm->w->loop, &mm->pidfd_io);
 	close(mm->pidfd);
 	mm->pidfd = -1;
+	acct_uncharge(mm->acct, ACCT_FDS, 1);
 }
 
 /* Stop serving: close the uffd so that every fault still waiting falls
@@ -477,6 +461,7 @@ static void retire(struct rp_mm *mm)
 	int told = !mm->fl.unborn;
 	/* Fork children still waiting for our events get the table as it is. */
 	follow_fini(&mm->fl);
+	park_drop(&w->parked, &mm->park);
 	ev_io_stop(w->loop, &mm->io);
 	ev_timer_stop(w->loop, &mm->probe);
 	ev_timer_stop(w->loop, &mm->retry);
@@ -522,7 +507,7 @@ static void mm_gone(struct rp_mm *mm, const char *why, int fallback)
 			 "anonymous memory", (int)mm->pid, why);
 		acct_stat_add(mm->acct, PROTO_STAT_RELEASED, 1);
 	} else {
-		log_debug("pid %d: released: %s", (int)mm->pid, why);
+		acct_log(mm->acct, LOG_DEBUG, "pid %d: released: %s", (int)mm->pid, why);
 		if (mm->is_child)
 			acct_stat_add(mm->acct, PROTO_STAT_PROCS_RECLAIMED, 1);
 	}
@@ -552,11 +537,14 @@ static void on_exit_seen(struct ev_loop *loop, ev_io *io, int revents)
 /* Learn of the process's exit at once instead of at the next probe. */
 static void watch(struct rp_mm *mm, pid_t pid)
 {
-	if (mm->pidfd >= 0 || pid <= 0)
+	/* Past the uid's descriptor budget, no watch: the probe covers it. */
+	if (mm->pidfd >= 0 || pid <= 0 || acct_charge(mm->acct, ACCT_FDS, 1) < 0)
 		return;
 	int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (fd < 0)
+	if (fd < 0) {
+		acct_uncharge(mm->acct, ACCT_FDS, 1);
 		return; /* not a thread group leader, or gone: the probe covers it */
+	}
 	mm->pidfd = fd;
 	ev_io_init(&mm->pidfd_io, on_exit_seen, fd, EV_READ);
 	mm->pidfd_io.data = mm;
@@ -577,6 +565,7 @@ static void serve(struct rp_mm *mm)
 	ev_io_init(&mm->io, mm_readable, mm->uffd, EV_READ);
 	mm->io.data = mm;
 	ev_io_start(loop, &mm->io);
+	mm->park = (struct park){ .io = &mm->io, .acct = mm->acct };
 	ev_timer_init(&mm->probe, on_probe, PROBE_MIN_S, 0.);
 	mm->probe.data = mm;
 	ev_timer_start(loop, &mm->probe);
@@ -725,7 +714,10 @@ static int lookup(struct rp_mm *mm, uint64_t addr, struct range_piece *p)
 		return 1;
 	size_t n0 = range_count(&mm->ranges);
 	uint64_t b0 = range_bytes(&mm->ranges);
-	if (range_extend_to(&mm->ranges, addr, PAGE, p) != 1)
+	int r = range_extend_to(&mm->ranges, addr, PAGE, p);
+	if (r < 0)
+		mm->cannot_follow = 1; /* this fault reads zeros, then the mm goes */
+	if (r != 1)
 		return 0;
 	/* The whole piece, as it is now: a MAP the observer hears of sets
 	 * what it names. */
@@ -814,7 +806,7 @@ static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)revents;
 	mm_ref(mm);
 	/* A read that failed for want of descriptors is tried again. */
-	if (!ev_is_active(&mm->io))
+	if (!ev_is_active(&mm->io) && !mm->park.parked)
 		ev_io_start(loop, &mm->io);
 	/* Events that waited enough for a late one go as they came. */
 	double now = ev_now(loop);
@@ -933,7 +925,8 @@ static void on_fork(struct rp_mm *parent, int ufd)
 {
 	int fl = fcntl(ufd, F_GETFL);
 	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
-		log_err("pid %d: fork child uffd %d unusable: %s", (int)parent->pid, ufd, strerror(errno));
+		acct_log(parent->acct, LOG_ERR, "pid %d: fork child uffd %d unusable: %s", (int)parent->pid,
+			 ufd, strerror(errno));
 		close(ufd);
 		return;
 	}
@@ -954,8 +947,8 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	 * now, or where the fork falls among the parent's waiting events. */
 	int later = follow_busy(&parent->fl) && follow_unborn(&child->fl) == 0;
 	serve(child);
-	log_debug("pid %d uffd %d: fork child adopted as uffd %d%s", (int)parent->pid, parent->uffd,
-		  ufd, later ? ", its table after the events waiting before the fork" : "");
+	acct_log(parent->acct, LOG_DEBUG, "pid %d uffd %d: fork child adopted as uffd %d%s",
+		 (int)parent->pid, parent->uffd, ufd, later ? ", its table after the events waiting before the fork" : "");
 	if (later) {
 		mm_ref(child);
 		on_change(parent, &(struct follow_ev){ .type = FOLLOW_FORK, .child = child });
@@ -984,7 +977,8 @@ static int on_event(struct rp_mm *mm, const struct uffd_msg *m)
 						   .to = m->arg.remove.end });
 		break;
 	default:
-		log_err("pid %d uffd %d: unknown uffd event %u", (int)mm->pid, mm->uffd, m->event);
+		acct_log(mm->acct, LOG_ERR, "pid %d uffd %d: unknown uffd event %u", (int)mm->pid,
+			 mm->uffd, m->event);
 		break;
 	}
 	return atomic_load(&mm->dead) ? -1 : 0;
@@ -1074,6 +1068,10 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 		mm_gone(mm, "process gone", 0);
 		return -1;
 	}
+	if (mm->cannot_follow) {
+		mm_gone(mm, "its range table cannot follow the kernel within its memory budget", 1);
+		return -1;
+	}
 	mm->bugs = k == UFFD_BUG ? mm->bugs + 1 : 0;
 	if (mm->bugs > BUGS_MAX) {
 		mm_gone(mm, "its faults keep failing (see the lines above)", 1);
@@ -1097,8 +1095,18 @@ static int batch_serve(struct rp_mm *mm, const struct uffd_msg *msgs, size_t n, 
 	for (size_t i = 0; i < n; i++) {
 		int r = msgs[i].event == UFFD_EVENT_PAGEFAULT ? on_fault(mm, &msgs[i], b)
 							     : on_event(mm, &msgs[i]);
-		if (r < 0)
+		if (r < 0) {
+			/* Let go mid-batch: the fork events read but not
+			 * handled carry children's uffds, which the read put in
+			 * our table. Closed, they hand those children to the
+			 * kernel (zeros), never left waiting, never leaked. */
+			for (size_t j = i + 1; j < n; j++)
+				if (msgs[j].event == UFFD_EVENT_FORK) {
+					acct_stat_add(mm->acct, PROTO_STAT_UNTRACKED, 1);
+					close((int)msgs[j].arg.fork.ufd);
+				}
 			return -1;
+		}
 	}
 	return 0;
 }
@@ -1118,7 +1126,8 @@ static int read_failed(struct rp_mm *mm, int err)
 		ev_io_stop(mm->w->loop, &mm->io);
 		return 0;
 	}
-	log_warn("pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd, strerror(err));
+	acct_log(mm->acct, LOG_WARNING, "pid %d uffd %d: read: %s", (int)mm->pid, mm->uffd,
+		 strerror(err));
 	mm_gone(mm, "its uffd cannot be read", 0);
 	return -1;
 }
@@ -1176,17 +1185,19 @@ static void busy_poll(struct rp_mm *mm, uint32_t us)
 }
 
 /* A uid takes at most its quota of messages per loop iteration, whatever
- * number of processes it spreads them over: past it, its uffds wait for
- * the next iteration (epoll is level-triggered: they come back), and every
- * other uid gets its turn first. */
+ * number of processes it spreads them over: past it, its uffds are parked
+ * and woken a few at a time (worker.h), and every other uid gets its turn
+ * first. */
 static void mm_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct rp_mm *mm = io->data;
 	uint32_t left = acct_turn_left(mm->acct, mm->w->id, ev_iteration(loop), mm->d->cfg.lim.fault_quota);
 
 	(void)revents;
-	if (!left)
+	if (!left) {
+		park(&mm->w->parked, &mm->park);
 		return;
+	}
 	mm_ref(mm);
 	int n = drain(mm, left);
 	if (n > 0)
@@ -1235,8 +1246,12 @@ static int map_apply(struct rp_mm *mm, struct mm_op *op)
 	int r = range_insert(&mm->ranges, op->addr, end, op->t);
 	if (r == -ENOSPC || (r == -ENOMEM && mm->budget_hit))
 		r = -EDQUOT;
-	if (r == 0 && (r = uffd_register(mm->uffd, op->addr, op->len)) < 0)
-		range_remove(&mm->ranges, op->addr, end, NULL, NULL);
+	/* Taking back the piece may need nodes too (a path shared with a
+	 * fork child): refused, the table keeps a piece the kernel does not
+	 * have, so this address space is let go at its next fault. */
+	if (r == 0 && (r = uffd_register(mm->uffd, op->addr, op->len)) < 0 &&
+	    range_remove(&mm->ranges, op->addr, end, NULL, NULL) < 0)
+		mm->cannot_follow = 1;
 	if (r == 0)
 		emit_range(mm, OBS_MAP, op->addr, end, op->t, op);
 	account(mm, n0, b0);
@@ -1319,10 +1334,11 @@ static int op_try(struct rp_mm *mm, struct mm_op *op)
 static void ops_run_held(struct rp_mm *mm)
 {
 	while (mm->held && !atomic_load(&mm->dead)) {
-		struct mm_op *op = mm->held;
+		/* Once answered, op is its session's again: read next first. */
+		struct mm_op *op = mm->held, *next = op->next;
 		if (!op_try(mm, op))
 			return;
-		if (!(mm->held = op->next))
+		if (!(mm->held = next))
 			mm->held_tail = NULL;
 	}
 }

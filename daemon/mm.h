@@ -72,11 +72,13 @@ struct rp_mm {
 	int wake_all;              /* restored: wake every waiting thread when served */
 	int accounted;             /* its table is in the gauges and the uid's account */
 	uint32_t bugs;             /* faults in a row that failed for an unknown reason */
+	int cannot_follow;         /* a grown mapping could not be followed: let go */
 	struct acct *acct;         /* the uid's account, charged for all below */
 	struct rp_tree *tree;
 	struct rp_daemon *d;
 	struct worker *w;
 	ev_io io;                  /* the uffd, on w's loop */
+	struct park park;          /* over its uid's quota: waiting to be watched again */
 	int pidfd;                 /* process exit watch, -1 if none */
 	ev_io pidfd_io;
 	ev_timer probe;            /* liveness, at doubling intervals */

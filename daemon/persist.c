@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "hmap.h"
 #include "log.h"
 #include "mm.h"
 #include "observer.h"
@@ -196,30 +197,33 @@ static void on_event(void *ctx, const struct obs_event *ev)
  * (0: none yet). */
 static int tmpl_page(const struct tmpl *t, uint32_t *page, uint32_t *crc)
 {
-	if (!t->obs)
+	uintptr_t v = atomic_load(&t->obs);
+
+	if (!v)
 		return 0;
-	*page = (uint32_t)(t->obs & 0xffffffffu) - 1;
-	*crc = (uint32_t)(t->obs >> 32);
+	*page = (uint32_t)(v & 0xffffffffu) - 1;
+	*crc = (uint32_t)(v >> 32);
 	return 1;
 }
 
-/* Its page into the file (once): 0 or -errno. */
+/* Its page into the file (once): 0 or -errno. The main loop (a template
+ * made) and the compaction thread (every live template into an image) may
+ * both try: the one that loses gives its page back. */
 static int tmpl_write(struct wing *wg, struct tmpl *t)
 {
+	uintptr_t none = 0;
 	uint32_t crc;
 	long idx;
 
-	if (t->obs)
+	if (atomic_load(&t->obs))
 		return 0;
 	if ((idx = jnl_page_alloc(&wg->w)) < 0)
 		return (int)idx;
 	int r = jnl_page_write(&wg->w, (uint32_t)idx, t->page, &crc);
-	if (r < 0) {
+	uintptr_t v = (uintptr_t)((uint64_t)crc << 32 | ((uint64_t)idx + 1));
+	if (r < 0 || !atomic_compare_exchange_strong(&t->obs, &none, v))
 		jnl_page_free(&wg->w, (uint32_t)idx);
-		return r;
-	}
-	t->obs = (uintptr_t)((uint64_t)crc << 32 | ((uint64_t)idx + 1));
-	return 0;
+	return r;
 }
 
 static void on_tmpl_made(void *ctx, struct tmpl *t)
@@ -341,6 +345,11 @@ struct capture {
 	struct wing *wg;
 	unsigned waiting;     /* workers yet to answer */
 	int aborted;          /* given up: freed when the last answers */
+	int result;           /* of the commit, for the main loop */
+	int committing;       /* handed to the compaction thread: no way back */
+	int done;             /* committed (or failed), under wg->cap_lock */
+	uint64_t image_len;   /* of the image committed */
+	struct loop_call call; /* to the compaction thread and back */
 	ev_tstamp started;
 	uint64_t main_seq;
 	struct cap_worker *workers;
@@ -407,9 +416,10 @@ static void worker_answered(void *arg)
 
 	if (--c->waiting)
 		return;
-	if (c->aborted)
+	if (c->aborted) {
+		c->wg->stale_caps--;
 		capture_free(c);
-	else
+	} else
 		capture_done(c);
 }
 
@@ -478,68 +488,10 @@ static struct capture *capture_new(struct wing *wg)
 
 /* --- encoding ------------------------------------------------------------------------ */
 
-/* Pointer -> index, open addressing: nodes shared by a fork family are
- * encoded once. */
-struct ptrmap {
-	const void **k;
-	uint32_t *v;
-	size_t cap, n;
-};
-
-static size_t pm_slot(const struct ptrmap *m, const void *p)
-{
-	size_t i = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull & (m->cap - 1);
-
-	while (m->k[i] && m->k[i] != p)
-		i = (i + 1) & (m->cap - 1);
-	return i;
-}
-
-static int pm_grow(struct ptrmap *m)
-{
-	struct ptrmap n = { .cap = m->cap ? m->cap * 2 : 1024 };
-
-	n.k = calloc(n.cap, sizeof(*n.k));
-	n.v = calloc(n.cap, sizeof(*n.v));
-	if (!n.k || !n.v) {
-		free(n.k);
-		free(n.v);
-		return -ENOMEM;
-	}
-	for (size_t i = 0; i < m->cap; i++)
-		if (m->k[i]) {
-			size_t j = pm_slot(&n, m->k[i]);
-			n.k[j] = m->k[i];
-			n.v[j] = m->v[i];
-		}
-	n.n = m->n;
-	free(m->k);
-	free(m->v);
-	*m = n;
-	return 0;
-}
-
-static uint32_t pm_get(const struct ptrmap *m, const void *p)
-{
-	return m->cap ? m->v[pm_slot(m, p)] : 0;
-}
-
-static int pm_put(struct ptrmap *m, const void *p, uint32_t v)
-{
-	if ((m->n + 1) * 2 > m->cap && pm_grow(m) < 0)
-		return -ENOMEM;
-	size_t i = pm_slot(m, p);
-	if (!m->k[i])
-		m->n++;
-	m->k[i] = p;
-	m->v[i] = v;
-	return 0;
-}
-
 struct encoder {
 	struct wing *wg;
 	struct jnl_image_builder b;
-	struct ptrmap nodes, tmpls;
+	struct hmap nodes, tmpls; /* pointer -> image index (tmpls: 1, written) */
 	int err;
 };
 
@@ -548,7 +500,7 @@ static int enc_tmpl(struct encoder *e, struct tmpl *t)
 {
 	uint32_t page, crc;
 
-	if (pm_get(&e->tmpls, t))
+	if (hmap_get(&e->tmpls, (uintptr_t)t))
 		return 0;
 	if (!tmpl_page(t, &page, &crc)) {
 		int r = tmpl_write(e->wg, t);
@@ -557,7 +509,7 @@ static int enc_tmpl(struct encoder *e, struct tmpl *t)
 	}
 	struct jnl_tmpl rec = { t->id, t->key, page, crc };
 	int r = jnl_image_add_tmpl(&e->b, &rec);
-	return r < 0 ? r : pm_put(&e->tmpls, t, 1);
+	return r < 0 ? r : hmap_put(&e->tmpls, (uintptr_t)t, 1);
 }
 
 /* The node's index, its subtrees first (each distinct node once); 0 and
@@ -568,7 +520,7 @@ static uint32_t enc_node(struct encoder *e, const struct range_node *n)
 
 	if (!n || e->err)
 		return 0;
-	if ((idx = pm_get(&e->nodes, n)))
+	if ((idx = (uint32_t)hmap_get(&e->nodes, (uintptr_t)n)))
 		return idx;
 	uint32_t l = enc_node(e, range_node_left(n)), r = enc_node(e, range_node_right(n));
 	struct tmpl *t = range_node_tmpl(n);
@@ -576,7 +528,7 @@ static uint32_t enc_node(struct encoder *e, const struct range_node *n)
 		return 0;
 	struct jnl_node rec = { .start = range_node_start(n), .end = range_node_end(n),
 				.left = l, .right = r, .tmpl = t->id };
-	if (!(idx = jnl_image_add_node(&e->b, &rec)) || (e->err = pm_put(&e->nodes, n, idx)) < 0) {
+	if (!(idx = jnl_image_add_node(&e->b, &rec)) || (e->err = hmap_put(&e->nodes, (uintptr_t)n, idx)) < 0) {
 		e->err = e->err ? e->err : -ENOMEM;
 		return 0;
 	}
@@ -634,12 +586,12 @@ static int encode(struct encoder *e, const struct capture *c)
 }
 
 /* Build the image of c and commit it. 0 or -errno. */
-static int commit(struct wing *wg, const struct capture *c)
+static int commit(struct wing *wg, struct capture *c)
 {
 	struct rp_daemon *d = wg->d;
 	struct encoder e = { .wg = wg };
 	struct jnl_ids next = {
-		.tmpl = d->tmpls.next_id, .session = atomic_load(&d->next_id[RP_ID_SESSION]),
+		.tmpl = tmpl_next_id(&d->tmpls), .session = atomic_load(&d->next_id[RP_ID_SESSION]),
 		.mm = atomic_load(&d->next_id[RP_ID_MM]), .tree = atomic_load(&d->next_id[RP_ID_TREE]),
 	};
 	const void *image;
@@ -654,27 +606,55 @@ static int commit(struct wing *wg, const struct capture *c)
 	else
 		jnl_compact_abort(&wg->w);
 	if (r == 0)
-		wg->image_len = len;
+		c->image_len = len;
 	jnl_image_free(&e.b);
-	free(e.nodes.k);
-	free(e.nodes.v);
-	free(e.tmpls.k);
-	free(e.tmpls.v);
+	hmap_free(&e.nodes);
+	hmap_free(&e.tmpls);
 	return r;
+}
+
+/* On the main loop, the compaction thread done. */
+static void committed(void *arg)
+{
+	struct capture *c = arg;
+	struct wing *wg = c->wg;
+
+	if (c->result < 0)
+		log_err("journal compaction failed: %s; the journal goes on growing",
+			strerror(-c->result));
+	else
+		wg->image_len = c->image_len;
+	if (c->result == 0)
+		log_debug("journal compacted: image %llu bytes, %.1f ms",
+			  (unsigned long long)wg->image_len, (ev_time() - c->started) * 1e3);
+	if (wg->cap == c)
+		wg->cap = NULL;
+	capture_free(c);
+}
+
+/* On the compaction thread: the image is encoded from what the capture
+ * holds (nodes are immutable while referenced) and committed, as long as
+ * it takes, while the main loop and the workers go on. */
+static void commit_off_loop(void *arg)
+{
+	struct capture *c = arg;
+	struct wing *wg = c->wg;
+
+	c->result = commit(wg, c);
+	pthread_mutex_lock(&wg->cap_lock);
+	c->done = 1;
+	pthread_cond_broadcast(&wg->cap_done);
+	pthread_mutex_unlock(&wg->cap_lock);
+	c->call.fn = committed;
+	inbox_post(&c->wg->d->mainq, &c->call);
 }
 
 static void capture_done(struct capture *c)
 {
-	struct wing *wg = c->wg;
-	int r = commit(wg, c);
-
-	if (r < 0)
-		log_err("journal compaction failed: %s; the journal goes on growing", strerror(-r));
-	else
-		log_debug("journal compacted: image %llu bytes, %.1f ms",
-			  (unsigned long long)wg->image_len, (ev_time() - c->started) * 1e3);
-	wg->cap = NULL;
-	capture_free(c);
+	c->call.fn = commit_off_loop;
+	c->call.arg = c;
+	c->committing = 1;
+	inbox_post(&c->wg->compactor.in, &c->call);
 }
 
 static void compact_start(struct wing *wg)
@@ -713,21 +693,51 @@ static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (wg->cap && ev_time() - wg->cap->started > CAPTURE_MAX_S) {
+	if (wg->cap && !wg->cap->committing && ev_time() - wg->cap->started > CAPTURE_MAX_S) {
 		log_warn("journal compaction: a worker did not answer within %.0f s (it waits in "
 			 "the kernel on a client); trying again later", CAPTURE_MAX_S);
 		jnl_compact_abort(&wg->w);
 		wg->cap->aborted = 1;
+		wg->stale_caps++;
 		wg->cap = NULL;
 		return;
 	}
-	if (!wg->cap && bytes > (want > COMPACT_MIN ? want : COMPACT_MIN))
+	/* Not while a capture given up still waits for a worker: each one
+	 * holds every template and range tree it captured, and a worker
+	 * stuck on one client would otherwise make them pile up. */
+	if (!wg->cap && !wg->stale_caps && bytes > (want > COMPACT_MIN ? want : COMPACT_MIN))
 		compact_start(wg);
+}
+
+/* A compaction the compaction thread is committing, waited for (at most
+ * the time of one image: the main loop stops or upgrades). Its clean-up
+ * comes later, on the main loop (committed). */
+static void wait_committed(struct wing *wg)
+{
+	struct capture *c = wg->cap;
+
+	if (!c || !c->committing)
+		return;
+	pthread_mutex_lock(&wg->cap_lock);
+	while (!c->done)
+		pthread_cond_wait(&wg->cap_done, &wg->cap_lock);
+	pthread_mutex_unlock(&wg->cap_lock);
+}
+
+void wing_compaction_drop(struct wing *wg)
+{
+	/* The workers and the compaction thread are stopped: what they were
+	 * asked will never answer, or its answer will not be run. */
+	if (!wg->cap)
+		return;
+	if (!wg->cap->committing)
+		jnl_compact_abort(&wg->w);
+	capture_free(wg->cap);
+	wg->cap = NULL;
 }
 
 void wing_journal_start(struct wing *wg)
 {
-	wg->journaling = 1;
 	ev_timer_init(&wg->compact_timer, on_compact_timer, COMPACT_EVERY_S, COMPACT_EVERY_S);
 	wg->compact_timer.data = wg;
 	ev_timer_start(wg->d->loop, &wg->compact_timer);
@@ -743,12 +753,14 @@ int wing_sync_image(struct wing *wg)
 
 	if (!wg->writer_open && (r = wing_journal_open(wg, -1, NULL)) < 0)
 		return r;
-	if (wg->cap) {
+	if (wg->cap && !wg->cap->committing) {
 		/* Its workers are paused: it cannot finish now. */
 		jnl_compact_abort(&wg->w);
 		wg->cap->aborted = 1;
+		wg->stale_caps++;
 		wg->cap = NULL;
 	}
+	wait_committed(wg);
 	struct capture *c = capture_new(wg);
 	if (!c)
 		return -ENOMEM;
@@ -761,6 +773,8 @@ int wing_sync_image(struct wing *wg)
 	for (unsigned i = 0; i < d->workers.n; i++)
 		mm_foreach_on(c->workers[i].w, capture_one, &c->workers[i]);
 	r = commit(wg, c);
+	if (r == 0)
+		wg->image_len = c->image_len;
 	capture_free(c);
 	if (r < 0)
 		log_err("cannot write the state journal: %s", strerror(-r));

@@ -26,6 +26,7 @@
 #include "acct.h"
 #include "daemon.h"
 #include "fdset.h"
+#include "hmap.h"
 #include "log.h"
 #include "mm.h"
 #include "session.h"
@@ -33,69 +34,17 @@
 #include "uffd.h"
 #include "wing_int.h"
 
-/* --- id maps: open addressing, ids are never 0, grown as needed ------------------- */
+/* --- id maps (hmap.h): ids are never 0 ------------------------------------------- */
 
-struct idmap {
-	uint32_t *k;
-	void **v;
-	size_t cap, n;
-};
-
-static size_t idm_slot(const struct idmap *m, uint32_t id)
+static void *idm_get(const struct hmap *m, uint32_t id)
 {
-	size_t i = (id * 0x9e3779b1u) & (m->cap - 1);
-
-	while (m->k[i] && m->k[i] != id)
-		i = (i + 1) & (m->cap - 1);
-	return i;
+	return (void *)(uintptr_t)hmap_get(m, id);
 }
 
-static void *idm_get(const struct idmap *m, uint32_t id)
+/* v NULL: forgotten. */
+static int idm_put(struct hmap *m, uint32_t id, const void *v)
 {
-	return id && m->cap ? m->v[idm_slot(m, id)] : NULL;
-}
-
-static int idm_grow(struct idmap *m)
-{
-	struct idmap n = { .cap = m->cap ? m->cap * 2 : 64 };
-
-	n.k = calloc(n.cap, sizeof(*n.k));
-	n.v = calloc(n.cap, sizeof(*n.v));
-	if (!n.k || !n.v) {
-		free(n.k);
-		free(n.v);
-		return -ENOMEM;
-	}
-	for (size_t i = 0; i < m->cap; i++)
-		if (m->k[i] && m->v[i]) {
-			size_t j = idm_slot(&n, m->k[i]);
-			n.k[j] = m->k[i];
-			n.v[j] = m->v[i];
-			n.n++;
-		}
-	free(m->k);
-	free(m->v);
-	*m = n;
-	return 0;
-}
-
-/* v NULL: forgotten (the slot stays taken, which open addressing needs). */
-static int idm_put(struct idmap *m, uint32_t id, void *v)
-{
-	if ((m->n + 1) * 2 > m->cap && idm_grow(m) < 0)
-		return -ENOMEM;
-	size_t i = idm_slot(m, id);
-	if (!m->k[i])
-		m->n++;
-	m->k[i] = id;
-	m->v[i] = v;
-	return 0;
-}
-
-static void idm_free(struct idmap *m)
-{
-	free(m->k);
-	free(m->v);
+	return hmap_put(m, id, (uintptr_t)v);
 }
 
 /* --- the restore ------------------------------------------------------------------- */
@@ -109,11 +58,11 @@ struct restore {
 	struct wing *wg;
 	struct rp_daemon *d;
 	struct fdset *set;
-	struct idmap tmpls;    /* template id -> struct tmpl (one reference held) */
-	struct idmap mms;      /* mm id -> struct rmm */
-	struct idmap sessions; /* session id -> struct session */
-	struct idmap links;    /* session id -> its mm id (as a pointer-sized int) */
-	struct idmap trees;    /* tree id -> struct rp_tree (one reference held) */
+	struct hmap tmpls;    /* template id -> struct tmpl (one reference held) */
+	struct hmap mms;      /* mm id -> struct rmm */
+	struct hmap sessions; /* session id -> struct session */
+	struct hmap links;    /* session id -> its mm id */
+	struct hmap trees;    /* tree id -> struct rp_tree (one reference held) */
 	struct range_node **nodes; /* image node index -> node (one reference held) */
 	size_t nnodes, capnodes;
 	struct range_table build;  /* nodes are made through it (mm_range_ops_acct) */
@@ -132,6 +81,17 @@ __attribute__((format(printf, 4, 5))) static void drop_fd(struct restore *r, con
 	log_warn("restore: %s: %s; dropped", name, why);
 	if (fd >= 0)
 		close(fd);
+	wing_unstore(r->wg, name);
+}
+
+/* A restored connection closed: systemd's copy goes too, or the client
+ * would never see the end of file. */
+static void drop_session(struct restore *r, struct session *s, uint32_t id, const char *why)
+{
+	char name[WING_NAME_MAX];
+
+	session_close(s, why);
+	wing_name(name, 'c', id);
 	wing_unstore(r->wg, name);
 }
 
@@ -320,7 +280,7 @@ static struct session *add_session(struct restore *r, uint32_t id, pid_t pid, ui
 	struct session *s = session_adopt(r->d, fd, &cred, id);
 	if (!s || idm_put(&r->sessions, id, s) < 0) {
 		if (s)
-			session_close(s, "out of memory restoring it");
+			drop_session(r, s, id, "out of memory restoring it");
 		else
 			drop_fd(r, name, fd, "out of memory");
 		r->dropped[0]++;
@@ -333,22 +293,9 @@ static struct session *add_session(struct restore *r, uint32_t id, pid_t pid, ui
 /* Handle index i of s names t (NULL: free), handed out uses times. */
 static int set_handle(struct session *s, uint32_t i, struct tmpl *t, uint32_t uses)
 {
-	if (i >= s->captmpls) {
-		uint32_t cap = s->captmpls ? s->captmpls : 8;
-		while (cap <= i)
-			cap *= 2;
-		struct tmpl **t2 = acct_realloc(s->acct, s->tmpls, cap * sizeof(*t2));
-		if (!t2)
-			return -ENOMEM;
-		s->tmpls = t2;
-		uint32_t *u2 = acct_realloc(s->acct, s->tmpl_uses, cap * sizeof(*u2));
-		if (!u2)
-			return -ENOMEM;
-		s->tmpl_uses = u2;
-		memset(s->tmpls + s->captmpls, 0, (cap - s->captmpls) * sizeof(*t2));
-		memset(s->tmpl_uses + s->captmpls, 0, (cap - s->captmpls) * sizeof(*u2));
-		s->captmpls = cap;
-	}
+	int r = session_reserve_handles(s, i + 1);
+	if (r < 0)
+		return r;
 	if (i >= s->ntmpls)
 		s->ntmpls = i + 1;
 	if (s->tmpls[i]) {
@@ -383,8 +330,10 @@ static int cb_session(void *ctx, const struct jnl_session *js, const struct jnl_
 			log_warn("restore: c%u: handle %u dropped", js->id, k + 1);
 	if (js->flags & JNL_SESSION_REPLIED)
 		set_reply(s, js->last_seq, js->last_status, js->last_id, js->last_value);
-	if (js->mm)
-		idm_put(&r->links, js->id, (void *)(uintptr_t)js->mm);
+	/* Unlinked (out of memory), its address space is released as one
+	 * whose connection is gone. */
+	if (js->mm && hmap_put(&r->links, js->id, js->mm) < 0)
+		log_warn("restore: c%u: out of memory; its address space is released", js->id);
 	return 0;
 }
 
@@ -442,17 +391,25 @@ static int rec_mm_new(struct restore *r, const struct jnl_mm_new *m)
 		      root);
 }
 
-static int rec_mm_end(struct restore *r, uint32_t id)
+/* unstore: systemd's copy of its uffd goes too (it ended, or is let go);
+ * not when a failed restore gives up, which leaves the store as it was. */
+static int rec_mm_end(struct restore *r, uint32_t id, int unstore)
 {
 	struct rmm *rm = idm_get(&r->mms, id);
 
 	if (rm) {
+		if (unstore) {
+			char name[WING_NAME_MAX];
+			wing_name(name, 'u', id);
+			wing_unstore(r->wg, name);
+		}
 		mm_put(rm->mm);
 		free(rm);
 		idm_put(&r->mms, id, NULL);
 	}
 	return 0;
 }
+
 
 static int rec_session(struct restore *r, enum jnl_type type, const union jnl_payload *p)
 {
@@ -464,13 +421,12 @@ static int rec_session(struct restore *r, enum jnl_type type, const union jnl_pa
 			       ? 0 : JNL_REJECT;
 	case JNL_SESSION_END:
 		if ((s = idm_get(&r->sessions, p->end.id))) {
-			session_close(s, NULL);
+			drop_session(r, s, p->end.id, NULL);
 			idm_put(&r->sessions, p->end.id, NULL);
 		}
 		return 0;
 	case JNL_SESSION_MM:
-		return idm_put(&r->links, p->session_mm.session,
-			       (void *)(uintptr_t)p->session_mm.mm) < 0 ? -ENOMEM : 0;
+		return hmap_put(&r->links, p->session_mm.session, p->session_mm.mm);
 	case JNL_HANDLE:
 		if (!(s = idm_get(&r->sessions, p->handle.session)))
 			return JNL_REJECT;
@@ -502,7 +458,7 @@ static int cb_record(void *ctx, uint64_t seq, enum jnl_type type, const union jn
 	case JNL_MM_NEW:
 		return rec_mm_new(r, &p->mm_new);
 	case JNL_MM_END:
-		return rec_mm_end(r, p->end.id);
+		return rec_mm_end(r, p->end.id, 1);
 	case JNL_MM_PID:
 		if (mm_of(r, p->mm_pid.id))
 			mm_of(r, p->mm_pid.id)->pid = p->mm_pid.pid;
@@ -528,7 +484,7 @@ static void link_one(struct restore *r, uint32_t sid, uint32_t mid)
 	if (!rm || rm->claimed || rm->mm->is_child) {
 		log_warn("restore: c%u (pid %d): its address space (u%u) is gone; dropped", sid,
 			 (int)s->pid, mid);
-		session_close(s, NULL);
+		drop_session(r, s, sid, NULL);
 		idm_put(&r->sessions, sid, NULL);
 		r->dropped[0]++;
 		return;
@@ -543,13 +499,10 @@ static void link_one(struct restore *r, uint32_t sid, uint32_t mid)
  * released; so is one whose process is gone. */
 static void link_and_check(struct restore *r)
 {
-	for (size_t i = 0; i < r->links.cap; i++)
-		if (r->links.k[i] && r->links.v[i])
-			link_one(r, r->links.k[i], (uint32_t)(uintptr_t)r->links.v[i]);
-	for (size_t i = 0; i < r->mms.cap; i++) {
-		struct rmm *rm = r->mms.v[i];
-		if (!r->mms.k[i] || !rm)
-			continue;
+	for (size_t i = 0; hmap_next(&r->links, &i);)
+		link_one(r, (uint32_t)r->links.k[i - 1], (uint32_t)r->links.v[i - 1]);
+	for (size_t i = 0; hmap_next(&r->mms, &i);) {
+		struct rmm *rm = idm_get(&r->mms, (uint32_t)r->mms.k[i - 1]);
 		const char *why = !rm->mm->is_child && !rm->claimed ? "its connection is gone"
 				  : uffd_probe(rm->mm->uffd, uffd_user_bottom()) == -ESRCH
 					  ? "the process is gone" : NULL;
@@ -559,11 +512,8 @@ static void link_and_check(struct restore *r)
 			r->kept[1]++;
 			continue;
 		}
-		char name[WING_NAME_MAX];
-		wing_name(name, 'u', rm->mm->id);
-		log_info("restore: %s (pid %d): %s; released", name, (int)rm->mm->pid, why);
-		wing_unstore(r->wg, name);
-		rec_mm_end(r, r->mms.k[i]);
+		log_info("restore: u%u (pid %d): %s; released", rm->mm->id, (int)rm->mm->pid, why);
+		rec_mm_end(r, (uint32_t)r->mms.k[i - 1], 1);
 		r->dropped[1]++;
 	}
 }
@@ -608,12 +558,11 @@ static void drop_rest(struct restore *r, int have)
 /* Every address space to its family's worker, woken, served. */
 static void serve_all(struct restore *r)
 {
-	struct idmap placed = { 0 };
+	struct hmap placed = { 0 };
 
-	for (size_t i = 0; i < r->mms.cap; i++) {
-		struct rmm *rm = r->mms.v[i];
-		if (!r->mms.k[i] || !rm)
-			continue;
+	for (size_t i = 0; hmap_next(&r->mms, &i);) {
+		uint32_t id = (uint32_t)r->mms.k[i - 1];
+		struct rmm *rm = idm_get(&r->mms, id);
 		struct rp_mm *mm = rm->mm;
 		struct worker *w = idm_get(&placed, mm->tree->id);
 		if (w)
@@ -624,33 +573,28 @@ static void serve_all(struct restore *r)
 		mm_start(mm, w);
 		mm_put(mm); /* the restore's: the worker and the session hold theirs */
 		free(rm);
-		r->mms.v[i] = NULL;
+		idm_put(&r->mms, id, NULL);
 	}
-	idm_free(&placed);
+	hmap_free(&placed);
 }
 
 static void restore_free(struct restore *r)
 {
-	for (size_t i = 0; i < r->tmpls.cap; i++)
-		if (r->tmpls.k[i] && r->tmpls.v[i])
-			tmpl_put(&r->d->tmpls, r->tmpls.v[i]);
-	for (size_t i = 0; i < r->mms.cap; i++)
-		if (r->mms.k[i] && r->mms.v[i])
-			rec_mm_end(r, r->mms.k[i]);
-	for (size_t i = 0; i < r->trees.cap; i++) {
-		struct rp_tree *t = r->trees.v[i];
-		if (r->trees.k[i] && t)
-			mm_tree_put(t);
-	}
+	for (size_t i = 0; hmap_next(&r->tmpls, &i);)
+		tmpl_put(&r->d->tmpls, idm_get(&r->tmpls, (uint32_t)r->tmpls.k[i - 1]));
+	for (size_t i = 0; hmap_next(&r->mms, &i);)
+		rec_mm_end(r, (uint32_t)r->mms.k[i - 1], 0);
+	for (size_t i = 0; hmap_next(&r->trees, &i);)
+		mm_tree_put(idm_get(&r->trees, (uint32_t)r->trees.k[i - 1]));
 	for (size_t i = 0; i < r->nnodes; i++)
 		if (r->nodes[i])
 			range_node_put(&r->build, r->nodes[i]);
 	free(r->nodes);
-	idm_free(&r->tmpls);
-	idm_free(&r->mms);
-	idm_free(&r->sessions);
-	idm_free(&r->links);
-	idm_free(&r->trees);
+	hmap_free(&r->tmpls);
+	hmap_free(&r->mms);
+	hmap_free(&r->sessions);
+	hmap_free(&r->links);
+	hmap_free(&r->trees);
 }
 
 static const struct jnl_callbacks callbacks = {
@@ -699,11 +643,30 @@ static void ids_from(struct rp_daemon *d, const struct jnl_ids *next)
 		d->tmpls.next_id = next->tmpl;
 }
 
+/* The journal open (an unusable one is written over, in the same memfd: it
+ * keeps its place in the fd store; without the fd store and without one
+ * passed in, a fresh one, written only for an upgrade: the sandbox allows
+ * no new file later), and the counters in it: before anything is served,
+ * since the workers count from their first fault on. */
+static void journal_ready(struct wing *wg, int snap_fd, const struct jnl_info *info, int have)
+{
+	int e = wing_journal_open(wg, snap_fd, have ? info : NULL);
+
+	if (e < 0)
+		log_err("restore: cannot write the journal: %s; restarts and upgrades will lose "
+			"what changes from now on", strerror(-e));
+	else
+		wing_counters_attach(wg, have);
+	/* With the fd store every change from now on is a record: set before
+	 * the workers get anything to serve. */
+	wg->journaling = wg->o.fdstore && e == 0;
+}
+
 int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)
 {
 	struct restore r = { .wg = wg, .d = wg->d, .set = set };
 	struct jnl_info info;
-	int have = 0, e = 0;
+	int have = 0;
 
 	memset(&info, 0, sizeof(info));
 	range_table_init(&r.build, 0, mm_range_ops_acct(&wg->d->tmpls), NULL);
@@ -722,14 +685,9 @@ int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)
 		adopt_new_connections(&r);
 	}
 	drop_rest(&r, have);
-	/* An unusable journal is written over, in the same memfd: it keeps
-	 * its place in the fd store. */
-	if (snap_fd >= 0 || wg->o.fdstore)
-		e = wing_journal_open(wg, snap_fd, have ? &info : NULL);
+	journal_ready(wg, snap_fd, &info, have);
 	wg->restoring = 0;
 	acct_enforce(1);
-	if (e < 0)
-		log_err("restore: cannot write the journal: %s", strerror(-e));
 	if (snap_fd >= 0)
 		log_notice("restore: from %s, journal generation %llu (%llu records): %u clients and "
 			   "%u address spaces back; dropped %u clients, %u address spaces, %u templates",

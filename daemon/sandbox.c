@@ -275,6 +275,9 @@ static const struct sb_rule sanitizer_rules[] = {
 	/* ThreadSanitizer's background thread wakes up every 100 ms */
 	ALLOW(nanosleep),
 	ALLOW(clock_nanosleep),
+	/* the runtimes' spin locks, and LeakSanitizer waiting for its tracer
+	 * (the daemon itself never yields) */
+	ALLOW(sched_yield),
 };
 #endif
 
@@ -316,6 +319,11 @@ static int add_kill_list(scmp_filter_ctx ctx)
 	for (size_t i = 0; i < sizeof(kill_list) / sizeof(kill_list[0]); i++) {
 		if (kill_list[i] < 0)
 			continue;
+#ifdef RP_SANITIZER
+		/* LeakSanitizer's tracer ptrace-stops our threads at exit. */
+		if (kill_list[i] == SCMP_SYS(ptrace))
+			continue;
+#endif
 		int e = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, kill_list[i], 0);
 		if (e < 0)
 			return e;

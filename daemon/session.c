@@ -62,12 +62,21 @@ static void emit(struct session *s, struct obs_event ev)
 	obs_emit(&s->d->obs, &ev);
 }
 
+/* A descriptor a client gave us (a socket, or one it sent) that we do not
+ * keep: its last close may take a client's mmap_lock (a uffd, or a socket
+ * with uffds queued on it), so it goes to a worker of that uid. */
+static void drop_fd(struct rp_daemon *d, struct acct *a, int fd)
+{
+	if (fd >= 0)
+		workers_close_fd(&d->workers, a, fd);
+}
+
 /* Refuse a connection with a status the client library reports. */
-static void refuse(int fd, int32_t status)
+static void refuse(struct rp_daemon *d, struct acct *a, int fd, int32_t status)
 {
 	struct proto_reply r = { .status = status };
 	proto_send(fd, PROTO_REPLY, 0, &r, sizeof(r), -1, MSG_DONTWAIT);
-	close(fd);
+	drop_fd(d, a, fd);
 }
 
 /* Serve s (acct charged, fd non-blocking) from now on. */
@@ -84,22 +93,11 @@ static void session_init(struct rp_daemon *d, struct session *s, int fd, const s
 	ev_io_init(&s->io, on_readable, fd, EV_READ);
 	s->io.data = s;
 	ev_io_start(d->loop, &s->io);
+	s->park = (struct park){ .io = &s->io, .acct = s->acct };
 	ev_timer_init(&s->hello_timer, on_hello_timeout, d->cfg.lim.hello_timeout_s, 0.);
 	s->hello_timer.data = s;
 	ev_timer_start(d->loop, &s->hello_timer);
 	list_add(d, s);
-}
-
-/* A connection and its descriptor, charged to its uid. */
-static int charge_connection(struct acct *a)
-{
-	if (acct_charge(a, ACCT_CONNECTIONS, 1) < 0)
-		return -EMFILE;
-	if (acct_charge(a, ACCT_FDS, 1) < 0) {
-		acct_uncharge(a, ACCT_CONNECTIONS, 1);
-		return -EMFILE;
-	}
-	return 0;
 }
 
 void session_start(struct rp_daemon *d, int fd)
@@ -108,36 +106,46 @@ void session_start(struct rp_daemon *d, int fd)
 	socklen_t len = sizeof(cred);
 	struct acct *a = NULL;
 	struct session *s = NULL;
-	int e;
+	int e = 0;
 
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || !(a = acct_get(cred.uid))) {
-		log_err("connection fd %d refused: %s", fd, a ? strerror(errno) : "out of memory");
-		refuse(fd, -ENOMEM);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		log_err("connection fd %d refused: SO_PEERCRED: %s", fd, strerror(errno));
+		refuse(d, NULL, fd, -ENOMEM);
+		return;
+	}
+	if (!(a = acct_get(cred.uid))) {
+		log_err("connection fd %d (uid %u) refused: out of memory", fd, (unsigned)cred.uid);
+		refuse(d, NULL, fd, -ENOMEM);
 		return;
 	}
 	if (d->nsessions >= d->cfg.lim.connections) {
 		acct_log(a, LOG_WARNING, "pid %d: connection refused: the daemon's limit of %u "
 			 "connections is reached", (int)cred.pid, d->cfg.lim.connections);
 		e = -EMFILE;
-	} else if ((e = charge_connection(a)) == 0 && !(s = acct_calloc(a, 1, sizeof(*s)))) {
+	} else if (acct_charge_fd(a, ACCT_CONNECTIONS) < 0) {
+		e = -EMFILE;
+	} else if (!(s = acct_calloc(a, 1, sizeof(*s)))) {
 		e = errno == EDQUOT ? -EMFILE : -ENOMEM;
-		acct_uncharge(a, ACCT_CONNECTIONS, 1);
-		acct_uncharge(a, ACCT_FDS, 1);
+		acct_uncharge_fd(a, ACCT_CONNECTIONS);
 	}
 	if (!s) {
 		/* The budget's refusal is logged by acct. */
 		if (e == -ENOMEM)
-			log_err("pid %d uid %d: connection refused: out of memory", (int)cred.pid,
-				(int)cred.uid);
+			acct_log(a, LOG_ERR, "pid %d: connection refused: out of memory", (int)cred.pid);
+		refuse(d, a, fd, e);
 		acct_put(a);
-		refuse(fd, e);
 		return;
 	}
 	s->acct = a;
+	/* A new connection is work done for its uid this iteration: a uid
+	 * that floods connections gets fewer of its requests handled, not
+	 * anyone else. */
+	acct_turn_left(a, 0, ev_iteration(d->loop), d->cfg.lim.loop_quota);
+	acct_turn_use(a, 0, 1);
 	session_init(d, s, fd, &cred, rp_id_new(d, RP_ID_SESSION));
 	emit(s, (struct obs_event){ .type = OBS_SESSION_NEW, .fd = fd, .pid = s->pid, .uid = s->uid,
 				    .gid = s->gid });
-	log_debug("pid %d uid %d: connected (fd %d)", (int)s->pid, (int)s->uid, fd);
+	acct_log(s->acct, LOG_DEBUG, "pid %d: connected (fd %d)", (int)s->pid, fd);
 }
 
 /* Restarts run with the budgets off (acct_enforce): what comes back exists
@@ -147,10 +155,8 @@ struct session *session_adopt(struct rp_daemon *d, int fd, const struct ucred *c
 	struct acct *a = acct_get(cred->uid);
 	struct session *s = NULL;
 
-	if (a && charge_connection(a) == 0 && !(s = acct_calloc(a, 1, sizeof(*s)))) {
-		acct_uncharge(a, ACCT_CONNECTIONS, 1);
-		acct_uncharge(a, ACCT_FDS, 1);
-	}
+	if (a && acct_charge_fd(a, ACCT_CONNECTIONS) == 0 && !(s = acct_calloc(a, 1, sizeof(*s))))
+		acct_uncharge_fd(a, ACCT_CONNECTIONS);
 	if (!s) {
 		if (a)
 			acct_put(a);
@@ -217,8 +223,9 @@ void session_close(struct session *s, const char *why)
 			 why);
 		acct_stat_add(s->acct, PROTO_STAT_CLIENTS_CLOSED, 1);
 	} else {
-		log_debug("pid %d uid %d fd %d: disconnected", (int)s->pid, (int)s->uid, s->fd);
+		acct_log(s->acct, LOG_DEBUG, "pid %d fd %d: disconnected", (int)s->pid, s->fd);
 	}
+	park_drop(&d->parked, &s->park);
 	ev_io_stop(d->loop, &s->io);
 	ev_timer_stop(d->loop, &s->hello_timer);
 	/* The worker closes the uffd: any fault still waiting falls back to
@@ -230,9 +237,11 @@ void session_close(struct session *s, const char *why)
 	}
 	drop_templates(s);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_END });
-	acct_uncharge(s->acct, ACCT_CONNECTIONS, 1);
-	acct_uncharge(s->acct, ACCT_FDS, 1);
-	loop_close_fd(d->loop, s->fd);
+	acct_uncharge_fd(s->acct, ACCT_CONNECTIONS);
+	/* Messages still queued on the socket may carry uffds: its last
+	 * close may wait for their owners' mmap_lock. */
+	loop_forget_fd(d->loop, s->fd);
+	drop_fd(d, s->acct, s->fd);
 	s->fd = -1;
 	list_del(d, s);
 	session_put(s);
@@ -285,13 +294,13 @@ static void reply_and_close(struct session *s, uint32_t seq, int32_t status, uin
 
 /* --- templates ------------------------------------------------------------------ */
 
-static int grow_handles(struct session *s)
+int session_reserve_handles(struct session *s, uint32_t n)
 {
-	if (s->ntmpls >= s->d->cfg.lim.templates)
-		return -EDQUOT;
-	if (s->ntmpls < s->captmpls)
+	if (n <= s->captmpls)
 		return 0;
-	uint32_t cap = s->captmpls ? s->captmpls * 2 : 8;
+	uint32_t cap = s->captmpls ? s->captmpls : 8;
+	while (cap < n)
+		cap *= 2;
 	struct tmpl **t2 = acct_realloc(s->acct, s->tmpls, cap * sizeof(*t2));
 	if (!t2)
 		return -errno;
@@ -300,8 +309,17 @@ static int grow_handles(struct session *s)
 	if (!u2)
 		return -errno;
 	s->tmpl_uses = u2;
+	memset(s->tmpls + s->captmpls, 0, (cap - s->captmpls) * sizeof(*t2));
+	memset(s->tmpl_uses + s->captmpls, 0, (cap - s->captmpls) * sizeof(*u2));
 	s->captmpls = cap;
 	return 0;
+}
+
+static int grow_handles(struct session *s)
+{
+	if (s->ntmpls >= s->d->cfg.lim.templates)
+		return -EDQUOT;
+	return session_reserve_handles(s, s->ntmpls + 1);
 }
 
 static void emit_handle(struct session *s, uint32_t i)
@@ -429,7 +447,7 @@ static void on_op_done(struct mm_op *op)
 	/* Not the last reference: the list holds one while not closed. */
 	session_put(s);
 	if (op->status < 0)
-		log_debug("pid %d: %s [%#llx, +%#llx) refused: %s", (int)s->pid,
+		acct_log(s->acct, LOG_DEBUG, "pid %d: %s [%#llx, +%#llx) refused: %s", (int)s->pid,
 			  op->type == MM_OP_MAP ? "MAP" : "UNMAP", (unsigned long long)op->addr,
 			  (unsigned long long)op->len, strerror(-op->status));
 	if (reply(s, s->op_seq, op->status, s->op_id, 0) < 0)
@@ -528,7 +546,7 @@ static int do_usage(struct session *s, uint32_t seq, const struct proto_usage *u
  * last close waits for the client's mmap_lock), the client told why. */
 static int hello_refused(struct session *s, uint32_t seq, int fd, int32_t status, const char *why)
 {
-	workers_close_fd(&s->d->workers, fd);
+	drop_fd(s->d, s->acct, fd);
 	reply_and_close(s, seq, status, PROTO_VERSION, why);
 	return -1;
 }
@@ -561,7 +579,7 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 	session_attach_mm(s, mm);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_MM, .mm = mm->id });
 	mm_start(mm, worker_pick(&s->d->workers, s->acct));
-	log_info("pid %d uid %d: client up, uffd %d on worker %u%s", (int)s->pid, (int)s->uid, fd,
+	acct_log(s->acct, LOG_INFO, "client up: pid %d, uffd %d on worker %u%s", (int)s->pid, fd,
 		 mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "");
 	return reply_changed(s, seq, PROTO_VERSION, features);
 }
@@ -618,14 +636,15 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 void session_consume(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
-	int fd, nfds, trunc;
+	int fds[PROTO_RECV_FDS_MAX], nfds, trunc;
 
 	if (!s->peeked)
 		return;
 	s->peeked = 0;
-	proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT);
-	if (fd >= 0)
-		close(fd);
+	if (proto_recv_fds(s->fd, buf, fds, &nfds, &trunc, MSG_DONTWAIT) < 0)
+		return;
+	for (int i = 0; i < nfds; i++)
+		drop_fd(s->d, s->acct, fds[i]);
 }
 
 /* A restored session's first request may be the one the previous daemon
@@ -640,10 +659,9 @@ static int replayed(struct session *s, const struct proto_hdr *h, int fd)
 	if (!first || !s->replied || h->seq != s->last_seq || h->type == PROTO_STATS ||
 	    h->type == PROTO_UPGRADE || h->type == PROTO_USAGE)
 		return 0;
-	if (fd >= 0)
-		close(fd);
-	log_info("pid %d uid %d: %s seq %u was answered before the restart: answering again",
-		 (int)s->pid, (int)s->uid, proto_type_name(h->type), h->seq);
+	drop_fd(s->d, s->acct, fd);
+	acct_log(s->acct, LOG_INFO, "pid %d: %s seq %u was answered before the restart: answering again",
+		 (int)s->pid, proto_type_name(h->type), h->seq);
 	int e = proto_send(s->fd, PROTO_REPLY, h->seq, &s->last, sizeof(s->last), -1, MSG_DONTWAIT);
 	if (e) {
 		session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
@@ -674,25 +692,45 @@ static int handle_one(struct session *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
 	const struct proto_hdr *h = NULL;
-	int fd, nfds, trunc;
-	long n = proto_recv(s->fd, buf, &fd, &nfds, &trunc, MSG_DONTWAIT | MSG_PEEK);
+	int fds[PROTO_RECV_FDS_MAX], nfds, trunc;
+	long n = proto_recv_fds(s->fd, buf, fds, &nfds, &trunc, MSG_DONTWAIT | MSG_PEEK);
+	int fd = n >= 0 && nfds ? fds[0] : -1;
 
 	s->peeked = n >= 0;
+	/* Only a HELLO's one descriptor is ever kept (proto_check refuses
+	 * the rest); these copies of the others go now, off the main loop. */
+	for (int i = 1; n >= 0 && i < nfds; i++)
+		drop_fd(s->d, s->acct, fds[i]);
 	if (n == -EAGAIN)
 		return 0;
 	if (n <= 0) {
 		/* An empty packet reads as end of file, but may still carry
 		 * descriptors: each one would leak. */
-		if (fd >= 0)
-			close(fd);
+		drop_fd(s->d, s->acct, fd);
 		session_close(s, nfds ? "bad message: empty, with a file descriptor"
 			      : n == 0 || n == -ECONNRESET ? NULL : "receive failed");
 		return -1;
 	}
 	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);
+	/* proto_recv reports MSG_TRUNC and MSG_CTRUNC alike: only a HELLO
+	 * that is whole and valid but for its missing descriptor lost that
+	 * descriptor on our side. An oversized packet (data cut: MSG_TRUNC)
+	 * that merely says HELLO is the client's fault (found by
+	 * fuzz_session: it was told EMFILE). */
+	if (trunc && !nfds && proto_check(buf, (size_t)n, 1, 1, &h) == PROTO_OK &&
+	    h->type == PROTO_HELLO) {
+		/* A HELLO's descriptor could not be installed: our own table
+		 * is full (the budgets keep a reserve, but not for ever). The
+		 * client is not to blame: it hears EMFILE, not EBADMSG. (One
+		 * that sends more descriptors than we take gets some, and
+		 * EBADMSG.) */
+		drop_fd(s->d, s->acct, fd);
+		reply_and_close(s, ((const struct proto_hdr *)buf)->seq, -EMFILE, 0,
+				"its HELLO's descriptor could not be taken: out of descriptors");
+		return -1;
+	}
 	if (e != PROTO_OK) {
-		if (fd >= 0)
-			close(fd);
+		drop_fd(s->d, s->acct, fd);
 		bad_packet(s, buf, n, e);
 		return -1;
 	}
@@ -717,18 +755,23 @@ static uint64_t now_ns(void)
 }
 
 /* A uid gets at most --loop-quota requests per loop iteration, whatever
- * number of connections it spreads them over: past it, its sockets wait
- * for the next iteration (epoll is level-triggered: they come back), and
- * every other uid gets its turn first. */
+ * number of connections it spreads them over: past it, its sockets are
+ * parked and woken a few at a time (worker.h), and every other uid gets
+ * its turn first. */
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct session *s = io->data;
 	struct acct *a = s->acct;
 	uint32_t left = acct_turn_left(a, 0, ev_iteration(loop), s->d->cfg.lim.loop_quota);
 	uint32_t done = 0;
-	uint64_t t0 = now_ns();
+	uint64_t t0;
 
 	(void)revents;
+	if (!left) {
+		park(&s->d->parked, &s->park);
+		return;
+	}
+	t0 = now_ns();
 	acct_ref(a);
 	while (done < left && done < REQS_PER_WAKE) {
 		done++;

@@ -32,6 +32,7 @@ struct session {
 	unsigned refs;           /* the list's, and an op's in flight */
 	int closed;
 	ev_io io;
+	struct park park;        /* over its uid's quota: waiting to be watched again */
 	ev_timer hello_timer;
 	struct rp_mm *mm;        /* after HELLO */
 	struct tmpl **tmpls;     /* handle id-1 -> template */
@@ -57,6 +58,9 @@ void session_start(struct rp_daemon *d, int fd);
  * from then and its id: charged without budgets, its HELLO timer running.
  * NULL on ENOMEM (fd untouched). */
 struct session *session_adopt(struct rp_daemon *d, int fd, const struct ucred *cred, uint32_t id);
+/* Room for n template handles, the new ones empty; 0 or -errno (the
+ * uid's memory budget: -EDQUOT). */
+int session_reserve_handles(struct session *s, uint32_t n);
 /* A restored session's address space (its HELLO was done before). */
 void session_attach_mm(struct session *s, struct rp_mm *mm);
 /* Take the request being handled off the socket (see handle_one). */

@@ -299,6 +299,16 @@ size_t tmpl_count(struct tmpl_store *s)
 	return n;
 }
 
+uint32_t tmpl_next_id(struct tmpl_store *s)
+{
+	uint32_t n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->next_id;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
 void tmpl_store_foreach(struct tmpl_store *s, void (*fn)(struct tmpl *t, void *arg), void *arg)
 {
 	pthread_mutex_lock(&s->lock);

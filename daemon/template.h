@@ -31,7 +31,7 @@ struct tmpl {
 	uint32_t refs;           /* under the store lock */
 	uint8_t is_zero;         /* all zero: read faults can use UFFDIO_ZEROPAGE */
 	uint8_t reserved[3];
-	uintptr_t obs;           /* the observer's own (daemon/persist.c: its page) */
+	_Atomic uintptr_t obs;   /* the observer's own (daemon/persist.c: its page) */
 	struct tmpl *next;       /* hash chain */
 };
 
@@ -73,6 +73,8 @@ struct tmpl *tmpl_get_fill(struct tmpl_store *s, void *owner, uint32_t key, uint
 void tmpl_ref(struct tmpl_store *s, struct tmpl *t);
 void tmpl_put(struct tmpl_store *s, struct tmpl *t);
 size_t tmpl_count(struct tmpl_store *s);
+/* The id the next new template gets (any thread). */
+uint32_t tmpl_next_id(struct tmpl_store *s);
 /* fn on every live template, under the store lock: fn must not call into
  * the store. */
 void tmpl_store_foreach(struct tmpl_store *s, void (*fn)(struct tmpl *t, void *arg), void *arg);

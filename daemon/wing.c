@@ -66,6 +66,8 @@ int wing_init(struct rp_daemon *d, const struct wing_opts *o, struct tmpl_ops *t
 		log_warn("--fd-store: no $NOTIFY_SOCKET, so no fd store: a restart loses every client");
 		wg->o.fdstore = 0;
 	}
+	pthread_mutex_init(&wg->cap_lock, NULL);
+	pthread_cond_init(&wg->cap_done, NULL);
 	d->wing = wg;
 	d->upgrade = wing_upgrade;
 	wing_subscribe(wg, tops);
@@ -100,7 +102,7 @@ void wing_failed(struct rp_daemon *d, const char *why)
 int wing_restore(struct rp_daemon *d, struct fdset *fds)
 {
 	struct wing *wg = d->wing;
-	int handover = wg->o.handover_fd > 0, restored = snap_fd >= 0;
+	int handover = wg->o.handover_fd > 0;
 
 	if (wing_rebuild(wg, fds, snap_fd, handover) < 0) {
 		fdset_free(fds);
@@ -108,16 +110,16 @@ int wing_restore(struct rp_daemon *d, struct fdset *fds)
 		return -1;
 	}
 	fdset_free(fds);
-	/* Written only for an upgrade without the fd store, but open now:
-	 * the sandbox allows no new file later. */
-	if (!wg->writer_open && wing_journal_open(wg, -1, NULL) < 0)
-		log_warn("cannot open a state journal: upgrades will fail");
 	if (handover && wing_handover_commit(wg->o.handover_fd) < 0)
 		_exit(HANDOVER_EXIT_FAILED); /* the old daemon goes on: touch nothing */
-	if (wg->writer_open)
-		wing_counters_attach(wg, restored);
-	if (wg->o.fdstore)
-		wing_journal_start(wg);
+	if (wg->o.fdstore) {
+		if (worker_spawn(&wg->compactor) < 0) {
+			log_err("cannot start the journal's compaction thread: the journal will grow");
+		} else {
+			wg->compactor_up = 1;
+			wing_journal_start(wg);
+		}
+	}
 	ev_signal_init(&wg->sighup, on_sighup, SIGHUP);
 	wg->sighup.data = wg;
 	ev_signal_start(d->loop, &wg->sighup);
@@ -137,7 +139,7 @@ void wing_stop(struct rp_daemon *d, int status)
 
 	if (!wg || !wg->o.fdstore)
 		return;
-	log_notice("%llu clients (%llu processes) stay in the fd store: a restart resumes them, a "
+	log_notice("stopping; %llu clients (%llu processes) stay in the fd store: a restart resumes them, a "
 		   "stop (systemctl stop) releases them and their untouched refpages read zeros "
 		   "from then on", (unsigned long long)stat_get(PROTO_STAT_CLIENTS),
 		   (unsigned long long)stat_get(PROTO_STAT_PROCESSES));
@@ -153,6 +155,9 @@ void wing_fini(struct rp_daemon *d)
 	/* SIGHUP's watcher stays: stopping it would restore the default
 	 * action with rt_sigaction, which the sandbox does not allow. */
 	ev_timer_stop(d->loop, &wg->compact_timer);
+	if (wg->compactor_up)
+		worker_join(&wg->compactor);
+	wing_compaction_drop(wg);
 	if (wg->counters) {
 		stats_move_home();
 		munmap(wg->counters, JNL_PAGE);

@@ -9,6 +9,7 @@
 
 #include "journal.h"
 #include "wing.h"
+#include "worker.h"
 
 struct capture;
 struct rp_daemon;
@@ -32,6 +33,11 @@ struct wing {
 	struct jnl_counters *counters; /* mapped from the memfd, once serving */
 	uint64_t image_len;       /* of the last commit */
 	struct capture *cap;      /* a compaction under way */
+	unsigned stale_caps;      /* given up, a worker still to answer: none new meanwhile */
+	struct worker compactor;  /* encodes and commits images off the main loop */
+	int compactor_up;
+	pthread_mutex_t cap_lock; /* a capture's done, with cap_done */
+	pthread_cond_t cap_done;
 	ev_timer compact_timer;
 	ev_signal sighup;
 	atomic_int append_failing, store_warned;
@@ -52,8 +58,10 @@ void wing_counters_attach(struct wing *wg, int restored);
 /* Write the whole state now, workers paused (an upgrade, a stop with the
  * fd store): an image of everything, committed. 0 or -errno (logged). */
 int wing_sync_image(struct wing *wg);
-/* Start journaling (fd store mode) with the compaction timer. */
+/* The compaction timer (journaling itself starts with the restore). */
 void wing_journal_start(struct wing *wg);
+/* At exit, the workers stopped: a compaction under way is given up. */
+void wing_compaction_drop(struct wing *wg);
 /* The UPGRADE hook (handover.c). */
 void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid);
 

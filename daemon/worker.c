@@ -129,7 +129,7 @@ void loop_track(struct ev_loop *loop)
 		log_warn("cannot tell the epoll set of an event loop");
 }
 
-void loop_close_fd(struct ev_loop *loop, int fd)
+void loop_forget_fd(struct ev_loop *loop, int fd)
 {
 	int epfd = -1;
 
@@ -140,7 +140,78 @@ void loop_close_fd(struct ev_loop *loop, int fd)
 	pthread_mutex_unlock(&loops_lock);
 	if (epfd >= 0)
 		epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+void loop_close_fd(struct ev_loop *loop, int fd)
+{
+	loop_forget_fd(loop, fd);
 	close(fd);
+}
+
+/* --- parking -------------------------------------------------------------- */
+
+static void unpark_some(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct park_queue *q = w->data;
+	struct park **pp = &q->head, *last = NULL;
+	uint64_t iter = ev_iteration(loop);
+
+	(void)revents;
+	while (*pp) {
+		struct park *p = *pp;
+		if (!acct_turn_wake(p->acct, q->id, iter, q->quota)) {
+			last = p;
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		p->parked = 0;
+		ev_io_start(loop, p->io);
+	}
+	q->tail = last;
+	if (!q->head)
+		ev_prepare_stop(loop, &q->prepare);
+}
+
+void park_init(struct park_queue *q, struct ev_loop *loop, unsigned id, uint32_t quota)
+{
+	q->loop = loop;
+	q->id = id;
+	q->quota = quota;
+	q->head = q->tail = NULL;
+	ev_prepare_init(&q->prepare, unpark_some);
+	q->prepare.data = q;
+}
+
+void park(struct park_queue *q, struct park *p)
+{
+	ev_io_stop(q->loop, p->io);
+	p->parked = 1;
+	p->next = NULL;
+	if (q->tail)
+		q->tail->next = p;
+	else
+		q->head = p;
+	q->tail = p;
+	if (!ev_is_active(&q->prepare))
+		ev_prepare_start(q->loop, &q->prepare);
+}
+
+void park_drop(struct park_queue *q, struct park *p)
+{
+	struct park **pp = &q->head, *last = NULL;
+
+	if (!p->parked)
+		return;
+	while (*pp && *pp != p) {
+		last = *pp;
+		pp = &(*pp)->next;
+	}
+	if (*pp)
+		*pp = p->next;
+	if (q->tail == p)
+		q->tail = last;
+	p->parked = 0;
 }
 
 /* --- threads ---------------------------------------------------------------- */
@@ -187,8 +258,8 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct worker *w),
-		       void (*on_pause)(struct worker *w))
+static int worker_init(struct worker *w, unsigned id, uint32_t quota,
+		       void (*on_stop)(struct worker *w), void (*on_pause)(struct worker *w))
 {
 	w->id = id;
 	w->on_stop = on_stop;
@@ -197,20 +268,23 @@ static int worker_init(struct worker *w, unsigned id, void (*on_stop)(struct wor
 	if (!w->loop)
 		return -ENOMEM;
 	ev_set_userdata(w->loop, w);
+	park_init(&w->parked, w->loop, id, quota);
 	pthread_cond_init(&w->cond, NULL);
 	loop_track(w->loop);
 	return inbox_init(&w->in, w->loop);
 }
 
-int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w),
-		  void (*on_pause)(struct worker *w))
+int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
+		  void (*on_stop)(struct worker *w), void (*on_pause)(struct worker *w))
 {
 	ws->v = calloc(n, sizeof(*ws->v));
 	if (!ws->v)
 		return -ENOMEM;
 	pthread_mutex_init(&ws->place_lock, NULL);
 	for (unsigned i = 0; i < n; i++) {
-		int r = worker_init(&ws->v[i], i + 1, on_stop, on_pause);
+		/* A uid's parked uffds woken per iteration: as many as one read
+		 * each of its quota's messages can serve. */
+		int r = worker_init(&ws->v[i], i + 1, fault_quota / 64 + 1, on_stop, on_pause);
 		if (r < 0)
 			return r;
 		r = pthread_create(&ws->v[i].thread, NULL, worker_main, &ws->v[i]);
@@ -219,6 +293,30 @@ int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker 
 		ws->n = i + 1;
 	}
 	return 0;
+}
+
+int worker_spawn(struct worker *w)
+{
+	int r = worker_init(w, 0, 1, NULL, NULL);
+
+	if (r < 0)
+		return r;
+	r = pthread_create(&w->thread, NULL, worker_main, w);
+	return -r;
+}
+
+static void control(struct worker *w);
+
+void worker_join(struct worker *w)
+{
+	pthread_mutex_lock(&w->in.lock);
+	w->stop = 1;
+	pthread_mutex_unlock(&w->in.lock);
+	control(w);
+	pthread_join(w->thread, NULL);
+	inbox_fini(&w->in);
+	ev_loop_destroy(w->loop);
+	pthread_cond_destroy(&w->cond);
 }
 
 /* The main thread's stop or pause. Never two at once: a pause is over
@@ -286,6 +384,9 @@ void workers_resume(struct workers *ws)
 struct fd_close {
 	struct loop_call call;
 	int fd;
+	struct acct *acct;
+	struct workers *ws;
+	struct worker *w;
 };
 
 static void fd_close_run(void *arg)
@@ -293,10 +394,34 @@ static void fd_close_run(void *arg)
 	struct fd_close *c = arg;
 
 	close(c->fd);
+	if (c->acct) {
+		worker_leave(c->ws, c->w, c->acct);
+		acct_adjust(c->acct, ACCT_FDS, -1);
+		acct_put(c->acct);
+	}
 	free(c);
 }
 
-void workers_close_fd(struct workers *ws, int fd)
+/* The worker a new fork family of a's uid would go to: the fewest other
+ * uids, then the fewest address spaces. Under place_lock. */
+static struct worker *pick_locked(struct workers *ws, struct acct *a)
+{
+	struct worker *best = NULL;
+	uint64_t best_score = UINT64_MAX;
+
+	for (unsigned i = 0; i < ws->n; i++) {
+		struct worker *w = &ws->v[i];
+		uint64_t others = atomic_load(&w->nuids) - (a && a->placed[w->id] ? 1 : 0);
+		uint64_t score = others << 32 | atomic_load(&w->nmms);
+		if (score < best_score) {
+			best = w;
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+void workers_close_fd(struct workers *ws, struct acct *a, int fd)
 {
 	struct fd_close *c = ws->n ? malloc(sizeof(*c)) : NULL;
 
@@ -305,28 +430,30 @@ void workers_close_fd(struct workers *ws, int fd)
 		return;
 	}
 	c->fd = fd;
+	c->acct = a;
+	c->ws = ws;
 	c->call.fn = fd_close_run;
 	c->call.arg = c;
-	inbox_post(&ws->v[(unsigned)fd % ws->n].in, &c->call);
+	/* Until it is closed, the uid counts as placed on that worker: new
+	 * clients of other uids go elsewhere while it may wait there. */
+	pthread_mutex_lock(&ws->place_lock);
+	c->w = pick_locked(ws, a);
+	if (a && a->placed[c->w->id]++ == 0)
+		atomic_fetch_add(&c->w->nuids, 1);
+	pthread_mutex_unlock(&ws->place_lock);
+	if (a) {
+		acct_ref(a);
+		acct_adjust(a, ACCT_FDS, 1);
+	}
+	inbox_post(&c->w->in, &c->call);
 }
 
 /* --- placement ------------------------------------------------------------- */
 
 struct worker *worker_pick(struct workers *ws, struct acct *a)
 {
-	struct worker *best = NULL;
-	uint64_t best_score = UINT64_MAX;
-
 	pthread_mutex_lock(&ws->place_lock);
-	for (unsigned i = 0; i < ws->n; i++) {
-		struct worker *w = &ws->v[i];
-		uint64_t others = atomic_load(&w->nuids) - (a->placed[w->id] ? 1 : 0);
-		uint64_t score = others << 32 | atomic_load(&w->nmms);
-		if (score < best_score) {
-			best = w;
-			best_score = score;
-		}
-	}
+	struct worker *best = pick_locked(ws, a);
 	if (a->placed[best->id]++ == 0)
 		atomic_fetch_add(&best->nuids, 1);
 	pthread_mutex_unlock(&ws->place_lock);

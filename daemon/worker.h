@@ -16,6 +16,7 @@
 #include <ev.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 
 struct acct;
 struct rp_mm;
@@ -41,6 +42,33 @@ void inbox_fini(struct inbox *q);
 /* From any thread: c->fn(c->arg) runs on q's loop. */
 void inbox_post(struct inbox *q, struct loop_call *c);
 
+/* Parking: a socket or uffd whose uid has used its share of this loop's
+ * iteration stops being watched (were it left readable, epoll would hand
+ * it back every iteration, and a uid with thousands of them would cost
+ * every other uid that much each time) and waits in the loop's queue;
+ * before each poll, at most quota of each uid's parked ones are watched
+ * again, oldest first. */
+struct park {
+	ev_io *io;
+	struct acct *acct;
+	struct park *next;
+	int parked;
+};
+
+struct park_queue {
+	struct ev_loop *loop;
+	unsigned id;          /* the loop's index in the accounts' turns */
+	uint32_t quota;
+	struct park *head, *tail;
+	ev_prepare prepare;
+};
+
+void park_init(struct park_queue *q, struct ev_loop *loop, unsigned id, uint32_t quota);
+/* Stop watching p->io and queue it (it must be active). */
+void park(struct park_queue *q, struct park *p);
+/* Out of the queue (its io stays stopped), e.g. when it closes. */
+void park_drop(struct park_queue *q, struct park *p);
+
 struct worker {
 	unsigned id;             /* 1..n: index of its loop in the accounts' turns */
 	pthread_t thread;
@@ -49,6 +77,7 @@ struct worker {
 	int stop, pause, paused; /* under in.lock */
 	pthread_cond_t cond;
 	struct loop_call ctl;    /* the main thread's stop or pause */
+	struct park_queue parked; /* uffds over their uid's quota (mm.c) */
 	/* daemon/mm.c's: the address spaces served here, and hooks run on
 	 * this thread when the worker stops, and before it pauses. */
 	struct rp_mm *mms;
@@ -64,9 +93,15 @@ struct workers {
 	pthread_mutex_t place_lock;
 };
 
-int workers_start(struct workers *ws, unsigned n, void (*on_stop)(struct worker *w),
-		  void (*on_pause)(struct worker *w));
+int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
+		  void (*on_stop)(struct worker *w), void (*on_pause)(struct worker *w));
 void workers_stop(struct workers *ws);
+/* One more loop thread of the same kind, for work that must not run on
+ * the main loop and serves no address space (the restart wing's journal
+ * compaction). Before the sandbox. 0 or -errno. */
+int worker_spawn(struct worker *w);
+/* Stop it and wait for it. */
+void worker_join(struct worker *w);
 
 /* A worker for a new fork family of a's uid (see above); its count of a's
  * address spaces goes up by one. worker_enter: one more on w (a fork
@@ -83,13 +118,20 @@ void worker_leave(struct workers *ws, struct worker *w, struct acct *a);
  * makes libev rebuild its epoll set with epoll_create1, which the sandbox
  * forbids. So it goes out of the set first. */
 void loop_close_fd(struct ev_loop *loop, int fd);
+/* The same but the close: fd leaves loop's epoll set, and the caller
+ * closes it (elsewhere: workers_close_fd). */
+void loop_forget_fd(struct ev_loop *loop, int fd);
 /* Right after making a loop, before the sandbox: learn its epoll set. */
 void loop_track(struct ev_loop *loop);
 
-/* Close fd on a worker's thread: the last close of a client's uffd takes
- * the client's mmap_lock (userfaultfd_release), which the client may hold
- * for long; the main loop must not wait for it. */
-void workers_close_fd(struct workers *ws, int fd);
+/* Close fd, which came from a client of a's uid (NULL: unknown), on the
+ * worker that uid's next fork family would go to, and charge it to a's
+ * descriptors until then. The last close of a client's uffd takes the
+ * client's mmap_lock (userfaultfd_release), and so does that of a socket
+ * with uffds queued on it: the main loop must not wait for a lock a
+ * client holds, and the worker that waits is its uid's own (as far as
+ * placement can make it so). */
+void workers_close_fd(struct workers *ws, struct acct *a, int fd);
 
 /* Main thread: stop every worker's loop between two callbacks (no fault,
  * event or request half handled), and go on; for the handover. */

@@ -230,6 +230,33 @@ size_t proto_build(void *out, uint16_t type, uint32_t seq, const void *payload, 
 	return sizeof(h) + len;
 }
 
+long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds,
+		       unsigned nfds, int flags)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(PROTO_SEND_FDS_MAX * sizeof(int))];
+	} cm;
+	struct msghdr mh = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)niov };
+	ssize_t r;
+
+	if (nfds > PROTO_SEND_FDS_MAX)
+		return -EINVAL;
+	if (nfds) {
+		memset(&cm, 0, sizeof(cm));
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+	}
+	while ((r = sendmsg(sock, &mh, flags | MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	return r < 0 ? -errno : (long)r;
+}
+
 int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint32_t len, int fd,
 	       int flags)
 {
@@ -240,60 +267,31 @@ int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint3
 		{ .iov_base = &h, .iov_len = sizeof(h) },
 		{ .iov_base = (void *)payload, .iov_len = len },
 	};
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} cm;
-	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
 
 	if (len > PROTO_MAX_MSG - sizeof(h))
 		return -EMSGSIZE;
-	if (fd >= 0) {
-		memset(&cm, 0, sizeof(cm));
-		mh.msg_control = cm.buf;
-		mh.msg_controllen = sizeof(cm.buf);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	}
-	for (;;) {
-		ssize_t r = sendmsg(sock, &mh, flags | MSG_NOSIGNAL);
-		if (r >= 0)
-			return (size_t)r == sizeof(h) + len ? 0 : -EMSGSIZE;
-		if (errno != EINTR)
-			return -errno;
-	}
+	long r = proto_sendmsg_fds(sock, iov, len ? 2 : 1, &fd, fd >= 0, flags);
+	if (r < 0)
+		return (int)r;
+	return (size_t)r == sizeof(h) + len ? 0 : -EMSGSIZE;
 }
 
-/* Room for a few descriptors, so that a sender passing several is detected
- * (and all are closed) instead of silently truncated. */
-#define PROTO_RECV_FDS 8
-
-static void take_fds(struct msghdr *mh, int *fd, int *nfds)
+static void take_fds(struct msghdr *mh, int *fds, int *nfds)
 {
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
 		size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < n; i++) {
-			int f;
-			memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			if (*fd < 0)
-				*fd = f;
-			else
-				close(f);
-			(*nfds)++;
-		}
+		for (size_t i = 0; i < n && *nfds < (int)PROTO_RECV_FDS_MAX; i++)
+			memcpy(&fds[(*nfds)++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 	}
 }
 
-long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags)
+long proto_recv_fds(int sock, void *buf, int *fds, int *nfds, int *truncated, int flags)
 {
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(PROTO_RECV_FDS * sizeof(int))];
+		char buf[CMSG_SPACE(PROTO_RECV_FDS_MAX * sizeof(int))];
 	} cm;
 	struct iovec iov = { .iov_base = buf, .iov_len = PROTO_MAX_MSG };
 	struct msghdr mh = {
@@ -301,7 +299,6 @@ long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int fla
 	};
 	ssize_t r;
 
-	*fd = -1;
 	*nfds = 0;
 	*truncated = 0;
 	do
@@ -309,9 +306,20 @@ long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int fla
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return -errno;
-	take_fds(&mh, fd, nfds);
+	take_fds(&mh, fds, nfds);
 	if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
 		*truncated = 1;
+	return r;
+}
+
+long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags)
+{
+	int fds[PROTO_RECV_FDS_MAX];
+	long r = proto_recv_fds(sock, buf, fds, nfds, truncated, flags);
+
+	*fd = r >= 0 && *nfds ? fds[0] : -1;
+	for (int i = 1; r >= 0 && i < *nfds; i++)
+		close(fds[i]);
 	return r;
 }
 

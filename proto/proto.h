@@ -239,15 +239,39 @@ enum proto_err proto_check(const void *buf, size_t n, int nfds, int want_request
  * packet length. */
 size_t proto_build(void *out, uint16_t type, uint32_t seq, const void *payload, uint32_t len);
 
+/* The most descriptors one proto_sendmsg_fds passes (the kernel's
+ * SCM_MAX_FD). */
+#define PROTO_SEND_FDS_MAX 253u
+
+struct iovec;
+
+/* sendmsg of iov with nfds descriptors attached as SCM_RIGHTS (at most
+ * PROTO_SEND_FDS_MAX), retried on EINTR; the bytes sent, or -errno.
+ * MSG_NOSIGNAL is added: a dead peer gives -EPIPE, never SIGPIPE. The one
+ * place that builds SCM_RIGHTS control data (the daemon, the library, the
+ * handover and the tests all go through it). */
+long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds,
+		       unsigned nfds, int flags);
+
 /* sendmsg one packet, with fd >= 0 attached as SCM_RIGHTS. 0 or -errno.
  * MSG_NOSIGNAL: a dead peer gives -EPIPE, never SIGPIPE. */
 int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint32_t len, int fd,
 	       int flags);
 
+/* The most descriptors one message can carry (the kernel's SCM_MAX_FD):
+ * with room for all of them the kernel never drops one itself. (Were it
+ * to, the last close of a dropped userfaultfd would run in the receiving
+ * thread, and take its owner's mmap_lock there.) */
+#define PROTO_RECV_FDS_MAX 253u
+
 /* recvmsg one packet into buf (PROTO_MAX_MSG bytes). Returns its length
- * (0 on orderly shutdown) or -errno. *fd gets the received descriptor
- * (close-on-exec) or -1; *nfds the number received (all but the first are
- * closed). *truncated is set when MSG_TRUNC or MSG_CTRUNC was reported. */
+ * (0 on orderly shutdown) or -errno. fds (room for PROTO_RECV_FDS_MAX)
+ * gets every descriptor received, close-on-exec, and *nfds their number;
+ * the caller closes them. *truncated is set when MSG_TRUNC or MSG_CTRUNC
+ * was reported. */
+long proto_recv_fds(int sock, void *buf, int *fds, int *nfds, int *truncated, int flags);
+/* The same, keeping the first descriptor in *fd (-1: none) and closing
+ * the others (*nfds still counts them). */
 long proto_recv(int sock, void *buf, int *fd, int *nfds, int *truncated, int flags);
 
 /* Connect a SOCK_SEQPACKET socket (close-on-exec) to path. The fd or

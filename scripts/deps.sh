@@ -6,11 +6,23 @@ pkgs=(cmake gcc clang make pkg-config libev-dev libseccomp-dev libsystemd-dev li
       dpkg-dev file mandoc man-db systemd-container debootstrap
       # refpage-run's tests and perf/real-programs.sh: the programs run, and
       # the jemalloc example; libtasn1-doc ships the PDF that pdftoppm renders.
-      xz-utils coreutils python3 time poppler-utils libtasn1-doc libjemalloc-dev)
+      xz-utils coreutils python3 time poppler-utils libtasn1-doc libjemalloc-dev
+      # CI: builds through ccache; scripts/format.sh's clang-format (its
+      # output differs between versions: .clang-format is tuned for 14);
+      # llvm-symbolizer for scripts/tsan.sh's reports.
+      ccache clang-format-14 llvm-14)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# clang's libFuzzer and sanitizer runtimes (scripts/fuzz.sh, scripts/tsan.sh,
+# the RP_FUZZ build of scripts/build-matrix.sh) are Debian's
+# libclang-rt-<version>-dev: Debian 12's clang is 14.
+ver=14
+if command -v clang >/dev/null; then
+	ver=$(clang --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -n1)
+fi
+dpkg -s "libclang-rt-$ver-dev" >/dev/null 2>&1 || missing+=("libclang-rt-$ver-dev")
 if ((${#missing[@]})); then
 	if ((EUID != 0)); then
 		echo "deps: missing packages (install them as root): ${missing[*]}" >&2

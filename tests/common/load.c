@@ -1,5 +1,6 @@
 /* The faulting load of restart tests: see load.h. */
 #include "load.h"
+#include "tutil.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -48,18 +49,10 @@ long load_first_diff(const void *a, const void *b, size_t n)
 
 void load_fill_page(void *page, uint32_t seed)
 {
-	uint32_t x = seed * 2654435761u + 1;
-	uint8_t *p = page;
-
-	for (size_t i = 0; i < LOAD_PAGE; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		p[i] = (uint8_t)(x >> 11);
-	}
+	tu_fill_bytes(page, LOAD_PAGE, seed);
 }
 
-static void say(char *err, size_t n, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void say(char *err, size_t n, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -68,7 +61,7 @@ static void say(char *err, size_t n, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void bad(struct load_shared *sh, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void bad(struct load_shared *sh, const char *fmt, ...)
 {
 	va_list ap;
 

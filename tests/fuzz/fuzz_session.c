@@ -1,26 +1,34 @@
 /* libFuzzer target: the daemon's message decoder and session state machine.
  *
  * The real daemon code (session.c, and what it calls: mm.c, template.c,
- * range.c, acct.c, fault.c, one real worker thread) runs in this process
- * with the daemon's own libev loop. Each input (format: fuzz_input.h) is a
- * conversation of up to three clients over socketpairs handed to
- * session_start(), as the listener would; after every packet the loop runs
- * with EVRUN_NOWAIT until the daemon has read it.
+ * range.c, acct.c, fault.c, uffd.c, worker.c with two real worker threads)
+ * runs in this process, set up as daemon/main.c sets it up (the main loop
+ * and its inbox, parking, the template store charging its owners, the
+ * placement of address spaces on workers), without the restart wing. Each
+ * input (format: fuzz_input.h) is a conversation of up to three clients
+ * over socketpairs handed to session_start(), as the listener would; after
+ * every packet the main loop runs until the daemon has read it (a MAP or
+ * UNMAP goes to a worker and comes back through the main loop's inbox).
  *
  * Every reply is checked: it passes proto_check, carries no descriptor,
- * answers the requests in order (seq echoed), and agrees with a model the
- * harness keeps of each session (handshake, template handles, ranges):
- * malformed input gets -EBADMSG/-EPROTO and a close, a request before HELLO
- * or a second HELLO gets -EPROTO and a close, a handle is never reused for
- * other contents, a MAP never succeeds on a handle the client does not
- * hold, or on a range it already has. Arena pages the uffd owner touches
- * read zeros, or the contents of a template that covered them, and stay
- * what they first read; no fault is left waiting.
+ * answers the requests in order (seq echoed) with the reply type the
+ * request takes, and agrees with a model the harness keeps of each session
+ * (handshake, template handles, ranges): malformed input gets
+ * -EBADMSG/-EPROTO and a close, a request before HELLO or a second HELLO
+ * gets -EPROTO and a close, a handle is never reused for other contents, a
+ * MAP never succeeds on a handle the client does not hold, or on a range it
+ * already has; a template is refused only with -EDQUOT (a budget) or
+ * -ENOMEM; USAGE answers for the uid asked about, with its budgets. Arena
+ * pages the uffd owner touches read zeros, or the contents of a template
+ * that covered them, and stay what they first read; no fault is left
+ * waiting.
  *
  * After every input all clients hang up, and the daemon must be back to
- * rest: no session, no served process, no range, no template in the
- * store, nothing charged to our uid, and no more descriptors open than
- * after the first input (pipes handed to the daemon: none).
+ * rest: no session, no served process on any worker, no range, no template
+ * in the store, nothing charged to any uid (acct's per-uid usage, as USAGE
+ * reports it, and the daemon-wide pools) and no account referenced but by
+ * the harness, and no more descriptors open than after the first input
+ * (pipes handed to the daemon: none).
  *
  * The userfaultfds come from a separate process (uffd_helper.c) so that a
  * fuzzed MAP can only register that process's memory. Environment:
@@ -48,12 +56,12 @@
 #include "fuzz_helper.h"
 #include "fuzz_input.h"
 #include "log.h"
-#include "persist.h"
+#include "mm.h"
 #include "proto.h"
 #include "session.h"
-#include "snapshot.h"
 #include "stats.h"
 #include "template.h"
+#include "uffd.h"
 #include "worker.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -76,6 +84,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define UID_RANGES 6
 #define UID_BYTES (48ull * PAGE)
 #define UID_PROCESSES 8
+/* As many as two connections and their uffds: both can be served. */
+#define UID_FDS 4
+/* The daemon's memory for our uid: a few templates and sessions, but not a
+ * fill slab (fault_around pages) for each template, so that fills one page
+ * at a time, and refusals of memory, are reached. */
+#define UID_MEMORY (96u * 1024)
+/* As main.c's defaults. */
+#define LOOP_QUOTA 2
+#define FAULT_QUOTA 128
+#define NWORKERS 2
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -105,6 +123,7 @@ struct pending {
 		struct proto_map map;
 		struct proto_unmap unmap;
 		struct proto_template_release rel;
+		struct proto_usage usage;
 	} u;
 };
 
@@ -146,11 +165,34 @@ static struct arena_page pages[FZ_ARENA_PAGES];
 static uint8_t (*contents)[PAGE]; /* [MAX_CONTENTS] */
 static int ncontents;
 
-struct worker *daemon_pick_worker(struct rp_daemon *dd)
+/* The template store's ops, as main.c's (static there): each template is
+ * charged to its owner's account. */
+static int tmpl_charge(void *owner, int64_t bytes)
 {
-	/* As main.c's, which the fuzzer cannot link: one worker here. */
-	return &dd->workers[dd->next_worker++ % (unsigned)dd->nworkers];
+	if (bytes < 0) {
+		acct_uncharge(owner, ACCT_MEMORY, (uint64_t)-bytes);
+		return 0;
+	}
+	return acct_charge(owner, ACCT_MEMORY, (uint64_t)bytes);
 }
+
+static void tmpl_owner_ref(void *owner)
+{
+	acct_ref(owner);
+	acct_stat_add(owner, PROTO_STAT_TEMPLATES, 1);
+}
+
+static void tmpl_owner_put(void *owner)
+{
+	acct_stat_add(owner, PROTO_STAT_TEMPLATES, -1);
+	acct_put(owner);
+}
+
+static const struct tmpl_ops tmpl_ops = {
+	.charge = tmpl_charge,
+	.owner_ref = tmpl_owner_ref,
+	.owner_put = tmpl_owner_put,
+};
 
 static int content_index(const uint8_t *page)
 {
@@ -370,33 +412,48 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		die("out of memory");
 	/* Before any thread. */
 	helper_start();
-	d.listen_fd = -1;
-	d.cfg.workers = 1;
-	d.cfg.fault_around = 16;
-	/* The fault loop's switches as main.c's defaults. */
-	d.cfg.batch = WORKER_MSG_BATCH;
-	d.cfg.drain = d.cfg.coalesce = 1;
-	d.cfg.lim = (struct rp_limits){
-		.templates = LIM_TEMPLATES,
-		.ranges = LIM_RANGES,
-		.bytes = LIM_BYTES,
-		.store = LIM_STORE,
-		.connections = 64,
-		.descendants = 4,
-		.hello_timeout_s = 3600,
-		.per_uid.max = { [ACCT_CONNECTIONS] = UID_CONNECTIONS,
-				 [ACCT_TEMPLATES] = UID_TEMPLATES,
-				 [ACCT_RANGES] = UID_RANGES,
-				 [ACCT_BYTES] = UID_BYTES,
-				 [ACCT_PROCESSES] = UID_PROCESSES },
+	/* As main.c's init() and serve_from(), without the restart wing,
+	 * the listener and the sandbox. */
+	d.cfg = (struct rp_config){
+		.workers = NWORKERS,
+		.fault_around = 16,
+		/* The fault loop's switches as main.c's defaults. */
+		.batch = MM_MSG_BATCH,
+		.drain = 1,
+		.coalesce = 1,
+		.lim = {
+			.templates = LIM_TEMPLATES,
+			.ranges = LIM_RANGES,
+			.bytes = LIM_BYTES,
+			.store = LIM_STORE,
+			.connections = 64,
+			.descendants = 4,
+			.hello_timeout_s = 3600,
+			.loop_quota = LOOP_QUOTA,
+			.fault_quota = FAULT_QUOTA,
+			.per_uid.max = { [ACCT_CONNECTIONS] = UID_CONNECTIONS,
+					 [ACCT_TEMPLATES] = UID_TEMPLATES,
+					 [ACCT_RANGES] = UID_RANGES,
+					 [ACCT_BYTES] = UID_BYTES,
+					 [ACCT_PROCESSES] = UID_PROCESSES,
+					 [ACCT_FDS] = UID_FDS,
+					 [ACCT_MEMORY] = UID_MEMORY },
+		},
 	};
-	acct_init(&d.cfg.lim.per_uid);
+	acct_init(&d.cfg.lim.per_uid, 1 + d.cfg.workers);
+	if (uffd_learn_top() < 0)
+		die("cannot learn the top of user space");
+	for (int k = 0; k < RP_ID_KINDS; k++)
+		atomic_init(&d.next_id[k], 1);
+	d.listen_fd = -1;
+	/* Not the default loop: that one would take SIGCHLD (the helper's). */
 	d.loop = ev_loop_new(EVFLAG_AUTO);
-	/* As main.c without --fd-store: nothing kept outside the process. */
-	struct persist_opts po = { .version = SNAP_VERSION };
-	if (!d.loop || tmpl_store_init(&d.tmpls, d.cfg.lim.store) < 0 || persist_init(&d, &po) < 0)
+	if (!d.loop || inbox_init(&d.mainq, d.loop) < 0 ||
+	    tmpl_store_init(&d.tmpls, d.cfg.lim.store, d.cfg.fault_around, &tmpl_ops) < 0)
 		die("cannot initialise the daemon state");
-	int r = workers_start(&d, d.cfg.workers);
+	loop_track(d.loop);
+	park_init(&d.parked, d.loop, 0, d.cfg.lim.loop_quota);
+	int r = workers_start(&d.workers, d.cfg.workers, d.cfg.lim.fault_quota, mm_worker_stop);
 	if (r < 0)
 		die("workers_start: %s", strerror(-r));
 	if (!(me = acct_get(getuid())))
@@ -527,8 +584,9 @@ static void check_request(struct slot *s, const struct pending *p, const struct 
 		return;
 	}
 	if (p->type == PROTO_UPGRADE) {
-		/* Allowed before HELLO; there is no exec helper here. */
-		if (r->status != -EOPNOTSUPP && r->status != -EPERM)
+		/* Allowed before HELLO; without the restart wing there is no
+		 * upgrade at all (d.upgrade is NULL), whoever asks. */
+		if (r->status != -EOPNOTSUPP)
 			die("UPGRADE: status %d, want -EOPNOTSUPP", r->status);
 		return;
 	}
@@ -551,6 +609,53 @@ static void check_request(struct slot *s, const struct pending *p, const struct 
 	}
 }
 
+/* USAGE: every connection is ours, and we are root or the daemon's uid
+ * (both are one here), so any uid may be asked about; the only account is
+ * ours (proto.h: PROTO_USAGE_*). */
+static void check_usage(const struct pending *p, const struct proto_usage_reply *u)
+{
+	const struct proto_usage *q = &p->u.usage;
+	uid_t uid = getuid();
+	int found = (q->flags & PROTO_USAGE_SELF) ||
+		    ((q->flags & PROTO_USAGE_NEXT) ? q->uid < uid : q->uid == uid);
+
+	if (u->status != (found ? 0 : -ENOENT))
+		die("USAGE uid %u flags %#x: status %d, want %d", q->uid, q->flags, u->status,
+		    found ? 0 : -ENOENT);
+	if (u->reserved)
+		die("USAGE reply: reserved %u", u->reserved);
+	if (!found) {
+		static const struct proto_usage_reply none = { .status = -ENOENT };
+		if (memcmp(u, &none, sizeof(none)))
+			die("USAGE refused, with contents");
+		return;
+	}
+	if (u->uid != uid || u->count != ACCT_RES_COUNT || ACCT_RES_COUNT != PROTO_RES_COUNT)
+		die("USAGE reply: uid %u count %u, want %u and %u", u->uid, u->count, (unsigned)uid,
+		    (unsigned)ACCT_RES_COUNT);
+	for (unsigned i = 0; i < PROTO_RES_MAX; i++) {
+		uint64_t lim = i < ACCT_RES_COUNT ? d.cfg.lim.per_uid.max[i] : 0;
+		if (u->limit[i] != lim)
+			die("USAGE %s: limit %llu, want %llu", proto_res_name(i),
+			    (unsigned long long)u->limit[i], (unsigned long long)lim);
+		if (i >= ACCT_RES_COUNT && (u->used[i] || u->refused[i]))
+			die("USAGE: entry %u past the count", i);
+	}
+	/* Charged on the main loop only (no fork children here), so never
+	 * past the budget even for a moment; the session asking holds a
+	 * connection. Ranges and bytes follow the kernel and may pass theirs
+	 * (an UNMAP's hole); memory is charged on workers too, added first
+	 * and taken back when refused (acct.c), so a read can see it over. */
+	static const enum acct_res exact[] = { ACCT_CONNECTIONS, ACCT_TEMPLATES, ACCT_PROCESSES };
+	for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+		if (u->used[exact[i]] > u->limit[exact[i]])
+			die("USAGE %s: %llu used, budget %llu", acct_res_name(exact[i]),
+			    (unsigned long long)u->used[exact[i]],
+			    (unsigned long long)u->limit[exact[i]]);
+	if (!u->used[ACCT_CONNECTIONS])
+		die("USAGE: no connection charged, from a connection");
+}
+
 static void check_reply(struct slot *s, const uint8_t *buf, long n)
 {
 	const struct proto_hdr *h;
@@ -567,17 +672,29 @@ static void check_reply(struct slot *s, const uint8_t *buf, long n)
 	s->qn--;
 	if (h->seq != p->seq)
 		die("reply seq %u, want %u", h->seq, p->seq);
+	uint16_t want = PROTO_REPLY;
+	if (p->kind == PEND_REQUEST && p->type == PROTO_STATS)
+		want = PROTO_STATS_REPLY;
+	else if (p->kind == PEND_REQUEST && p->type == PROTO_USAGE)
+		want = PROTO_USAGE_REPLY;
+	if (h->type != want)
+		die("%s answered with %s",
+		    p->kind == PEND_REQUEST ? proto_type_name(p->type) : "a refusal or bad message",
+		    proto_type_name(h->type));
 	if (h->type == PROTO_STATS_REPLY) {
 		const struct proto_stats_reply *sr = (const void *)(h + 1);
-		if (p->kind != PEND_REQUEST || p->type != PROTO_STATS)
-			die("STATS_REPLY to something else");
 		if (sr->status || sr->count != PROTO_STAT_COUNT)
 			die("STATS_REPLY status %d count %u", sr->status, sr->count);
+		for (unsigned i = PROTO_STAT_COUNT; i < PROTO_STATS_MAX; i++)
+			if (sr->counters[i])
+				die("STATS_REPLY: counter %u past the count", i);
+		return;
+	}
+	if (h->type == PROTO_USAGE_REPLY) {
+		check_usage(p, (const void *)(h + 1));
 		return;
 	}
 	const struct proto_reply *r = (const void *)(h + 1);
-	if (p->kind == PEND_REQUEST && p->type == PROTO_STATS)
-		die("STATS answered with a REPLY (%d)", r->status);
 	if (r->value && !(p->kind == PEND_REQUEST && p->type == PROTO_HELLO))
 		die("reply value %#llx", (unsigned long long)r->value);
 	switch (p->kind) {
@@ -642,17 +759,32 @@ static void read_all(void)
 
 /* --- driving the daemon -------------------------------------------------------------- */
 
-/* Run the loop until the daemon has read everything s sent. */
+/* One iteration of the main loop. Past the first few, a short sleep in
+ * between: a MAP or UNMAP is done on a worker's thread and answered
+ * through the main loop's inbox, and address spaces are let go there too. */
+static void turn(int i)
+{
+	static const struct timespec t = { 0, 20000 };
+
+	ev_run(d.loop, EVRUN_NOWAIT);
+	if (i >= 64)
+		nanosleep(&t, NULL);
+}
+
+/* Run the loop until the daemon has read everything s sent (a request is
+ * taken off the socket once it is answered). */
 static void drive(struct slot *s)
 {
+	double end = now() + DEADLINE_S;
+
 	for (int i = 0;; i++) {
 		int out = 0;
-		ev_run(d.loop, EVRUN_NOWAIT);
+		turn(i);
 		if (ioctl(s->fd, SIOCOUTQ, &out) < 0)
 			die("SIOCOUTQ: %s", strerror(errno));
 		if (out == 0)
 			return;
-		if (i == 1000)
+		if (now() > end)
 			die("the daemon does not read a client (%d bytes waiting)", out);
 	}
 }
@@ -698,10 +830,11 @@ static void hang_up(struct slot *s)
 	read_replies(s);
 	struct session *sess = s->eof ? NULL : s->sess;
 	slot_reset(s);
+	double end = now() + DEADLINE_S;
 	for (int i = 0; sess && session_alive(sess); i++) {
-		if (i == 100)
+		if (now() > end)
 			die("the daemon keeps a session whose client hung up");
-		ev_run(d.loop, EVRUN_NOWAIT);
+		turn(i);
 	}
 }
 
@@ -736,27 +869,10 @@ static int take_fds(unsigned kind, int fds[2])
 
 static int send_pkt(int sock, const uint8_t *pkt, size_t len, const int *fds, int nfds)
 {
-	union {
-		struct cmsghdr c;
-		char buf[CMSG_SPACE(2 * sizeof(int))];
-	} ctl;
 	struct iovec iov = { .iov_base = (void *)pkt, .iov_len = len };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	long r = proto_sendmsg_fds(sock, &iov, 1, fds, (unsigned)nfds, MSG_DONTWAIT);
 
-	if (nfds) {
-		memset(&ctl, 0, sizeof(ctl));
-		m.msg_control = ctl.buf;
-		m.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-	}
-	ssize_t r;
-	while ((r = sendmsg(sock, &m, MSG_DONTWAIT | MSG_NOSIGNAL)) < 0 && errno == EINTR)
-		;
-	return r < 0 ? -errno : 0;
+	return r < 0 ? (int)r : 0;
 }
 
 /* What the daemon must make of pkt, as a pending reply. */
@@ -789,6 +905,7 @@ static struct pending expect(const uint8_t *pkt, size_t len, int nfds)
 	case PROTO_TEMPLATE_RELEASE: memcpy(&p.u.rel, body, sizeof(p.u.rel)); break;
 	case PROTO_MAP: memcpy(&p.u.map, body, sizeof(p.u.map)); break;
 	case PROTO_UNMAP: memcpy(&p.u.unmap, body, sizeof(p.u.unmap)); break;
+	case PROTO_USAGE: memcpy(&p.u.usage, body, sizeof(p.u.usage)); break;
 	default: break;
 	}
 	return p;
@@ -851,17 +968,18 @@ static unsigned live_mms(void)
 	return n;
 }
 
-/* The worker lets go of closed sessions' uffds on its own thread. */
+/* A closed session's address space is let go on its worker's thread (and
+ * one let go for a budget tells its session through the main loop). */
 static void wait_processes(uint64_t want)
 {
-	struct timespec t = { 0, 100000 };
+	double end = now() + DEADLINE_S;
 
 	for (int i = 0; stat_get(PROTO_STAT_PROCESSES) != want; i++) {
-		if (i == (int)(DEADLINE_S * 10000))
+		if (now() > end)
 			die("%llu processes served, want %llu",
 			    (unsigned long long)stat_get(PROTO_STAT_PROCESSES),
 			    (unsigned long long)want);
-		nanosleep(&t, NULL);
+		turn(i);
 	}
 }
 
@@ -944,23 +1062,89 @@ static void step_action(uint8_t op, const uint8_t *data, size_t len)
 
 /* --- one input ----------------------------------------------------------------------- */
 
+/* Every worker has run what was posted to it before (its inbox is in
+ * order): closes of refused HELLOs' uffds (workers_close_fd), releases. */
+struct barrier {
+	struct loop_call call;
+	atomic_int done;
+};
+
+static void barrier_run(void *arg)
+{
+	atomic_store(&((struct barrier *)arg)->done, 1);
+}
+
+static void workers_settle(void)
+{
+	struct barrier b[NWORKERS];
+	double end = now() + DEADLINE_S;
+
+	for (unsigned w = 0; w < d.workers.n; w++) {
+		b[w].call = (struct loop_call){ .fn = barrier_run, .arg = &b[w] };
+		atomic_init(&b[w].done, 0);
+		inbox_post(&d.workers.v[w].in, &b[w].call);
+	}
+	for (unsigned w = 0; w < d.workers.n; w++)
+		for (int i = 0; !atomic_load(&b[w].done); i++) {
+			if (now() > end)
+				die("worker %u does not run its inbox", w + 1);
+			turn(i);
+		}
+}
+
+static void check_account(const struct acct *a, void *arg)
+{
+	static const enum proto_stat gauges[] = { PROTO_STAT_CLIENTS, PROTO_STAT_PROCESSES,
+						  PROTO_STAT_RANGES, PROTO_STAT_BYTES,
+						  PROTO_STAT_TEMPLATES };
+	unsigned refs = atomic_load(&a->refs);
+
+	(void)arg;
+	/* USAGE's view of the account: every budget back to nothing. */
+	for (int r = 0; r < ACCT_RES_COUNT; r++)
+		if (atomic_load(&a->used[r]))
+			die("at rest, uid %d still charged %llu %s", (int)a->uid,
+			    (unsigned long long)atomic_load(&a->used[r]), acct_res_name(r));
+	for (size_t i = 0; i < sizeof(gauges) / sizeof(gauges[0]); i++)
+		if (atomic_load(&a->stat[gauges[i]]))
+			die("at rest, uid %d's STATS %s = %llu", (int)a->uid,
+			    proto_stat_name(gauges[i]),
+			    (unsigned long long)atomic_load(&a->stat[gauges[i]]));
+	/* Placement: none of its address spaces left on any worker. */
+	for (unsigned w = 0; w <= d.workers.n; w++)
+		if (a->placed[w])
+			die("at rest, uid %d still placed %u times on loop %u", (int)a->uid,
+			    a->placed[w], w);
+	/* Sessions, address spaces, trees, templates and range nodes each
+	 * hold the account: only the harness's reference is left. */
+	if (refs != (a == me ? 1u : 0u))
+		die("at rest, uid %d's account has %u references", (int)a->uid, refs);
+}
+
 static void check_rest(void)
 {
 	if (d.nsessions || d.sessions)
 		die("%u sessions left", d.nsessions);
 	wait_processes(0);
+	workers_settle();
 	static const enum proto_stat zero[] = { PROTO_STAT_CLIENTS, PROTO_STAT_RANGES,
-						PROTO_STAT_BYTES };
+						PROTO_STAT_BYTES, PROTO_STAT_TEMPLATES };
 	for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++)
 		if (stat_get(zero[i]))
 			die("at rest, STATS %s = %llu", proto_stat_name(zero[i]),
 			    (unsigned long long)stat_get(zero[i]));
 	if (tmpl_count(&d.tmpls))
 		die("at rest, %zu templates left in the store", tmpl_count(&d.tmpls));
+	for (unsigned w = 0; w < d.workers.n; w++)
+		if (atomic_load(&d.workers.v[w].nmms) || atomic_load(&d.workers.v[w].nuids) ||
+		    d.workers.v[w].mms)
+			die("at rest, worker %u serves %u address spaces of %u uids", w + 1,
+			    atomic_load(&d.workers.v[w].nmms), atomic_load(&d.workers.v[w].nuids));
+	acct_foreach(check_account, NULL);
 	for (int r = 0; r < ACCT_RES_COUNT; r++)
-		if (atomic_load(&me->used[r]))
-			die("at rest, uid %d still charged %llu %s", (int)me->uid,
-			    (unsigned long long)atomic_load(&me->used[r]), acct_res_name(r));
+		if (acct_pool_used(r))
+			die("at rest, the daemon-wide pool of %s is at %llu", acct_res_name(r),
+			    (unsigned long long)acct_pool_used(r));
 }
 
 static void check_fds(void)

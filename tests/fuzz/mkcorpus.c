@@ -206,6 +206,24 @@ static void session_seeds(const char *dir)
 	msg(&b, 0, FZ_FD_NONE, PROTO_UPGRADE, 1, &up, sizeof(up));
 	stats(&b, 0, 2);
 	save(dir, "type-upgrade", &b);
+	/* USAGE, allowed before HELLO like STATS: our own uid (by name and
+	 * as PROTO_USAGE_SELF), the next uid above ours and another uid (no
+	 * account: -ENOENT), then ours again once served. */
+	b.n = 0;
+	struct proto_usage us = { .flags = PROTO_USAGE_SELF };
+	msg(&b, 0, FZ_FD_NONE, PROTO_USAGE, 1, &us, sizeof(us));
+	us = (struct proto_usage){ .uid = 0 };
+	msg(&b, 0, FZ_FD_NONE, PROTO_USAGE, 2, &us, sizeof(us));
+	us = (struct proto_usage){ .uid = 0, .flags = PROTO_USAGE_NEXT };
+	msg(&b, 0, FZ_FD_NONE, PROTO_USAGE, 3, &us, sizeof(us));
+	us = (struct proto_usage){ .uid = 12345 };
+	msg(&b, 0, FZ_FD_NONE, PROTO_USAGE, 4, &us, sizeof(us));
+	hello(&b, 0, FZ_FD_UFFD, 5);
+	fill(&b, 0, 6, 0xA5);
+	map(&b, 0, 7, 0, 4, 1);
+	us = (struct proto_usage){ .flags = PROTO_USAGE_SELF };
+	msg(&b, 0, FZ_FD_NONE, PROTO_USAGE, 8, &us, sizeof(us));
+	save(dir, "type-usage", &b);
 
 	/* Two clients of one address space, and a third refused (2 per uid). */
 	b.n = 0;
@@ -233,6 +251,24 @@ static void session_seeds(const char *dir)
 		map(&b, 0, 10 + i, i * 4, 2, 1 + i % 4);
 	map(&b, 0, 20, 24, 24, 1);
 	save(dir, "limits", &b);
+
+	/* The memory budget (fuzz_session's is one fill slab and a few
+	 * templates): a second template's slab is refused, its fills go one
+	 * page at a time; then templates of a second client are refused. */
+	b.n = 0;
+	hello(&b, 0, FZ_FD_UFFD, 1);
+	fill(&b, 0, 2, 0xAA);
+	fill(&b, 0, 3, 0xBB);
+	map(&b, 0, 4, 0, 8, 1);
+	map(&b, 0, 5, 8, 8, 2);
+	for (uint8_t i = 0; i < 4; i++)
+		touch(&b, i);
+	for (uint8_t i = 8; i < 12; i++)
+		touch(&b, i);
+	hello(&b, 1, FZ_FD_UFFD, 1);
+	for (uint32_t i = 0; i < 4; i++)
+		create(&b, 1, 2 + i, 100 + i);
+	save(dir, "budget-memory", &b);
 
 	/* Splits: UNMAP in the middle with the range table full (mm.c
 	 * unregistered the hole, then refused to split its table). */
@@ -324,6 +360,17 @@ static void session_seeds(const char *dir)
 	memcpy(big, &bh, HDR);
 	step(&b, op_of(0, FZ_FD_NONE), big, sizeof(big));
 	save(dir, "bad-oversized", &b);
+	/* An oversized HELLO without a descriptor: a bad message (-EBADMSG),
+	 * which the daemon took for a descriptor lost on its side (-EMFILE). */
+	b.n = 0;
+	struct proto_hdr oh = {
+		.version = PROTO_VERSION, .type = PROTO_HELLO, .len = sizeof(hh), .seq = 1
+	};
+	memset(big, 0, sizeof(big));
+	memcpy(big, &oh, HDR);
+	memcpy(big + HDR, &hh, sizeof(hh));
+	step(&b, op_of(0, FZ_FD_NONE), big, sizeof(big));
+	save(dir, "regress-oversized-hello-no-fd", &b);
 
 	b.n = 0;
 	hello(&b, 0, FZ_FD_TWO, 1);
@@ -384,6 +431,10 @@ static void proto_seeds(const char *dir)
 	proto_seed(dir, "stats", 4, PROTO_STATS, NULL, 0);
 	struct proto_upgrade up = { 0 };
 	proto_seed(dir, "upgrade", 4, PROTO_UPGRADE, &up, sizeof(up));
+	struct proto_usage us = { .uid = 1000, .flags = PROTO_USAGE_NEXT };
+	proto_seed(dir, "usage", 4, PROTO_USAGE, &us, sizeof(us));
+	static struct proto_usage_reply ur = { .uid = 1000, .count = PROTO_RES_COUNT };
+	proto_seed(dir, "usage-reply", 0, PROTO_USAGE_REPLY, &ur, sizeof(ur));
 	proto_seed(dir, "reply", 0, PROTO_REPLY, &rep, sizeof(rep));
 	proto_seed(dir, "stats-reply", 0, PROTO_STATS_REPLY, &sr, sizeof(sr));
 	proto_seed(dir, "bad-hello-no-fd", 4, PROTO_HELLO, &h, sizeof(h));

@@ -28,6 +28,7 @@
 
 #include "fuzz_helper.h"
 #include "fuzz_input.h"
+#include "proto.h"
 
 #define PAGE 4096u
 #define SOCK 3
@@ -53,26 +54,11 @@ static int make_uffd(unsigned kind)
 
 static void send_uffd(unsigned kind)
 {
-	union {
-		struct cmsghdr c;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} ctl;
 	char one = 'u';
 	struct iovec iov = { .iov_base = &one, .iov_len = 1 };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
 	int fd = make_uffd(kind);
 
-	if (fd >= 0) {
-		memset(&ctl, 0, sizeof(ctl));
-		m.msg_control = ctl.buf;
-		m.msg_controllen = sizeof(ctl.buf);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	}
-	if (sendmsg(SOCK, &m, MSG_NOSIGNAL) < 0)
+	if (proto_sendmsg_fds(SOCK, &iov, 1, &fd, fd >= 0 ? 1 : 0, 0) < 0)
 		_exit(1);
 	if (fd >= 0)
 		close(fd);

@@ -71,7 +71,7 @@ int h_uffd_usable(char *why, size_t n)
 	return 0;
 }
 
-static int find_setpriv(char *path, size_t n)
+int h_find_setpriv(char *path, size_t n)
 {
 	static const char *const dirs[] = { "/usr/bin", "/bin", "/usr/sbin", "/sbin" };
 
@@ -92,7 +92,7 @@ int h_can_run_as_nobody(char *why, size_t n)
 			 H_NOBODY);
 		return 0;
 	}
-	if (find_setpriv(sp, sizeof(sp)) < 0) {
+	if (h_find_setpriv(sp, sizeof(sp)) < 0) {
 		snprintf(why, n, "setpriv(1) not found: cannot run a client as uid %d", H_NOBODY);
 		return 0;
 	}
@@ -516,7 +516,7 @@ pid_t h_spawn(const char *const argv[], int as_nobody, int *out_fd)
 	pid_t pid;
 
 	if (as_nobody) {
-		if (find_setpriv(sp, sizeof(sp)) < 0)
+		if (h_find_setpriv(sp, sizeof(sp)) < 0)
 			return -1;
 		v[n++] = sp;
 		for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++)
@@ -620,27 +620,13 @@ int h_dial(const char *path)
 
 int h_send_raw(int s, const struct proto_hdr *h, const void *payload, size_t len, int fd)
 {
-	union {
-		struct cmsghdr c;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} ctl;
 	struct iovec iov[2] = {
 		{ .iov_base = (void *)h, .iov_len = sizeof(*h) },
 		{ .iov_base = (void *)payload, .iov_len = len },
 	};
-	struct msghdr m = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
+	long r = proto_sendmsg_fds(s, iov, len ? 2 : 1, &fd, fd >= 0 ? 1 : 0, 0);
 
-	if (fd >= 0) {
-		memset(&ctl, 0, sizeof(ctl));
-		m.msg_control = ctl.buf;
-		m.msg_controllen = sizeof(ctl.buf);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	}
-	return sendmsg(s, &m, MSG_NOSIGNAL) < 0 ? -errno : 0;
+	return r < 0 ? (int)r : 0;
 }
 
 int h_send(int s, uint16_t type, uint32_t seq, const void *payload, uint32_t len, int fd)

@@ -37,6 +37,8 @@ double h_now(void);
 
 /* 1 if this process can make some userfaultfd, else 0 with the reason. */
 int h_uffd_usable(char *why, size_t n);
+/* setpriv(1)'s path in path (n bytes): 0, or -1 when there is none. */
+int h_find_setpriv(char *path, size_t n);
 /* 1 if tests may run programs as uid 65534, else 0 with the reason. */
 int h_can_run_as_nobody(char *why, size_t n);
 

@@ -259,25 +259,10 @@ static int dial(struct fx *fx)
 /* Send one packet with n descriptors attached. 0 or -errno. */
 static int send_fds(int s, const void *pkt, size_t len, const int *fds, int n, int flags)
 {
-	union {
-		struct cmsghdr c;
-		char buf[CMSG_SPACE(16 * sizeof(int))];
-	} ctl;
 	struct iovec iov = { .iov_base = (void *)pkt, .iov_len = len };
-	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	long r = proto_sendmsg_fds(s, &iov, 1, fds, (unsigned)n, flags);
 
-	assert_true(n <= 16);
-	if (n) {
-		memset(&ctl, 0, sizeof(ctl));
-		m.msg_control = ctl.buf;
-		m.msg_controllen = CMSG_SPACE(n * sizeof(int));
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(n * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, n * sizeof(int));
-	}
-	return sendmsg(s, &m, flags | MSG_NOSIGNAL) < 0 ? -errno : 0;
+	return r < 0 ? (int)r : 0;
 }
 
 /* A header and payload in one buffer (the header's len as given). */
@@ -706,7 +691,11 @@ static void full_then_second_hello(struct fx *fx, int k, int j)
 	if (leave_replies(s, k, 0) == 0 && leave_replies(s, j, 1) == 0) {
 		int u = h_make_uffd();
 		assert_true(u >= 0);
-		assert_int_equal(h_send(s, PROTO_HELLO, 8, &h, sizeof(h), u), 0);
+		/* -EPIPE: the daemon hung up on the replies left after all
+		 * (leave_replies looked before it answered the last request:
+		 * seen under TSan), as when leave_replies says so. */
+		int r = h_send(s, PROTO_HELLO, 8, &h, sizeof(h), u);
+		assert_true(r == 0 || r == -EPIPE || r == -ECONNRESET);
 		close(u);
 	}
 	count_replies(s);
@@ -739,7 +728,8 @@ static void test_not_reading_replies(void **state)
 		s = dial(fx);
 		if (leave_replies(s, k, 0) == 0) {
 			struct proto_template_fill f = { .byte = 0xAA };
-			assert_int_equal(h_send(s, PROTO_TEMPLATE_FILL, 7, &f, sizeof(f), -1), 0);
+			int r = h_send(s, PROTO_TEMPLATE_FILL, 7, &f, sizeof(f), -1);
+			assert_true(r == 0 || r == -EPIPE || r == -ECONNRESET); /* as above */
 		}
 		count_replies(s);
 		close(s);

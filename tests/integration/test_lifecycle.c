@@ -26,6 +26,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "tutil.h"
 
 #define PAGE H_PAGE
 #define RW (PROT_READ | PROT_WRITE)
@@ -99,19 +100,6 @@ static void back_to_baseline(struct fx *fx, const struct baseline *b, const char
 
 /* --- uid 65534 ------------------------------------------------------------ */
 
-static int sysctl_unprivileged_uffd(void)
-{
-	FILE *f = fopen("/proc/sys/vm/unprivileged_userfaultfd", "r");
-	int v = -1;
-
-	if (f) {
-		if (fscanf(f, "%d", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
-	return v;
-}
-
 static void run_prog(struct fx *fx, const char *cmd, int as_nobody, const char *want)
 {
 	const char *argv[] = { h_client_prog(), cmd, fx->d.sock, NULL };
@@ -141,7 +129,7 @@ static int nobody_gets_umo(void)
 	int dev_ok = stat("/dev/userfaultfd", &st) == 0 &&
 		     (st.st_mode & (S_IROTH | S_IWOTH)) == (S_IROTH | S_IWOTH);
 
-	return sysctl_unprivileged_uffd() == 0 && !dev_ok;
+	return tu_read_int("/proc/sys/vm/unprivileged_userfaultfd") == 0 && !dev_ok;
 }
 
 static void test_nobody_basic(void **state)

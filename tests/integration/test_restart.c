@@ -11,7 +11,10 @@
  *     LISTEN_FDNAMES): SIGKILL and a restart lose nothing; then each kind
  *     of damage between the kill and the restart (a torn last record, a
  *     corrupt image, a truncated journal, an unknown version, a fork child
- *     gone, a descriptor that is not a uffd) with its outcome checked.
+ *     gone, a descriptor that is not a uffd) with its outcome checked;
+ *   - a mapping at the very top of user space, under 128 TiB, and above
+ *     it where the machine has 5-level paging (else skipped, with why),
+ *     served before and after a SIGKILL and a restart.
  * Deadlines only keep a broken build from hanging. */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +44,7 @@
 
 #include "harness.h"
 #include "load.h"
+#include "sdnotify.h"
 #include "journal.h"
 
 #define PAGE H_PAGE
@@ -358,32 +362,23 @@ static void store_remove(struct store *st, const char *name)
 	st->n = k;
 }
 
-/* What systemd does with a notification: FDSTORE=1 (each fd named
- * FDNAME=), FDSTOREREMOVE=1 (every fd of that name), READY=1. */
+/* What systemd does with a notification (sdnotify.h). */
 static void store_handle(struct store *st, char *msg, int *fds, int nfds)
 {
-	char name[32] = "stored";
-	int fdstore = 0, remove = 0;
+	struct sdn_msg m;
 
-	for (char *l = strtok(msg, "\n"); l; l = strtok(NULL, "\n")) {
-		if (!strcmp(l, "FDSTORE=1"))
-			fdstore = 1;
-		else if (!strcmp(l, "FDSTOREREMOVE=1"))
-			remove = 1;
-		else if (!strncmp(l, "FDNAME=", 7))
-			snprintf(name, sizeof(name), "%s", l + 7);
-		else if (!strcmp(l, "READY=1"))
-			atomic_fetch_add(&st->ready, 1);
-	}
+	sdn_parse(msg, &m);
+	if (m.ready)
+		atomic_fetch_add(&st->ready, 1);
 	pthread_mutex_lock(&st->lock);
 	for (int i = 0; i < nfds; i++) {
-		if (fdstore)
-			store_add(st, name, fds[i]);
+		if (m.fdstore)
+			store_add(st, m.name, fds[i]);
 		else
 			close(fds[i]);
 	}
-	if (remove)
-		store_remove(st, name);
+	if (m.remove)
+		store_remove(st, m.name);
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -393,25 +388,13 @@ static void *store_main(void *arg)
 
 	while (!atomic_load(&st->stop)) {
 		char buf[4096];
-		union {
-			struct cmsghdr h;
-			char b[CMSG_SPACE(sizeof(int) * 16) + CMSG_SPACE(sizeof(struct ucred))];
-		} cm;
-		struct iovec iov = { buf, sizeof(buf) - 1 };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
-				     .msg_controllen = sizeof(cm.b) };
+		int fds[SDN_MAX_FDS], nfds;
+		pid_t pid;
 		struct pollfd p = { .fd = st->sock, .events = POLLIN };
 		if (poll(&p, 1, 50) <= 0)
 			continue;
-		ssize_t n = recvmsg(st->sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-		if (n < 0)
+		if ((nfds = sdn_recv(st->sock, buf, sizeof(buf), fds, &pid)) < 0)
 			continue;
-		buf[n] = '\0';
-		int fds[16], nfds = 0;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-				for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 16; i++)
-					memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 		store_handle(st, buf, fds, nfds);
 	}
 	return NULL;
@@ -430,14 +413,16 @@ static int store_get(struct store *st, const char *name)
 	return fd;
 }
 
-/* The name of the stored uffd with the highest id (the last adopted). */
-static int store_last_uffd(struct store *st, char *name, size_t n)
+/* The name of the stored uffd with the highest id (the last adopted: the
+ * fork child), or with the lowest (the client's own). */
+static int store_uffd(struct store *st, int highest, char *name, size_t n)
 {
 	unsigned best = 0, id;
 
 	pthread_mutex_lock(&st->lock);
 	for (int i = 0; i < st->n; i++)
-		if (sscanf(st->e[i].name, "u%u", &id) == 1 && id > best)
+		if (sscanf(st->e[i].name, "u%u", &id) == 1 &&
+		    (!best || (highest ? id > best : id < best)))
 			best = id;
 	pthread_mutex_unlock(&st->lock);
 	snprintf(name, n, "u%u", best);
@@ -784,7 +769,10 @@ static void test_store_in_flight(void **state)
 	f->ok = 1;
 }
 
-enum damage { TORN_TAIL, CORRUPT_IMAGE, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD };
+enum damage {
+	TORN_TAIL, CORRUPT_IMAGE, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD,
+	CLIENT_NOT_A_UFFD
+};
 
 struct damage_row {
 	const char *name;
@@ -800,6 +788,9 @@ static const struct damage_row damage_rows[] = {
 	{ "unknown version", UNKNOWN_VERSION, "the journal is format version 999", 1 },
 	{ "fork child gone", CHILD_GONE, "the process is gone; released", 0 },
 	{ "not a uffd", NOT_A_UFFD, "not a userfaultfd; dropped", 0 },
+	/* The client's own: its connection is closed, and leaves the store
+	 * (or it would never see the end of file). */
+	{ "the client's uffd not a uffd", CLIENT_NOT_A_UFFD, "its address space (u", 1 },
 };
 
 /* Where the journal stands, as a reader sees it. */
@@ -869,9 +860,10 @@ static void do_damage(struct sfx *f, const struct damage_row *row)
 		f->ld.child = -1;
 		break;
 	case NOT_A_UFFD:
-		/* The child's uffd goes (its faults fall back to the kernel),
-		 * an eventfd takes its name. */
-		assert_int_equal(store_last_uffd(&f->st, name, sizeof(name)), 0);
+	case CLIENT_NOT_A_UFFD:
+		/* The child's (or the client's) uffd goes (its faults fall
+		 * back to the kernel), an eventfd takes its name. */
+		assert_int_equal(store_uffd(&f->st, row->what == NOT_A_UFFD, name, sizeof(name)), 0);
 		pthread_mutex_lock(&f->st.lock);
 		store_remove(&f->st, name);
 		store_add(&f->st, name, eventfd(0, EFD_CLOEXEC));
@@ -937,6 +929,8 @@ static void test_store_damage(void **state)
 		if (!log_has(f, row->log))
 			fail_msg("%s: the log does not say '%s'", row->name, row->log);
 		if (row->drops_all) {
+			if (row->what == CLIENT_NOT_A_UFFD)
+				wait_store_count(&f->st, 'c', 0);
 			check_dropped_all(f);
 		} else {
 			ld_wait_progress(&f->ld);
@@ -1003,6 +997,111 @@ static void test_store_cost(void **state)
 	f->ok = 1;
 }
 
+/* --- the top of user space ------------------------------------------------------- */
+
+/* The kernel's top of user space (exclusive: TASK_SIZE, one guard page
+ * under 2^47 or 2^56), the one the daemon takes from it (daemon/uffd.c). */
+#define TOP_4LEVEL ((1ull << 47) - PAGE)
+#define TOP_5LEVEL ((1ull << 56) - PAGE)
+#define TOP_PAGES 4
+
+#if defined(__SANITIZE_THREAD__)
+#define RP_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RP_TEST_TSAN 1
+#endif
+#endif
+
+/* Whether this machine maps above 128 TiB (5-level paging: an la57 CPU
+ * and kernel); if not, why. */
+static int la57_usable(char *why, size_t n)
+{
+#ifdef RP_TEST_TSAN
+	snprintf(why, n, "ThreadSanitizer's shadow layout has no application memory above 2^47");
+	return 0;
+#else
+	void *want = (void *)(1ull << 48);
+	void *p = mmap(want, PAGE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (p == want) {
+		munmap(p, PAGE);
+		return 1;
+	}
+	if (p != MAP_FAILED)
+		munmap(p, PAGE);
+	snprintf(why, n, "no 5-level paging here (mmap at 2^48: %s): nothing maps above 128 TiB",
+		 p == MAP_FAILED ? strerror(errno) : "placed elsewhere");
+	return 0;
+#endif
+}
+
+/* TOP_PAGES refpage pages as high as they fit under top (the stack or
+ * the vdso may hold the very last ones). */
+static uint8_t *map_at_top(rp_client *c, uint32_t id, uint64_t top)
+{
+	size_t len = TOP_PAGES * PAGE;
+
+	for (uint64_t end = top; end > top - 4096 * PAGE; end -= PAGE) {
+		void *want = (void *)(uintptr_t)(end - len);
+		void *p = rp_map(c, want, len, RW, MAP_FIXED_NOREPLACE, id);
+		if (p == want)
+			return p;
+		if (p != MAP_FAILED)
+			rp_unmap(c, p, len);
+	}
+	fail_msg("nothing could be mapped in the last 16 MiB under 0x%llx", (unsigned long long)top);
+	return NULL;
+}
+
+/* A mapping ending at the top of user space: pages touched before a
+ * SIGKILL keep what was written, the others read the template after the
+ * restart, first touched then (a fault there is answered and woken: the
+ * restored daemon has the same top as the kernel). */
+static void top_across_restart(struct sfx *f, uint64_t top)
+{
+	uint32_t id;
+
+	sfx_start(f);
+	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_template_fill(f->c, 0xa5, &id), 0);
+	uint8_t *p = map_at_top(f->c, id, top);
+	printf("  %d pages at 0x%llx-0x%llx (top 0x%llx)\n", TOP_PAGES,
+	       (unsigned long long)(uintptr_t)p, (unsigned long long)(uintptr_t)p + TOP_PAGES * PAGE,
+	       (unsigned long long)top);
+	assert_int_equal(p[0], 0xa5);
+	p[PAGE] = 0x11; /* page 1: filled, then written */
+	sfx_kill(f);
+	sfx_start(f);
+	assert_true(log_has(f, "restore: from systemd, journal generation"));
+	for (int i = 1; i < TOP_PAGES; i++) {
+		uint8_t *pg = p + (size_t)i * PAGE;
+		assert_int_equal(pg[PAGE - 1], 0xa5);
+		assert_int_equal(pg[0], i == 1 ? 0x11 : 0xa5);
+	}
+	assert_int_equal(rp_alive(f->c), 1);
+	assert_int_equal(rp_unmap(f->c, p, TOP_PAGES * PAGE), 0);
+	assert_int_equal(stat_of(f->c, "unknown_faults"), 0);
+	f->ok = 1;
+}
+
+static void test_store_top_4level(void **state)
+{
+	top_across_restart(*state, TOP_4LEVEL);
+}
+
+static void test_store_top_5level(void **state)
+{
+	char why[160];
+
+	if (!la57_usable(why, sizeof(why))) {
+		((struct sfx *)*state)->ok = 1;
+		printf("skipped: %s\n", why);
+		skip();
+	}
+	top_across_restart(*state, TOP_5LEVEL);
+}
+
 /* itest_restart [TEST]: one test (a cmocka filter, e.g. test_store_kill). */
 int main(int argc, char **argv)
 {
@@ -1013,6 +1112,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_store_damage, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_in_flight, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_cost, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_top_4level, sfx_setup, sfx_teardown),
+		cmocka_unit_test_setup_teardown(test_store_top_5level, sfx_setup, sfx_teardown),
 	};
 	char why[256];
 
@@ -1027,6 +1128,12 @@ int main(int argc, char **argv)
 	/* Upgraded daemons are children of their exec helper; when it goes,
 	 * they come back to us, to be reaped. */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	/* Run alone (its own ctest), the 5-level test says "skipped" to ctest
+	 * too where the machine has no 5-level paging. */
+	if (argc > 1 && !strcmp(argv[1], "test_store_top_5level") && !la57_usable(why, sizeof(why))) {
+		printf("SKIP: %s\n", why);
+		return H_EXIT_SKIP;
+	}
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
 	return cmocka_run_group_tests_name("restart", tests, NULL, NULL);

@@ -1,9 +1,12 @@
 /* Shared helpers of the kernel-fact experiments (see README.md). Each
- * program prints what it observed; none is part of ctest. */
+ * program prints what it observed; none is part of ctest. The ctest
+ * counterpart of setuid_child.c, tests/tenant/fork_gate.c, uses them too. */
 #ifndef KF_H
 #define KF_H
 
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -41,6 +44,18 @@ static inline int kf_uffd(int user_mode_only, uint64_t features)
 		return -1;
 	}
 	return fd;
+}
+
+/* fd is a userfaultfd (by its /proc/self/fd link). */
+static inline int kf_is_uffd(int fd)
+{
+	char path[64], link[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return 0;
+	link[n] = '\0';
+	return !strcmp(link, "anon_inode:[userfaultfd]");
 }
 
 /* errno of an ioctl, 0 for success */
@@ -123,7 +138,7 @@ static inline int kf_send_fd(int sock, int fd)
 	c->cmsg_type = SCM_RIGHTS;
 	c->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	return sendmsg(sock, &mh, 0) == 1 ? 0 : -1;
+	return sendmsg(sock, &mh, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
 static inline int kf_recv_fd(int sock)

@@ -127,7 +127,7 @@ int main(int argc, char **argv)
 		pid_t pid = fork();
 		if (pid == 0)
 			_exit(child(keep, 1));
-		int st;
+		int st = 0;
 		if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st)) {
 			fprintf(stderr, "forkalloc: child %d failed (status %#x)\n", i, st);
 			fail = 1;

@@ -1,4 +1,4 @@
-/* The fork-event gate: the facts docs/security-forkgate.md relies on.
+/* The fork-event gate: the facts docs/security.md ("The fork-event gate") relies on.
  *
  * The kernel lets only a CAP_SYS_PTRACE caller enable
  * UFFD_FEATURE_EVENT_FORK (userfaultfd_api(), commit 3c1c24d91ffd). refpaged
@@ -6,7 +6,7 @@
  * client that kept a duplicate can read the fork events itself and so get
  * its children's uffds. This program runs such a client as uid 65534
  * against a private refpaged and checks, on the running kernel, every
- * property the argument in docs/security-forkgate.md stands on:
+ * property the argument in docs/security.md ("The fork-event gate") stands on:
  *
  *   - the client cannot enable EVENT_FORK itself (the gate exists);
  *   - a duplicate in flight in an SCM_RIGHTS message is in no process's fd
@@ -55,9 +55,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kf.h"
 #include "proto.h"
+#include "tutil.h"
 
-#define PAGE 4096
 #define NOBODY 65534
 #define WAIT_MS 5000
 #define RACE_TRIES 400
@@ -74,7 +75,7 @@ struct uffdio_move {
 
 static int passed, failed;
 
-static void check(int ok, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void check(int ok, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -89,7 +90,7 @@ static void check(int ok, const char *fmt, ...)
 		failed++;
 }
 
-static void note(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static void note(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -101,46 +102,6 @@ static void note(const char *fmt, ...)
 }
 
 /* ---- small helpers ---------------------------------------------------- */
-
-static int send_fd(int sock, int fd)
-{
-	char byte = 'F';
-	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-			     .msg_controllen = sizeof(cm.buf) };
-
-	memset(&cm, 0, sizeof(cm));
-	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	return sendmsg(sock, &mh, MSG_NOSIGNAL) == 1 ? 0 : -errno;
-}
-
-static int recv_fd(int sock)
-{
-	char byte;
-	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int))];
-	} cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-			     .msg_controllen = sizeof(cm.buf) };
-	int fd = -1;
-
-	if (recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) != 1)
-		return -1;
-	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-	if (c && c->cmsg_type == SCM_RIGHTS)
-		memcpy(&fd, CMSG_DATA(c), sizeof(int));
-	return fd;
-}
 
 /* The "API:" line of a uffd's fdinfo: UFFD_API:features:ioctls. -1 when
  * the fd is not a uffd. */
@@ -160,70 +121,6 @@ static long long uffd_fdinfo_features(int fd)
 	}
 	fclose(f);
 	return feat;
-}
-
-static int is_uffd(int fd)
-{
-	char path[64], link[64];
-
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	ssize_t n = readlink(path, link, sizeof(link) - 1);
-	if (n < 0)
-		return 0;
-	link[n] = '\0';
-	return !strcmp(link, "anon_inode:[userfaultfd]");
-}
-
-/* ioctl's errno, 0 on success. */
-static int uffd_ioctl(int fd, unsigned long req, void *arg)
-{
-	return ioctl(fd, req, arg) < 0 ? errno : 0;
-}
-
-static int uffd_copy(int fd, uint64_t dst, const void *src)
-{
-	struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = PAGE };
-	return uffd_ioctl(fd, UFFDIO_COPY, &c);
-}
-
-static int uffd_zeropage(int fd, uint64_t dst)
-{
-	struct uffdio_zeropage z = { .range = { .start = dst, .len = PAGE } };
-	return uffd_ioctl(fd, UFFDIO_ZEROPAGE, &z);
-}
-
-static int uffd_register(int fd, uint64_t start, uint64_t len)
-{
-	struct uffdio_register r = { .range = { .start = start, .len = len },
-				     .mode = UFFDIO_REGISTER_MODE_MISSING };
-	return uffd_ioctl(fd, UFFDIO_REGISTER, &r);
-}
-
-static int uffd_unregister(int fd, uint64_t start, uint64_t len)
-{
-	struct uffdio_range r = { .start = start, .len = len };
-	return uffd_ioctl(fd, UFFDIO_UNREGISTER, &r);
-}
-
-static int uffd_wake(int fd, uint64_t start, uint64_t len)
-{
-	struct uffdio_range r = { .start = start, .len = len };
-	return uffd_ioctl(fd, UFFDIO_WAKE, &r);
-}
-
-static int uffd_wp0(int fd, uint64_t start, uint64_t len)
-{
-	struct uffdio_writeprotect w = { .range = { .start = start, .len = len },
-					 .mode = UFFDIO_WRITEPROTECT_MODE_DONTWAKE };
-	return uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &w);
-}
-
-static double now_s(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 /* ---- the root side: daemon and system-wide scan ------------------------ */
@@ -294,7 +191,7 @@ static int daemon_start(const char *dir, const char *sock)
 		      (char *)NULL);
 		_exit(127);
 	}
-	for (double end = now_s() + 10; now_s() < end; usleep(10000)) {
+	for (double end = kf_now() + 10; kf_now() < end; usleep(10000)) {
 		int s = proto_dial(sock);
 		if (s >= 0) {
 			close(s);
@@ -374,7 +271,7 @@ static void *spin(void *arg)
 		/* Not expected (the main thread touches no registered page
 		 * meanwhile), but a stolen fault must not hang the client. */
 		if (m.event == UFFD_EVENT_PAGEFAULT)
-			uffd_copy(sp->fd, m.arg.pagefault.address & ~(uint64_t)(PAGE - 1), sp->tmpl);
+			kf_copy(sp->fd, m.arg.pagefault.address & ~(uint64_t)(PAGE - 1), sp->tmpl, PAGE);
 	}
 	return NULL;
 }
@@ -461,11 +358,11 @@ struct pump {
 /* Send cmd to the child and serve its uffd until the answer comes. */
 static int ask(struct pump *pm, char cmd, struct answer *a)
 {
-	double end = now_s() + WAIT_MS / 1000.0;
+	double end = kf_now() + WAIT_MS / 1000.0;
 
 	if (write(pm->cs, &cmd, 1) != 1)
 		return -1;
-	while (now_s() < end) {
+	while (kf_now() < end) {
 		struct pollfd p[2] = { { .fd = pm->cs, .events = POLLIN },
 				       { .fd = pm->cu, .events = POLLIN } };
 		if (poll(p, 2, 100) < 0 && errno != EINTR)
@@ -479,9 +376,9 @@ static int ask(struct pump *pm, char cmd, struct answer *a)
 					pm->last_addr = at;
 					pm->last_ptid = m.arg.pagefault.feat.ptid;
 					if (at == pm->copy_at && pm->copy_page)
-						uffd_copy(pm->cu, at, pm->copy_page);
+						kf_copy(pm->cu, at, pm->copy_page, PAGE);
 					else
-						uffd_zeropage(pm->cu, at);
+						kf_zeropage(pm->cu, at, PAGE);
 				} else if (m.event == UFFD_EVENT_FORK) {
 					int g = (int)m.arg.fork.ufd;
 					pm->forks++;
@@ -496,19 +393,6 @@ static int ask(struct pump *pm, char cmd, struct answer *a)
 		}
 	}
 	return -1;
-}
-
-static int yama_scope(void)
-{
-	FILE *f = fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
-	int s = -1;
-
-	if (f) {
-		if (fscanf(f, "%d", &s) != 1)
-			s = -1;
-		fclose(f);
-	}
-	return s;
 }
 
 /* process_vm_writev: ptrace access (PTRACE_MODE_ATTACH_REALCREDS). */
@@ -552,7 +436,7 @@ static pid_t fork_and_steal(int stolen, const uint8_t *tmpl, uint8_t *R, uint8_t
 			child_loop(sv[1], R, Q, S);
 		}
 		close(sv[1]);
-		for (double end = now_s() + 0.05; now_s() < end && atomic_load(&sp.child_ufd) < 0;)
+		for (double end = kf_now() + 0.05; kf_now() < end && atomic_load(&sp.child_ufd) < 0;)
 			usleep(100);
 		atomic_store(&sp.stop, 1);
 		pthread_join(t, NULL);
@@ -577,21 +461,21 @@ static void after_exec(int cu, uint64_t at, const uint8_t *page, uint64_t rstart
 
 	/* The old mm goes when its last user does; something holding it
 	 * for a moment (mmget_not_zero elsewhere) delays that briefly. */
-	for (double end = now_s() + 2; now_s() < end; usleep(10000))
-		if ((e = uffd_copy(cu, at, page)) == ESRCH)
+	for (double end = kf_now() + 2; kf_now() < end; usleep(10000))
+		if ((e = kf_copy(cu, at, page, PAGE)) == ESRCH)
 			break;
 	check(e == ESRCH, "after exec: UFFDIO_COPY on the child's uffd fails with ESRCH (got %s)",
 	      strerror(e));
-	e = uffd_zeropage(cu, at);
+	e = kf_zeropage(cu, at, PAGE);
 	check(e == ESRCH, "after exec: UFFDIO_ZEROPAGE fails with ESRCH (got %s)", strerror(e));
-	e = uffd_wp0(cu, rstart, rlen);
+	e = kf_wp(cu, rstart, rlen, UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
 	check(e == ESRCH, "after exec: UFFDIO_WRITEPROTECT fails with ESRCH (got %s)", strerror(e));
-	e = uffd_register(cu, rstart, rlen);
+	e = kf_register(cu, rstart, rlen, UFFDIO_REGISTER_MODE_MISSING);
 	check(e == ENOMEM, "after exec: UFFDIO_REGISTER fails with ENOMEM (mmget_not_zero; got %s)",
 	      strerror(e));
-	e = uffd_unregister(cu, rstart, rlen);
+	e = kf_unregister(cu, rstart, rlen);
 	check(e == ENOMEM, "after exec: UFFDIO_UNREGISTER fails with ENOMEM (got %s)", strerror(e));
-	e = uffd_wake(cu, rstart, rlen);
+	e = kf_wake(cu, rstart, rlen);
 	check(e == 0, "after exec: UFFDIO_WAKE still answers 0 (it touches no mm; got %s)",
 	      strerror(e));
 	ssize_t n = read(cu, &m, sizeof(m));
@@ -605,7 +489,7 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 	struct answer a;
 	long long cf = uffd_fdinfo_features(cu);
 
-	check(is_uffd(cu) && cf >= 0 && (cf & UFFD_FEATURE_EVENT_FORK),
+	check(kf_is_uffd(cu) && cf >= 0 && (cf & UFFD_FEATURE_EVENT_FORK),
 	      "the stolen child uffd is a userfaultfd that inherited EVENT_FORK (features %#llx)", cf);
 
 	/* 1. It serves the child's user-mode faults: the daemon is out. */
@@ -632,23 +516,23 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 		      "the client's own uffd would (faults %d)", pm.faults);
 
 	/* 3. More of the child's memory, as the client's own code could. */
-	int e = uffd_register(cu, (uintptr_t)Q, PAGE);
+	int e = kf_register(cu, (uintptr_t)Q, PAGE, UFFDIO_REGISTER_MODE_MISSING);
 	check(e == 0, "UFFDIO_REGISTER of another child mapping through the stolen uffd works (%s)",
 	      strerror(e));
-	e = uffd_wp0(cu, (uintptr_t)R, 4 * PAGE);
+	e = kf_wp(cu, (uintptr_t)R, 4 * PAGE, UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
 	check(e == ENOENT, "UFFDIO_WRITEPROTECT mode 0 on the MISSING-only range: ENOENT (%s)",
 	      strerror(e));
 
 	/* 4. Nothing reads the child's memory: UFFDIO_MOVE refuses another mm. */
 	struct uffdio_move mv = { .dst = (uintptr_t)(R + 3 * PAGE), .src = (uintptr_t)p5a,
 				  .len = PAGE };
-	e = uffd_ioctl(cu, UFFDIO_MOVE, &mv);
+	e = kf_ioctl(cu, UFFDIO_MOVE, &mv);
 	check(e == EINVAL, "UFFDIO_MOVE through the child's uffd is refused (EINVAL: mm != "
 	      "current->mm, or no MOVE at all): %s", strerror(e));
 
 	/* 5. The baseline: ptrace access to the child, then a non-dumpable
 	 *    child, which the client's own pre-fork arrangements still reach. */
-	int scope = yama_scope();
+	int scope = tu_read_int("/proc/sys/kernel/yama/ptrace_scope");
 	int want_ok = scope < 2; /* no Yama, or scope 0/1: a parent may attach */
 	e = poke_child(pid, 41);
 	r = ask(&pm, 'T', &a);
@@ -705,7 +589,7 @@ static int client_main(const char *sockpath, int ctl)
 		return 77;
 	}
 	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_EVENT_FORK };
-	e = uffd_ioctl(g, UFFDIO_API, &api);
+	e = kf_ioctl(g, UFFDIO_API, &api);
 	check(e == EPERM, "the client's own UFFDIO_API with EVENT_FORK is refused (EPERM): %s",
 	      strerror(e));
 	close(g);
@@ -716,7 +600,7 @@ static int client_main(const char *sockpath, int ctl)
 		  : "not user-mode only");
 
 	/* The duplicate goes in flight: in no fd table from here on. */
-	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hide) < 0 || send_fd(hide[0], u) < 0)
+	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hide) < 0 || kf_send_fd(hide[0], u) < 0)
 		return 1;
 
 	c.sock = proto_dial(sockpath);
@@ -746,7 +630,7 @@ static int client_main(const char *sockpath, int ctl)
 	else
 		note("uffds share one anon inode on this kernel: no system-wide scan");
 
-	int stolen = recv_fd(hide[1]);
+	int stolen = kf_recv_fd(hide[1]);
 	close(hide[0]);
 	close(hide[1]);
 	long long f = uffd_fdinfo_features(stolen);

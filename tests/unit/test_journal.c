@@ -551,6 +551,31 @@ static enum jnl_err read_into(int fd, struct rctx *c, struct jnl_info *info)
 	return jnl_read(fd, &cbs, c, info);
 }
 
+/* Read fd into c: it must read, with no callback failing. */
+static void replay(int fd, struct rctx *c, struct jnl_info *info)
+{
+	assert_int_equal(read_into(fd, c, info), JNL_OK);
+	assert_false(c->fail);
+}
+
+/* Read fd into c rejecting mm and template tmpl (0: none). */
+static void replay_rejecting(int fd, struct rctx *c, struct jnl_info *info, uint32_t mm,
+			     uint32_t tmpl)
+{
+	rctx_init(c, fd);
+	c->reject_mm = mm;
+	c->reject_tmpl = tmpl;
+	assert_int_equal(jnl_read(fd, &cbs, c, info), JNL_OK);
+}
+
+/* What was read back is the live state W; c and info are freed. */
+static void replay_done(struct rctx *c, struct jnl_info *info, const struct world *W)
+{
+	assert_int_equal(world_hash(c->W), world_hash(W));
+	jnl_info_free(info);
+	rctx_fini(c);
+}
+
 /* The hash of what fd reads back as (0 when it cannot be read). */
 static uint64_t read_hash(int fd, struct jnl_info *out)
 {
@@ -1085,8 +1110,7 @@ static void test_record_round_trip(void **state)
 	REC(JNL_SESSION_END, end, .id = 1);
 	REC(JNL_MM_END, end, .id = 1);
 #undef REC
-	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
+	replay(d.fd, &c, &info);
 	assert_int_equal(c.nrecs, n);
 	for (size_t i = 0; i < n; i++) {
 		assert_int_equal(c.types[i], e[i].type);
@@ -1097,9 +1121,7 @@ static void test_record_round_trip(void **state)
 	assert_int_equal(info.next_seq, n - 1);
 	assert_int_equal(info.next.mm, 3);
 	assert_int_equal(info.next.tmpl, 2);
-	assert_int_equal(world_hash(c.W), world_hash(d.W));
-	jnl_info_free(&info);
-	rctx_fini(&c);
+	replay_done(&c, &info, d.W);
 	drv_fini(&d);
 }
 
@@ -1278,8 +1300,7 @@ static void test_image_dag_trees(void **state)
 	drv_init(&d, 0, 0);
 	uint32_t t1 = drv_tmpl_new(&d, 1000), t2 = drv_tmpl_new(&d, 1001);
 	dag_commit(&d, &g, t1, t2);
-	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
+	replay(d.fd, &c, &info);
 	assert_int_equal(c.W->m[1].n, 3);
 	assert_int_equal(c.W->m[1].v[1].start, BASE + 4 * PG);
 	assert_int_equal(c.W->m[2].n, 2);
@@ -1396,6 +1417,18 @@ static void expect_records(const struct rctx *c, uint64_t q, const uint64_t *seq
 	}
 }
 
+/* Commit d's compaction and read it back: the records delivered are
+ * (seqs[i] - q, types[i]), q the seq the compaction began at. */
+static void commit_replay(struct drv *d, struct rctx *c, struct jnl_info *info, const uint64_t *seqs,
+			  const unsigned *types, size_t n)
+{
+	uint64_t q = d->q;
+
+	drv_commit(d);
+	replay(d->fd, c, info);
+	expect_records(c, q, seqs, types, n);
+}
+
 /* A template, a session, two mms on different workers. */
 static void filter_setup(struct drv *d, uint32_t *t)
 {
@@ -1437,20 +1470,14 @@ static void test_filter(void **state)
 	drv_rec(&d, JNL_REPLY, &r);          /* q+4 */
 	struct jnl_unmap u = { .mm = 2, .session = 1, .req_seq = 4, .start = BASE, .end = BASE + PG };
 	drv_rec(&d, JNL_UNMAP, &u);          /* q+5 */
-	uint64_t q = d.q;
-	drv_commit(&d);
 
-	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
 	static const uint64_t seqs[] = { 1, 4, 5, 5 };
 	static const unsigned types[] = { JNL_MAP, JNL_REPLY, JNL_UNMAP, JNL_REPLY };
-	expect_records(&c, q, seqs, types, 4);
+	commit_replay(&d, &c, &info, seqs, types, 4);
 	assert_int_equal(info.records, 6);
 	assert_int_equal(info.filtered, 5);
 	assert_int_equal(info.skipped, 0);
-	assert_int_equal(world_hash(c.W), world_hash(d.W));
-	jnl_info_free(&info);
-	rctx_fini(&c);
+	replay_done(&c, &info, d.W);
 	drv_fini(&d);
 }
 
@@ -1482,24 +1509,16 @@ static void test_filter_fork(void **state)
 	drv_rec(&d, JNL_MM_NEW, &child);                    /* q+3 */
 	struct jnl_unmap u = { .mm = 4, .start = BASE, .end = BASE + PG };
 	drv_rec(&d, JNL_UNMAP, &u);                         /* q+4 */
-	uint64_t q = d.q;
-	drv_commit(&d);
 
-	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
 	static const uint64_t seqs[] = { 3, 4 };
 	static const unsigned types[] = { JNL_MM_NEW, JNL_UNMAP };
-	expect_records(&c, q, seqs, types, 2);
+	commit_replay(&d, &c, &info, seqs, types, 2);
 	assert_int_equal(info.filtered, 1);
 	assert_int_equal(info.skipped, 2);
 	assert_int_equal(c.W->m[4].n, 1);
-	assert_int_equal(world_hash(c.W), world_hash(d.W));
-	jnl_info_free(&info);
-	rctx_fini(&c);
+	replay_done(&c, &info, d.W);
 
-	rctx_init(&c, d.fd);
-	c.reject_mm = 1;
-	assert_int_equal(jnl_read(d.fd, &cbs, &c, &info), JNL_OK);
+	replay_rejecting(d.fd, &c, &info, 1, 0);
 	assert_int_equal(c.nrecs, 0);
 	assert_int_equal(info.skipped, 4);
 	assert_false(c.W->m[4].alive);
@@ -1529,19 +1548,13 @@ static void test_filter_unresolved(void **state)
 	drv_tmpl_free(&d, t2);                              /* q+2 */
 	capture_main(&d);
 	capture_mms(&d, 0);
-	uint64_t q = d.q;
-	drv_commit(&d);
 
-	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
 	static const uint64_t seqs[] = { 1 };
 	static const unsigned types[] = { JNL_UNMAP };
-	expect_records(&c, q, seqs, types, 1);
+	commit_replay(&d, &c, &info, seqs, types, 1);
 	assert_int_equal(info.skipped, 2);  /* the MAP, the TMPL_FREE */
 	assert_int_equal(info.filtered, 1); /* the MAP's reply */
-	assert_int_equal(world_hash(c.W), world_hash(d.W));
-	jnl_info_free(&info);
-	rctx_fini(&c);
+	replay_done(&c, &info, d.W);
 	drv_fini(&d);
 }
 
@@ -1569,9 +1582,7 @@ static void test_reject(void **state)
 	struct jnl_ended end = { .id = 1 };
 	drv_rec(&d, JNL_MM_END, &end);
 
-	rctx_init(&c, d.fd);
-	c.reject_mm = 1;
-	assert_int_equal(jnl_read(d.fd, &cbs, &c, &info), JNL_OK);
+	replay_rejecting(d.fd, &c, &info, 1, 0);
 	static const uint64_t seqs1[] = { 1, 2, 3 };
 	static const unsigned types1[] = { JNL_MAP, JNL_SESSION_MM, JNL_HANDLE };
 	expect_records(&c, info.first_seq, seqs1, types1, 3);
@@ -1579,9 +1590,7 @@ static void test_reject(void **state)
 	jnl_info_free(&info);
 	rctx_fini(&c);
 
-	rctx_init(&c, d.fd);
-	c.reject_tmpl = t;
-	assert_int_equal(jnl_read(d.fd, &cbs, &c, &info), JNL_OK);
+	replay_rejecting(d.fd, &c, &info, 0, t);
 	static const uint64_t seqs2[] = { 2, 4 };
 	static const unsigned types2[] = { JNL_SESSION_MM, JNL_MM_END };
 	expect_records(&c, info.first_seq, seqs2, types2, 2);
@@ -1620,8 +1629,7 @@ static void test_torn_truncate(void **state)
 		struct rctx c;
 		assert_int_equal(__real_pwrite(d.fd, rec, len, (off_t)last), (ssize_t)len);
 		assert_int_equal(__real_ftruncate(d.fd, (off_t)(last + k)), 0);
-		assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-		assert_false(c.fail);
+		replay(d.fd, &c, &info);
 		assert_int_equal(info.records, k == len ? 5 : 4);
 		assert_int_equal(info.end, k == 0 || k == len ? JNL_END_CLEAN : JNL_END_TORN);
 		assert_int_equal(info.tail, k == len ? last + len : last);
@@ -1852,8 +1860,7 @@ static void drv_adopt(struct drv *d, int fd, uint64_t seed)
 	struct jnl_info info;
 
 	memset(d, 0, sizeof(*d));
-	assert_int_equal(read_into(fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
+	replay(fd, &c, &info);
 	d->W = c.W;
 	free(c.nodes);
 	d->fd = fd;
@@ -2143,8 +2150,7 @@ static void test_concurrent_appends(void **state)
 	for (int i = 0; i < N; i++)
 		pthread_join(th[i], NULL);
 	compact_threads(&d, t, N);
-	assert_int_equal(read_into(d.fd, &c, &info), JNL_OK);
-	assert_false(c.fail);
+	replay(d.fd, &c, &info);
 	for (int i = 0; i < N; i++) {
 		assert_int_equal(c.W->m[i + 1].m.pid, 3000);
 		pthread_mutex_destroy(&t[i].lock);

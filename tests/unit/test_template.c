@@ -47,7 +47,7 @@ static void fake_put(void *o)
 	atomic_fetch_sub(&((struct owner *)o)->refs, 1);
 }
 
-static int made, freed;
+static atomic_int made, freed;
 
 static void count_made(void *ctx, struct tmpl *t)
 {
