@@ -477,11 +477,11 @@ int h_wait_fds(pid_t pid, int want, double timeout_s)
 	int n;
 
 	do {
-		if ((n = h_count_fds(pid)) == want)
+		if ((n = h_count_fds(pid)) >= 0 && n <= want)
 			return 0;
 		usleep(POLL_STEP_US * 4);
 	} while (h_now() < end);
-	fprintf(stderr, "harness: pid %d has %d open fds after %.0f s, want %d:\n", (int)pid, n,
+	fprintf(stderr, "harness: pid %d has %d open fds after %.0f s, want at most %d:\n", (int)pid, n,
 		timeout_s, want);
 	h_print_fds(pid);
 	return -1;

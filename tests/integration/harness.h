@@ -101,7 +101,9 @@ struct h_want {
 };
 /* 0 once all hold, -1 at the deadline (the mismatches are printed). */
 int h_wait_stats(rp_client *c, const struct h_want *w, int n, double timeout_s);
-/* Wait until the daemon's open fd count is want; 0 or -1 (printed). */
+/* Wait until the daemon's open fd count is at most want (a baseline: a
+ * descriptor of an earlier client may still be on its way to being closed
+ * on its worker when it was taken); 0 or -1 (printed). */
 int h_wait_fds(pid_t pid, int want, double timeout_s);
 /* Poll pred(arg) until it returns non-zero or the deadline passes. */
 int h_wait_until(int (*pred)(void *), void *arg, double timeout_s);
