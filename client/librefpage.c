@@ -32,16 +32,16 @@
 #define RP_MAX_TEMPLATES 256
 
 struct rp_tmpl_rec {
-	uint32_t id;        /* the id handed to the caller (0: free slot) */
-	uint32_t live_id;   /* id on the current connection, 0: not made yet */
-	uint8_t *page;      /* contents (mmap'd page) */
+	uint32_t id;      /* the id handed to the caller (0: free slot) */
+	uint32_t live_id; /* id on the current connection, 0: not made yet */
+	uint8_t *page;    /* contents (mmap'd page) */
 };
 
 struct rp_client {
-	atomic_int owner;        /* pid the connection belongs to */
+	atomic_int owner; /* pid the connection belongs to */
 	pthread_mutex_t lock;
-	int sock;                /* -1: not connected (yet, or any more) */
-	int lost;                /* the daemon went away */
+	int sock; /* -1: not connected (yet, or any more) */
+	int lost; /* the daemon went away */
 	uint32_t seq;
 	uint32_t next_id;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -113,12 +113,13 @@ static int roundtrip(struct rp_client *c, uint16_t type, const void *payload, ui
 		/* A daemon killed after answering an earlier request, but
 		 * before taking it off the socket, answers it again once
 		 * restarted (daemon/session.c): that reply is stale. */
-	} while ((h->type == PROTO_REPLY || h->type == PROTO_STATS_REPLY) && h->seq && h->seq != seq &&
-		 (int32_t)(seq - h->seq) > 0);
+	} while ((h->type == PROTO_REPLY || h->type == PROTO_STATS_REPLY) && h->seq &&
+		 h->seq != seq && (int32_t)(seq - h->seq) > 0);
 	if (h->seq != seq) {
 		/* seq 0: the daemon refused the connection itself (a limit). */
 		const struct proto_reply *pr = (const void *)(h + 1);
-		return h->seq == 0 && h->type == PROTO_REPLY && pr->status < 0 ? pr->status : -EPROTO;
+		return h->seq == 0 && h->type == PROTO_REPLY && pr->status < 0 ? pr->status
+									       : -EPROTO;
 	}
 	if (h->type == PROTO_REPLY && rep_type != PROTO_REPLY) {
 		/* The daemon refused the request with a plain status. */
@@ -446,7 +447,8 @@ static int map_flags_ok(int flags)
 }
 
 /* mmap + register, under c->lock. */
-static void *map_locked(rp_client *c, void *addr, size_t len, int prot, int flags, struct rp_tmpl_rec *t)
+static void *map_locked(rp_client *c, void *addr, size_t len, int prot, int flags,
+			struct rp_tmpl_rec *t)
 {
 	struct proto_reply rep;
 	int r = rec_live(c, t);

@@ -143,7 +143,8 @@ static void load_cfg(void)
 	if ((v = getenv(RUNOPT_ENV_PATTERN)) && runopt_pattern(v, &cfg.pattern) < 0)
 		say2("ignoring bad " RUNOPT_ENV_PATTERN " (want 0..255), using 0xaa: ", v);
 	if ((v = getenv(RUNOPT_ENV_THRESHOLD)) && runopt_threshold(v, &cfg.threshold) < 0)
-		say2("ignoring bad " RUNOPT_ENV_THRESHOLD " (want 1 byte..1 TiB), using 131072: ", v);
+		say2("ignoring bad " RUNOPT_ENV_THRESHOLD " (want 1 byte..1 TiB), using 131072: ",
+		     v);
 	if ((v = getenv(RUNOPT_ENV_STRICT)) && runopt_bool(v, &cfg.strict) < 0)
 		say2("ignoring bad " RUNOPT_ENV_STRICT " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_ALLOW_UMO)) && runopt_bool(v, &cfg.allow_umo) < 0)
@@ -179,7 +180,8 @@ static atomic_size_t boot_used;
 
 static int is_boot(const void *p)
 {
-	return (const unsigned char *)p >= boot_buf && (const unsigned char *)p < boot_buf + BOOT_SIZE;
+	return (const unsigned char *)p >= boot_buf &&
+	       (const unsigned char *)p < boot_buf + BOOT_SIZE;
 }
 
 static void *boot_alloc(size_t n, size_t align)
@@ -214,8 +216,8 @@ static void die(const char *what)
 	_exit(127);
 }
 
-#define RESOLVE(f)                                          \
-	do {                                                \
+#define RESOLVE(f)                                                 \
+	do {                                                       \
 		next.f = (__typeof__(next.f))dlsym(RTLD_NEXT, #f); \
 	} while (0)
 
@@ -408,8 +410,8 @@ static enum blk_kind blk_kind(struct blk b)
 
 /* --- counters for --stats ---------------------------------------------- */
 
-static atomic_ulong n_blocks[4];    /* by kind */
-static atomic_ulong n_fallbacks;    /* refpage wanted, memset given */
+static atomic_ulong n_blocks[4]; /* by kind */
+static atomic_ulong n_fallbacks; /* refpage wanted, memset given */
 static atomic_ulong n_remaps;
 
 /* --- the refpage backend ----------------------------------------------- */
@@ -460,11 +462,12 @@ static int rp_bring_up(void)
 	int r;
 
 	if (!cfg.allow_umo && !runopt_full_uffd()) {
-		no_refpage(&said_fallback,
-			   "this process can only make a user-mode-only userfaultfd "
-			   "(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd), "
-			   "so system calls reading or writing untouched refpage memory would fail with EFAULT",
-			   " (--allow-user-mode-only to use refpages anyway)", 0);
+		no_refpage(
+			&said_fallback,
+			"this process can only make a user-mode-only userfaultfd "
+			"(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd), "
+			"so system calls reading or writing untouched refpage memory would fail with EFAULT",
+			" (--allow-user-mode-only to use refpages anyway)", 0);
 		return 0;
 	}
 	if ((r = rp_connect(NULL, &c)) < 0) {
@@ -555,7 +558,9 @@ static void *map_block(size_t len, size_t align, enum blk_kind kind)
 
 static enum blk_kind mode_kind(void)
 {
-	return cfg.mode == RUNOPT_REFPAGE ? BLK_REFPAGE : cfg.mode == RUNOPT_MEMSET ? BLK_MEMSET : BLK_ANON;
+	return cfg.mode == RUNOPT_REFPAGE  ? BLK_REFPAGE
+	       : cfg.mode == RUNOPT_MEMSET ? BLK_MEMSET
+					   : BLK_ANON;
 }
 
 /* A block of at least n bytes; kind 0 follows the mode. NULL + ENOMEM. */

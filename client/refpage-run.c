@@ -97,7 +97,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			break;
 		case OPT_PATTERN:
 			if (runopt_pattern(optarg, &o->pat) < 0)
-				bad("--pattern: want a byte value 0..255 (e.g. 0xAA), not '%s'", optarg);
+				bad("--pattern: want a byte value 0..255 (e.g. 0xAA), not '%s'",
+				    optarg);
 			o->pattern = optarg;
 			break;
 		case OPT_THRESHOLD:
@@ -107,7 +108,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			o->threshold = optarg;
 			break;
 		case OPT_SOCKET:
-			if (!*optarg || strlen(optarg) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+			if (!*optarg ||
+			    strlen(optarg) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 				bad("--socket: want a path of 1 to 107 bytes, not '%s'", optarg);
 			o->socket = optarg;
 			break;
@@ -156,9 +158,11 @@ static int find_shim(char *out, size_t n)
 		char *slash = strrchr(exe, '/');
 		if (slash) {
 			*slash = 0;
-			if (snprintf(out, n, "%s/" SHIM_NAME, exe) < (int)n && access(out, R_OK) == 0)
+			if (snprintf(out, n, "%s/" SHIM_NAME, exe) < (int)n &&
+			    access(out, R_OK) == 0)
 				return 0;
-			if (snprintf(out, n, "%s/../" RP_LIBDIR "/refpage/" SHIM_NAME, exe) < (int)n &&
+			if (snprintf(out, n, "%s/../" RP_LIBDIR "/refpage/" SHIM_NAME, exe) <
+				    (int)n &&
 			    access(out, R_OK) == 0 && realpath(out, exe)) {
 				snprintf(out, n, "%s", exe);
 				return 0;
@@ -175,8 +179,10 @@ static void set_preload(const char *shim)
 	static char v[8192];
 
 	if (strpbrk(shim, " :") || shim[0] != '/') {
-		fprintf(stderr, "refpage-run: the shim path '%s' cannot go into LD_PRELOAD "
-				"(it must be absolute, without spaces or colons)\n", shim);
+		fprintf(stderr,
+			"refpage-run: the shim path '%s' cannot go into LD_PRELOAD "
+			"(it must be absolute, without spaces or colons)\n",
+			shim);
 		exit(1);
 	}
 	if (old && *old && strstr(old, shim))
@@ -201,11 +207,12 @@ static void check_refpages(struct run_opts *o)
 	if (!path || !*path)
 		path = PROTO_DEFAULT_SOCKET;
 	if (!o->allow_umo && !runopt_full_uffd()) {
-		snprintf(why, sizeof(why),
-			 "this user can only make a user-mode-only userfaultfd "
-			 "(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd): system calls "
-			 "reading or writing untouched refpage memory would fail with EFAULT "
-			 "(--allow-user-mode-only to use refpages anyway)");
+		snprintf(
+			why, sizeof(why),
+			"this user can only make a user-mode-only userfaultfd "
+			"(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd): system calls "
+			"reading or writing untouched refpage memory would fail with EFAULT "
+			"(--allow-user-mode-only to use refpages anyway)");
 	} else if ((r = rp_connect(path, &c)) < 0) {
 		snprintf(why, sizeof(why), "cannot reach refpaged at %s: %s", path, rp_strerror(r));
 	} else {
@@ -213,13 +220,15 @@ static void check_refpages(struct run_opts *o)
 		rp_disconnect(c);
 		if (r == 0)
 			return;
-		snprintf(why, sizeof(why), "refpaged at %s refused a template: %s", path, rp_strerror(r));
+		snprintf(why, sizeof(why), "refpaged at %s refused a template: %s", path,
+			 rp_strerror(r));
 	}
 	if (o->strict) {
 		fprintf(stderr, "refpage-run: --strict: %s\n", why);
 		exit(1);
 	}
-	fprintf(stderr, "refpage-run: %s; large allocations fall back to memset of the pattern\n", why);
+	fprintf(stderr, "refpage-run: %s; large allocations fall back to memset of the pattern\n",
+		why);
 	o->mode = RUNOPT_MEMSET;
 }
 
@@ -232,9 +241,11 @@ int main(int argc, char **argv)
 	if (find_shim(shim, sizeof(shim)) < 0) {
 		const char *env = getenv(RUNOPT_ENV_PRELOAD);
 		if (env && *env)
-			fprintf(stderr, "refpage-run: $%s=%s: %s\n", RUNOPT_ENV_PRELOAD, env, strerror(errno));
+			fprintf(stderr, "refpage-run: $%s=%s: %s\n", RUNOPT_ENV_PRELOAD, env,
+				strerror(errno));
 		else
-			fprintf(stderr, "refpage-run: cannot find %s (looked beside refpage-run and in %s)\n",
+			fprintf(stderr,
+				"refpage-run: cannot find %s (looked beside refpage-run and in %s)\n",
 				SHIM_NAME, RP_SHIM_INSTALLED);
 		return 1;
 	}

@@ -15,16 +15,17 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: refpagectl [--socket PATH] stats [--json]\n"
-		   "       refpagectl [--socket PATH] usage [--json]\n"
-		   "       refpagectl [--socket PATH] upgrade\n"
-		   "  stats    print the daemon's counters (root and the daemon's user: the whole\n"
-		   "           daemon's; anyone else: their own uid's); with --json, and each uid's\n"
-		   "           use of its budgets\n"
-		   "  usage    each uid's use of its budgets (root: every uid; anyone else: their own)\n"
-		   "  upgrade  make the daemon re-execute its binary (a new version installed at its\n"
-		   "           path) without its clients noticing; prints the new daemon's pid\n"
-		   "  PATH defaults to $REFPAGED_SOCKET, else %s\n",
+	fprintf(f,
+		"usage: refpagectl [--socket PATH] stats [--json]\n"
+		"       refpagectl [--socket PATH] usage [--json]\n"
+		"       refpagectl [--socket PATH] upgrade\n"
+		"  stats    print the daemon's counters (root and the daemon's user: the whole\n"
+		"           daemon's; anyone else: their own uid's); with --json, and each uid's\n"
+		"           use of its budgets\n"
+		"  usage    each uid's use of its budgets (root: every uid; anyone else: their own)\n"
+		"  upgrade  make the daemon re-execute its binary (a new version installed at its\n"
+		"           path) without its clients noticing; prints the new daemon's pid\n"
+		"  PATH defaults to $REFPAGED_SOCKET, else %s\n",
 		PROTO_DEFAULT_SOCKET);
 }
 
@@ -83,7 +84,8 @@ static int upgrade(int s)
 	}
 	fprintf(stderr, "refpagectl: upgrade failed: %s%s\n", strerror(-rep.status),
 		rep.status == -EPROTONOSUPPORT ? " (the new binary cannot read the state journal)"
-		: rep.status == -EPERM ? " (root or the daemon's user only)" : "");
+		: rep.status == -EPERM         ? " (root or the daemon's user only)"
+					       : "");
 	if (rep.status != -EPERM && rep.status != -EOPNOTSUPP)
 		fprintf(stderr, "refpagectl: the running daemon goes on serving; see its log\n");
 	return rep.status == -EPROTONOSUPPORT ? 3 : 1;
@@ -98,7 +100,8 @@ static void print_stats(const struct proto_stats_reply *r, int json)
 			printf("%s\"%s\": %llu", i ? ", " : "", proto_stat_name(i),
 			       (unsigned long long)r->counters[i]);
 		else
-			printf("%-26s %llu\n", proto_stat_name(i), (unsigned long long)r->counters[i]);
+			printf("%-26s %llu\n", proto_stat_name(i),
+			       (unsigned long long)r->counters[i]);
 	}
 }
 
@@ -200,14 +203,23 @@ int main(int argc, char **argv)
 
 	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (o) {
-		case 's': path = optarg; break;
-		case 'j': json = 1; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 's':
+			path = optarg;
+			break;
+		case 'j':
+			json = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
-	if (optind != argc - 1 || (strcmp(argv[optind], "stats") && strcmp(argv[optind], "upgrade") &&
-				   strcmp(argv[optind], "usage"))) {
+	if (optind != argc - 1 ||
+	    (strcmp(argv[optind], "stats") && strcmp(argv[optind], "upgrade") &&
+	     strcmp(argv[optind], "usage"))) {
 		usage(stderr);
 		return 2;
 	}

@@ -66,13 +66,16 @@ int runopt_threshold(const char *s, size_t *out)
 	switch (*end) {
 	case '\0':
 		break;
-	case 'k': case 'K':
+	case 'k':
+	case 'K':
 		unit = 1ull << 10;
 		break;
-	case 'm': case 'M':
+	case 'm':
+	case 'M':
 		unit = 1ull << 20;
 		break;
-	case 'g': case 'G':
+	case 'g':
+	case 'G':
 		unit = 1ull << 30;
 		break;
 	default:

@@ -42,8 +42,8 @@ const char *acct_res_name(enum acct_res res)
 {
 	static const char *const n[ACCT_RES_COUNT] = {
 		[ACCT_CONNECTIONS] = "connections", [ACCT_TEMPLATES] = "templates",
-		[ACCT_RANGES] = "ranges", [ACCT_BYTES] = "registered bytes",
-		[ACCT_PROCESSES] = "processes", [ACCT_FDS] = "descriptors",
+		[ACCT_RANGES] = "ranges",           [ACCT_BYTES] = "registered bytes",
+		[ACCT_PROCESSES] = "processes",     [ACCT_FDS] = "descriptors",
 		[ACCT_MEMORY] = "memory bytes",
 	};
 	return (unsigned)res < ACCT_RES_COUNT ? n[res] : "?";
@@ -169,8 +169,8 @@ static void refuse(struct acct *a, enum acct_res res, int pool)
 {
 	atomic_fetch_add(&a->refused[res], 1);
 	acct_stat_add(a, PROTO_STAT_REFUSED, 1);
-	acct_log(a, LOG_WARNING, "%s budget reached (%s %llu); refusing more",
-		 acct_res_name(res), pool ? "daemon-wide pool" : "per uid",
+	acct_log(a, LOG_WARNING, "%s budget reached (%s %llu); refusing more", acct_res_name(res),
+		 pool ? "daemon-wide pool" : "per uid",
 		 (unsigned long long)(pool ? limits.pool[res] : limits.max[res]));
 }
 

@@ -30,12 +30,12 @@
 
 enum acct_res {
 	ACCT_CONNECTIONS,
-	ACCT_TEMPLATES,  /* template handles */
+	ACCT_TEMPLATES, /* template handles */
 	ACCT_RANGES,
-	ACCT_BYTES,      /* registered bytes */
-	ACCT_PROCESSES,  /* served address spaces, fork children included */
-	ACCT_FDS,        /* descriptors the daemon holds for the uid */
-	ACCT_MEMORY,     /* bytes of the daemon's memory */
+	ACCT_BYTES,     /* registered bytes */
+	ACCT_PROCESSES, /* served address spaces, fork children included */
+	ACCT_FDS,       /* descriptors the daemon holds for the uid */
+	ACCT_MEMORY,    /* bytes of the daemon's memory */
 	ACCT_RES_COUNT
 };
 
@@ -52,24 +52,24 @@ struct acct_limits {
  * thread only. */
 struct acct_turn {
 	uint64_t iter;
-	uint32_t used;   /* requests or messages taken this iteration */
-	uint32_t woken;  /* parked sockets or uffds woken this iteration */
+	uint32_t used;  /* requests or messages taken this iteration */
+	uint32_t woken; /* parked sockets or uffds woken this iteration */
 };
 
 struct acct {
 	uid_t uid;
-	atomic_uint refs;               /* at 0 the account stays a while (acct.c) */
-	double idle_since;              /* when refs went to 0, under the table lock */
+	atomic_uint refs;  /* at 0 the account stays a while (acct.c) */
+	double idle_since; /* when refs went to 0, under the table lock */
 	_Atomic uint64_t used[ACCT_RES_COUNT];
 	_Atomic uint64_t refused[ACCT_RES_COUNT];
 	/* The STATS counters of this uid's work alone: what a client of
 	 * this uid is shown (nothing of another uid's). */
 	_Atomic uint64_t stat[PROTO_STATS_MAX];
-	struct log_rl rl;               /* its warnings and notices */
-	struct log_rl rl_chat;          /* its info and debug lines, apart: they cannot
+	struct log_rl rl;        /* its warnings and notices */
+	struct log_rl rl_chat;   /* its info and debug lines, apart: they cannot
 					 * use up the budget of the lines that matter */
-	struct acct_turn *turns;        /* one per loop: main, then workers */
-	uint32_t *placed;               /* address spaces per loop (worker.c, under its lock) */
+	struct acct_turn *turns; /* one per loop: main, then workers */
+	uint32_t *placed;        /* address spaces per loop (worker.c, under its lock) */
 	struct acct *next;
 };
 

@@ -24,16 +24,16 @@ struct rp_limits {
 	uint32_t hello_timeout_s; /* a connection must say HELLO or STATS by then */
 	/* Fairness: what one uid may take of a loop per iteration, however
 	 * many connections or processes it spreads it over. */
-	uint32_t loop_quota;      /* requests handled, main loop */
-	uint32_t fault_quota;     /* uffd messages read, each worker */
+	uint32_t loop_quota;  /* requests handled, main loop */
+	uint32_t fault_quota; /* uffd messages read, each worker */
 	struct acct_limits per_uid;
 };
 
 struct rp_config {
-	const char *socket_path;  /* NULL: systemd's, else the default */
-	unsigned workers;         /* fault worker threads */
-	uint32_t fault_around;    /* largest fill window in pages (1 = off) */
-	uint32_t poll_us;         /* busy-poll a uffd this long before sleeping (0 = off) */
+	const char *socket_path; /* NULL: systemd's, else the default */
+	unsigned workers;        /* fault worker threads */
+	uint32_t fault_around;   /* largest fill window in pages (1 = off) */
+	uint32_t poll_us;        /* busy-poll a uffd this long before sleeping (0 = off) */
 	/* The fault loop's fast paths (mm.c), each switchable for the
 	 * benchmarks: uffd messages per read(2); read until the uffd is empty
 	 * (bounded) on each wake-up, else once; skip a fault on a page this
@@ -60,13 +60,13 @@ struct rp_daemon {
 	struct tmpl_store tmpls;
 	struct workers workers;
 	int listen_fd;
-	int listen_owned;         /* we bound it (unlink on exit) */
+	int listen_owned; /* we bound it (unlink on exit) */
 	ev_io listen_io;
 	ev_timer accept_pause;
 	struct session *sessions; /* doubly linked, main loop only */
 	uint32_t nsessions;
 	int stopping;
-	struct rp_observer obs;   /* whoever listens to state changes (persist.c) */
+	struct rp_observer obs; /* whoever listens to state changes (persist.c) */
 	atomic_uint next_id[RP_ID_KINDS];
 	/* The restart wing's answer to an UPGRADE request (NULL: none, the
 	 * request gets -EOPNOTSUPP). Main loop; may not return. */

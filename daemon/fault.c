@@ -67,7 +67,8 @@ static long fill_piece(int uffd, const struct range_piece *p, struct fault_strea
 }
 
 enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault_streams *fs,
-			     uint64_t addr, uint64_t flags, const struct fault_cfg *c, uint64_t *end)
+			     uint64_t addr, uint64_t flags, const struct fault_cfg *c,
+			     uint64_t *end)
 {
 	long got;
 

@@ -36,10 +36,10 @@ struct fault_streams {
 };
 
 struct fault_cfg {
-	uint32_t fault_around;   /* largest window, pages */
+	uint32_t fault_around; /* largest window, pages */
 	int dontwake;
 	struct tmpl_store *store;
-	struct acct *acct;       /* counted for */
+	struct acct *acct; /* counted for */
 };
 
 /* Answer the fault at addr (flags from the uffd message) in piece p, or
@@ -51,6 +51,7 @@ struct fault_cfg {
  * again (the caller bounds how often), UFFD_RETRY or UFFD_NOMEM when it
  * must be tried again later, UFFD_GONE_MM when the process is gone. */
 enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault_streams *fs,
-			     uint64_t addr, uint64_t flags, const struct fault_cfg *c, uint64_t *end);
+			     uint64_t addr, uint64_t flags, const struct fault_cfg *c,
+			     uint64_t *end);
 
 #endif

@@ -75,4 +75,3 @@ int fdset_from_systemd(struct fdset *set)
 	free(names);
 	return n;
 }
-

@@ -7,15 +7,15 @@
 #include <stddef.h>
 
 struct named_fd {
-	int fd;          /* -1 once taken */
+	int fd; /* -1 once taken */
 	char name[32];
 };
 
 struct fdset {
 	struct named_fd *v;
 	size_t n, cap;
-	const char *from;  /* who passed them, for the log */
-	int listen_owned;  /* handover: the previous daemon bound the socket path */
+	const char *from; /* who passed them, for the log */
+	int listen_owned; /* handover: the previous daemon bound the socket path */
 };
 
 /* systemd's LISTEN_FDS/LISTEN_FDNAMES (then unset), close-on-exec. The

@@ -99,7 +99,10 @@ static void srcs_add(struct follow *f, uint64_t s, uint64_t e)
 	if (f->nsrcs == FOLLOW_SRCS)
 		memmove(&f->srcs[0], &f->srcs[1], --f->nsrcs * sizeof(*f->srcs));
 	f->srcs[f->nsrcs++] = (struct follow_src){
-		.start = s, .end = e, .nspans = 1, .span = { { s, e } },
+		.start = s,
+		.end = e,
+		.nspans = 1,
+		.span = { { s, e } },
 	};
 }
 
@@ -112,8 +115,8 @@ static int srcs_find(const struct follow *f, uint64_t s, uint64_t e)
 	return -1;
 }
 
-long long follow_forget_recorded(const struct follow *from, const struct follow_ops *ops,
-				 void *ctx, uint64_t s, uint64_t e)
+long long follow_forget_recorded(const struct follow *from, const struct follow_ops *ops, void *ctx,
+				 uint64_t s, uint64_t e)
 {
 	long long err = 0;
 
@@ -163,7 +166,8 @@ static long long apply_unmap(struct follow *f, uint64_t s, uint64_t e)
 	if (i >= 0) {
 		/* The mremap that moved it away: what nobody took since. */
 		r = follow_forget_recorded(f, f->ops, f->ctx, s, e);
-		memmove(&f->srcs[i], &f->srcs[i + 1], (--f->nsrcs - (uint32_t)i) * sizeof(*f->srcs));
+		memmove(&f->srcs[i], &f->srcs[i + 1],
+			(--f->nsrcs - (uint32_t)i) * sizeof(*f->srcs));
 	} else {
 		r = f->ops->unmap(f->ctx, s, e);
 		srcs_take(f, s, e, 0);

@@ -57,7 +57,7 @@ struct follow_ev {
 	enum follow_type type;
 	uint32_t pulled; /* ours: applied before events read earlier */
 	uint64_t from, to, len;
-	double at;       /* ours: when it was read */
+	double at; /* ours: when it was read */
 	void *child;
 };
 
@@ -83,8 +83,8 @@ struct follow {
 	struct follow_src *srcs; /* FOLLOW_SRCS, oldest first */
 	uint32_t nsrcs;
 	uint32_t nq;
-	struct follow_ev *q;     /* FOLLOW_QUEUE, in the order to apply them */
-	int unborn;              /* a fork child: its table waits for its parent */
+	struct follow_ev *q; /* FOLLOW_QUEUE, in the order to apply them */
+	int unborn;          /* a fork child: its table waits for its parent */
 };
 
 /* What a call did, added to the caller's counts. */
@@ -129,7 +129,7 @@ int follow_holds(const struct follow *f, uint64_t s, uint64_t e, int op);
 void follow_taken(struct follow *f, uint64_t s, uint64_t e, int moved);
 /* Forget through ops/ctx (from's own table, or a fork child's) what is
  * left in from's records within [s, e). 0 or the first -errno. */
-long long follow_forget_recorded(const struct follow *from, const struct follow_ops *ops,
-				 void *ctx, uint64_t s, uint64_t e);
+long long follow_forget_recorded(const struct follow *from, const struct follow_ops *ops, void *ctx,
+				 uint64_t s, uint64_t e);
 
 #endif

@@ -77,9 +77,18 @@
 #define HO_MAX_FDS 128u
 
 enum ho_type {
-	HO_HELLO = 1, HO_SNAPSHOT, HO_CHECKED, HO_REFUSE, HO_FDS, HO_END, HO_COMMIT, HO_ACK,
+	HO_HELLO = 1,
+	HO_SNAPSHOT,
+	HO_CHECKED,
+	HO_REFUSE,
+	HO_FDS,
+	HO_END,
+	HO_COMMIT,
+	HO_ACK,
 	/* daemon <-> exec helper */
-	HO_EXEC = 32, HO_SPAWNED, HO_EXITED,
+	HO_EXEC = 32,
+	HO_SPAWNED,
+	HO_EXITED,
 };
 
 /* Every message: this header, then len bytes. Both ends may be different
@@ -97,7 +106,7 @@ struct ho_hello {
 };
 
 struct ho_refuse {
-	int32_t status;    /* -errno for the requester */
+	int32_t status; /* -errno for the requester */
 	uint32_t reserved;
 	char why[120];
 };
@@ -143,8 +152,8 @@ static int wait_for(int fd, short events, double deadline)
 	}
 }
 
-static int ho_send(int sock, uint32_t type, const void *p, uint32_t len, const int *fds, unsigned nfds,
-		   double deadline)
+static int ho_send(int sock, uint32_t type, const void *p, uint32_t len, const int *fds,
+		   unsigned nfds, double deadline)
 {
 	struct ho_hdr h = { type, len };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)p, len } };
@@ -179,7 +188,9 @@ static long ho_recv(int sock, uint32_t *type, void *buf, size_t cap, int *fds, u
 		char buf[CMSG_SPACE(HO_MAX_FDS * sizeof(int))];
 	} cm;
 	struct iovec iov = { raw, sizeof(raw) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cm.buf,
 			     .msg_controllen = sizeof(cm.buf) };
 	ssize_t n;
 	int got[HO_MAX_FDS];
@@ -196,7 +207,8 @@ static long ho_recv(int sock, uint32_t *type, void *buf, size_t cap, int *fds, u
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
 		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
 			continue;
-		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && ngot < HO_MAX_FDS; i++)
+		for (size_t i = 0;
+		     i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && ngot < HO_MAX_FDS; i++)
 			memcpy(&got[ngot++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
 	}
 	struct ho_hdr h = { 0, UINT32_MAX };
@@ -221,7 +233,7 @@ static long ho_recv(int sock, uint32_t *type, void *buf, size_t cap, int *fds, u
 /* --- the exec helper --------------------------------------------------------- */
 
 static struct {
-	int sock;        /* to the helper; -1: none, upgrades refused */
+	int sock; /* to the helper; -1: none, upgrades refused */
 	char path[PATH_MAX];
 } helper = { .sock = -1 };
 
@@ -383,10 +395,10 @@ int wing_exec_helper_start(int argc, char *const argv[])
 /* --- the old daemon ------------------------------------------------------------ */
 
 struct up {
-	int sock;        /* to the new binary */
+	int sock; /* to the new binary */
 	pid_t pid;
-	double paused;   /* when the workers stopped, 0: not yet */
-	int systemd;     /* MAINPID= was sent: no way back */
+	double paused; /* when the workers stopped, 0: not yet */
+	int systemd;   /* MAINPID= was sent: no way back */
 	char why[200];
 };
 
@@ -432,9 +444,11 @@ static void exit_status(struct up *u)
 		if (type == HO_EXITED && len == sizeof(m) && m.pid == u->pid) {
 			size_t l = strlen(u->why);
 			if (WIFEXITED(m.val))
-				snprintf(u->why + l, sizeof(u->why) - l, " (exit status %d)", WEXITSTATUS(m.val));
+				snprintf(u->why + l, sizeof(u->why) - l, " (exit status %d)",
+					 WEXITSTATUS(m.val));
 			else if (WIFSIGNALED(m.val))
-				snprintf(u->why + l, sizeof(u->why) - l, " (killed by signal %d)", WTERMSIG(m.val));
+				snprintf(u->why + l, sizeof(u->why) - l, " (killed by signal %d)",
+					 WTERMSIG(m.val));
 			return;
 		}
 	}
@@ -464,8 +478,9 @@ static long expect(struct up *u, uint32_t want, void *buf, size_t cap, double de
 		return m.refuse.status < 0 ? m.refuse.status : -ECANCELED;
 	}
 	snprintf(u->why, sizeof(u->why), "the new binary %s",
-		 len == -ETIMEDOUT ? "did not answer in time"
-		 : len == -ECONNRESET ? "exited" : "sent something unexpected");
+		 len == -ETIMEDOUT    ? "did not answer in time"
+		 : len == -ECONNRESET ? "exited"
+				      : "sent something unexpected");
 	if (len == -ECONNRESET)
 		exit_status(u);
 	return -ECANCELED;
@@ -547,7 +562,8 @@ static int take_over(struct rp_daemon *d, struct up *u)
 	if ((r = wing_sync_image(d->wing)) < 0)
 		snprintf(u->why, sizeof(u->why), "cannot write the journal: %s", strerror((int)-r));
 	else if ((r = send_fds(d, u, end)) < 0)
-		snprintf(u->why, sizeof(u->why), "cannot pass the descriptors: %s", strerror((int)-r));
+		snprintf(u->why, sizeof(u->why), "cannot pass the descriptors: %s",
+			 strerror((int)-r));
 	else if ((r = expect(u, HO_COMMIT, &commit, sizeof(commit), end)) < 0)
 		status = (int)r;
 	else {
@@ -556,7 +572,8 @@ static int take_over(struct rp_daemon *d, struct up *u)
 		if (getenv("NOTIFY_SOCKET"))
 			u->systemd = sd_notifyf(0, "MAINPID=%d", (int)u->pid) > 0;
 		if ((r = ho_send(u->sock, HO_ACK, NULL, 0, NULL, 0, end)) < 0)
-			snprintf(u->why, sizeof(u->why), "the new binary went away at the last step");
+			snprintf(u->why, sizeof(u->why),
+				 "the new binary went away at the last step");
 	}
 	if (r >= 0)
 		return 0;
@@ -577,13 +594,15 @@ static int upgrade(struct rp_daemon *d, struct up *u)
 	long r;
 
 	if ((r = spawn(u, end)) < 0) {
-		snprintf(u->why, sizeof(u->why), "cannot start the new binary: %s", strerror((int)-r));
+		snprintf(u->why, sizeof(u->why), "cannot start the new binary: %s",
+			 strerror((int)-r));
 		return -ECANCELED;
 	}
 	if ((r = expect(u, HO_HELLO, &hello, sizeof(hello), end)) < 0)
 		return (int)r;
 	log_info("upgrade: %s started as pid %d (handover protocol %u, reads snapshot versions "
-		 "%u to %u)", helper.path, (int)u->pid, hello.proto, hello.snap_min, hello.snap_max);
+		 "%u to %u)",
+		 helper.path, (int)u->pid, hello.proto, hello.snap_min, hello.snap_max);
 	/* The new binary checks the journal's format while we go on serving
 	 * (without the fd store there is none yet: an empty one is enough). */
 	struct wing *wg = d->wing;
@@ -626,8 +645,9 @@ void wing_upgrade(struct rp_daemon *d, int reply_fd, uint32_t seq, uid_t uid)
 	status = upgrade(d, &u);
 	if (status == 0) {
 		double t = rp_now();
-		log_notice("upgrade: pid %d serves now; clients waited at most %.1f ms (%.1f ms in all)",
-			   (int)u.pid, (t - u.paused) * 1e3, (t - t0) * 1e3);
+		log_notice(
+			"upgrade: pid %d serves now; clients waited at most %.1f ms (%.1f ms in all)",
+			(int)u.pid, (t - u.paused) * 1e3, (t - t0) * 1e3);
 		answer(reply_fd, seq, 0, u.pid);
 		_exit(0);
 	}
@@ -679,7 +699,8 @@ static int receive_fds(int sock, struct fdset *set)
 	while (m) {
 		uint32_t type;
 		unsigned n;
-		long len = ho_recv(sock, &type, m, sizeof(*m), fds, HO_MAX_FDS, &n, rp_now() + HO_TIMEOUT_S);
+		long len = ho_recv(sock, &type, m, sizeof(*m), fds, HO_MAX_FDS, &n,
+				   rp_now() + HO_TIMEOUT_S);
 		if (len >= 0 && type == HO_END && len == sizeof(struct ho_end) && !n) {
 			const struct ho_end *e = (const void *)m;
 			set->listen_owned = (int)e->listen_owned;

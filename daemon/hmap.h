@@ -13,7 +13,7 @@
 
 struct hmap {
 	uint64_t *k, *v;
-	size_t cap, n; /* slots (a power of two, or 0), slots taken */
+	size_t cap, n;  /* slots (a power of two, or 0), slots taken */
 	unsigned shift; /* 64 - log2(cap) */
 };
 

@@ -195,12 +195,12 @@ enum { OBJ_ALIVE, OBJ_ENDED, OBJ_REJECTED };
 /* An object met in the image or the journal. A K_PAGE entry says which
  * template (in page) a template page belongs to. */
 struct obj {
-	uint64_t key;   /* kind << 32 | id; 0: an empty entry */
-	uint64_t cap;   /* capture seq, for an object of the image */
-	uint32_t page;  /* K_TMPL: its page; K_PAGE: its template */
+	uint64_t key;  /* kind << 32 | id; 0: an empty entry */
+	uint64_t cap;  /* capture seq, for an object of the image */
+	uint32_t page; /* K_TMPL: its page; K_PAGE: its template */
 	uint32_t uid, crc;
-	uint8_t state;  /* OBJ_* */
-	uint8_t image;  /* captured in the image */
+	uint8_t state; /* OBJ_* */
+	uint8_t image; /* captured in the image */
 };
 
 /* Open addressing, linear probing, at most half full. */
@@ -275,8 +275,8 @@ struct replay {
 	void *ctx;
 	struct jnl_info *info;
 	struct objmap objs;
-	uint64_t q, gen;         /* of the slot being replayed */
-	enum jnl_err err;        /* why it stopped: JNL_ENOMEM, JNL_EABORT */
+	uint64_t q, gen;  /* of the slot being replayed */
+	enum jnl_err err; /* why it stopped: JNL_ENOMEM, JNL_EABORT */
 };
 
 /* The sections of an image that passed image_check. */
@@ -413,8 +413,8 @@ static enum jnl_err check_sessions(struct replay *r, struct image *im, struct cu
 	im->sessions = c->p;
 	for (uint32_t i = 0; i < im->h->nsessions; i++) {
 		const struct jnl_session *s = take(c, 1, sizeof(*s));
-		if (!s || !s->id || (s->flags & ~JNL_SESSION_REPLIED) || s->nhandles > JNL_MAX_HANDLES ||
-		    obj_find(&r->objs, K_SESSION, s->id))
+		if (!s || !s->id || (s->flags & ~JNL_SESSION_REPLIED) ||
+		    s->nhandles > JNL_MAX_HANDLES || obj_find(&r->objs, K_SESSION, s->id))
 			return JNL_EFORMAT;
 		const struct jnl_handle *h = take(c, s->nhandles, sizeof(*h));
 		if (!h || !handles_ok(r, h, s->nhandles))
@@ -439,8 +439,8 @@ static enum jnl_err image_check(struct replay *r, struct image *im, const uint8_
 		return JNL_EFORMAT;
 	im->h = h;
 	r->info->next = h->next;
-	if ((e = check_tmpls(r, im, &c)) || (e = check_nodes(r, im, &c)) || (e = check_mms(r, im, &c)) ||
-	    (e = check_sessions(r, im, &c)))
+	if ((e = check_tmpls(r, im, &c)) || (e = check_nodes(r, im, &c)) ||
+	    (e = check_mms(r, im, &c)) || (e = check_sessions(r, im, &c)))
 		return e;
 	return c.left ? JNL_EFORMAT : JNL_OK;
 }
@@ -513,7 +513,8 @@ static int applies(struct replay *r, const struct obj *o, uint64_t seq)
 	return 1;
 }
 
-static int deliver(struct replay *r, struct obj *o, uint64_t seq, unsigned type, const union jnl_payload *p)
+static int deliver(struct replay *r, struct obj *o, uint64_t seq, unsigned type,
+		   const union jnl_payload *p)
 {
 	int rc = r->cb->record ? r->cb->record(r->ctx, seq, type, p) : 0;
 
@@ -600,7 +601,8 @@ static int rec_mm_new(struct replay *r, uint64_t seq, const union jnl_payload *p
 
 /* TMPL_FREE, SESSION_END, MM_END: whatever the callback says, the object
  * is gone for the rest of the replay. */
-static int rec_end(struct replay *r, uint64_t seq, unsigned type, const union jnl_payload *p, int kind)
+static int rec_end(struct replay *r, uint64_t seq, unsigned type, const union jnl_payload *p,
+		   int kind)
 {
 	struct obj *o = obj_find(&r->objs, kind, p->end.id);
 
@@ -613,8 +615,8 @@ static int rec_end(struct replay *r, uint64_t seq, unsigned type, const union jn
 
 /* A record changing object id of kind; tmpl: a template it names (0:
  * none), which must be alive. */
-static int rec_change(struct replay *r, uint64_t seq, unsigned type, const union jnl_payload *p, int kind,
-		      uint32_t id, uint32_t tmpl)
+static int rec_change(struct replay *r, uint64_t seq, unsigned type, const union jnl_payload *p,
+		      int kind, uint32_t id, uint32_t tmpl)
 {
 	struct obj *o = obj_find(&r->objs, kind, id);
 
@@ -714,7 +716,7 @@ struct rd {
 	int fd;
 	uint64_t off, end; /* file offset of buf[0]; of the area's end */
 	uint8_t *buf;
-	size_t have, at;   /* bytes in buf; consumed */
+	size_t have, at; /* bytes in buf; consumed */
 	int eio;
 };
 
@@ -767,7 +769,9 @@ static enum jnl_end next_record(struct replay *r, struct rd *d, uint64_t seq, st
 	const uint8_t *b = rd_get(d, sizeof(*h));
 
 	if (!b)
-		return rd_end(d, sizeof(*h), zeros(d->buf + d->at, d->have - d->at) ? JNL_END_CLEAN : JNL_END_TORN);
+		return rd_end(d, sizeof(*h),
+			      zeros(d->buf + d->at, d->have - d->at) ? JNL_END_CLEAN
+								     : JNL_END_TORN);
 	memcpy(h, b, sizeof(*h));
 	if (zeros(b, sizeof(*h)))
 		return JNL_END_CLEAN;
@@ -828,9 +832,9 @@ static enum jnl_err read_header(int fd, struct jnl_file_hdr *h, uint32_t *versio
 		return JNL_EVERSION;
 	if (jnl_crc32c(0, h, offsetof(struct jnl_file_hdr, crc)) != h->crc)
 		return JNL_ECRC;
-	if (h->page_size != JNL_PAGE || h->counters_off != JNL_COUNTERS_OFF || h->tmpl_off != JNL_TMPL_OFF ||
-	    h->slot_off[0] != JNL_IMAGE_OFF(0) || h->slot_off[1] != JNL_IMAGE_OFF(1) || h->area != JNL_AREA ||
-	    h->reserved)
+	if (h->page_size != JNL_PAGE || h->counters_off != JNL_COUNTERS_OFF ||
+	    h->tmpl_off != JNL_TMPL_OFF || h->slot_off[0] != JNL_IMAGE_OFF(0) ||
+	    h->slot_off[1] != JNL_IMAGE_OFF(1) || h->area != JNL_AREA || h->reserved)
 		return JNL_EFORMAT;
 	return JNL_OK;
 }
@@ -843,9 +847,10 @@ static enum jnl_err slot_desc(const struct jnl_slot *s, int i)
 		return JNL_EEMPTY;
 	if (jnl_crc32c(0, s, offsetof(struct jnl_slot, crc)) != s->crc)
 		return JNL_ECRC;
-	if (!s->gen || s->gen > JNL_SEQ_MAX || s->image_off != JNL_IMAGE_OFF(i) || s->journal_off != JNL_JOURNAL_OFF(i) ||
-	    s->image_len < sizeof(struct jnl_image_hdr) || s->image_len > JNL_IMAGE_MAX || s->image_len % 8 ||
-	    !s->first_seq || s->first_seq > JNL_SEQ_MAX)
+	if (!s->gen || s->gen > JNL_SEQ_MAX || s->image_off != JNL_IMAGE_OFF(i) ||
+	    s->journal_off != JNL_JOURNAL_OFF(i) || s->image_len < sizeof(struct jnl_image_hdr) ||
+	    s->image_len > JNL_IMAGE_MAX || s->image_len % 8 || !s->first_seq ||
+	    s->first_seq > JNL_SEQ_MAX)
 		return JNL_EFORMAT;
 	return JNL_OK;
 }
@@ -905,14 +910,16 @@ static enum jnl_err load_slot(struct replay *r, int fd, const struct jnl_slot *s
 }
 
 /* The valid slot of the highest generation that loads, else the other. */
-static enum jnl_err pick_slot(struct replay *r, int fd, const struct jnl_file_hdr *h, struct image *im)
+static enum jnl_err pick_slot(struct replay *r, int fd, const struct jnl_file_hdr *h,
+			      struct image *im)
 {
 	struct jnl_info *info = r->info;
 	int order[2] = { 0, 1 };
 
 	for (int i = 0; i < 2; i++)
 		info->slot_err[i] = slot_desc(&h->slot[i], i);
-	if (info->slot_err[1] == JNL_OK && (info->slot_err[0] != JNL_OK || h->slot[1].gen > h->slot[0].gen)) {
+	if (info->slot_err[1] == JNL_OK &&
+	    (info->slot_err[0] != JNL_OK || h->slot[1].gen > h->slot[0].gen)) {
 		order[0] = 1;
 		order[1] = 0;
 	}
@@ -1112,8 +1119,13 @@ int jnl_image_finish(struct jnl_image_builder *b, uint64_t main_seq, const struc
 		     const void **image, size_t *len)
 {
 	struct jnl_image_hdr h = {
-		.magic = JNL_IMAGE_MAGIC, .ntmpls = b->ntmpls, .nnodes = b->nnodes, .nmms = b->nmms,
-		.nsessions = b->nsessions, .main_seq = main_seq, .next = *next,
+		.magic = JNL_IMAGE_MAGIC,
+		.ntmpls = b->ntmpls,
+		.nnodes = b->nnodes,
+		.nmms = b->nmms,
+		.nsessions = b->nsessions,
+		.main_seq = main_seq,
+		.next = *next,
 	};
 	const struct jnl_bytes *sec[] = { &b->tmpls, &b->nodes, &b->mms, &b->sessions };
 	uint64_t total = sizeof(h);
@@ -1177,7 +1189,8 @@ static void punch_slot(struct jnl_writer *w, int i)
 
 static int write_desc(struct jnl_writer *w, int i, const struct jnl_slot *d)
 {
-	return write_all(w->fd, d, sizeof(*d), offsetof(struct jnl_file_hdr, slot) + (size_t)i * sizeof(*d));
+	return write_all(w->fd, d, sizeof(*d),
+			 offsetof(struct jnl_file_hdr, slot) + (size_t)i * sizeof(*d));
 }
 
 static int u32s_push(struct jnl_u32s *a, uint32_t v)
@@ -1270,7 +1283,8 @@ static void punch_pages(struct jnl_writer *w, struct jnl_u32s *pages)
 	for (size_t i = 0, j; i < pages->n; i = j) {
 		for (j = i + 1; j < pages->n && pages->v[j] == pages->v[j - 1] + 1; j++)
 			;
-		punch(w->fd, JNL_TMPL_OFF + (uint64_t)pages->v[i] * JNL_PAGE, (uint64_t)(j - i) * JNL_PAGE);
+		punch(w->fd, JNL_TMPL_OFF + (uint64_t)pages->v[i] * JNL_PAGE,
+		      (uint64_t)(j - i) * JNL_PAGE);
 	}
 }
 
@@ -1306,12 +1320,16 @@ static void writer_reset(struct jnl_writer *w, int fd, uint32_t version)
 
 /* Write image into slot i, then its descriptor (the commit point):
  * generation gen, journal from seq q. 0 or -errno. */
-static int slot_write_image(struct jnl_writer *w, int i, const void *image, size_t len, struct jnl_slot *d,
-			    uint64_t gen, uint64_t q)
+static int slot_write_image(struct jnl_writer *w, int i, const void *image, size_t len,
+			    struct jnl_slot *d, uint64_t gen, uint64_t q)
 {
 	*d = (struct jnl_slot){
-		.gen = gen, .image_off = JNL_IMAGE_OFF(i), .image_len = len, .journal_off = JNL_JOURNAL_OFF(i),
-		.first_seq = q, .image_crc = jnl_crc32c(0, image, len),
+		.gen = gen,
+		.image_off = JNL_IMAGE_OFF(i),
+		.image_len = len,
+		.journal_off = JNL_JOURNAL_OFF(i),
+		.first_seq = q,
+		.image_crc = jnl_crc32c(0, image, len),
 	};
 	d->crc = jnl_crc32c(0, d, offsetof(struct jnl_slot, crc));
 	return write_all(w->fd, image, len, d->image_off);
@@ -1320,8 +1338,12 @@ static int slot_write_image(struct jnl_writer *w, int i, const void *image, size
 static int write_file_hdr(struct jnl_writer *w)
 {
 	struct jnl_file_hdr h = {
-		.version = w->version, .page_size = JNL_PAGE, .counters_off = JNL_COUNTERS_OFF,
-		.tmpl_off = JNL_TMPL_OFF, .slot_off = { JNL_IMAGE_OFF(0), JNL_IMAGE_OFF(1) }, .area = JNL_AREA,
+		.version = w->version,
+		.page_size = JNL_PAGE,
+		.counters_off = JNL_COUNTERS_OFF,
+		.tmpl_off = JNL_TMPL_OFF,
+		.slot_off = { JNL_IMAGE_OFF(0), JNL_IMAGE_OFF(1) },
+		.area = JNL_AREA,
 	};
 	struct jnl_counters c = { .magic = JNL_COUNTERS_MAGIC };
 	int r;
@@ -1364,7 +1386,8 @@ static int resume_pages(struct jnl_writer *w, const struct jnl_info *info)
 		if (page_mark(w, info->pages_live[i]) < 0)
 			return -ENOMEM;
 	for (size_t i = 0; i < info->npages_dead; i++)
-		if (page_mark(w, info->pages_dead[i]) < 0 || u32s_push(&w->freed, info->pages_dead[i]) < 0)
+		if (page_mark(w, info->pages_dead[i]) < 0 ||
+		    u32s_push(&w->freed, info->pages_dead[i]) < 0)
 			return -ENOMEM;
 	return 0;
 }
@@ -1379,7 +1402,8 @@ static int clear_tail(struct jnl_writer *w)
 
 	if (punch(w->fd, off, JNL_AREA - w->pos) == 0)
 		return 0;
-	return write_all(w->fd, zero, sizeof(zero) < JNL_AREA - w->pos ? sizeof(zero) : JNL_AREA - w->pos, off);
+	return write_all(w->fd, zero,
+			 sizeof(zero) < JNL_AREA - w->pos ? sizeof(zero) : JNL_AREA - w->pos, off);
 }
 
 int jnl_writer_resume(struct jnl_writer *w, int fd, const struct jnl_info *info)
@@ -1388,7 +1412,8 @@ int jnl_writer_resume(struct jnl_writer *w, int fd, const struct jnl_info *info)
 	int r;
 
 	writer_reset(w, fd, info->version);
-	if (info->slot < 0 || info->slot > 1 || !info->next_seq || info->tail < JNL_JOURNAL_OFF(info->slot) ||
+	if (info->slot < 0 || info->slot > 1 || !info->next_seq ||
+	    info->tail < JNL_JOURNAL_OFF(info->slot) ||
 	    info->tail > JNL_JOURNAL_OFF(info->slot) + JNL_AREA)
 		return -EINVAL;
 	w->cur = info->slot;
@@ -1441,8 +1466,9 @@ static int put_record(struct jnl_writer *w, uint8_t *rec, size_t n)
 	w->pos += n;
 	if (w->dual && !w->dual_err) {
 		rec_seal(rec, n, w->gen + 1);
-		r = w->dual_pos + n > JNL_AREA ? -ENOSPC
-					       : write_all(w->fd, rec, n, JNL_JOURNAL_OFF(1 - w->cur) + w->dual_pos);
+		r = w->dual_pos + n > JNL_AREA
+			    ? -ENOSPC
+			    : write_all(w->fd, rec, n, JNL_JOURNAL_OFF(1 - w->cur) + w->dual_pos);
 		if (r < 0)
 			w->dual_err = r;
 		else
@@ -1451,7 +1477,8 @@ static int put_record(struct jnl_writer *w, uint8_t *rec, size_t n)
 	return 0;
 }
 
-int jnl_append(struct jnl_writer *w, enum jnl_type type, const void *payload, size_t len, uint64_t *seq_out)
+int jnl_append(struct jnl_writer *w, enum jnl_type type, const void *payload, size_t len,
+	       uint64_t *seq_out)
 {
 	uint8_t rec[JNL_REC_MAX];
 	struct jnl_rec_hdr h = { .type = (uint16_t)type, .len = (uint16_t)len };
@@ -1527,7 +1554,8 @@ static int image_valid(const void *image, size_t len, uint64_t q)
 	struct replay r = { .info = &info, .q = q };
 	struct image im;
 
-	if ((uintptr_t)image % 8 || len < sizeof(struct jnl_image_hdr) || len > JNL_IMAGE_MAX || len % 8)
+	if ((uintptr_t)image % 8 || len < sizeof(struct jnl_image_hdr) || len > JNL_IMAGE_MAX ||
+	    len % 8)
 		return -EINVAL;
 	enum jnl_err e = image_check(&r, &im, image, len);
 	obj_free(&r.objs);

@@ -130,7 +130,7 @@
 #define JNL_COUNTERS_OFF ((uint64_t)JNL_PAGE)
 #define JNL_TMPL_OFF (2 * (uint64_t)JNL_PAGE)
 #define JNL_AREA (1ull << 36) /* an image area, a journal area */
-#define JNL_IMAGE_OFF(i) ((1ull << 38) + (uint64_t)(i) * 2 * JNL_AREA)
+#define JNL_IMAGE_OFF(i) ((1ull << 38) + (uint64_t)(i)*2 * JNL_AREA)
 #define JNL_JOURNAL_OFF(i) (JNL_IMAGE_OFF(i) + JNL_AREA)
 #define JNL_FILE_END JNL_IMAGE_OFF(2)
 #define JNL_MAX_PAGES ((JNL_IMAGE_OFF(0) - JNL_TMPL_OFF) / JNL_PAGE)
@@ -146,8 +146,8 @@
 #define JNL_SEQ_MAX (1ull << 62)
 
 struct jnl_slot {
-	uint64_t gen;         /* 0: never written, or zeroed; <= JNL_SEQ_MAX */
-	uint64_t image_off;   /* JNL_IMAGE_OFF(slot) */
+	uint64_t gen;       /* 0: never written, or zeroed; <= JNL_SEQ_MAX */
+	uint64_t image_off; /* JNL_IMAGE_OFF(slot) */
 	uint64_t image_len;
 	uint64_t journal_off; /* JNL_JOURNAL_OFF(slot) */
 	uint64_t first_seq;   /* Q: the seq of the journal's first record, <= JNL_SEQ_MAX */
@@ -175,8 +175,8 @@ _Static_assert(sizeof(struct jnl_file_hdr) == 160, "jnl_file_hdr size");
 /* Counters are updated in place, one aligned 8-byte store at a time: no
  * checksum, a reader checks magic and count. */
 struct jnl_counters {
-	uint32_t magic; /* JNL_COUNTERS_MAGIC */
-	uint32_t count; /* valid entries in v, <= JNL_MAX_STATS */
+	uint32_t magic;            /* JNL_COUNTERS_MAGIC */
+	uint32_t count;            /* valid entries in v, <= JNL_MAX_STATS */
 	uint64_t v[JNL_MAX_STATS]; /* enum proto_stat order */
 };
 _Static_assert(sizeof(struct jnl_counters) <= JNL_PAGE, "jnl_counters size");
@@ -216,7 +216,7 @@ _Static_assert(sizeof(struct jnl_node) == 32, "jnl_node size");
 /* A served address space; its userfaultfd is the fd named "u<id>". */
 struct jnl_mm {
 	uint32_t id;
-	int32_t pid;       /* 0: not known yet */
+	int32_t pid; /* 0: not known yet */
 	uint32_t uid;
 	uint32_t tree;     /* the fork tree: a client and its descendants, != 0 */
 	uint64_t features; /* from UFFDIO_API */
@@ -234,17 +234,17 @@ _Static_assert(sizeof(struct jnl_mm) == 40, "jnl_mm size");
  * it in the image (handle index i: the i-th). */
 struct jnl_session {
 	uint32_t id;
-	int32_t pid;  /* SO_PEERCRED at accept */
+	int32_t pid; /* SO_PEERCRED at accept */
 	uint32_t uid;
 	uint32_t gid;
-	uint32_t mm;  /* the client's own address space, 0 before HELLO; it
+	uint32_t mm;       /* the client's own address space, 0 before HELLO; it
 		       * may be one the journal creates (resolve it after the
 		       * replay) */
 	uint32_t nhandles; /* <= JNL_MAX_HANDLES */
 	uint32_t last_seq; /* the last reply: request seq, status, id, value */
 	int32_t last_status;
 	uint32_t last_id;
-	uint32_t flags;    /* JNL_SESSION_* */
+	uint32_t flags; /* JNL_SESSION_* */
 	uint64_t last_value;
 };
 _Static_assert(sizeof(struct jnl_session) == 48, "jnl_session size");
@@ -419,7 +419,7 @@ enum jnl_err {
 	JNL_EFORMAT,  /* checksum right, contents malformed */
 	JNL_EEMPTY,   /* no slot ever written */
 	JNL_ENOMEM,
-	JNL_EABORT,   /* a callback said stop (jnl_info.abort) */
+	JNL_EABORT, /* a callback said stop (jnl_info.abort) */
 	JNL_ERR_COUNT
 };
 
@@ -467,24 +467,24 @@ struct jnl_callbacks {
 };
 
 struct jnl_info {
-	uint32_t version;           /* the file's, also on JNL_EVERSION */
-	int slot;                   /* the slot used, -1: none */
-	enum jnl_err slot_err[2];   /* why a slot was refused (JNL_OK: used, or not tried) */
-	uint64_t gen;               /* of the slot used */
+	uint32_t version;         /* the file's, also on JNL_EVERSION */
+	int slot;                 /* the slot used, -1: none */
+	enum jnl_err slot_err[2]; /* why a slot was refused (JNL_OK: used, or not tried) */
+	uint64_t gen;             /* of the slot used */
 	uint64_t image_len;
-	uint64_t main_seq;          /* S_main of its image */
-	uint64_t first_seq;         /* Q */
-	uint64_t next_seq;          /* after the last record replayed */
-	uint64_t tail;              /* file offset after the last record replayed */
+	uint64_t main_seq;  /* S_main of its image */
+	uint64_t first_seq; /* Q */
+	uint64_t next_seq;  /* after the last record replayed */
+	uint64_t tail;      /* file offset after the last record replayed */
 	enum jnl_end end;
-	struct jnl_ids next;        /* ids a restarted daemon may hand out from */
-	uint64_t records;           /* valid records read */
-	uint64_t delivered;         /* record callbacks (replies of MAP/UNMAP included) */
-	uint64_t filtered;          /* record parts at or below their object's capture seq */
-	uint64_t skipped;           /* record parts for unknown, ended or rejected objects,
+	struct jnl_ids next; /* ids a restarted daemon may hand out from */
+	uint64_t records;    /* valid records read */
+	uint64_t delivered;  /* record callbacks (replies of MAP/UNMAP included) */
+	uint64_t filtered;   /* record parts at or below their object's capture seq */
+	uint64_t skipped;    /* record parts for unknown, ended or rejected objects,
 				     * or naming a template not alive */
 	uint32_t rejected_nodes;
-	int abort;                  /* the negative value a callback returned */
+	int abort; /* the negative value a callback returned */
 	/* Template pages, for jnl_writer_resume: in use by a template alive
 	 * at the end of the replay, and held by one freed or rejected. */
 	uint32_t *pages_live, *pages_dead;
@@ -562,21 +562,21 @@ struct jnl_u32s {
 struct jnl_writer {
 	int fd;
 	uint32_t version;
-	pthread_mutex_t lock;   /* everything below */
-	int cur;                /* the slot of the last commit */
-	uint64_t gen;           /* its generation */
-	uint64_t seq;           /* the last seq assigned */
-	uint64_t pos;           /* bytes in its journal */
-	int compacting;         /* from jnl_compact_begin to the end of commit/abort */
-	int dual;               /* records also go to the other slot's journal */
-	int dual_err;           /* one did not: the compaction cannot commit */
-	uint64_t dual_pos;      /* bytes in the other slot's journal */
-	uint64_t q;             /* its first seq */
+	pthread_mutex_t lock; /* everything below */
+	int cur;              /* the slot of the last commit */
+	uint64_t gen;         /* its generation */
+	uint64_t seq;         /* the last seq assigned */
+	uint64_t pos;         /* bytes in its journal */
+	int compacting;       /* from jnl_compact_begin to the end of commit/abort */
+	int dual;             /* records also go to the other slot's journal */
+	int dual_err;         /* one did not: the compaction cannot commit */
+	uint64_t dual_pos;    /* bytes in the other slot's journal */
+	uint64_t q;           /* its first seq */
 	/* Template pages: a bit per page in use or not yet reusable. */
 	uint64_t *busy;
-	size_t nwords, hint;    /* hint: no free page in the words below */
-	struct jnl_u32s freed;  /* freed since the last jnl_compact_begin */
-	struct jnl_u32s held;   /* freed before the running compaction began */
+	size_t nwords, hint;   /* hint: no free page in the words below */
+	struct jnl_u32s freed; /* freed since the last jnl_compact_begin */
+	struct jnl_u32s held;  /* freed before the running compaction began */
 };
 
 /* A fresh state file in fd (emptied first) with version in its header

@@ -42,7 +42,8 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 	for (int i = 0; i < ACCEPTS_PER_WAKE; i++) {
 		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
 				log_err("accept: %s; pausing new connections", strerror(errno));
 				ev_io_stop(loop, io);
 				ev_timer_set(&d->accept_pause, ACCEPT_PAUSE_S, 0.);
@@ -82,7 +83,8 @@ static int from_fds(struct rp_daemon *d, struct fdset *fds)
 		return -EINVAL;
 	}
 	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
 		int e = errno;
 		close(fd);
 		return -e;
@@ -122,7 +124,8 @@ static int bind_path(struct rp_daemon *d, const char *path)
 	if (!strcmp(path, PROTO_DEFAULT_SOCKET))
 		mkdir("/run/refpaged", 0755);
 	if ((r = clear_stale(&sa)) < 0) {
-		log_err("%s: %s", path, r == -EADDRINUSE ? "another refpaged is listening" : strerror(-r));
+		log_err("%s: %s", path,
+			r == -EADDRINUSE ? "another refpaged is listening" : strerror(-r));
 		return r;
 	}
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -149,7 +152,8 @@ int listener_open(struct rp_daemon *d, struct fdset *fds)
 
 	if (r < 0)
 		return r;
-	if (r == 0 && (r = bind_path(d, d->cfg.socket_path ? d->cfg.socket_path : PROTO_DEFAULT_SOCKET)) < 0)
+	if (r == 0 &&
+	    (r = bind_path(d, d->cfg.socket_path ? d->cfg.socket_path : PROTO_DEFAULT_SOCKET)) < 0)
 		return r;
 	ev_io_init(&d->listen_io, on_accept, d->listen_fd, EV_READ);
 	d->listen_io.data = d;

@@ -19,7 +19,7 @@ void log_set_level(int level)
 
 int log_parse_level(const char *s)
 {
-	static const char *const names[] = { "emerg", "alert", "crit", "err",
+	static const char *const names[] = { "emerg",   "alert",  "crit", "err",
 					     "warning", "notice", "info", "debug" };
 	for (int i = 0; i < 8; i++)
 		if (!strcmp(s, names[i]))
@@ -34,7 +34,7 @@ int log_parse_level(const char *s)
 }
 
 __attribute__((format(printf, 3, 0))) static void vlog(int prio, const char *prefix,
-						     const char *fmt, va_list ap)
+						       const char *fmt, va_list ap)
 {
 	char buf[1024];
 	int n = snprintf(buf, sizeof(buf), "<%d>%s", prio, prefix);

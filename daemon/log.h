@@ -32,8 +32,8 @@ double rp_now(void);
 struct log_rl {
 	pthread_mutex_t lock;
 	double tokens;
-	double last;          /* CLOCK_MONOTONIC seconds of the last refill */
-	uint64_t suppressed;  /* since the last line written */
+	double last;         /* CLOCK_MONOTONIC seconds of the last refill */
+	uint64_t suppressed; /* since the last line written */
 	uint64_t total_suppressed;
 	unsigned burst, per_s;
 };
@@ -47,6 +47,7 @@ uint64_t log_rl_dropped(struct log_rl *rl);
 /* rp_log through rl: written if the bucket has a token (prefixed with the
  * count dropped since the last one written), else counted and dropped.
  * Lines below the log level cost nothing. */
-void rp_log_rl(struct log_rl *rl, int prio, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void rp_log_rl(struct log_rl *rl, int prio, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 #endif

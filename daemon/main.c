@@ -114,8 +114,8 @@ static unsigned long long parse_num(const char *opt, const char *s, unsigned lon
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno || !isdigit((unsigned char)s[0]) || *end || v < lo || v > hi) {
-		fprintf(stderr, "refpaged: --%s: expected a number in [%llu, %llu], got '%s'\n", opt, lo,
-			hi, s);
+		fprintf(stderr, "refpaged: --%s: expected a number in [%llu, %llu], got '%s'\n",
+			opt, lo, hi, s);
 		exit(2);
 	}
 	return v;
@@ -138,11 +138,44 @@ static const char *onoff(int v)
 }
 
 enum {
-	O_SOCKET = 256, O_WORKERS, O_LOGLEVEL, O_FAULTAROUND, O_POLL, O_BATCH, O_DRAIN, O_COALESCE,
-	O_DONTWAKE, O_MAXCONN, O_MAXTMPL, O_MAXSTORE, O_MAXRANGES, O_MAXBYTES, O_MAXDESC, O_MEMMAX,
-	O_UIDCONN, O_UIDTMPL, O_UIDRANGES, O_UIDBYTES, O_UIDPROCS, O_UIDFDS, O_UIDMEM, O_LOOPQ,
-	O_FAULTQ, O_LOGBURST, O_LOGRATE, O_HELLO, O_NOSANDBOX, O_DBG_FORBIDDEN, O_DBG_DENIED,
-	O_DBG_STALL, O_FDSTORE, O_HANDOVER, O_DBG_SNAPVER, O_DBG_DIEPEEK, O_DBG_DIEANS, O_HELP,
+	O_SOCKET = 256,
+	O_WORKERS,
+	O_LOGLEVEL,
+	O_FAULTAROUND,
+	O_POLL,
+	O_BATCH,
+	O_DRAIN,
+	O_COALESCE,
+	O_DONTWAKE,
+	O_MAXCONN,
+	O_MAXTMPL,
+	O_MAXSTORE,
+	O_MAXRANGES,
+	O_MAXBYTES,
+	O_MAXDESC,
+	O_MEMMAX,
+	O_UIDCONN,
+	O_UIDTMPL,
+	O_UIDRANGES,
+	O_UIDBYTES,
+	O_UIDPROCS,
+	O_UIDFDS,
+	O_UIDMEM,
+	O_LOOPQ,
+	O_FAULTQ,
+	O_LOGBURST,
+	O_LOGRATE,
+	O_HELLO,
+	O_NOSANDBOX,
+	O_DBG_FORBIDDEN,
+	O_DBG_DENIED,
+	O_DBG_STALL,
+	O_FDSTORE,
+	O_HANDOVER,
+	O_DBG_SNAPVER,
+	O_DBG_DIEPEEK,
+	O_DBG_DIEANS,
+	O_HELP,
 	O_VERSION,
 };
 
@@ -211,8 +244,12 @@ static int parse_serving(int o, const char *name, struct rp_config *c)
 	int lvl;
 
 	switch (o) {
-	case O_SOCKET: c->socket_path = optarg; break;
-	case O_WORKERS: c->workers = (unsigned)parse_num(name, optarg, 1, 256); break;
+	case O_SOCKET:
+		c->socket_path = optarg;
+		break;
+	case O_WORKERS:
+		c->workers = (unsigned)parse_num(name, optarg, 1, 256);
+		break;
 	case O_LOGLEVEL:
 		if ((lvl = log_parse_level(optarg)) < 0) {
 			fprintf(stderr, "refpaged: --log-level: unknown level '%s'\n", optarg);
@@ -220,20 +257,47 @@ static int parse_serving(int o, const char *name, struct rp_config *c)
 		}
 		log_set_level(lvl);
 		break;
-	case O_FAULTAROUND: c->fault_around = (uint32_t)parse_num(name, optarg, 1, TMPL_SLAB_PAGES); break;
-	case O_POLL: c->poll_us = (uint32_t)parse_num(name, optarg, 0, 100000); break;
-	case O_BATCH: c->batch = (uint32_t)parse_num(name, optarg, 1, MM_MSG_BATCH); break;
-	case O_DRAIN: c->drain = parse_onoff(name, optarg); break;
-	case O_COALESCE: c->coalesce = parse_onoff(name, optarg); break;
-	case O_DONTWAKE: c->dontwake = parse_onoff(name, optarg); break;
-	case O_HELLO: c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600); break;
-	case O_NOSANDBOX: no_sandbox = 1; break;
-	case O_DBG_FORBIDDEN: debug_forbidden_syscall = 1; break;
-	case O_DBG_DENIED: debug_denied_syscall = 1; break;
-	case O_DBG_STALL: debug_stall_after = (int)parse_num(name, optarg, 0, 3600); break;
-	case O_DBG_DIEPEEK: c->die_peeked = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
-	case O_DBG_DIEANS: c->die_answered = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX); break;
-	default: return 0;
+	case O_FAULTAROUND:
+		c->fault_around = (uint32_t)parse_num(name, optarg, 1, TMPL_SLAB_PAGES);
+		break;
+	case O_POLL:
+		c->poll_us = (uint32_t)parse_num(name, optarg, 0, 100000);
+		break;
+	case O_BATCH:
+		c->batch = (uint32_t)parse_num(name, optarg, 1, MM_MSG_BATCH);
+		break;
+	case O_DRAIN:
+		c->drain = parse_onoff(name, optarg);
+		break;
+	case O_COALESCE:
+		c->coalesce = parse_onoff(name, optarg);
+		break;
+	case O_DONTWAKE:
+		c->dontwake = parse_onoff(name, optarg);
+		break;
+	case O_HELLO:
+		c->lim.hello_timeout_s = (uint32_t)parse_num(name, optarg, 1, 3600);
+		break;
+	case O_NOSANDBOX:
+		no_sandbox = 1;
+		break;
+	case O_DBG_FORBIDDEN:
+		debug_forbidden_syscall = 1;
+		break;
+	case O_DBG_DENIED:
+		debug_denied_syscall = 1;
+		break;
+	case O_DBG_STALL:
+		debug_stall_after = (int)parse_num(name, optarg, 0, 3600);
+		break;
+	case O_DBG_DIEPEEK:
+		c->die_peeked = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX);
+		break;
+	case O_DBG_DIEANS:
+		c->die_answered = (uint32_t)parse_num(name, optarg, 1, UINT32_MAX);
+		break;
+	default:
+		return 0;
 	}
 	return 1;
 }
@@ -244,31 +308,64 @@ static int parse_limit(int o, const char *name, struct rp_limits *l)
 	uint64_t *u = l->per_uid.max;
 
 	switch (o) {
-	case O_MAXCONN: l->connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-	case O_MAXTMPL: l->templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-	case O_MAXSTORE: l->store = (uint32_t)parse_num(name, optarg, 0, 1u << 24); break;
-	case O_MAXRANGES: l->ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
-	case O_MAXBYTES: l->bytes = parse_num(name, optarg, 4096, 1ull << 56); break;
-	case O_MAXDESC: l->descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24); break;
+	case O_MAXCONN:
+		l->connections = (uint32_t)parse_num(name, optarg, 1, 1u << 20);
+		break;
+	case O_MAXTMPL:
+		l->templates = (uint32_t)parse_num(name, optarg, 1, 1u << 20);
+		break;
+	case O_MAXSTORE:
+		l->store = (uint32_t)parse_num(name, optarg, 0, 1u << 24);
+		break;
+	case O_MAXRANGES:
+		l->ranges = (uint32_t)parse_num(name, optarg, 1, 1u << 24);
+		break;
+	case O_MAXBYTES:
+		l->bytes = parse_num(name, optarg, 4096, 1ull << 56);
+		break;
+	case O_MAXDESC:
+		l->descendants = (uint32_t)parse_num(name, optarg, 1, 1u << 24);
+		break;
 	case O_MEMMAX:
 		l->per_uid.pool[ACCT_MEMORY] = parse_num(name, optarg, 1u << 20, 1ull << 50);
 		mem_max_given = 1;
 		break;
-	case O_UIDCONN: u[ACCT_CONNECTIONS] = parse_num(name, optarg, 1, 1u << 20); break;
-	case O_UIDTMPL: u[ACCT_TEMPLATES] = parse_num(name, optarg, 1, 1u << 24); break;
-	case O_UIDRANGES: u[ACCT_RANGES] = parse_num(name, optarg, 1, 1u << 30); break;
-	case O_UIDBYTES: u[ACCT_BYTES] = parse_num(name, optarg, 4096, 1ull << 56); break;
-	case O_UIDPROCS: u[ACCT_PROCESSES] = parse_num(name, optarg, 1, 1u << 24); break;
+	case O_UIDCONN:
+		u[ACCT_CONNECTIONS] = parse_num(name, optarg, 1, 1u << 20);
+		break;
+	case O_UIDTMPL:
+		u[ACCT_TEMPLATES] = parse_num(name, optarg, 1, 1u << 24);
+		break;
+	case O_UIDRANGES:
+		u[ACCT_RANGES] = parse_num(name, optarg, 1, 1u << 30);
+		break;
+	case O_UIDBYTES:
+		u[ACCT_BYTES] = parse_num(name, optarg, 4096, 1ull << 56);
+		break;
+	case O_UIDPROCS:
+		u[ACCT_PROCESSES] = parse_num(name, optarg, 1, 1u << 24);
+		break;
 	case O_UIDFDS:
 		u[ACCT_FDS] = parse_num(name, optarg, 2, 1u << 24);
 		uid_fds_given = 1;
 		break;
-	case O_UIDMEM: u[ACCT_MEMORY] = parse_num(name, optarg, 1u << 20, 1ull << 48); break;
-	case O_LOOPQ: l->loop_quota = (uint32_t)parse_num(name, optarg, 1, 1u << 16); break;
-	case O_FAULTQ: l->fault_quota = (uint32_t)parse_num(name, optarg, 1, 1u << 20); break;
-	case O_LOGBURST: log_burst = (unsigned)parse_num(name, optarg, 1, 1u << 20); break;
-	case O_LOGRATE: log_rate = (unsigned)parse_num(name, optarg, 1, 1u << 20); break;
-	default: return 0;
+	case O_UIDMEM:
+		u[ACCT_MEMORY] = parse_num(name, optarg, 1u << 20, 1ull << 48);
+		break;
+	case O_LOOPQ:
+		l->loop_quota = (uint32_t)parse_num(name, optarg, 1, 1u << 16);
+		break;
+	case O_FAULTQ:
+		l->fault_quota = (uint32_t)parse_num(name, optarg, 1, 1u << 20);
+		break;
+	case O_LOGBURST:
+		log_burst = (unsigned)parse_num(name, optarg, 1, 1u << 20);
+		break;
+	case O_LOGRATE:
+		log_rate = (unsigned)parse_num(name, optarg, 1, 1u << 20);
+		break;
+	default:
+		return 0;
 	}
 	return 1;
 }
@@ -277,10 +374,17 @@ static int parse_limit(int o, const char *name, struct rp_limits *l)
 static int parse_wing(int o, const char *name)
 {
 	switch (o) {
-	case O_FDSTORE: wing_o.fdstore = 1; break;
-	case O_HANDOVER: wing_o.handover_fd = (int)parse_num(name, optarg, 3, INT_MAX); break;
-	case O_DBG_SNAPVER: wing_o.version = (uint32_t)parse_num(name, optarg, 0, UINT32_MAX); break;
-	default: return 0;
+	case O_FDSTORE:
+		wing_o.fdstore = 1;
+		break;
+	case O_HANDOVER:
+		wing_o.handover_fd = (int)parse_num(name, optarg, 3, INT_MAX);
+		break;
+	case O_DBG_SNAPVER:
+		wing_o.version = (uint32_t)parse_num(name, optarg, 0, UINT32_MAX);
+		break;
+	default:
+		return 0;
 	}
 	return 1;
 }
@@ -299,9 +403,15 @@ static void parse_args(int argc, char **argv, struct rp_config *c)
 			continue;
 #endif
 		switch (o) {
-		case O_HELP: usage(stdout); exit(0);
-		case O_VERSION: printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION); exit(0);
-		default: usage(stderr); exit(2);
+		case O_HELP:
+			usage(stdout);
+			exit(0);
+		case O_VERSION:
+			printf("refpaged %s (protocol %u)\n", RP_VERSION, PROTO_VERSION);
+			exit(0);
+		default:
+			usage(stderr);
+			exit(2);
 		}
 	}
 	if (optind < argc) {
@@ -329,8 +439,9 @@ static void fit_fds(struct acct_limits *l)
 	l->floor[ACCT_FDS] = 16;
 	uint64_t fit = (pool - l->reserve[ACCT_FDS]) / UIDS_PLANNED;
 	if (!uid_fds_given && l->max[ACCT_FDS] > fit) {
-		log_notice("descriptor limit %llu: each uid's descriptor budget is %llu (%d uids fit)",
-			   (unsigned long long)rl.rlim_cur, (unsigned long long)fit, UIDS_PLANNED);
+		log_notice(
+			"descriptor limit %llu: each uid's descriptor budget is %llu (%d uids fit)",
+			(unsigned long long)rl.rlim_cur, (unsigned long long)fit, UIDS_PLANNED);
 		l->max[ACCT_FDS] = fit < 8 ? 8 : fit;
 	}
 }
@@ -476,13 +587,25 @@ static void set_defaults(struct rp_config *c)
 		 * holds up only the uids placed on it (worker.h): at least a
 		 * few, however few CPUs. */
 		.workers = cpus > 4 ? (unsigned)cpus : 4,
-		.fault_around = 16, .batch = MM_MSG_BATCH, .drain = 1, .coalesce = 1,
-		.lim = { .templates = 4096, .ranges = 65536, .bytes = 1ull << 40, .store = 0,
-			 .connections = 4096, .descendants = 4096, .hello_timeout_s = 10,
-			 .loop_quota = 2, .fault_quota = 128,
-			 .per_uid.max = { [ACCT_CONNECTIONS] = 1024, [ACCT_TEMPLATES] = 16384,
-					  [ACCT_RANGES] = 1u << 20, [ACCT_BYTES] = 1ull << 46,
-					  [ACCT_PROCESSES] = 4096, [ACCT_FDS] = 4096,
+		.fault_around = 16,
+		.batch = MM_MSG_BATCH,
+		.drain = 1,
+		.coalesce = 1,
+		.lim = { .templates = 4096,
+			 .ranges = 65536,
+			 .bytes = 1ull << 40,
+			 .store = 0,
+			 .connections = 4096,
+			 .descendants = 4096,
+			 .hello_timeout_s = 10,
+			 .loop_quota = 2,
+			 .fault_quota = 128,
+			 .per_uid.max = { [ACCT_CONNECTIONS] = 1024,
+					  [ACCT_TEMPLATES] = 16384,
+					  [ACCT_RANGES] = 1u << 20,
+					  [ACCT_BYTES] = 1ull << 46,
+					  [ACCT_PROCESSES] = 4096,
+					  [ACCT_FDS] = 4096,
 					  [ACCT_MEMORY] = 64u << 20 } },
 	};
 }
@@ -497,7 +620,8 @@ static int init(int argc, char **argv, char **args, struct fdset *fds)
 	fit_memory(&d.cfg.lim.per_uid);
 	acct_init(&d.cfg.lim.per_uid, 1 + d.cfg.workers);
 	if (uffd_learn_top() < 0)
-		log_warn("cannot learn the top of user space from the kernel; assuming 4-level paging");
+		log_warn(
+			"cannot learn the top of user space from the kernel; assuming 4-level paging");
 	for (int k = 0; k < RP_ID_KINDS; k++)
 		atomic_init(&d.next_id[k], 1);
 	signal(SIGPIPE, SIG_IGN);
@@ -571,7 +695,7 @@ static int serve_from(struct fdset *fds)
 	 * forbids (sandbox.h): one arena, trimmed with brk. */
 	mallopt(M_ARENA_MAX, 1);
 	if ((r = workers_start(&d.workers, d.cfg.workers, d.cfg.lim.fault_quota, mm_worker_stop,
-				 mm_worker_pause)) < 0) {
+			       mm_worker_pause)) < 0) {
 		log_err("cannot start workers: %s", strerror(-r));
 		return -1;
 	}

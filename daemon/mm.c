@@ -27,9 +27,9 @@
  * after MADV_DONTNEED faults again by itself and is refilled from the
  * template, while the REMOVE event would make every madvise() wait for us
  * (docs/design.md measures it). */
-#define RP_UFFD_FEATURES                                                      \
-	(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |                \
-	 UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID)
+#define RP_UFFD_FEATURES                                                                 \
+	(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP | \
+	 UFFD_FEATURE_THREAD_ID)
 
 /* Reads per wake-up of one uffd (--drain on) before the loop looks at the
  * others: a busy client cannot starve the rest. */
@@ -137,8 +137,13 @@ static void emit_range(struct rp_mm *mm, enum obs_type type, uint64_t start, uin
 		       const struct tmpl *t, const struct mm_op *op)
 {
 	struct obs_event ev = {
-		.type = type, .mm = mm->id, .start = start, .end = end, .tmpl = t ? t->id : 0,
-		.session = op ? op->session : 0, .req_seq = op ? op->req_seq : 0,
+		.type = type,
+		.mm = mm->id,
+		.start = start,
+		.end = end,
+		.tmpl = t ? t->id : 0,
+		.session = op ? op->session : 0,
+		.req_seq = op ? op->req_seq : 0,
 	};
 	obs_emit(&mm->d->obs, &ev);
 }
@@ -146,8 +151,14 @@ static void emit_range(struct rp_mm *mm, enum obs_type type, uint64_t start, uin
 static void emit_mm_new(struct rp_mm *mm, const struct rp_mm *parent)
 {
 	struct obs_event ev = {
-		.type = OBS_MM_NEW, .mm = mm->id, .parent = parent ? parent->id : 0, .fd = mm->uffd,
-		.pid = mm->pid, .uid = mm->uid, .tree = mm->tree->id, .features = mm->features,
+		.type = OBS_MM_NEW,
+		.mm = mm->id,
+		.parent = parent ? parent->id : 0,
+		.fd = mm->uffd,
+		.pid = mm->pid,
+		.uid = mm->uid,
+		.tree = mm->tree->id,
+		.features = mm->features,
 		.flags = mm->is_child ? OBS_MM_CHILD : 0,
 	};
 	obs_emit(&mm->d->obs, &ev);
@@ -221,8 +232,11 @@ static void follow_free(void *ctx, void *p)
 static void fork_reached(void *ctx, void *child);
 
 static const struct follow_ops follow_mm = {
-	.unmap = table_unmap, .copy = table_copy, .fork = fork_reached,
-	.alloc = follow_alloc, .free = follow_free,
+	.unmap = table_unmap,
+	.copy = table_copy,
+	.fork = fork_reached,
+	.alloc = follow_alloc,
+	.free = follow_free,
 };
 
 /* --- creating and freeing ------------------------------------------------------ */
@@ -290,8 +304,10 @@ static int tree_full(struct rp_mm *parent)
 
 	if (!max || atomic_load(&parent->tree->procs) <= max)
 		return 0;
-	acct_log(parent->acct, LOG_WARNING, "a process tree reached %u descendants; further fork "
-		 "children get ordinary anonymous memory", max);
+	acct_log(parent->acct, LOG_WARNING,
+		 "a process tree reached %u descendants; further fork "
+		 "children get ordinary anonymous memory",
+		 max);
 	acct_stat_add(parent->acct, PROTO_STAT_REFUSED, 1);
 	return 1;
 }
@@ -503,8 +519,10 @@ static void lost_call(void *arg)
 static void mm_gone(struct rp_mm *mm, const char *why, int fallback)
 {
 	if (fallback) {
-		acct_log(mm->acct, LOG_WARNING, "pid %d: %s; its refpages fall back to ordinary "
-			 "anonymous memory", (int)mm->pid, why);
+		acct_log(mm->acct, LOG_WARNING,
+			 "pid %d: %s; its refpages fall back to ordinary "
+			 "anonymous memory",
+			 (int)mm->pid, why);
 		acct_stat_add(mm->acct, PROTO_STAT_RELEASED, 1);
 	} else {
 		acct_log(mm->acct, LOG_DEBUG, "pid %d: released: %s", (int)mm->pid, why);
@@ -691,7 +709,11 @@ static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, enum uf
 	}
 	double in = k == UFFD_NOMEM ? RETRY_NOMEM_S : RETRY_AGAIN_S;
 	mm->pending[mm->npending++] = (struct pending_fault){
-		.addr = addr, .flags = flags, .first = now, .next = now + in, .tries = 1,
+		.addr = addr,
+		.flags = flags,
+		.first = now,
+		.next = now + in,
+		.tries = 1,
 	};
 	retry_arm(mm, now + in);
 	return 0;
@@ -700,8 +722,10 @@ static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, enum uf
 static struct fault_cfg fault_cfg(const struct rp_mm *mm, int dontwake)
 {
 	return (struct fault_cfg){
-		.fault_around = mm->d->cfg.fault_around, .dontwake = dontwake,
-		.store = &mm->d->tmpls, .acct = mm->acct,
+		.fault_around = mm->d->cfg.fault_around,
+		.dontwake = dontwake,
+		.store = &mm->d->tmpls,
+		.acct = mm->acct,
 	};
 }
 
@@ -760,8 +784,11 @@ static int pending_one(struct rp_mm *mm, struct pending_fault *f, double now)
 	if (k != UFFD_RETRY && k != UFFD_NOMEM)
 		return 0; /* answered, or woken to fault again */
 	if (now - f->first >= RETRY_GIVE_UP_S) {
-		mm_gone(mm, k == UFFD_NOMEM ? "the kernel kept refusing its page fills "
-			"(ENOMEM: its memory limit)" : "a fault stayed unfillable", 1);
+		mm_gone(mm,
+			k == UFFD_NOMEM ? "the kernel kept refusing its page fills "
+					  "(ENOMEM: its memory limit)"
+					: "a fault stayed unfillable",
+			1);
 		return -1;
 	}
 	double in = RETRY_AGAIN_S;
@@ -830,18 +857,23 @@ static int followed(struct rp_mm *mm, int r, size_t n0, uint64_t b0, const struc
 	if (n->reordered)
 		acct_stat_add(mm->acct, PROTO_STAT_EVENTS_REORDERED, n->reordered);
 	if (n->expired)
-		acct_log(mm->acct, LOG_NOTICE, "pid %d: %u unmap or mremap events waited for an "
+		acct_log(mm->acct, LOG_NOTICE,
+			 "pid %d: %u unmap or mremap events waited for an "
 			 "earlier change's event that did not come (the kernel had none in flight, "
 			 "%.0f s passed, or there was no room); applied in the order they came",
 			 (int)mm->pid, n->expired, REORDER_HARD_S);
 	if (r == -ENOBUFS) {
-		mm_gone(mm, "a fork child unmapped or moved too much before its parent's events "
-			"let it start", 1);
+		mm_gone(mm,
+			"a fork child unmapped or moved too much before its parent's events "
+			"let it start",
+			1);
 		return -1;
 	}
 	if (r < 0) {
-		mm_gone(mm, "its range table cannot follow an unmap or mremap within its memory "
-			"budget", 1);
+		mm_gone(mm,
+			"its range table cannot follow an unmap or mremap within its memory "
+			"budget",
+			1);
 		return -1;
 	}
 	double at = follow_deadline(&mm->fl, REORDER_MAX_S), now = ev_now(mm->w->loop);
@@ -924,9 +956,10 @@ static void fork_reached(void *ctx, void *arg)
 static void on_fork(struct rp_mm *parent, int ufd)
 {
 	int fl = fcntl(ufd, F_GETFL);
-	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
-		acct_log(parent->acct, LOG_ERR, "pid %d: fork child uffd %d unusable: %s", (int)parent->pid,
-			 ufd, strerror(errno));
+	if (fl < 0 || fcntl(ufd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    fcntl(ufd, F_SETFD, FD_CLOEXEC) < 0) {
+		acct_log(parent->acct, LOG_ERR, "pid %d: fork child uffd %d unusable: %s",
+			 (int)parent->pid, ufd, strerror(errno));
 		close(ufd);
 		return;
 	}
@@ -948,7 +981,8 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	int later = follow_busy(&parent->fl) && follow_unborn(&child->fl) == 0;
 	serve(child);
 	acct_log(parent->acct, LOG_DEBUG, "pid %d uffd %d: fork child adopted as uffd %d%s",
-		 (int)parent->pid, parent->uffd, ufd, later ? ", its table after the events waiting before the fork" : "");
+		 (int)parent->pid, parent->uffd, ufd,
+		 later ? ", its table after the events waiting before the fork" : "");
 	if (later) {
 		mm_ref(child);
 		on_change(parent, &(struct follow_ev){ .type = FOLLOW_FORK, .child = child });
@@ -968,12 +1002,15 @@ static int on_event(struct rp_mm *mm, const struct uffd_msg *m)
 		break;
 	case UFFD_EVENT_REMAP:
 		acct_stat_add(mm->acct, PROTO_STAT_EV_REMAP, 1);
-		on_change(mm, &(struct follow_ev){ .type = FOLLOW_REMAP, .from = m->arg.remap.from,
-						   .to = m->arg.remap.to, .len = m->arg.remap.len });
+		on_change(mm, &(struct follow_ev){ .type = FOLLOW_REMAP,
+						   .from = m->arg.remap.from,
+						   .to = m->arg.remap.to,
+						   .len = m->arg.remap.len });
 		break;
 	case UFFD_EVENT_UNMAP:
 		acct_stat_add(mm->acct, PROTO_STAT_EV_UNMAP, 1);
-		on_change(mm, &(struct follow_ev){ .type = FOLLOW_UNMAP, .from = m->arg.remove.start,
+		on_change(mm, &(struct follow_ev){ .type = FOLLOW_UNMAP,
+						   .from = m->arg.remove.start,
 						   .to = m->arg.remove.end });
 		break;
 	default:
@@ -1094,7 +1131,7 @@ static int batch_serve(struct rp_mm *mm, const struct uffd_msg *msgs, size_t n, 
 {
 	for (size_t i = 0; i < n; i++) {
 		int r = msgs[i].event == UFFD_EVENT_PAGEFAULT ? on_fault(mm, &msgs[i], b)
-							     : on_event(mm, &msgs[i]);
+							      : on_event(mm, &msgs[i]);
 		if (r < 0) {
 			/* Let go mid-batch: the fork events read but not
 			 * handled carry children's uffds, which the read put in
@@ -1143,7 +1180,8 @@ static int drain(struct rp_mm *mm, uint32_t max)
 	int rounds = cfg->drain ? READS_PER_WAKE : 1, handled = 0;
 
 	for (int round = 0; round < rounds && (uint32_t)handled < max; round++) {
-		uint32_t want = cfg->batch < max - (uint32_t)handled ? cfg->batch : max - (uint32_t)handled;
+		uint32_t want = cfg->batch < max - (uint32_t)handled ? cfg->batch
+								     : max - (uint32_t)handled;
 		struct batch b = { .n = 0 };
 		ssize_t n = read(mm->uffd, msgs, want * sizeof(msgs[0]));
 		if (n < 0)
@@ -1191,7 +1229,8 @@ static void busy_poll(struct rp_mm *mm, uint32_t us)
 static void mm_readable(struct ev_loop *loop, ev_io *io, int revents)
 {
 	struct rp_mm *mm = io->data;
-	uint32_t left = acct_turn_left(mm->acct, mm->w->id, ev_iteration(loop), mm->d->cfg.lim.fault_quota);
+	uint32_t left = acct_turn_left(mm->acct, mm->w->id, ev_iteration(loop),
+				       mm->d->cfg.lim.fault_quota);
 
 	(void)revents;
 	if (!left) {
@@ -1235,7 +1274,8 @@ static int map_apply(struct rp_mm *mm, struct mm_op *op)
 	size_t n0 = range_count(&mm->ranges);
 	uint64_t b0 = range_bytes(&mm->ranges);
 
-	if ((lim->bytes && b0 + op->len > lim->bytes) || acct_check(mm->acct, ACCT_BYTES, op->len) < 0 ||
+	if ((lim->bytes && b0 + op->len > lim->bytes) ||
+	    acct_check(mm->acct, ACCT_BYTES, op->len) < 0 ||
 	    acct_check(mm->acct, ACCT_RANGES, 1) < 0)
 		return -EDQUOT;
 	/* What is left there of a moved mapping has gone: the client has a
@@ -1321,9 +1361,10 @@ static int op_try(struct rp_mm *mm, struct mm_op *op)
 			retry_arm(mm, now + MAP_RETRY_S);
 			return 0;
 		}
-		acct_log(mm->acct, LOG_NOTICE, "pid %d: MAP [%#llx, +%#llx): an unmap, mremap or fork "
-			 "event is still in flight after %.0f ms; mapping anyway", (int)mm->pid,
-			 (unsigned long long)op->addr, (unsigned long long)op->len,
+		acct_log(mm->acct, LOG_NOTICE,
+			 "pid %d: MAP [%#llx, +%#llx): an unmap, mremap or fork "
+			 "event is still in flight after %.0f ms; mapping anyway",
+			 (int)mm->pid, (unsigned long long)op->addr, (unsigned long long)op->len,
 			 (now - op->since) * 1e3);
 		acct_stat_add(mm->acct, PROTO_STAT_MAPS_WAIT_EXPIRED, 1);
 	}

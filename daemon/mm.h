@@ -28,10 +28,10 @@ struct tmpl_store;
 
 /* A client and every descendant adopted from its fork events. */
 struct rp_tree {
-	atomic_uint procs;  /* live mms in the tree */
+	atomic_uint procs; /* live mms in the tree */
 	atomic_uint refs;
-	uint32_t id;        /* the observer's name for it */
-	struct acct *acct;  /* charged for it (referenced) */
+	uint32_t id;       /* the observer's name for it */
+	struct acct *acct; /* charged for it (referenced) */
 };
 
 struct pending_fault {
@@ -56,36 +56,36 @@ struct mm_op {
 	struct rp_mm *mm;
 	struct loop_call call;
 	void (*done)(struct mm_op *op); /* on the main loop */
-	struct mm_op *next;        /* the mm's ops held back */
+	struct mm_op *next;             /* the mm's ops held back */
 };
 
 struct rp_mm {
 	int uffd;
 	uid_t uid;
-	pid_t pid;                 /* from SO_PEERCRED or the first fault; 0 unknown */
-	uint32_t id;               /* the observer's name for it */
-	uint64_t features;         /* granted by UFFDIO_API */
+	pid_t pid;         /* from SO_PEERCRED or the first fault; 0 unknown */
+	uint32_t id;       /* the observer's name for it */
+	uint64_t features; /* granted by UFFDIO_API */
 	atomic_int refs;
-	atomic_int dead;           /* retired: no more work */
-	int is_child;              /* adopted from a fork event */
-	int budget_hit;            /* a range node was refused for the budget */
-	int wake_all;              /* restored: wake every waiting thread when served */
-	int accounted;             /* its table is in the gauges and the uid's account */
-	uint32_t bugs;             /* faults in a row that failed for an unknown reason */
-	int cannot_follow;         /* a grown mapping could not be followed: let go */
-	struct acct *acct;         /* the uid's account, charged for all below */
+	atomic_int dead;   /* retired: no more work */
+	int is_child;      /* adopted from a fork event */
+	int budget_hit;    /* a range node was refused for the budget */
+	int wake_all;      /* restored: wake every waiting thread when served */
+	int accounted;     /* its table is in the gauges and the uid's account */
+	uint32_t bugs;     /* faults in a row that failed for an unknown reason */
+	int cannot_follow; /* a grown mapping could not be followed: let go */
+	struct acct *acct; /* the uid's account, charged for all below */
 	struct rp_tree *tree;
 	struct rp_daemon *d;
 	struct worker *w;
-	ev_io io;                  /* the uffd, on w's loop */
-	struct park park;          /* over its uid's quota: waiting to be watched again */
-	int pidfd;                 /* process exit watch, -1 if none */
+	ev_io io;         /* the uffd, on w's loop */
+	struct park park; /* over its uid's quota: waiting to be watched again */
+	int pidfd;        /* process exit watch, -1 if none */
 	ev_io pidfd_io;
-	ev_timer probe;            /* liveness, at doubling intervals */
+	ev_timer probe; /* liveness, at doubling intervals */
 	ev_tstamp probe_every;
-	ev_timer retry;            /* pending faults and held ops */
+	ev_timer retry; /* pending faults and held ops */
 	struct range_table ranges;
-	struct follow fl;          /* records of moves, events waiting for a late one */
+	struct follow fl; /* records of moves, events waiting for a late one */
 	struct fault_streams fs;
 	struct pending_fault *pending;
 	uint32_t npending, cappending;

@@ -21,18 +21,18 @@
 #include <stdint.h>
 
 enum obs_type {
-	OBS_SESSION_NEW,  /* session, fd, pid, uid, gid */
-	OBS_SESSION_END,  /* session */
-	OBS_SESSION_MM,   /* session, mm: its HELLO made mm */
-	OBS_HANDLE,       /* session, handle (index), tmpl id (0: freed), uses */
-	OBS_REPLY,        /* session, req_seq, status, id, value: a request that is
+	OBS_SESSION_NEW, /* session, fd, pid, uid, gid */
+	OBS_SESSION_END, /* session */
+	OBS_SESSION_MM,  /* session, mm: its HELLO made mm */
+	OBS_HANDLE,      /* session, handle (index), tmpl id (0: freed), uses */
+	OBS_REPLY,       /* session, req_seq, status, id, value: a request that is
 			   * not an address-space change was answered */
-	OBS_MM_NEW,       /* mm, parent (0: a client's own), fd, pid, uid, tree, features, flags */
-	OBS_MM_END,       /* mm */
-	OBS_MM_PID,       /* mm, pid */
-	OBS_MAP,          /* mm, start, end, tmpl; session and req_seq if a request did it */
-	OBS_UNMAP,        /* mm, start, end; session and req_seq if a request did it */
-	OBS_COPY,         /* mm, start (from), end (from + len), to */
+	OBS_MM_NEW,      /* mm, parent (0: a client's own), fd, pid, uid, tree, features, flags */
+	OBS_MM_END,      /* mm */
+	OBS_MM_PID,      /* mm, pid */
+	OBS_MAP,         /* mm, start, end, tmpl; session and req_seq if a request did it */
+	OBS_UNMAP,       /* mm, start, end; session and req_seq if a request did it */
+	OBS_COPY,        /* mm, start (from), end (from + len), to */
 };
 
 #define OBS_MM_CHILD 0x1u

@@ -55,7 +55,8 @@ static void notify(struct wing *wg, const char *msg, int *fd)
 
 	if (r <= 0 && !atomic_exchange(&wg->store_warned, 1))
 		log_warn("fd store: cannot send '%s': %s; what is not stored does not survive a "
-			 "restart (logged once)", msg, r < 0 ? strerror(-r) : "no $NOTIFY_SOCKET");
+			 "restart (logged once)",
+			 msg, r < 0 ? strerror(-r) : "no $NOTIFY_SOCKET");
 }
 
 void wing_store(struct wing *wg, char kind, uint32_t id, int fd)
@@ -100,7 +101,8 @@ static void append(struct wing *wg, enum jnl_type type, const void *p, size_t le
 	}
 	if (!atomic_exchange(&wg->append_failing, 1))
 		log_err("cannot append to the state journal: %s; a restart now would lose what "
-			"changed since", strerror(-r));
+			"changed since",
+			strerror(-r));
 }
 
 static void emit_session(struct wing *wg, const struct obs_event *ev)
@@ -141,8 +143,12 @@ static void emit_mm(struct wing *wg, const struct obs_event *ev)
 	switch (ev->type) {
 	case OBS_MM_NEW: {
 		struct jnl_mm_new r = {
-			.id = ev->mm, .parent = ev->parent, .pid = ev->pid, .uid = ev->uid,
-			.tree = ev->tree, .flags = ev->flags & OBS_MM_CHILD ? JNL_MM_CHILD : 0,
+			.id = ev->mm,
+			.parent = ev->parent,
+			.pid = ev->pid,
+			.uid = ev->uid,
+			.tree = ev->tree,
+			.flags = ev->flags & OBS_MM_CHILD ? JNL_MM_CHILD : 0,
 			.features = ev->features,
 		};
 		wing_store(wg, 'u', ev->mm, ev->fd);
@@ -161,19 +167,25 @@ static void emit_mm(struct wing *wg, const struct obs_event *ev)
 		break;
 	}
 	case OBS_MAP: {
-		struct jnl_map r = { ev->mm, ev->tmpl, ev->session, ev->req_seq, ev->start, ev->end };
+		struct jnl_map r = {
+			ev->mm, ev->tmpl, ev->session, ev->req_seq, ev->start, ev->end
+		};
 		append(wg, JNL_MAP, &r, sizeof(r));
 		break;
 	}
 	case OBS_UNMAP: {
-		struct jnl_unmap r = { .mm = ev->mm, .session = ev->session, .req_seq = ev->req_seq,
-				       .start = ev->start, .end = ev->end };
+		struct jnl_unmap r = { .mm = ev->mm,
+				       .session = ev->session,
+				       .req_seq = ev->req_seq,
+				       .start = ev->start,
+				       .end = ev->end };
 		append(wg, JNL_UNMAP, &r, sizeof(r));
 		break;
 	}
 	default: {
-		struct jnl_copy r = { .mm = ev->mm, .from = ev->start, .to = ev->to,
-				      .len = ev->end - ev->start };
+		struct jnl_copy r = {
+			.mm = ev->mm, .from = ev->start, .to = ev->to, .len = ev->end - ev->start
+		};
 		append(wg, JNL_COPY, &r, sizeof(r));
 		break;
 	}
@@ -236,7 +248,8 @@ static void on_tmpl_made(void *ctx, struct tmpl *t)
 	int r = tmpl_write(wg, t);
 	if (r < 0 || !tmpl_page(t, &page, &crc)) {
 		if (!atomic_exchange(&wg->append_failing, 1))
-			log_err("cannot write a template page to the state journal: %s", strerror(-r));
+			log_err("cannot write a template page to the state journal: %s",
+				strerror(-r));
 		return;
 	}
 	struct jnl_tmpl rec = { t->id, t->key, page, crc };
@@ -337,18 +350,18 @@ struct cap_worker {
 
 struct cap_session {
 	struct jnl_session rec;
-	struct tmpl **t;      /* handle i's template (referenced) or NULL */
+	struct tmpl **t; /* handle i's template (referenced) or NULL */
 	uint32_t *uses;
 };
 
 struct capture {
 	struct wing *wg;
-	unsigned waiting;     /* workers yet to answer */
-	int aborted;          /* given up: freed when the last answers */
-	int result;           /* of the commit, for the main loop */
-	int committing;       /* handed to the compaction thread: no way back */
-	int done;             /* committed (or failed), under wg->cap_lock */
-	uint64_t image_len;   /* of the image committed */
+	unsigned waiting;      /* workers yet to answer */
+	int aborted;           /* given up: freed when the last answers */
+	int result;            /* of the commit, for the main loop */
+	int committing;        /* handed to the compaction thread: no way back */
+	int done;              /* committed (or failed), under wg->cap_lock */
+	uint64_t image_len;    /* of the image committed */
 	struct loop_call call; /* to the compaction thread and back */
 	ev_tstamp started;
 	uint64_t main_seq;
@@ -400,8 +413,12 @@ static void capture_one(struct rp_mm *mm, void *arg)
 	}
 	const struct range_node *root = range_root(&mm->ranges);
 	cw->v[cw->n++] = (struct cap_mm){
-		.rec = { .id = mm->id, .pid = mm->pid, .uid = mm->uid, .tree = mm->tree->id,
-			 .features = mm->features, .flags = mm->is_child ? JNL_MM_CHILD : 0,
+		.rec = { .id = mm->id,
+			 .pid = mm->pid,
+			 .uid = mm->uid,
+			 .tree = mm->tree->id,
+			 .features = mm->features,
+			 .flags = mm->is_child ? JNL_MM_CHILD : 0,
 			 .seq = jnl_last_seq(&cw->c->wg->w) },
 		.root = root ? range_node_ref(root) : NULL,
 	};
@@ -454,10 +471,17 @@ static int capture_sessions(struct capture *c)
 			return -ENOMEM;
 		}
 		cs->rec = (struct jnl_session){
-			.id = s->id, .pid = s->pid, .uid = s->uid, .gid = s->gid,
-			.mm = s->mm ? s->mm->id : 0, .nhandles = n, .last_seq = s->last_seq,
-			.last_status = s->last.status, .last_id = s->last.id,
-			.flags = s->replied ? JNL_SESSION_REPLIED : 0, .last_value = s->last.value,
+			.id = s->id,
+			.pid = s->pid,
+			.uid = s->uid,
+			.gid = s->gid,
+			.mm = s->mm ? s->mm->id : 0,
+			.nhandles = n,
+			.last_seq = s->last_seq,
+			.last_status = s->last.status,
+			.last_id = s->last.id,
+			.flags = s->replied ? JNL_SESSION_REPLIED : 0,
+			.last_value = s->last.value,
 		};
 		for (uint32_t k = 0; k < n; k++) {
 			if ((cs->t[k] = s->tmpls[k]))
@@ -526,9 +550,13 @@ static uint32_t enc_node(struct encoder *e, const struct range_node *n)
 	struct tmpl *t = range_node_tmpl(n);
 	if (e->err || (e->err = enc_tmpl(e, t)) < 0)
 		return 0;
-	struct jnl_node rec = { .start = range_node_start(n), .end = range_node_end(n),
-				.left = l, .right = r, .tmpl = t->id };
-	if (!(idx = jnl_image_add_node(&e->b, &rec)) || (e->err = hmap_put(&e->nodes, (uintptr_t)n, idx)) < 0) {
+	struct jnl_node rec = { .start = range_node_start(n),
+				.end = range_node_end(n),
+				.left = l,
+				.right = r,
+				.tmpl = t->id };
+	if (!(idx = jnl_image_add_node(&e->b, &rec)) ||
+	    (e->err = hmap_put(&e->nodes, (uintptr_t)n, idx)) < 0) {
 		e->err = e->err ? e->err : -ENOMEM;
 		return 0;
 	}
@@ -591,8 +619,10 @@ static int commit(struct wing *wg, struct capture *c)
 	struct rp_daemon *d = wg->d;
 	struct encoder e = { .wg = wg };
 	struct jnl_ids next = {
-		.tmpl = tmpl_next_id(&d->tmpls), .session = atomic_load(&d->next_id[RP_ID_SESSION]),
-		.mm = atomic_load(&d->next_id[RP_ID_MM]), .tree = atomic_load(&d->next_id[RP_ID_TREE]),
+		.tmpl = tmpl_next_id(&d->tmpls),
+		.session = atomic_load(&d->next_id[RP_ID_SESSION]),
+		.mm = atomic_load(&d->next_id[RP_ID_MM]),
+		.tree = atomic_load(&d->next_id[RP_ID_TREE]),
 	};
 	const void *image;
 	size_t len = 0;
@@ -695,7 +725,8 @@ static void on_compact_timer(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)revents;
 	if (wg->cap && !wg->cap->committing && ev_time() - wg->cap->started > CAPTURE_MAX_S) {
 		log_warn("journal compaction: a worker did not answer within %.0f s (it waits in "
-			 "the kernel on a client); trying again later", CAPTURE_MAX_S);
+			 "the kernel on a client); trying again later",
+			 CAPTURE_MAX_S);
 		jnl_compact_abort(&wg->w);
 		wg->cap->aborted = 1;
 		wg->stale_caps++;

@@ -43,9 +43,9 @@ struct range_node {
 	struct range_node *kid[2]; /* [0] below the piece, [1] above */
 	uint64_t start, end;
 	void *tmpl;
-	uint64_t lo, hi;           /* the subtree's first start, last end */
-	uint64_t bytes;            /* the subtree's */
-	size_t count;              /* the subtree's pieces */
+	uint64_t lo, hi; /* the subtree's first start, last end */
+	uint64_t bytes;  /* the subtree's */
+	size_t count;    /* the subtree's pieces */
 };
 
 /* Nodes reserved for one operation, linked through kid[0]. */
@@ -163,8 +163,7 @@ static int range_reserve(struct range_pool *p, const struct range_table *rt, siz
 }
 
 /* A node for a piece, from the reservation. */
-static struct range_node *range_new(struct range_pool *p, uint64_t start, uint64_t end,
-				    void *tmpl)
+static struct range_node *range_new(struct range_pool *p, uint64_t start, uint64_t end, void *tmpl)
 {
 	struct range_node *n = p->free;
 
@@ -412,7 +411,12 @@ static struct range_est range_est_old(const struct range_node *n, bool above)
 	unsigned h = range_height(n);
 
 	return (struct range_est){
-		.old = n, .above = above, .fresh = !n, .lo = h, .hi = h, .count = range_size(n),
+		.old = n,
+		.above = above,
+		.fresh = !n,
+		.lo = h,
+		.hi = h,
+		.count = range_size(n),
 	};
 }
 
@@ -491,7 +495,7 @@ static size_t range_part_cost(const struct range_node *t, bool above, uint64_t a
 static size_t range_graft_at_cost(const struct range_node *t, bool above, uint64_t s, uint64_t e,
 				  const struct range_est *src, struct range_est *out)
 {
-	bool shared = above || range_shared(t), a = t->start < s, b = t->end > e;
+	bool shared = above || range_shared(t), a = t->start<s, b = t->end> e;
 	struct range_est l, r, mid, x = *src;
 	size_t c = (a || b) && shared;
 
@@ -561,8 +565,8 @@ static size_t range_path_cost(const struct range_node *t, uint64_t start)
 
 /* The pieces around addr: the last ending at or before it, and the first
  * ending after it (which holds addr if it starts at or before it). */
-static void range_around(const struct range_node *t, uint64_t addr,
-			 const struct range_node **below, const struct range_node **above)
+static void range_around(const struct range_node *t, uint64_t addr, const struct range_node **below,
+			 const struct range_node **above)
 {
 	*below = *above = NULL;
 	while (t) {
@@ -965,8 +969,8 @@ static bool range_sound(const struct range_node *t, uint64_t lo, uint64_t hi)
 	l = t->kid[0];
 	r = t->kid[1];
 	if (!range_span_ok(t->start, t->end) || t->start < lo || t->end > hi ||
-	    !atomic_load_explicit(&t->ref, memory_order_relaxed) ||
-	    !range_sound(l, lo, t->start) || !range_sound(r, t->end, hi))
+	    !atomic_load_explicit(&t->ref, memory_order_relaxed) || !range_sound(l, lo, t->start) ||
+	    !range_sound(r, t->end, hi))
 		return false;
 	hl = range_height(l);
 	hr = range_height(r);

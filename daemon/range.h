@@ -127,8 +127,8 @@ int range_clone(struct range_table *dst, const struct range_table *src);
 
 /* fn on every piece in address order, until it returns nonzero; returns
  * that value, or 0. fn must not change the table. */
-int range_foreach(const struct range_table *rt,
-		  int (*fn)(void *arg, const struct range_piece *p), void *arg);
+int range_foreach(const struct range_table *rt, int (*fn)(void *arg, const struct range_piece *p),
+		  void *arg);
 /* The same on the pieces overlapping [start, end) (whole, not clipped),
  * in O(log n + k). */
 int range_foreach_in(const struct range_table *rt, uint64_t start, uint64_t end,

@@ -58,19 +58,19 @@ struct restore {
 	struct wing *wg;
 	struct rp_daemon *d;
 	struct fdset *set;
-	struct hmap tmpls;    /* template id -> struct tmpl (one reference held) */
-	struct hmap mms;      /* mm id -> struct rmm */
-	struct hmap sessions; /* session id -> struct session */
-	struct hmap links;    /* session id -> its mm id */
-	struct hmap trees;    /* tree id -> struct rp_tree (one reference held) */
+	struct hmap tmpls;         /* template id -> struct tmpl (one reference held) */
+	struct hmap mms;           /* mm id -> struct rmm */
+	struct hmap sessions;      /* session id -> struct session */
+	struct hmap links;         /* session id -> its mm id */
+	struct hmap trees;         /* tree id -> struct rp_tree (one reference held) */
 	struct range_node **nodes; /* image node index -> node (one reference held) */
 	size_t nnodes, capnodes;
-	struct range_table build;  /* nodes are made through it (mm_range_ops_acct) */
+	struct range_table build;     /* nodes are made through it (mm_range_ops_acct) */
 	unsigned kept[2], dropped[3]; /* sessions, mms; + templates */
 };
 
-__attribute__((format(printf, 4, 5))) static void drop_fd(struct restore *r, const char *name, int fd,
-							   const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void drop_fd(struct restore *r, const char *name,
+							  int fd, const char *fmt, ...)
 {
 	char why[160];
 	va_list ap;
@@ -116,8 +116,8 @@ static int add_tmpl(struct restore *r, const struct jnl_tmpl *t)
 	if (a)
 		acct_put(a);
 	if (!tm || idm_put(&r->tmpls, t->id, tm) < 0) {
-		log_warn("restore: template %u (page %u): %s; what uses it is dropped", t->id, t->page,
-			 e ? jnl_err_str(e) : strerror(errno));
+		log_warn("restore: template %u (page %u): %s; what uses it is dropped", t->id,
+			 t->page, e ? jnl_err_str(e) : strerror(errno));
 		if (tm)
 			tmpl_put(&r->d->tmpls, tm);
 		r->dropped[2]++;
@@ -266,14 +266,15 @@ static struct session *add_session(struct restore *r, uint32_t id, pid_t pid, ui
 	wing_name(name, 'c', id);
 	rp_id_seen(r->d, RP_ID_SESSION, id);
 	if ((fd = fdset_take(r->set, name)) < 0) {
-		log_warn("restore: %s (pid %d uid %u): its connection did not come back; dropped", name,
-			 (int)pid, (unsigned)uid);
+		log_warn("restore: %s (pid %d uid %u): its connection did not come back; dropped",
+			 name, (int)pid, (unsigned)uid);
 		r->dropped[0]++;
 		return NULL;
 	}
 	if ((e = check_conn(fd, &cred)) < 0 || cred.uid != uid || cred.pid != pid) {
-		drop_fd(r, name, fd, e < 0 ? "not a connected AF_UNIX SOCK_SEQPACKET socket"
-				     : "the peer is not the one recorded");
+		drop_fd(r, name, fd,
+			e < 0 ? "not a connected AF_UNIX SOCK_SEQPACKET socket"
+			      : "the peer is not the one recorded");
 		r->dropped[0]++;
 		return NULL;
 	}
@@ -374,7 +375,8 @@ static int rec_range(struct restore *r, enum jnl_type type, const union jnl_payl
 	rt->max = max;
 	if (e)
 		log_warn("restore: u%u: a %s could not be replayed; some untouched pages may read "
-			 "zeros", id, jnl_type_name(type));
+			 "zeros",
+			 id, jnl_type_name(type));
 	return 0;
 }
 
@@ -418,7 +420,8 @@ static int rec_session(struct restore *r, enum jnl_type type, const union jnl_pa
 	switch (type) {
 	case JNL_SESSION_NEW:
 		return add_session(r, p->session_new.id, p->session_new.pid, p->session_new.uid)
-			       ? 0 : JNL_REJECT;
+			       ? 0
+			       : JNL_REJECT;
 	case JNL_SESSION_END:
 		if ((s = idm_get(&r->sessions, p->end.id))) {
 			drop_session(r, s, p->end.id, NULL);
@@ -431,7 +434,9 @@ static int rec_session(struct restore *r, enum jnl_type type, const union jnl_pa
 		if (!(s = idm_get(&r->sessions, p->handle.session)))
 			return JNL_REJECT;
 		return set_handle(s, p->handle.index, idm_get(&r->tmpls, p->handle.tmpl),
-				  p->handle.uses) < 0 ? -ENOMEM : 0;
+				  p->handle.uses) < 0
+			       ? -ENOMEM
+			       : 0;
 	default: /* JNL_REPLY */
 		if (!(s = idm_get(&r->sessions, p->reply.session)))
 			return JNL_REJECT;
@@ -505,7 +510,8 @@ static void link_and_check(struct restore *r)
 		struct rmm *rm = idm_get(&r->mms, (uint32_t)r->mms.k[i - 1]);
 		const char *why = !rm->mm->is_child && !rm->claimed ? "its connection is gone"
 				  : uffd_probe(rm->mm->uffd, uffd_user_bottom()) == -ESRCH
-					  ? "the process is gone" : NULL;
+					  ? "the process is gone"
+					  : NULL;
 		if (!why) {
 			/* Its table is what the replay left: charged now. */
 			mm_restore_account(rm->mm);
@@ -549,7 +555,8 @@ static void drop_rest(struct restore *r, int have)
 	for (size_t i = 0; i < r->set->n; i++) {
 		struct named_fd *e = &r->set->v[i];
 		if (e->fd >= 0) {
-			drop_fd(r, e->name, e->fd, "%s", have ? "not in the journal" : "no usable journal");
+			drop_fd(r, e->name, e->fd, "%s",
+				have ? "not in the journal" : "no usable journal");
 			e->fd = -1;
 		}
 	}
@@ -598,7 +605,11 @@ static void restore_free(struct restore *r)
 }
 
 static const struct jnl_callbacks callbacks = {
-	.tmpl = cb_tmpl, .node = cb_node, .mm = cb_mm, .session = cb_session, .record = cb_record,
+	.tmpl = cb_tmpl,
+	.node = cb_node,
+	.mm = cb_mm,
+	.session = cb_session,
+	.record = cb_record,
 };
 
 /* The journal, replayed; or why there is none (logged): -1 if strict. */
@@ -609,10 +620,12 @@ static int replay(struct restore *r, int fd, int strict, struct jnl_info *info)
 
 	if (e == JNL_OK) {
 		for (int i = 0; i < 2; i++)
-			if (i != info->slot && info->slot_err[i] != JNL_OK && info->slot_err[i] != JNL_EEMPTY)
-				log_warn("restore: journal slot %d: %s; using generation %llu from slot %d",
-					 i, jnl_err_str(info->slot_err[i]), (unsigned long long)info->gen,
-					 info->slot);
+			if (i != info->slot && info->slot_err[i] != JNL_OK &&
+			    info->slot_err[i] != JNL_EEMPTY)
+				log_warn(
+					"restore: journal slot %d: %s; using generation %llu from slot %d",
+					i, jnl_err_str(info->slot_err[i]),
+					(unsigned long long)info->gen, info->slot);
 		if (info->end != JNL_END_CLEAN)
 			log_notice("restore: the journal ends with %s after %llu records",
 				   jnl_end_str(info->end), (unsigned long long)info->records);
@@ -654,7 +667,8 @@ static void journal_ready(struct wing *wg, int snap_fd, const struct jnl_info *i
 
 	if (e < 0)
 		log_err("restore: cannot write the journal: %s; restarts and upgrades will lose "
-			"what changes from now on", strerror(-e));
+			"what changes from now on",
+			strerror(-e));
 	else
 		wing_counters_attach(wg, have);
 	/* With the fd store every change from now on is a record: set before
@@ -689,10 +703,11 @@ int wing_rebuild(struct wing *wg, struct fdset *set, int snap_fd, int strict)
 	wg->restoring = 0;
 	acct_enforce(1);
 	if (snap_fd >= 0)
-		log_notice("restore: from %s, journal generation %llu (%llu records): %u clients and "
-			   "%u address spaces back; dropped %u clients, %u address spaces, %u templates",
-			   set->from, (unsigned long long)info.gen, (unsigned long long)info.records,
-			   r.kept[0], r.kept[1], r.dropped[0], r.dropped[1], r.dropped[2]);
+		log_notice(
+			"restore: from %s, journal generation %llu (%llu records): %u clients and "
+			"%u address spaces back; dropped %u clients, %u address spaces, %u templates",
+			set->from, (unsigned long long)info.gen, (unsigned long long)info.records,
+			r.kept[0], r.kept[1], r.dropped[0], r.dropped[1], r.dropped[2]);
 	serve_all(&r);
 	restore_free(&r);
 	jnl_info_free(&info);

@@ -125,16 +125,33 @@ struct sb_rule {
 	struct scmp_arg_cmp args[2];
 };
 
-#define ARG_EQ(i, v) { .arg = (i), .op = SCMP_CMP_EQ, .datum_a = (scmp_datum_t)(v) }
+#define ARG_EQ(i, v)                                                        \
+	{                                                                   \
+		.arg = (i), .op = SCMP_CMP_EQ, .datum_a = (scmp_datum_t)(v) \
+	}
 /* (arg & m) == 0 */
-#define ARG_NONE_OF(i, m) \
-	{ .arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), .datum_b = 0 }
+#define ARG_NONE_OF(i, m)                                                                        \
+	{                                                                                        \
+		.arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), .datum_b = 0 \
+	}
 /* (arg & m) == m */
-#define ARG_ALL_OF(i, m) \
-	{ .arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), .datum_b = (scmp_datum_t)(m) }
-#define ALLOW(name) { .nr = SCMP_SYS(name) }
-#define ALLOW1(name, a) { .nr = SCMP_SYS(name), .nargs = 1, .args = { a } }
-#define ALLOW2(name, a, b) { .nr = SCMP_SYS(name), .nargs = 2, .args = { a, b } }
+#define ARG_ALL_OF(i, m)                                                            \
+	{                                                                           \
+		.arg = (i), .op = SCMP_CMP_MASKED_EQ, .datum_a = (scmp_datum_t)(m), \
+		.datum_b = (scmp_datum_t)(m)                                        \
+	}
+#define ALLOW(name)                  \
+	{                            \
+		.nr = SCMP_SYS(name) \
+	}
+#define ALLOW1(name, a)                                         \
+	{                                                       \
+		.nr = SCMP_SYS(name), .nargs = 1, .args = { a } \
+	}
+#define ALLOW2(name, a, b)                                         \
+	{                                                          \
+		.nr = SCMP_SYS(name), .nargs = 2, .args = { a, b } \
+	}
 
 /* What the daemon does once it serves, in every build. */
 static const struct sb_rule rules[] = {
@@ -178,7 +195,7 @@ static const struct sb_rule rules[] = {
 	ALLOW1(mmap, ARG_NONE_OF(2, PROT_EXEC)),
 	ALLOW1(mprotect, ARG_NONE_OF(2, PROT_EXEC)), /* malloc grows arenas */
 	ALLOW(munmap),
-	ALLOW(mremap), /* realloc of large blocks */
+	ALLOW(mremap),  /* realloc of large blocks */
 	ALLOW(madvise), /* malloc trims; glibc frees exiting threads' stacks */
 	ALLOW(brk),
 	/* mm.c: learn at once that a served process exited */
@@ -303,15 +320,39 @@ static int add_rules(scmp_filter_ctx ctx, const struct sb_rule *r, size_t n)
  * nothing in the daemon or its libraries ever calls once serving: these
  * kill the process at once instead of failing. */
 static const int kill_list[] = {
-	SCMP_SYS(execve), SCMP_SYS(execveat), SCMP_SYS(ptrace), SCMP_SYS(process_vm_readv),
-	SCMP_SYS(process_vm_writev), SCMP_SYS(userfaultfd), SCMP_SYS(init_module),
-	SCMP_SYS(finit_module), SCMP_SYS(delete_module), SCMP_SYS(kexec_load),
-	SCMP_SYS(kexec_file_load), SCMP_SYS(mount), SCMP_SYS(umount2), SCMP_SYS(pivot_root),
-	SCMP_SYS(chroot), SCMP_SYS(setns), SCMP_SYS(unshare), SCMP_SYS(bpf),
-	SCMP_SYS(perf_event_open), SCMP_SYS(open_by_handle_at), SCMP_SYS(name_to_handle_at),
-	SCMP_SYS(keyctl), SCMP_SYS(add_key), SCMP_SYS(request_key), SCMP_SYS(setuid),
-	SCMP_SYS(setgid), SCMP_SYS(setreuid), SCMP_SYS(setregid), SCMP_SYS(setresuid),
-	SCMP_SYS(setresgid), SCMP_SYS(setgroups), SCMP_SYS(capset), SCMP_SYS(pidfd_getfd),
+	SCMP_SYS(execve),
+	SCMP_SYS(execveat),
+	SCMP_SYS(ptrace),
+	SCMP_SYS(process_vm_readv),
+	SCMP_SYS(process_vm_writev),
+	SCMP_SYS(userfaultfd),
+	SCMP_SYS(init_module),
+	SCMP_SYS(finit_module),
+	SCMP_SYS(delete_module),
+	SCMP_SYS(kexec_load),
+	SCMP_SYS(kexec_file_load),
+	SCMP_SYS(mount),
+	SCMP_SYS(umount2),
+	SCMP_SYS(pivot_root),
+	SCMP_SYS(chroot),
+	SCMP_SYS(setns),
+	SCMP_SYS(unshare),
+	SCMP_SYS(bpf),
+	SCMP_SYS(perf_event_open),
+	SCMP_SYS(open_by_handle_at),
+	SCMP_SYS(name_to_handle_at),
+	SCMP_SYS(keyctl),
+	SCMP_SYS(add_key),
+	SCMP_SYS(request_key),
+	SCMP_SYS(setuid),
+	SCMP_SYS(setgid),
+	SCMP_SYS(setreuid),
+	SCMP_SYS(setregid),
+	SCMP_SYS(setresuid),
+	SCMP_SYS(setresgid),
+	SCMP_SYS(setgroups),
+	SCMP_SYS(capset),
+	SCMP_SYS(pidfd_getfd),
 };
 
 static int add_kill_list(scmp_filter_ctx ctx)
@@ -396,7 +437,8 @@ static int build_filter(scmp_filter_ctx ctx, const struct sandbox_opts *o)
 
 	if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
 	    (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)) < 0 ||
-	    (r = seccomp_attr_set(ctx, SCMP_FLTATR_API_SYSRAWRC, 1)) < 0 || (r = ADD(ctx, rules)) < 0)
+	    (r = seccomp_attr_set(ctx, SCMP_FLTATR_API_SYSRAWRC, 1)) < 0 ||
+	    (r = ADD(ctx, rules)) < 0)
 		return r;
 	if (o->notify && (r = ADD(ctx, notify_rules)) < 0)
 		return r;

@@ -119,8 +119,10 @@ void session_start(struct rp_daemon *d, int fd)
 		return;
 	}
 	if (d->nsessions >= d->cfg.lim.connections) {
-		acct_log(a, LOG_WARNING, "pid %d: connection refused: the daemon's limit of %u "
-			 "connections is reached", (int)cred.pid, d->cfg.lim.connections);
+		acct_log(a, LOG_WARNING,
+			 "pid %d: connection refused: the daemon's limit of %u "
+			 "connections is reached",
+			 (int)cred.pid, d->cfg.lim.connections);
 		e = -EMFILE;
 	} else if (acct_charge_fd(a, ACCT_CONNECTIONS) < 0) {
 		e = -EMFILE;
@@ -131,7 +133,8 @@ void session_start(struct rp_daemon *d, int fd)
 	if (!s) {
 		/* The budget's refusal is logged by acct. */
 		if (e == -ENOMEM)
-			acct_log(a, LOG_ERR, "pid %d: connection refused: out of memory", (int)cred.pid);
+			acct_log(a, LOG_ERR, "pid %d: connection refused: out of memory",
+				 (int)cred.pid);
 		refuse(d, a, fd, e);
 		acct_put(a);
 		return;
@@ -143,7 +146,10 @@ void session_start(struct rp_daemon *d, int fd)
 	acct_turn_left(a, 0, ev_iteration(d->loop), d->cfg.lim.loop_quota);
 	acct_turn_use(a, 0, 1);
 	session_init(d, s, fd, &cred, rp_id_new(d, RP_ID_SESSION));
-	emit(s, (struct obs_event){ .type = OBS_SESSION_NEW, .fd = fd, .pid = s->pid, .uid = s->uid,
+	emit(s, (struct obs_event){ .type = OBS_SESSION_NEW,
+				    .fd = fd,
+				    .pid = s->pid,
+				    .uid = s->uid,
 				    .gid = s->gid });
 	acct_log(s->acct, LOG_DEBUG, "pid %d: connected (fd %d)", (int)s->pid, fd);
 }
@@ -219,8 +225,8 @@ void session_close(struct session *s, const char *why)
 	 * and the client would not see our last reply. */
 	session_consume(s);
 	if (why) {
-		acct_log(s->acct, LOG_WARNING, "pid %d fd %d: closing client: %s", (int)s->pid, s->fd,
-			 why);
+		acct_log(s->acct, LOG_WARNING, "pid %d fd %d: closing client: %s", (int)s->pid,
+			 s->fd, why);
 		acct_stat_add(s->acct, PROTO_STAT_CLIENTS_CLOSED, 1);
 	} else {
 		acct_log(s->acct, LOG_DEBUG, "pid %d fd %d: disconnected", (int)s->pid, s->fd);
@@ -324,8 +330,10 @@ static int grow_handles(struct session *s)
 
 static void emit_handle(struct session *s, uint32_t i)
 {
-	emit(s, (struct obs_event){ .type = OBS_HANDLE, .handle = i,
-				    .tmpl = s->tmpls[i] ? s->tmpls[i]->id : 0, .uses = s->tmpl_uses[i] });
+	emit(s, (struct obs_event){ .type = OBS_HANDLE,
+				    .handle = i,
+				    .tmpl = s->tmpls[i] ? s->tmpls[i]->id : 0,
+				    .uses = s->tmpl_uses[i] });
 }
 
 /* A template handle for t: the same id again if this session already has
@@ -424,8 +432,13 @@ static int submit(struct session *s, uint32_t seq, enum mm_op_type type, uint64_
 {
 	if (t)
 		tmpl_ref(&s->d->tmpls, t);
-	s->op = (struct mm_op){ .type = type, .addr = addr, .len = len, .t = t, .session = s->id,
-				.req_seq = seq, .done = on_op_done };
+	s->op = (struct mm_op){ .type = type,
+				.addr = addr,
+				.len = len,
+				.t = t,
+				.session = s->id,
+				.req_seq = seq,
+				.done = on_op_done };
 	s->op_seq = seq;
 	s->op_id = id;
 	s->busy = 1;
@@ -448,8 +461,8 @@ static void on_op_done(struct mm_op *op)
 	session_put(s);
 	if (op->status < 0)
 		acct_log(s->acct, LOG_DEBUG, "pid %d: %s [%#llx, +%#llx) refused: %s", (int)s->pid,
-			  op->type == MM_OP_MAP ? "MAP" : "UNMAP", (unsigned long long)op->addr,
-			  (unsigned long long)op->len, strerror(-op->status));
+			 op->type == MM_OP_MAP ? "MAP" : "UNMAP", (unsigned long long)op->addr,
+			 (unsigned long long)op->len, strerror(-op->status));
 	if (reply(s, s->op_seq, op->status, s->op_id, 0) < 0)
 		return;
 	debug_die(s->d->cfg.die_answered, s->op_nreq, "answered");
@@ -494,7 +507,8 @@ static int do_stats(struct session *s, uint32_t seq)
 	} else {
 		r.counters[PROTO_STAT_DENIED_SYSCALLS] = 0;
 		r.counters[PROTO_STAT_LOG_SUPPRESSED] = log_rl_dropped(&s->acct->rl);
-		r.counters[PROTO_STAT_LOOP_US] = atomic_load(&s->acct->stat[PROTO_STAT_LOOP_US]) / 1000;
+		r.counters[PROTO_STAT_LOOP_US] = atomic_load(&s->acct->stat[PROTO_STAT_LOOP_US]) /
+						 1000;
 	}
 	int e = proto_send(s->fd, PROTO_STATS_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 	if (e == 0)
@@ -562,19 +576,22 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 	if (h->page_size != TMPL_PAGE)
 		return hello_refused(s, seq, fd, -EINVAL, "page size mismatch");
 	if ((r = mm_handshake(fd, &features)) < 0)
-		return hello_refused(s, seq, fd, r, r == -EBADF ? "HELLO fd is not a userfaultfd"
-								: "userfaultfd handshake refused");
+		return hello_refused(s, seq, fd, r,
+				     r == -EBADF ? "HELLO fd is not a userfaultfd"
+						 : "userfaultfd handshake refused");
 	/* A 32-bit process's uffd refuses every copy from our (64-bit)
 	 * template addresses: it would fault for ever. UFFDIO_WAKE takes no
 	 * lock of the client's and checks the range against its top. */
 	if (uffd_wake(fd, uffd_user_bottom(), uffd_user_top()) == -EINVAL)
-		return hello_refused(s, seq, fd, -EOPNOTSUPP,
-				     "a 32-bit process: its address space ends below our templates");
+		return hello_refused(
+			s, seq, fd, -EOPNOTSUPP,
+			"a 32-bit process: its address space ends below our templates");
 	struct rp_mm *mm = mm_new_client(s->d, fd, features, s->acct, s->pid);
 	if (!mm) {
 		int e = errno;
-		return hello_refused(s, seq, fd, -e, e == EDQUOT ? "a budget of its uid is used up"
-								 : "out of memory");
+		return hello_refused(s, seq, fd, -e,
+				     e == EDQUOT ? "a budget of its uid is used up"
+						 : "out of memory");
 	}
 	session_attach_mm(s, mm);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_MM, .mm = mm->id });
@@ -617,7 +634,8 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 	switch (h->type) {
 	case PROTO_TEMPLATE_FILL: {
 		const struct proto_template_fill *f = p;
-		return do_template(s, h->seq, tmpl_get_fill(&s->d->tmpls, s->acct, s->uid, f->byte));
+		return do_template(s, h->seq,
+				   tmpl_get_fill(&s->d->tmpls, s->acct, s->uid, f->byte));
 	}
 	case PROTO_TEMPLATE_CREATE:
 		return do_template(s, h->seq, tmpl_get_page(&s->d->tmpls, s->acct, s->uid, p, 0));
@@ -660,8 +678,9 @@ static int replayed(struct session *s, const struct proto_hdr *h, int fd)
 	    h->type == PROTO_UPGRADE || h->type == PROTO_USAGE)
 		return 0;
 	drop_fd(s->d, s->acct, fd);
-	acct_log(s->acct, LOG_INFO, "pid %d: %s seq %u was answered before the restart: answering again",
-		 (int)s->pid, proto_type_name(h->type), h->seq);
+	acct_log(s->acct, LOG_INFO,
+		 "pid %d: %s seq %u was answered before the restart: answering again", (int)s->pid,
+		 proto_type_name(h->type), h->seq);
 	int e = proto_send(s->fd, PROTO_REPLY, h->seq, &s->last, sizeof(s->last), -1, MSG_DONTWAIT);
 	if (e) {
 		session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
@@ -708,7 +727,8 @@ static int handle_one(struct session *s)
 		 * descriptors: each one would leak. */
 		drop_fd(s->d, s->acct, fd);
 		session_close(s, nfds ? "bad message: empty, with a file descriptor"
-			      : n == 0 || n == -ECONNRESET ? NULL : "receive failed");
+				 : n == 0 || n == -ECONNRESET ? NULL
+							      : "receive failed");
 		return -1;
 	}
 	enum proto_err e = trunc ? PROTO_ETRUNC : proto_check(buf, (size_t)n, nfds, 1, &h);

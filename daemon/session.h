@@ -24,24 +24,24 @@ struct tmpl;
 struct session {
 	struct rp_daemon *d;
 	int fd;
-	uint32_t id;             /* the observer's name for it */
+	uint32_t id; /* the observer's name for it */
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
-	struct acct *acct;       /* charged for the connection, its templates and handles */
-	unsigned refs;           /* the list's, and an op's in flight */
+	struct acct *acct; /* charged for the connection, its templates and handles */
+	unsigned refs;     /* the list's, and an op's in flight */
 	int closed;
 	ev_io io;
-	struct park park;        /* over its uid's quota: waiting to be watched again */
+	struct park park; /* over its uid's quota: waiting to be watched again */
 	ev_timer hello_timer;
-	struct rp_mm *mm;        /* after HELLO */
-	struct tmpl **tmpls;     /* handle id-1 -> template */
-	uint32_t *tmpl_uses;     /* how many times the handle was handed out */
+	struct rp_mm *mm;    /* after HELLO */
+	struct tmpl **tmpls; /* handle id-1 -> template */
+	uint32_t *tmpl_uses; /* how many times the handle was handed out */
 	uint32_t ntmpls, captmpls;
-	struct mm_op op;         /* the MAP or UNMAP in flight, if busy */
+	struct mm_op op; /* the MAP or UNMAP in flight, if busy */
 	int busy;
-	uint32_t op_seq, op_id;   /* the request's seq, and the id its reply carries */
-	uint32_t op_nreq;         /* its number among all requests (--debug-die-*) */
+	uint32_t op_seq, op_id; /* the request's seq, and the id its reply carries */
+	uint32_t op_nreq;       /* its number among all requests (--debug-die-*) */
 	struct session *prev, *next;
 	/* Restarts (the restart wing): the last reply sent; the request being
 	 * handled is still on the socket (peeked); the first request after a

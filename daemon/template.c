@@ -70,7 +70,8 @@ static uint64_t tmpl_hash(const uint8_t *page, uint32_t key)
 	return page_hash(page) ^ (((uint64_t)key + 1) * P3);
 }
 
-int tmpl_store_init(struct tmpl_store *s, size_t max, unsigned slab_pages, const struct tmpl_ops *ops)
+int tmpl_store_init(struct tmpl_store *s, size_t max, unsigned slab_pages,
+		    const struct tmpl_ops *ops)
 {
 	int err;
 
@@ -85,7 +86,9 @@ int tmpl_store_init(struct tmpl_store *s, size_t max, unsigned slab_pages, const
 	}
 	s->nbuckets = TMPL_MIN_BUCKETS;
 	s->max = max;
-	s->slab_pages = slab_pages < 1 ? 1 : slab_pages > TMPL_SLAB_PAGES ? TMPL_SLAB_PAGES : slab_pages;
+	s->slab_pages = slab_pages < 1                 ? 1
+			: slab_pages > TMPL_SLAB_PAGES ? TMPL_SLAB_PAGES
+						       : slab_pages;
 	s->next_id = 1;
 	s->ops = ops;
 	return 0;
@@ -353,8 +356,8 @@ const void *tmpl_slab(struct tmpl_store *s, struct tmpl *t, unsigned n)
 		charge(s, t->owner, -cost);
 		return NULL;
 	}
-	if (atomic_compare_exchange_strong_explicit(&t->slab, &expected, slab,
-						    memory_order_acq_rel, memory_order_acquire))
+	if (atomic_compare_exchange_strong_explicit(&t->slab, &expected, slab, memory_order_acq_rel,
+						    memory_order_acquire))
 		return slab;
 	munmap(slab, (size_t)s->slab_pages * TMPL_PAGE);
 	charge(s, t->owner, -cost);

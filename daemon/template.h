@@ -22,17 +22,17 @@
 #define TMPL_SLAB_PAGES 64u
 
 struct tmpl {
-	uint8_t *page;           /* TMPL_PAGE bytes, read only after creation */
-	uint8_t *_Atomic slab;   /* slab_pages consecutive copies, made on first use */
-	uint64_t hash;           /* of the contents and the owner's key */
-	void *owner;             /* charged for it (an account) */
-	uint32_t key;            /* the owner's dedup domain (its uid) */
-	uint32_t id;             /* unique while the store lives (the restart wing's name) */
-	uint32_t refs;           /* under the store lock */
-	uint8_t is_zero;         /* all zero: read faults can use UFFDIO_ZEROPAGE */
+	uint8_t *page;         /* TMPL_PAGE bytes, read only after creation */
+	uint8_t *_Atomic slab; /* slab_pages consecutive copies, made on first use */
+	uint64_t hash;         /* of the contents and the owner's key */
+	void *owner;           /* charged for it (an account) */
+	uint32_t key;          /* the owner's dedup domain (its uid) */
+	uint32_t id;           /* unique while the store lives (the restart wing's name) */
+	uint32_t refs;         /* under the store lock */
+	uint8_t is_zero;       /* all zero: read faults can use UFFDIO_ZEROPAGE */
 	uint8_t reserved[3];
-	_Atomic uintptr_t obs;   /* the observer's own (daemon/persist.c: its page) */
-	struct tmpl *next;       /* hash chain */
+	_Atomic uintptr_t obs; /* the observer's own (daemon/persist.c: its page) */
+	struct tmpl *next;     /* hash chain */
 };
 
 struct tmpl_ops {
@@ -50,16 +50,17 @@ struct tmpl_ops {
 
 struct tmpl_store {
 	pthread_mutex_t lock;
-	struct tmpl **buckets;   /* mmap'd */
+	struct tmpl **buckets; /* mmap'd */
 	size_t nbuckets;
-	size_t count;            /* distinct templates alive */
-	size_t max;              /* most distinct templates, 0 = unlimited */
-	unsigned slab_pages;     /* copies in a slab (the largest fill window) */
+	size_t count;        /* distinct templates alive */
+	size_t max;          /* most distinct templates, 0 = unlimited */
+	unsigned slab_pages; /* copies in a slab (the largest fill window) */
 	uint32_t next_id;
 	const struct tmpl_ops *ops;
 };
 
-int tmpl_store_init(struct tmpl_store *s, size_t max, unsigned slab_pages, const struct tmpl_ops *ops);
+int tmpl_store_init(struct tmpl_store *s, size_t max, unsigned slab_pages,
+		    const struct tmpl_ops *ops);
 /* Every template must have been put. */
 void tmpl_store_fini(struct tmpl_store *s);
 

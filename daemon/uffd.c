@@ -93,7 +93,9 @@ long uffd_fill(int fd, uint64_t addr, unsigned n, const void *src, int dontwake)
 {
 	if (src) {
 		struct uffdio_copy c = {
-			.dst = addr, .src = (uintptr_t)src, .len = (uint64_t)n * PAGE,
+			.dst = addr,
+			.src = (uintptr_t)src,
+			.len = (uint64_t)n * PAGE,
 			.mode = dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0,
 		};
 		if (ioctl(fd, UFFDIO_COPY, &c) == 0)

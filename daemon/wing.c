@@ -63,7 +63,8 @@ int wing_init(struct rp_daemon *d, const struct wing_opts *o, struct tmpl_ops *t
 	wg->fd = -1;
 	wg->o.fdstore = o->fdstore || (env && atoi(env) > 0);
 	if (wg->o.fdstore && !getenv("NOTIFY_SOCKET")) {
-		log_warn("--fd-store: no $NOTIFY_SOCKET, so no fd store: a restart loses every client");
+		log_warn(
+			"--fd-store: no $NOTIFY_SOCKET, so no fd store: a restart loses every client");
 		wg->o.fdstore = 0;
 	}
 	pthread_mutex_init(&wg->cap_lock, NULL);
@@ -139,10 +140,12 @@ void wing_stop(struct rp_daemon *d, int status)
 
 	if (!wg || !wg->o.fdstore)
 		return;
-	log_notice("stopping; %llu clients (%llu processes) stay in the fd store: a restart resumes them, a "
-		   "stop (systemctl stop) releases them and their untouched refpages read zeros "
-		   "from then on", (unsigned long long)stat_get(PROTO_STAT_CLIENTS),
-		   (unsigned long long)stat_get(PROTO_STAT_PROCESSES));
+	log_notice(
+		"stopping; %llu clients (%llu processes) stay in the fd store: a restart resumes them, a "
+		"stop (systemctl stop) releases them and their untouched refpages read zeros "
+		"from then on",
+		(unsigned long long)stat_get(PROTO_STAT_CLIENTS),
+		(unsigned long long)stat_get(PROTO_STAT_PROCESSES));
 	wing_detach(wg, status);
 }
 

@@ -23,18 +23,18 @@ struct rp_daemon;
 struct wing {
 	struct rp_daemon *d;
 	struct wing_opts o;
-	int fd;                   /* the journal's memfd, -1 before one is open */
+	int fd; /* the journal's memfd, -1 before one is open */
 	struct jnl_writer w;
 	int writer_open;
 	/* fd store mode: every change is appended as it happens. Otherwise
 	 * the journal is written only for an upgrade, from a full image. */
 	int journaling;
-	int restoring;            /* restore.c replays: the observer is quiet */
+	int restoring;                 /* restore.c replays: the observer is quiet */
 	struct jnl_counters *counters; /* mapped from the memfd, once serving */
-	uint64_t image_len;       /* of the last commit */
-	struct capture *cap;      /* a compaction under way */
-	unsigned stale_caps;      /* given up, a worker still to answer: none new meanwhile */
-	struct worker compactor;  /* encodes and commits images off the main loop */
+	uint64_t image_len;            /* of the last commit */
+	struct capture *cap;           /* a compaction under way */
+	unsigned stale_caps;           /* given up, a worker still to answer: none new meanwhile */
+	struct worker compactor;       /* encodes and commits images off the main loop */
 	int compactor_up;
 	pthread_mutex_t cap_lock; /* a capture's done, with cap_done */
 	pthread_cond_t cap_done;

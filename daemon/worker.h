@@ -57,7 +57,7 @@ struct park {
 
 struct park_queue {
 	struct ev_loop *loop;
-	unsigned id;          /* the loop's index in the accounts' turns */
+	unsigned id; /* the loop's index in the accounts' turns */
 	uint32_t quota;
 	struct park *head, *tail;
 	ev_prepare prepare;
@@ -70,13 +70,13 @@ void park(struct park_queue *q, struct park *p);
 void park_drop(struct park_queue *q, struct park *p);
 
 struct worker {
-	unsigned id;             /* 1..n: index of its loop in the accounts' turns */
+	unsigned id; /* 1..n: index of its loop in the accounts' turns */
 	pthread_t thread;
 	struct ev_loop *loop;
 	struct inbox in;
 	int stop, pause, paused; /* under in.lock */
 	pthread_cond_t cond;
-	struct loop_call ctl;    /* the main thread's stop or pause */
+	struct loop_call ctl;     /* the main thread's stop or pause */
 	struct park_queue parked; /* uffds over their uid's quota (mm.c) */
 	/* daemon/mm.c's: the address spaces served here, and hooks run on
 	 * this thread when the worker stops, and before it pauses. */
@@ -84,7 +84,7 @@ struct worker {
 	void (*on_stop)(struct worker *w);
 	void (*on_pause)(struct worker *w);
 	atomic_uint nmms;
-	atomic_uint nuids;       /* distinct uids with an address space here */
+	atomic_uint nuids; /* distinct uids with an address space here */
 };
 
 struct workers {

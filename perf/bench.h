@@ -51,9 +51,9 @@ struct server_ref {
 
 struct mode {
 	enum mode_kind kind;
-	char name[64]; /* room for perf/run.sh's labels of every switch at once */
-	char why[192]; /* why it is skipped; "" when available */
-	uint8_t expect; /* what an untouched page reads as */
+	char name[64];    /* room for perf/run.sh's labels of every switch at once */
+	char why[192];    /* why it is skipped; "" when available */
+	uint8_t expect;   /* what an untouched page reads as */
 	uint8_t *pattern; /* one page of the pattern (uffd-thread, kernel-refpage) */
 	/* memfd */
 	int memfd;
@@ -92,9 +92,9 @@ enum touch_op { OP_READ, OP_WRITE, OP_READ_WRITE };
 struct workload {
 	const char *name;
 	enum touch_op op;
-	unsigned percent;  /* of the pages, in random order; 0: all, in order */
-	unsigned stride;   /* every stride-th page (1: every page) */
-	int many_small;    /* small_count mappings, one page touched each */
+	unsigned percent; /* of the pages, in random order; 0: all, in order */
+	unsigned stride;  /* every stride-th page (1: every page) */
+	int many_small;   /* small_count mappings, one page touched each */
 };
 
 #define BENCH_NWORKLOADS 7
@@ -116,18 +116,18 @@ struct cell_result {
 	const struct mode *mode;
 	const struct workload *wl;
 	unsigned threads;
-	size_t map_bytes;       /* bytes of one mapping */
-	uint64_t pages;         /* pages touched per repetition */
+	size_t map_bytes; /* bytes of one mapping */
+	uint64_t pages;   /* pages touched per repetition */
 	unsigned reps;
-	double ns_med, ns_min, ns_max;     /* ns per touched page */
+	double ns_med, ns_min, ns_max;              /* ns per touched page */
 	double lat_p50, lat_p99, lat_p999, lat_max; /* first-touch latency, ns */
 	uint64_t lat_n;
-	double faults_pp;                  /* client page faults per page */
-	double vcsw_pp, ivcsw_pp;          /* client context switches per page */
+	double faults_pp;         /* client page faults per page */
+	double vcsw_pp, ivcsw_pp; /* client context switches per page */
 	int has_server;
 	double srv_faults_pp, srv_csw_pp, srv_cpu_ns_pp;
 	int has_rss;
-	int64_t rss_kib, anon_kib;         /* peak Rss/Anonymous growth */
+	int64_t rss_kib, anon_kib; /* peak Rss/Anonymous growth */
 	uint64_t mismatches;
 	int failed;
 	char err[160];

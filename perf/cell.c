@@ -23,12 +23,9 @@
 #define SEED 0x5eedf00dcafe1234ull
 
 const struct workload bench_workloads[BENCH_NWORKLOADS] = {
-	{ "seq-write", OP_WRITE, 0, 1, 0 },
-	{ "seq-read", OP_READ, 0, 1, 0 },
-	{ "rand-write-1", OP_WRITE, 1, 1, 0 },
-	{ "rand-write-10", OP_WRITE, 10, 1, 0 },
-	{ "strided", OP_WRITE, 0, 16, 0 },
-	{ "read-then-write", OP_READ_WRITE, 0, 1, 0 },
+	{ "seq-write", OP_WRITE, 0, 1, 0 },    { "seq-read", OP_READ, 0, 1, 0 },
+	{ "rand-write-1", OP_WRITE, 1, 1, 0 }, { "rand-write-10", OP_WRITE, 10, 1, 0 },
+	{ "strided", OP_WRITE, 0, 16, 0 },     { "read-then-write", OP_READ_WRITE, 0, 1, 0 },
 	{ "many-small", OP_WRITE, 0, 1, 1 },
 };
 
@@ -46,13 +43,13 @@ struct cell;
 struct worker {
 	struct cell *c;
 	pthread_t thread;
-	uint32_t *idx;        /* pages to touch, as indexes into the mapping */
+	uint32_t *idx; /* pages to touch, as indexes into the mapping */
 	size_t nidx;
-	size_t small_n;       /* many-small: mappings to make */
-	uint64_t *lat;        /* cycle-counter deltas of latency passes */
+	size_t small_n; /* many-small: mappings to make */
+	uint64_t *lat;  /* cycle-counter deltas of latency passes */
 	size_t nlat, caplat;
-	uint64_t t0, t1;      /* this pass, ns */
-	struct ru_snap ru;    /* this pass's deltas */
+	uint64_t t0, t1;   /* this pass, ns */
+	struct ru_snap ru; /* this pass's deltas */
 	uint64_t bad;
 	int err;
 };
@@ -211,7 +208,8 @@ static void worker_pass(struct worker *w)
 		w->bad += c->latency ? sweep_timed(w, expect) : sweep(w, expect);
 	w->t1 = probe_now_ns();
 	probe_ru_thread(&r1);
-	w->ru = (struct ru_snap){ r1.faults - r0.faults, r1.nvcsw - r0.nvcsw, r1.nivcsw - r0.nivcsw };
+	w->ru = (struct ru_snap){ r1.faults - r0.faults, r1.nvcsw - r0.nvcsw,
+				  r1.nivcsw - r0.nivcsw };
 }
 
 static void *worker_main(void *arg)

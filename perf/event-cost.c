@@ -54,7 +54,8 @@ static void *handler_main(void *arg)
 			if (m[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
 			struct uffdio_zeropage z = {
-				.range = { .start = m[i].arg.pagefault.address & ~(uint64_t)(PAGE - 1),
+				.range = { .start = m[i].arg.pagefault.address &
+						    ~(uint64_t)(PAGE - 1),
 					   .len = PAGE },
 			};
 			ioctl(h->uffd, UFFDIO_ZEROPAGE, &z);
@@ -68,7 +69,8 @@ static uint8_t *map_registered(int uffd)
 	uint8_t *p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
-	struct uffdio_register r = { .range = { (uintptr_t)p, LEN }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct uffdio_register r = { .range = { (uintptr_t)p, LEN },
+				     .mode = UFFDIO_REGISTER_MODE_MISSING };
 	if (uffd >= 0 && ioctl(uffd, UFFDIO_REGISTER, &r) < 0)
 		return NULL;
 	return p;
@@ -154,7 +156,8 @@ int main(int argc, char **argv)
 		for (size_t c = 0; c < NCONF; c++)
 			for (int op = 0; op < 3; op++)
 				for (int i = 0; i < per; i++)
-					t[((c * 3 + op) * ROUNDS + round) * per + i] = time_op(h[c].uffd, op);
+					t[((c * 3 + op) * ROUNDS + round) * per + i] = time_op(
+						h[c].uffd, op);
 	printf("median ns per call on a written, registered %u KiB range (%d samples each)\n",
 	       LEN / 1024, per * ROUNDS);
 	printf("%-16s %12s %12s %12s\n", "uffd features", "munmap", "DONTNEED", "mremap");

@@ -100,24 +100,40 @@ static void touch(uint8_t *p, size_t len, int pct)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	static const struct option lo[] = {
-		{ "socket", required_argument, NULL, 's' }, { "mib", required_argument, NULL, 'm' },
-		{ "reps", required_argument, NULL, 'r' },   { "touch", required_argument, NULL, 't' },
-		{ "busy", required_argument, NULL, 'b' },   { "json", no_argument, NULL, 'j' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "mib", required_argument, NULL, 'm' },
+		{ "reps", required_argument, NULL, 'r' },
+		{ "touch", required_argument, NULL, 't' },
+		{ "busy", required_argument, NULL, 'b' },
+		{ "json", no_argument, NULL, 'j' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
-		case 's': o->sock = optarg; break;
-		case 'm': o->mib = strtoul(optarg, NULL, 10); break;
-		case 'r': o->reps = atoi(optarg); break;
-		case 'b': o->busy = atoi(optarg); break;
-		case 'j': o->json = 1; break;
-		case 't':
-			o->touch_pct = !strcmp(optarg, "all") ? 100 : !strcmp(optarg, "half") ? 50
-				     : !strcmp(optarg, "none") ? 0 : -1;
+		case 's':
+			o->sock = optarg;
 			break;
-		default: exit(2);
+		case 'm':
+			o->mib = strtoul(optarg, NULL, 10);
+			break;
+		case 'r':
+			o->reps = atoi(optarg);
+			break;
+		case 'b':
+			o->busy = atoi(optarg);
+			break;
+		case 'j':
+			o->json = 1;
+			break;
+		case 't':
+			o->touch_pct = !strcmp(optarg, "all")    ? 100
+				       : !strcmp(optarg, "half") ? 50
+				       : !strcmp(optarg, "none") ? 0
+								 : -1;
+			break;
+		default:
+			exit(2);
 		}
 	}
 	if (!o->mib || o->reps < 1 || o->touch_pct < 0 || o->busy < 0) {
@@ -151,7 +167,8 @@ static double subject(const struct opts *o, int refpaged)
 			}
 			p = rp_map(c, NULL, len, PROT_READ | PROT_WRITE, 0, id);
 		} else {
-			p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+				 0);
 		}
 		if (p == MAP_FAILED)
 			_exit(1);

@@ -81,14 +81,14 @@ struct opts {
 /* One private daemon and its client. */
 struct daemon {
 	enum kind kind;
-	long n;                   /* background ranges */
+	long n; /* background ranges */
 	pid_t pid;
 	char sock[PATH_MAX], log[PATH_MAX];
 	char *argv[MAX_ARGS + 16];
 	rp_client *c;
 	uint32_t tmpl;
-	double *lat;              /* ns per pair, in the order taken */
-	double *at;               /* when each began (CLOCK_MONOTONIC ns), for --samples */
+	double *lat; /* ns per pair, in the order taken */
+	double *at;  /* when each began (CLOCK_MONOTONIC ns), for --samples */
 	long taken, errors;
 	int first_err;
 	double fill_s;
@@ -100,7 +100,7 @@ struct daemon {
 	uint64_t jnl_fill, jnl_end, jnl_peak;
 	int compact_fill, compact_end, compact_failed;
 	double compact_max_ms;
-	int store_off;            /* the daemon said it has no fd store */
+	int store_off; /* the daemon said it has no fd store */
 	/* results */
 	double p50, p99, mean, max, min;
 };
@@ -263,7 +263,8 @@ static int daemon_spawn(struct daemon *d)
 	if (!(envp = calloc(ne + 2, sizeof(*envp))))
 		return -ENOMEM;
 	for (size_t i = 0; i < ne; i++)
-		if (strncmp(environ[i], "LISTEN_", 7) && strncmp(environ[i], "NOTIFY_SOCKET=", 14) &&
+		if (strncmp(environ[i], "LISTEN_", 7) &&
+		    strncmp(environ[i], "NOTIFY_SOCKET=", 14) &&
 		    strncmp(environ[i], "FDSTORE=", 8) && strncmp(environ[i], "WATCHDOG_", 9))
 			envp[k++] = environ[i];
 	envp[k++] = env_notify;
@@ -326,9 +327,10 @@ static int daemon_connect(struct daemon *d)
 		print_log(d);
 		return -1;
 	}
-	if ((r = rp_connect(d->sock, &d->c)) < 0 || (r = rp_template_fill(d->c, 0xAA, &d->tmpl)) < 0) {
-		fprintf(stderr, "map-latency: %s daemon (%ld ranges): %s\n", kind_name[d->kind], d->n,
-			rp_strerror(r));
+	if ((r = rp_connect(d->sock, &d->c)) < 0 ||
+	    (r = rp_template_fill(d->c, 0xAA, &d->tmpl)) < 0) {
+		fprintf(stderr, "map-latency: %s daemon (%ld ranges): %s\n", kind_name[d->kind],
+			d->n, rp_strerror(r));
 		return -1;
 	}
 	return 0;
@@ -539,7 +541,8 @@ static void cmdline(const struct opts *o, char *buf, size_t n)
 
 	buf[0] = '\0';
 	for (int i = 0; i < o->nextra; i++)
-		k += (size_t)snprintf(buf + k, k < n ? n - k : 0, "%s%s", i ? " " : "", o->extra[i]);
+		k += (size_t)snprintf(buf + k, k < n ? n - k : 0, "%s%s", i ? " " : "",
+				      o->extra[i]);
 }
 
 /* Context for the reader of a noisy machine's numbers. */
@@ -590,20 +593,23 @@ static void markdown(FILE *f, const struct opts *o, struct daemon (*ds)[NKIND], 
 		PAIR_PAGES);
 	fprintf(f, "%s, %s %s, %ld CPUs, load average %s before and %s after. `%s`\n\n", date,
 		u.sysname, u.release, sysconf(_SC_NPROCESSORS_ONLN), env->load0, env->load1, cmd);
-	fprintf(f, "%ld timed pairs per cell in %d interleaved rounds, after %ld warm-up pairs; a "
-		   "daemon per cell, each `--max-ranges %ld --log-level debug%s%s` with "
-		   "$NOTIFY_SOCKET, the fd-store ones with `--fd-store`. The client holds %ld "
-		   "mappings (`/proc/self/maps` lines) after the fill. Latencies in us; N/0 is "
-		   "against the %ld-range cell of the same kind.\n\n",
+	fprintf(f,
+		"%ld timed pairs per cell in %d interleaved rounds, after %ld warm-up pairs; a "
+		"daemon per cell, each `--max-ranges %ld --log-level debug%s%s` with "
+		"$NOTIFY_SOCKET, the fd-store ones with `--fd-store`. The client holds %ld "
+		"mappings (`/proc/self/maps` lines) after the fill. Latencies in us; N/0 is "
+		"against the %ld-range cell of the same kind.\n\n",
 		o->pairs, o->rounds, o->warmup, o->max_ranges, o->nextra ? " " : "", extra,
 		env->vmas, ds[0][PLAIN].n);
 	fputs("| ranges | plain p50 | plain p99 | fd-store p50 | fd-store p99 | fd/plain p50 | "
 	      "fd/plain p99 | plain N/0 p50 | plain N/0 p99 | fd-store N/0 p50 | fd-store N/0 p99 |\n"
-	      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
+	      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+	      f);
 	for (int s = 0; s < o->nsizes; s++) {
 		const struct daemon *p = &ds[s][PLAIN], *q = &ds[s][FDSTORE];
 		const struct daemon *p0 = &ds[0][PLAIN], *q0 = &ds[0][FDSTORE];
-		fprintf(f, "| %ld | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+		fprintf(f,
+			"| %ld | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
 			p->n, p->p50 / 1e3, p->p99 / 1e3, q->p50 / 1e3, q->p99 / 1e3,
 			ratio(q->p50, p->p50), ratio(q->p99, p->p99), ratio(p->p50, p0->p50),
 			ratio(p->p99, p0->p99), ratio(q->p50, q0->p50), ratio(q->p99, q0->p99));
@@ -614,11 +620,13 @@ static void markdown(FILE *f, const struct opts *o, struct daemon (*ds)[NKIND], 
 	      "| ranges | plain mean | plain max | fd-store mean | fd-store max | fd/plain mean | "
 	      "client CPU plain | client CPU fd-store | daemon CPU plain | daemon CPU fd-store | "
 	      "main loop plain | main loop fd-store |\n"
-	      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
+	      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+	      f);
 	for (int s = 0; s < o->nsizes; s++) {
 		const struct daemon *p = &ds[s][PLAIN], *q = &ds[s][FDSTORE];
-		fprintf(f, "| %ld | %.1f | %.0f | %.1f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f | "
-			   "%.1f | %.1f |\n",
+		fprintf(f,
+			"| %ld | %.1f | %.0f | %.1f | %.0f | %.2f | %.1f | %.1f | %.1f | %.1f | "
+			"%.1f | %.1f |\n",
 			p->n, p->mean / 1e3, p->max / 1e3, q->mean / 1e3, q->max / 1e3,
 			ratio(q->mean, p->mean), per_pair(p->cpu_client_ns, p) / 1e3,
 			per_pair(q->cpu_client_ns, q) / 1e3, per_pair(p->cpu_daemon_ns, p) / 1e3,
@@ -633,15 +641,16 @@ static void markdown(FILE *f, const struct opts *o, struct daemon (*ds)[NKIND], 
 	      "| ranges | fill plain | fill fd-store | journal after fill | journal end | "
 	      "journal peak | compactions fill | compactions timed | pairs per compaction | "
 	      "longest compaction ms |\n"
-	      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
+	      "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+	      f);
 	for (int s = 0; s < o->nsizes; s++) {
 		const struct daemon *p = &ds[s][PLAIN], *q = &ds[s][FDSTORE];
 		int timed = q->compact_end - q->compact_fill;
 		char every[32] = "-";
 		if (timed)
 			snprintf(every, sizeof(every), "%.0f", (double)q->taken / timed);
-		fprintf(f, "| %ld | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %d | %s | %.1f |\n", p->n,
-			p->fill_s, q->fill_s, q->jnl_fill / 1048576.0, q->jnl_end / 1048576.0,
+		fprintf(f, "| %ld | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %d | %s | %.1f |\n",
+			p->n, p->fill_s, q->fill_s, q->jnl_fill / 1048576.0, q->jnl_end / 1048576.0,
 			q->jnl_peak / 1048576.0, q->compact_fill, timed, every, q->compact_max_ms);
 	}
 	/* The goals, stated; nothing depends on them. */
@@ -649,36 +658,41 @@ static void markdown(FILE *f, const struct opts *o, struct daemon (*ds)[NKIND], 
 	for (int s = 0; s < o->nsizes; s++)
 		ok_store &= ratio(ds[s][FDSTORE].p50, ds[s][PLAIN].p50) <= 1.2;
 	const struct daemon *pl = &ds[o->nsizes - 1][PLAIN], *ql = &ds[o->nsizes - 1][FDSTORE];
-	int ok_size = ratio(pl->p50, ds[0][PLAIN].p50) <= 2 && ratio(ql->p50, ds[0][FDSTORE].p50) <= 2;
-	fprintf(f, "\nThe issue's goals, on medians: fd-store within 1.2x of plain at every size: "
-		   "%s; %ld ranges within 2x of %ld for both: %s.\n",
+	int ok_size = ratio(pl->p50, ds[0][PLAIN].p50) <= 2 &&
+		      ratio(ql->p50, ds[0][FDSTORE].p50) <= 2;
+	fprintf(f,
+		"\nThe issue's goals, on medians: fd-store within 1.2x of plain at every size: "
+		"%s; %ld ranges within 2x of %ld for both: %s.\n",
 		ok_store ? "met" : "missed", pl->n, ds[0][PLAIN].n, ok_size ? "met" : "missed");
 }
 
 static void json_cell(FILE *f, const struct daemon *d, const struct daemon *zero,
 		      const struct daemon *other)
 {
-	fprintf(f, "    {\"ranges\": %ld, \"daemon\": \"%s\", \"pid\": %d, \"pairs\": %ld, "
-		   "\"errors\": %ld, \"first_error\": \"%s\",\n"
-		   "     \"p50_us\": %.2f, \"p99_us\": %.2f, \"mean_us\": %.2f, \"min_us\": %.2f, "
-		   "\"max_us\": %.2f,\n"
-		   "     \"ratio_vs_0_p50\": %.3f, \"ratio_vs_0_p99\": %.3f, "
-		   "\"ratio_vs_other_p50\": %.3f, \"ratio_vs_other_p99\": %.3f,\n"
-		   "     \"fill_s\": %.3f, \"ranges_after_fill\": %llu, \"ranges_at_end\": %llu, "
-		   "\"maps_waited\": %llu,\n"
-		   "     \"client_cpu_us_per_pair\": %.2f, \"daemon_cpu_us_per_pair\": %.2f, "
-		   "\"loop_us_per_pair\": %.2f",
+	fprintf(f,
+		"    {\"ranges\": %ld, \"daemon\": \"%s\", \"pid\": %d, \"pairs\": %ld, "
+		"\"errors\": %ld, \"first_error\": \"%s\",\n"
+		"     \"p50_us\": %.2f, \"p99_us\": %.2f, \"mean_us\": %.2f, \"min_us\": %.2f, "
+		"\"max_us\": %.2f,\n"
+		"     \"ratio_vs_0_p50\": %.3f, \"ratio_vs_0_p99\": %.3f, "
+		"\"ratio_vs_other_p50\": %.3f, \"ratio_vs_other_p99\": %.3f,\n"
+		"     \"fill_s\": %.3f, \"ranges_after_fill\": %llu, \"ranges_at_end\": %llu, "
+		"\"maps_waited\": %llu,\n"
+		"     \"client_cpu_us_per_pair\": %.2f, \"daemon_cpu_us_per_pair\": %.2f, "
+		"\"loop_us_per_pair\": %.2f",
 		d->n, kind_name[d->kind], (int)d->pid, d->taken, d->errors,
 		d->errors ? strerror(d->first_err) : "", d->p50 / 1e3, d->p99 / 1e3, d->mean / 1e3,
 		d->min / 1e3, d->max / 1e3, ratio(d->p50, zero->p50), ratio(d->p99, zero->p99),
 		ratio(d->p50, other->p50), ratio(d->p99, other->p99), d->fill_s,
 		(unsigned long long)d->ranges_fill, (unsigned long long)d->ranges_end,
 		(unsigned long long)(d->waited1 - d->waited0), per_pair(d->cpu_client_ns, d) / 1e3,
-		per_pair(d->cpu_daemon_ns, d) / 1e3, per_pair((double)(d->loop_us1 - d->loop_us0), d));
+		per_pair(d->cpu_daemon_ns, d) / 1e3,
+		per_pair((double)(d->loop_us1 - d->loop_us0), d));
 	if (d->kind == FDSTORE)
-		fprintf(f, ",\n     \"journal\": {\"bytes_after_fill\": %llu, \"bytes_at_end\": %llu, "
-			   "\"bytes_peak\": %llu, \"compactions_fill\": %d, \"compactions_timed\": %d, "
-			   "\"compaction_max_ms\": %.1f, \"failures\": %d}",
+		fprintf(f,
+			",\n     \"journal\": {\"bytes_after_fill\": %llu, \"bytes_at_end\": %llu, "
+			"\"bytes_peak\": %llu, \"compactions_fill\": %d, \"compactions_timed\": %d, "
+			"\"compaction_max_ms\": %.1f, \"failures\": %d}",
 			(unsigned long long)d->jnl_fill, (unsigned long long)d->jnl_end,
 			(unsigned long long)d->jnl_peak, d->compact_fill,
 			d->compact_end - d->compact_fill, d->compact_max_ms, d->compact_failed);
@@ -705,21 +719,25 @@ static void json(FILE *f, const struct opts *o, struct daemon (*ds)[NKIND], cons
 
 	iso_now(date, sizeof(date));
 	uname(&u);
-	fprintf(f, "{\n  \"machine\": {\"nproc\": %ld, \"uname\": \"%s %s %s\", \"date\": \"%s\", "
-		   "\"loadavg_before\": \"%s\", \"loadavg_after\": \"%s\"},\n",
+	fprintf(f,
+		"{\n  \"machine\": {\"nproc\": %ld, \"uname\": \"%s %s %s\", \"date\": \"%s\", "
+		"\"loadavg_before\": \"%s\", \"loadavg_after\": \"%s\"},\n",
 		sysconf(_SC_NPROCESSORS_ONLN), u.sysname, u.release, u.machine, date, env->load0,
 		env->load1);
 	fputs("  \"command\": ", f);
 	json_str(f, cmd);
-	fprintf(f, ",\n  \"config\": {\"pair_pages\": %u, \"pairs\": %ld, \"rounds\": %d, "
-		   "\"warmup\": %ld, \"max_ranges\": %ld, \"quick\": %s, \"daemons\": [",
-		PAIR_PAGES, o->pairs, o->rounds, o->warmup, o->max_ranges, o->quick ? "true" : "false");
+	fprintf(f,
+		",\n  \"config\": {\"pair_pages\": %u, \"pairs\": %ld, \"rounds\": %d, "
+		"\"warmup\": %ld, \"max_ranges\": %ld, \"quick\": %s, \"daemons\": [",
+		PAIR_PAGES, o->pairs, o->rounds, o->warmup, o->max_ranges,
+		o->quick ? "true" : "false");
 	for (int s = 0; s < o->nsizes; s++)
 		for (int k = 0; k < NKIND; k++) {
 			char line[2048];
 			size_t n = 0;
 			for (int i = 0; ds[s][k].argv[i]; i++)
-				n += (size_t)snprintf(line + n, n < sizeof(line) ? sizeof(line) - n : 0,
+				n += (size_t)snprintf(line + n,
+						      n < sizeof(line) ? sizeof(line) - n : 0,
 						      "%s%s", i ? " " : "", ds[s][k].argv[i]);
 			fputs(s || k ? ", " : "", f);
 			json_str(f, line);
@@ -730,7 +748,8 @@ static void json(FILE *f, const struct opts *o, struct daemon (*ds)[NKIND], cons
 			json_cell(f, &ds[s][k], &ds[0][k], &ds[s][!k]);
 			fputs(s == o->nsizes - 1 && k == NKIND - 1 ? "\n" : ",\n", f);
 		}
-	fprintf(f, "  ],\n  \"errors\": %ld,\n  \"sane\": %s\n}\n", errors, sane ? "true" : "false");
+	fprintf(f, "  ],\n  \"errors\": %ld,\n  \"sane\": %s\n}\n", errors,
+		sane ? "true" : "false");
 }
 
 /* --- the command line --------------------------------------------------------------- */
@@ -760,8 +779,8 @@ static long num(const char *opt, const char *s, long lo, long hi)
 	errno = 0;
 	long v = strtol(s, &end, 10);
 	if (errno || end == s || *end || v < lo || v > hi) {
-		fprintf(stderr, "map-latency: --%s: expected a number in [%ld, %ld], got '%s'\n", opt,
-			lo, hi, s);
+		fprintf(stderr, "map-latency: --%s: expected a number in [%ld, %ld], got '%s'\n",
+			opt, lo, hi, s);
 		exit(2);
 	}
 	return v;
@@ -770,12 +789,18 @@ static long num(const char *opt, const char *s, long lo, long hi)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	static const struct option lo[] = {
-		{ "daemon", required_argument, NULL, 'd' },  { "sizes", required_argument, NULL, 's' },
-		{ "pairs", required_argument, NULL, 'p' },   { "rounds", required_argument, NULL, 'r' },
-		{ "warmup", required_argument, NULL, 'w' },  { "max-ranges", required_argument, NULL, 'm' },
-		{ "daemon-args", required_argument, NULL, 'a' }, { "markdown", required_argument, NULL, 'M' },
-		{ "json", required_argument, NULL, 'j' },    { "keep", required_argument, NULL, 'k' },
-		{ "quick", no_argument, NULL, 'q' },         { "help", no_argument, NULL, 'h' },
+		{ "daemon", required_argument, NULL, 'd' },
+		{ "sizes", required_argument, NULL, 's' },
+		{ "pairs", required_argument, NULL, 'p' },
+		{ "rounds", required_argument, NULL, 'r' },
+		{ "warmup", required_argument, NULL, 'w' },
+		{ "max-ranges", required_argument, NULL, 'm' },
+		{ "daemon-args", required_argument, NULL, 'a' },
+		{ "markdown", required_argument, NULL, 'M' },
+		{ "json", required_argument, NULL, 'j' },
+		{ "keep", required_argument, NULL, 'k' },
+		{ "quick", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
 		{ "samples", required_argument, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -784,24 +809,40 @@ static void parse(int argc, char **argv, struct opts *o)
 
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
-		case 'd': o->daemon = optarg; break;
+		case 'd':
+			o->daemon = optarg;
+			break;
 		case 's':
 			o->nsizes = 0;
 			sizes = 1;
-			for (char *t = strtok_r(optarg, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+			for (char *t = strtok_r(optarg, ",", &save); t;
+			     t = strtok_r(NULL, ",", &save)) {
 				if (o->nsizes == MAX_SIZES) {
-					fprintf(stderr, "map-latency: --sizes: at most %d\n", MAX_SIZES);
+					fprintf(stderr, "map-latency: --sizes: at most %d\n",
+						MAX_SIZES);
 					exit(2);
 				}
 				o->sizes[o->nsizes++] = num("sizes", t, 0, 10000000);
 			}
 			break;
-		case 'p': o->pairs = num("pairs", optarg, 1, 100000000); pairs_set = 1; break;
-		case 'r': o->rounds = (int)num("rounds", optarg, 1, 1000); rounds_set = 1; break;
-		case 'w': o->warmup = num("warmup", optarg, 0, 100000000); warm_set = 1; break;
-		case 'm': o->max_ranges = num("max-ranges", optarg, 1, 100000000); break;
+		case 'p':
+			o->pairs = num("pairs", optarg, 1, 100000000);
+			pairs_set = 1;
+			break;
+		case 'r':
+			o->rounds = (int)num("rounds", optarg, 1, 1000);
+			rounds_set = 1;
+			break;
+		case 'w':
+			o->warmup = num("warmup", optarg, 0, 100000000);
+			warm_set = 1;
+			break;
+		case 'm':
+			o->max_ranges = num("max-ranges", optarg, 1, 100000000);
+			break;
 		case 'a':
-			for (char *t = strtok_r(optarg, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+			for (char *t = strtok_r(optarg, " \t", &save); t;
+			     t = strtok_r(NULL, " \t", &save)) {
 				if (o->nextra == MAX_ARGS) {
 					fprintf(stderr, "map-latency: --daemon-args: too many\n");
 					exit(2);
@@ -809,13 +850,27 @@ static void parse(int argc, char **argv, struct opts *o)
 				o->extra[o->nextra++] = t;
 			}
 			break;
-		case 'M': o->markdown = optarg; break;
-		case 'j': o->json = optarg; break;
-		case 'k': o->keep = optarg; break;
-		case 'S': o->samples = optarg; break;
-		case 'q': o->quick = 1; break;
-		case 'h': usage(stdout); exit(0);
-		default: usage(stderr); exit(2);
+		case 'M':
+			o->markdown = optarg;
+			break;
+		case 'j':
+			o->json = optarg;
+			break;
+		case 'k':
+			o->keep = optarg;
+			break;
+		case 'S':
+			o->samples = optarg;
+			break;
+		case 'q':
+			o->quick = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			usage(stderr);
+			exit(2);
 		}
 	}
 	if (optind < argc || !o->nsizes) {
@@ -854,8 +909,13 @@ static void parse(int argc, char **argv, struct opts *o)
 int main(int argc, char **argv)
 {
 	struct opts o = {
-		.daemon = RP_DAEMON_PATH, .sizes = { 0, 1000, 20000, 100000 }, .nsizes = 4,
-		.pairs = 100000, .rounds = 20, .warmup = 200, .max_ranges = 200000,
+		.daemon = RP_DAEMON_PATH,
+		.sizes = { 0, 1000, 20000, 100000 },
+		.nsizes = 4,
+		.pairs = 100000,
+		.rounds = 20,
+		.warmup = 200,
+		.max_ranges = 200000,
 	};
 	static struct daemon ds[MAX_SIZES][NKIND];
 	struct env env = { .vmas = 0 };
@@ -867,8 +927,8 @@ int main(int argc, char **argv)
 		size_t n = 0;
 		cmd[0] = '\0';
 		for (int i = 0; i < argc; i++)
-			n += (size_t)snprintf(cmd + n, n < sizeof(cmd) ? sizeof(cmd) - n : 0, "%s%s",
-					      i ? " " : "", argv[i]);
+			n += (size_t)snprintf(cmd + n, n < sizeof(cmd) ? sizeof(cmd) - n : 0,
+					      "%s%s", i ? " " : "", argv[i]);
 	}
 	parse(argc, argv, &o);
 	loadavg(env.load0, sizeof(env.load0));
@@ -906,10 +966,10 @@ int main(int argc, char **argv)
 			d->kind = (enum kind)k;
 			d->n = o.sizes[s];
 			d->snap = -1;
-			if (snprintf(d->sock, sizeof(d->sock), "%s/%s-%ld.sock", dir, kind_name[k], d->n) >=
-				    (int)sizeof(d->sock) ||
-			    snprintf(d->log, sizeof(d->log), "%s/%s-%ld.log", dir, kind_name[k], d->n) >=
-				    (int)sizeof(d->log)) {
+			if (snprintf(d->sock, sizeof(d->sock), "%s/%s-%ld.sock", dir, kind_name[k],
+				     d->n) >= (int)sizeof(d->sock) ||
+			    snprintf(d->log, sizeof(d->log), "%s/%s-%ld.log", dir, kind_name[k],
+				     d->n) >= (int)sizeof(d->log)) {
 				fprintf(stderr, "map-latency: %s: path too long\n", dir);
 				goto out;
 			}
@@ -952,8 +1012,10 @@ int main(int argc, char **argv)
 				d->jnl_fill = d->jnl_peak = journal_bytes(d);
 				read_log(d, &d->compact_fill);
 			}
-			fprintf(stderr, "map-latency: %-8s %6ld ranges registered in %.2f s (%.1f us per MAP)\n",
-				kind_name[k], d->n, d->fill_s, d->n ? d->fill_s * 1e6 / (double)d->n : 0.0);
+			fprintf(stderr,
+				"map-latency: %-8s %6ld ranges registered in %.2f s (%.1f us per MAP)\n",
+				kind_name[k], d->n, d->fill_s,
+				d->n ? d->fill_s * 1e6 / (double)d->n : 0.0);
 		}
 
 	env.vmas = count_vmas();
@@ -991,21 +1053,26 @@ int main(int argc, char **argv)
 			read_log(d, &d->compact_end);
 			if (o.samples && ((mkdir(o.samples, 0755) < 0 && errno != EEXIST) ||
 					  write_samples(o.samples, d) < 0)) {
-				fprintf(stderr, "map-latency: %s: %s\n", o.samples, strerror(errno));
+				fprintf(stderr, "map-latency: %s: %s\n", o.samples,
+					strerror(errno));
 				sane = 0;
 			}
 			summarise(d);
 			errors += d->errors;
 			/* Sanity: counts add up. */
-			const char *why = d->errors ? "a pair failed"
+			const char *why = d->errors             ? "a pair failed"
 					  : d->taken != o.pairs ? "samples missing"
-					  : d->ranges_fill != (uint64_t)d->n ? "ranges after the fill != N"
-					  : d->ranges_end != (uint64_t)d->n ? "ranges at the end != N"
+					  : d->ranges_fill != (uint64_t)d->n
+						  ? "ranges after the fill != N"
+					  : d->ranges_end != (uint64_t)d->n
+						  ? "ranges at the end != N"
 					  : d->compact_failed ? "the journal failed (see its log)"
-					  : d->store_off ? "the fd store was off" : NULL;
+					  : d->store_off      ? "the fd store was off"
+							      : NULL;
 			if (why) {
-				fprintf(stderr, "map-latency: %s daemon, %ld ranges: %s (%ld errors, "
-						"first: %s; %ld samples; ranges %llu / %llu)\n",
+				fprintf(stderr,
+					"map-latency: %s daemon, %ld ranges: %s (%ld errors, "
+					"first: %s; %ld samples; ranges %llu / %llu)\n",
 					kind_name[k], d->n, why, d->errors,
 					d->errors ? strerror(d->first_err) : "-", d->taken,
 					(unsigned long long)d->ranges_fill,

@@ -72,7 +72,9 @@ static int memfd_setup(struct mode *m, size_t len)
 static void uffd_serve(struct mode *m, uint64_t addr)
 {
 	struct uffdio_copy c = {
-		.dst = addr & ~(uint64_t)(PAGE - 1), .src = (uintptr_t)m->pattern, .len = PAGE,
+		.dst = addr & ~(uint64_t)(PAGE - 1),
+		.src = (uintptr_t)m->pattern,
+		.len = PAGE,
 	};
 
 	while (ioctl(m->uffd, UFFDIO_COPY, &c) < 0 && errno == EAGAIN)
@@ -90,7 +92,8 @@ static void uffd_serve(struct mode *m, uint64_t addr)
 static void *uffd_handler(void *arg)
 {
 	struct mode *m = arg;
-	struct pollfd pf[2] = { { .fd = m->uffd, .events = POLLIN }, { .fd = m->stopfd, .events = POLLIN } };
+	struct pollfd pf[2] = { { .fd = m->uffd, .events = POLLIN },
+				{ .fd = m->stopfd, .events = POLLIN } };
 	struct uffd_msg msgs[UFFD_BATCH];
 
 	atomic_store(&m->handler_tid, gettid());
@@ -141,7 +144,8 @@ static void *uffd_map(struct mode *m, size_t len)
 	if (p == MAP_FAILED)
 		return p;
 	struct uffdio_register reg = {
-		.range = { .start = (uintptr_t)p, .len = len }, .mode = UFFDIO_REGISTER_MODE_MISSING,
+		.range = { .start = (uintptr_t)p, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
 	};
 	if (ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0) {
 		int e = errno;
@@ -188,7 +192,8 @@ static uint64_t refpaged_faults(struct mode *m)
 
 static void *krefpage_map(struct mode *m, size_t len)
 {
-	return mmap(NULL, len, RW, MAP_PRIVATE | BENCH_MAP_REFPAGE, -1, (off_t)(uintptr_t)m->pattern);
+	return mmap(NULL, len, RW, MAP_PRIVATE | BENCH_MAP_REFPAGE, -1,
+		    (off_t)(uintptr_t)m->pattern);
 }
 
 /* A stock kernel takes MAP_PRIVATE without MAP_ANONYMOUS as a file
@@ -199,9 +204,10 @@ static int krefpage_setup(struct mode *m)
 		return skip(m, "pattern page", ENOMEM);
 	volatile uint8_t *p = krefpage_map(m, PAGE);
 	if ((void *)p == MAP_FAILED && errno == EBADF) {
-		snprintf(m->why, sizeof(m->why),
-			 "kernel has no MAP_REFPAGE (mmap(MAP_PRIVATE|0x%x, fd -1) fails with EBADF)",
-			 BENCH_MAP_REFPAGE);
+		snprintf(
+			m->why, sizeof(m->why),
+			"kernel has no MAP_REFPAGE (mmap(MAP_PRIVATE|0x%x, fd -1) fails with EBADF)",
+			BENCH_MAP_REFPAGE);
 		return -1;
 	}
 	if ((void *)p == MAP_FAILED)
@@ -209,7 +215,8 @@ static int krefpage_setup(struct mode *m)
 	int ok = p[0] == BENCH_PATTERN && p[PAGE - 1] == BENCH_PATTERN;
 	munmap((void *)p, PAGE);
 	if (!ok)
-		snprintf(m->why, sizeof(m->why), "mmap(MAP_REFPAGE) succeeded but does not read as the reference page");
+		snprintf(m->why, sizeof(m->why),
+			 "mmap(MAP_REFPAGE) succeeded but does not read as the reference page");
 	return ok ? 0 : -1;
 }
 

@@ -71,8 +71,8 @@ static unsigned long num(const char *opt, const char *s, unsigned long lo, unsig
 	errno = 0;
 	unsigned long v = strtoul(s, &end, 10);
 	if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
-		fprintf(stderr, "refpage-bench: --%s: expected a number in [%lu, %lu], got '%s'\n", opt,
-			lo, hi, s);
+		fprintf(stderr, "refpage-bench: --%s: expected a number in [%lu, %lu], got '%s'\n",
+			opt, lo, hi, s);
 		exit(2);
 	}
 	return v;
@@ -120,24 +120,60 @@ static void parse_opt(struct opts *o, int c)
 	struct bench_cfg *cfg = &o->cfg;
 
 	switch (c) {
-	case 's': add_socket(o, optarg); break;
-	case 'L': last_sock(o)->label = optarg; break;
-	case 'P': last_sock(o)->pid = (pid_t)num("daemon-pid", optarg, 1, 1 << 30); break;
-	case 'm': o->modes = optarg; break;
-	case 'w': o->workloads = optarg; break;
-	case 't': o->threads = optarg; break;
-	case 'M': cfg->mib = num("mib", optarg, 1, 65536); break;
-	case 'r': cfg->reps = (unsigned)num("reps", optarg, 1, 10000); break;
-	case 'R': cfg->lat_reps = (unsigned)num("lat-reps", optarg, 0, 1000); break;
-	case 'n': cfg->small_count = (unsigned)num("small-count", optarg, 1, 1000000); break;
-	case 'j': cfg->json = optarg; break;
-	case 'k': cfg->markdown = optarg; break;
-	case 'T': cfg->tsv = optarg; break;
-	case 'l': cfg->latency_dir = optarg; break;
-	case 'c': o->cpus = optarg; break;
-	case 'H': o->handler_cpu = (int)num("handler-cpu", optarg, 0, CPU_SETSIZE - 1); break;
-	case 'h': usage(stdout); exit(0);
-	default: usage(stderr); exit(2);
+	case 's':
+		add_socket(o, optarg);
+		break;
+	case 'L':
+		last_sock(o)->label = optarg;
+		break;
+	case 'P':
+		last_sock(o)->pid = (pid_t)num("daemon-pid", optarg, 1, 1 << 30);
+		break;
+	case 'm':
+		o->modes = optarg;
+		break;
+	case 'w':
+		o->workloads = optarg;
+		break;
+	case 't':
+		o->threads = optarg;
+		break;
+	case 'M':
+		cfg->mib = num("mib", optarg, 1, 65536);
+		break;
+	case 'r':
+		cfg->reps = (unsigned)num("reps", optarg, 1, 10000);
+		break;
+	case 'R':
+		cfg->lat_reps = (unsigned)num("lat-reps", optarg, 0, 1000);
+		break;
+	case 'n':
+		cfg->small_count = (unsigned)num("small-count", optarg, 1, 1000000);
+		break;
+	case 'j':
+		cfg->json = optarg;
+		break;
+	case 'k':
+		cfg->markdown = optarg;
+		break;
+	case 'T':
+		cfg->tsv = optarg;
+		break;
+	case 'l':
+		cfg->latency_dir = optarg;
+		break;
+	case 'c':
+		o->cpus = optarg;
+		break;
+	case 'H':
+		o->handler_cpu = (int)num("handler-cpu", optarg, 0, CPU_SETSIZE - 1);
+		break;
+	case 'h':
+		usage(stdout);
+		exit(0);
+	default:
+		usage(stderr);
+		exit(2);
 	}
 }
 
@@ -147,7 +183,10 @@ static void parse_args(int argc, char **argv, struct opts *o)
 
 	*o = (struct opts){
 		.cfg = { .mib = 256, .reps = 7, .lat_reps = 3, .small_count = 1000 },
-		.modes = "all", .workloads = "all", .threads = "1", .handler_cpu = -1,
+		.modes = "all",
+		.workloads = "all",
+		.threads = "1",
+		.handler_cpu = -1,
 	};
 	while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1)
 		parse_opt(o, c);
@@ -177,8 +216,8 @@ static int listed(const char *list, const char *name)
 
 /* Every name in list must mean something: a typo is an error, not an
  * empty run. */
-static void check_list(const char *what, const char *list, int (*known)(const struct run *, const char *),
-		       const struct run *run)
+static void check_list(const char *what, const char *list,
+		       int (*known)(const struct run *, const char *), const struct run *run)
 {
 	char buf[512];
 
@@ -244,7 +283,8 @@ static void select_all(struct run *run, const struct opts *o)
 	check_list("workload", o->workloads, known_workload, run);
 	for (int i = 0; i < run->nmodes; i++) {
 		struct mode *m = &run->modes[i];
-		if (listed(o->modes, m->name) || (m->kind == MODE_REFPAGED && listed(o->modes, "refpaged")))
+		if (listed(o->modes, m->name) ||
+		    (m->kind == MODE_REFPAGED && listed(o->modes, "refpaged")))
 			run->sel[run->nsel++] = m;
 	}
 	for (int i = 0; i < BENCH_NWORKLOADS; i++)
@@ -259,8 +299,9 @@ static void parse_threads(struct bench_cfg *cfg, const char *list)
 
 	snprintf(buf, sizeof(buf), "%s", list);
 	for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-		unsigned v = !strcmp(t, "nproc") ? (unsigned)(nproc > 0 ? nproc : 1)
-						 : (unsigned)num("threads", t, 1, BENCH_MAX_THREADS);
+		unsigned v = !strcmp(t, "nproc")
+				     ? (unsigned)(nproc > 0 ? nproc : 1)
+				     : (unsigned)num("threads", t, 1, BENCH_MAX_THREADS);
 		int dup = 0;
 		for (unsigned i = 0; i < cfg->nthreads; i++)
 			dup |= cfg->threads[i] == v;
@@ -286,7 +327,8 @@ static void parse_cpus(struct opts *o)
 	struct bench_cfg *cfg = &o->cfg;
 
 	if (o->handler_cpu >= 0 && !cpu_allowed(o->handler_cpu)) {
-		fprintf(stderr, "refpage-bench: --handler-cpu: CPU %d is not ours to use\n", o->handler_cpu);
+		fprintf(stderr, "refpage-bench: --handler-cpu: CPU %d is not ours to use\n",
+			o->handler_cpu);
 		exit(2);
 	}
 	if (!o->cpus)
@@ -361,7 +403,8 @@ static void run_cells(struct run *run, const struct bench_cfg *cfg)
 		for (int w = 0; w < run->nwls; w++)
 			for (int i = 0; i < run->nsel; i++)
 				if (!run->sel[i]->why[0])
-					one_cell(run, cfg, run->sel[i], run->wls[w], cfg->threads[t]);
+					one_cell(run, cfg, run->sel[i], run->wls[w],
+						 cfg->threads[t]);
 }
 
 static int write_reports(struct run *run, const struct bench_cfg *cfg, const struct machine *mi)

@@ -13,9 +13,9 @@
 static const char *kind_name(enum mode_kind k)
 {
 	static const char *const names[] = {
-		[MODE_ANON] = "anon", [MODE_MEMSET] = "memset", [MODE_MEMFD] = "memfd",
-		[MODE_UFFD_THREAD] = "uffd-thread", [MODE_REFPAGED] = "refpaged",
-		[MODE_KERNEL_REFPAGE] = "kernel-refpage",
+		[MODE_ANON] = "anon",         [MODE_MEMSET] = "memset",
+		[MODE_MEMFD] = "memfd",       [MODE_UFFD_THREAD] = "uffd-thread",
+		[MODE_REFPAGED] = "refpaged", [MODE_KERNEL_REFPAGE] = "kernel-refpage",
 	};
 	return names[k];
 }
@@ -39,7 +39,8 @@ static double ns_ratio(const struct cell_result *r, const struct cell_result *an
 /* RSS against anon's; anon reading the zero page has none, so no ratio. */
 static double rss_ratio(const struct cell_result *r, const struct cell_result *anon)
 {
-	return anon && r->has_rss && anon->rss_kib > 0 ? (double)r->rss_kib / (double)anon->rss_kib : NAN;
+	return anon && r->has_rss && anon->rss_kib > 0 ? (double)r->rss_kib / (double)anon->rss_kib
+						       : NAN;
 }
 
 /* --- stdout -------------------------------------------------------------- */
@@ -62,7 +63,8 @@ void report_row(const struct cell_result *r, const struct cell_result *anon)
 	double q = ns_ratio(r, anon);
 
 	if (r->failed) {
-		printf("%-16s %-15s %3u FAILED: %s\n", r->mode->name, r->wl->name, r->threads, r->err);
+		printf("%-16s %-15s %3u FAILED: %s\n", r->mode->name, r->wl->name, r->threads,
+		       r->err);
 		return;
 	}
 	if (!isnan(q))
@@ -217,7 +219,8 @@ static void json_cell(FILE *f, const struct cell_result *r, const struct cell_re
 	jstr_kv(f, "mode", r->mode->name, ", ");
 	jstr_kv(f, "kind", kind_name(r->mode->kind), ", ");
 	jstr_kv(f, "workload", r->wl->name, ", ");
-	fprintf(f, "\"threads\": %u, \"mapping_bytes\": %zu, \"pages_touched\": %llu, \"reps\": %u,\n",
+	fprintf(f,
+		"\"threads\": %u, \"mapping_bytes\": %zu, \"pages_touched\": %llu, \"reps\": %u,\n",
 		r->threads, r->map_bytes, (unsigned long long)r->pages, r->reps);
 	json_metrics(f, r, anon);
 	fprintf(f, "\"mismatches\": %llu, ", (unsigned long long)r->mismatches);
@@ -281,7 +284,8 @@ static void md_ratio(FILE *f, double q)
 static void md_row(FILE *f, const struct cell_result *r, const struct cell_result *anon)
 {
 	if (r->failed) {
-		fprintf(f, "| %s | %s | failed: %s |||||||||||\n", r->wl->name, r->mode->name, r->err);
+		fprintf(f, "| %s | %s | failed: %s |||||||||||\n", r->wl->name, r->mode->name,
+			r->err);
 		return;
 	}
 	fprintf(f, "| %s | %s | %.0f |", r->wl->name, r->mode->name, r->ns_med);
@@ -351,13 +355,14 @@ int report_tsv(const char *path, const struct cell_result *cells, size_t n)
 		const struct cell_result *r = &cells[i];
 		if (r->failed)
 			continue;
-		fprintf(f, "%s\t%s\t%u\t%.1f\t%.1f\t%.1f\t%.4f\t%.0f\t%.0f\t%.0f\t%.4f\t%.4f\t%.4f\t%.4f\t%.1f\t%.2f\t%.2f\t%llu\n",
+		fprintf(f,
+			"%s\t%s\t%u\t%.1f\t%.1f\t%.1f\t%.4f\t%.0f\t%.0f\t%.0f\t%.4f\t%.4f\t%.4f\t%.4f\t%.1f\t%.2f\t%.2f\t%llu\n",
 			r->mode->name, r->wl->name, r->threads, r->ns_med, r->ns_min, r->ns_max,
-			ns_ratio(r, report_find_anon(cells, n, r)), r->lat_p50, r->lat_p99, r->lat_p999,
-			r->faults_pp, r->vcsw_pp + r->ivcsw_pp, r->has_server ? r->srv_faults_pp : NAN,
-			r->has_server ? r->srv_csw_pp : NAN, r->has_server ? r->srv_cpu_ns_pp : NAN,
-			r->has_rss ? MIB(r->rss_kib) : NAN, r->has_rss ? MIB(r->anon_kib) : NAN,
-			(unsigned long long)r->mismatches);
+			ns_ratio(r, report_find_anon(cells, n, r)), r->lat_p50, r->lat_p99,
+			r->lat_p999, r->faults_pp, r->vcsw_pp + r->ivcsw_pp,
+			r->has_server ? r->srv_faults_pp : NAN, r->has_server ? r->srv_csw_pp : NAN,
+			r->has_server ? r->srv_cpu_ns_pp : NAN, r->has_rss ? MIB(r->rss_kib) : NAN,
+			r->has_rss ? MIB(r->anon_kib) : NAN, (unsigned long long)r->mismatches);
 	}
 	return close_out(f, path);
 }
@@ -388,7 +393,8 @@ int report_latency(const char *dir, const struct cell_result *r, const uint64_t 
 
 	if (!n)
 		return 0;
-	snprintf(path, sizeof(path), "%s/%s.%s.t%u.cdf", dir, r->mode->name, r->wl->name, r->threads);
+	snprintf(path, sizeof(path), "%s/%s.%s.t%u.cdf", dir, r->mode->name, r->wl->name,
+		 r->threads);
 	FILE *f = open_out(path);
 	if (!f)
 		return -1;

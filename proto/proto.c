@@ -36,19 +36,32 @@ const char *proto_err_str(enum proto_err e)
 const char *proto_type_name(uint16_t type)
 {
 	switch (type) {
-	case PROTO_HELLO: return "HELLO";
-	case PROTO_TEMPLATE_FILL: return "TEMPLATE_FILL";
-	case PROTO_TEMPLATE_CREATE: return "TEMPLATE_CREATE";
-	case PROTO_TEMPLATE_RELEASE: return "TEMPLATE_RELEASE";
-	case PROTO_MAP: return "MAP";
-	case PROTO_UNMAP: return "UNMAP";
-	case PROTO_STATS: return "STATS";
-	case PROTO_UPGRADE: return "UPGRADE";
-	case PROTO_USAGE: return "USAGE";
-	case PROTO_REPLY: return "REPLY";
-	case PROTO_STATS_REPLY: return "STATS_REPLY";
-	case PROTO_USAGE_REPLY: return "USAGE_REPLY";
-	default: return "?";
+	case PROTO_HELLO:
+		return "HELLO";
+	case PROTO_TEMPLATE_FILL:
+		return "TEMPLATE_FILL";
+	case PROTO_TEMPLATE_CREATE:
+		return "TEMPLATE_CREATE";
+	case PROTO_TEMPLATE_RELEASE:
+		return "TEMPLATE_RELEASE";
+	case PROTO_MAP:
+		return "MAP";
+	case PROTO_UNMAP:
+		return "UNMAP";
+	case PROTO_STATS:
+		return "STATS";
+	case PROTO_UPGRADE:
+		return "UPGRADE";
+	case PROTO_USAGE:
+		return "USAGE";
+	case PROTO_REPLY:
+		return "REPLY";
+	case PROTO_STATS_REPLY:
+		return "STATS_REPLY";
+	case PROTO_USAGE_REPLY:
+		return "USAGE_REPLY";
+	default:
+		return "?";
 	}
 }
 
@@ -95,8 +108,8 @@ const char *proto_res_name(unsigned r)
 {
 	static const char *const names[PROTO_RES_COUNT] = {
 		[PROTO_RES_CONNECTIONS] = "connections", [PROTO_RES_TEMPLATES] = "templates",
-		[PROTO_RES_RANGES] = "ranges", [PROTO_RES_BYTES] = "bytes_registered",
-		[PROTO_RES_PROCESSES] = "processes", [PROTO_RES_FDS] = "descriptors",
+		[PROTO_RES_RANGES] = "ranges",           [PROTO_RES_BYTES] = "bytes_registered",
+		[PROTO_RES_PROCESSES] = "processes",     [PROTO_RES_FDS] = "descriptors",
 		[PROTO_RES_MEMORY] = "memory_bytes",
 	};
 	return r < PROTO_RES_COUNT ? names[r] : "?";
@@ -105,19 +118,32 @@ const char *proto_res_name(unsigned r)
 long proto_payload_len(uint16_t type)
 {
 	switch (type) {
-	case PROTO_HELLO: return sizeof(struct proto_hello);
-	case PROTO_TEMPLATE_FILL: return sizeof(struct proto_template_fill);
-	case PROTO_TEMPLATE_CREATE: return sizeof(struct proto_template_create);
-	case PROTO_TEMPLATE_RELEASE: return sizeof(struct proto_template_release);
-	case PROTO_MAP: return sizeof(struct proto_map);
-	case PROTO_UNMAP: return sizeof(struct proto_unmap);
-	case PROTO_STATS: return 0;
-	case PROTO_UPGRADE: return sizeof(struct proto_upgrade);
-	case PROTO_USAGE: return sizeof(struct proto_usage);
-	case PROTO_REPLY: return sizeof(struct proto_reply);
-	case PROTO_STATS_REPLY: return sizeof(struct proto_stats_reply);
-	case PROTO_USAGE_REPLY: return sizeof(struct proto_usage_reply);
-	default: return -1;
+	case PROTO_HELLO:
+		return sizeof(struct proto_hello);
+	case PROTO_TEMPLATE_FILL:
+		return sizeof(struct proto_template_fill);
+	case PROTO_TEMPLATE_CREATE:
+		return sizeof(struct proto_template_create);
+	case PROTO_TEMPLATE_RELEASE:
+		return sizeof(struct proto_template_release);
+	case PROTO_MAP:
+		return sizeof(struct proto_map);
+	case PROTO_UNMAP:
+		return sizeof(struct proto_unmap);
+	case PROTO_STATS:
+		return 0;
+	case PROTO_UPGRADE:
+		return sizeof(struct proto_upgrade);
+	case PROTO_USAGE:
+		return sizeof(struct proto_usage);
+	case PROTO_REPLY:
+		return sizeof(struct proto_reply);
+	case PROTO_STATS_REPLY:
+		return sizeof(struct proto_stats_reply);
+	case PROTO_USAGE_REPLY:
+		return sizeof(struct proto_usage_reply);
+	default:
+		return -1;
 	}
 }
 
@@ -222,7 +248,11 @@ enum proto_err proto_check(const void *buf, size_t n, int nfds, int want_request
 size_t proto_build(void *out, uint16_t type, uint32_t seq, const void *payload, uint32_t len)
 {
 	struct proto_hdr h = {
-		.version = PROTO_VERSION, .type = type, .len = len, .seq = seq, .flags = 0,
+		.version = PROTO_VERSION,
+		.type = type,
+		.len = len,
+		.seq = seq,
+		.flags = 0,
 	};
 	memcpy(out, &h, sizeof(h));
 	if (len)
@@ -230,8 +260,8 @@ size_t proto_build(void *out, uint16_t type, uint32_t seq, const void *payload, 
 	return sizeof(h) + len;
 }
 
-long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds,
-		       unsigned nfds, int flags)
+long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds, unsigned nfds,
+		       int flags)
 {
 	union {
 		struct cmsghdr align;
@@ -261,7 +291,11 @@ int proto_send(int sock, uint16_t type, uint32_t seq, const void *payload, uint3
 	       int flags)
 {
 	struct proto_hdr h = {
-		.version = PROTO_VERSION, .type = type, .len = len, .seq = seq, .flags = 0,
+		.version = PROTO_VERSION,
+		.type = type,
+		.len = len,
+		.seq = seq,
+		.flags = 0,
 	};
 	struct iovec iov[2] = {
 		{ .iov_base = &h, .iov_len = sizeof(h) },
@@ -295,7 +329,10 @@ long proto_recv_fds(int sock, void *buf, int *fds, int *nfds, int *truncated, in
 	} cm;
 	struct iovec iov = { .iov_base = buf, .iov_len = PROTO_MAX_MSG };
 	struct msghdr mh = {
-		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf, .msg_controllen = sizeof(cm.buf),
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = cm.buf,
+		.msg_controllen = sizeof(cm.buf),
 	};
 	ssize_t r;
 

@@ -40,8 +40,8 @@ enum proto_type {
 struct proto_hdr {
 	uint16_t version;
 	uint16_t type;
-	uint32_t len; /* payload bytes after the header */
-	uint32_t seq; /* chosen by the client, echoed in the reply */
+	uint32_t len;   /* payload bytes after the header */
+	uint32_t seq;   /* chosen by the client, echoed in the reply */
 	uint32_t flags; /* reserved, must be zero */
 };
 _Static_assert(sizeof(struct proto_hdr) == 16, "proto_hdr size");
@@ -67,7 +67,8 @@ _Static_assert(sizeof(struct proto_template_fill) == 8, "proto_template_fill siz
 struct proto_template_create {
 	uint8_t page[PROTO_PAGE_SIZE];
 };
-_Static_assert(sizeof(struct proto_template_create) == PROTO_PAGE_SIZE, "proto_template_create size");
+_Static_assert(sizeof(struct proto_template_create) == PROTO_PAGE_SIZE,
+	       "proto_template_create size");
 
 struct proto_template_release {
 	uint32_t id;
@@ -76,9 +77,9 @@ struct proto_template_release {
 _Static_assert(sizeof(struct proto_template_release) == 8, "proto_template_release size");
 
 struct proto_map {
-	uint64_t addr; /* page aligned */
-	uint64_t len;  /* page aligned, non zero */
-	uint32_t id;   /* template */
+	uint64_t addr;  /* page aligned */
+	uint64_t len;   /* page aligned, non zero */
+	uint32_t id;    /* template */
 	uint32_t flags; /* reserved, zero */
 };
 _Static_assert(sizeof(struct proto_map) == 24, "proto_map size");
@@ -133,13 +134,13 @@ _Static_assert(PROTO_RES_COUNT <= PROTO_RES_MAX, "too many resources");
 struct proto_usage_reply {
 	int32_t status;
 	uint32_t uid;
-	uint32_t count;               /* valid entries below */
+	uint32_t count; /* valid entries below */
 	uint32_t reserved;
 	uint64_t used[PROTO_RES_MAX];
-	uint64_t limit[PROTO_RES_MAX]; /* the uid's budget, 0: none */
+	uint64_t limit[PROTO_RES_MAX];   /* the uid's budget, 0: none */
 	uint64_t refused[PROTO_RES_MAX]; /* requests refused for this budget so far */
-	uint64_t log_suppressed;      /* this uid's log lines dropped by its rate limit */
-	uint64_t loop_us;             /* main-loop time its requests took */
+	uint64_t log_suppressed;         /* this uid's log lines dropped by its rate limit */
+	uint64_t loop_us;                /* main-loop time its requests took */
 };
 _Static_assert(sizeof(struct proto_usage_reply) == 16 + 3 * 8 * PROTO_RES_MAX + 16,
 	       "proto_usage_reply size");
@@ -156,39 +157,39 @@ _Static_assert(sizeof(struct proto_reply) == 16, "proto_reply size");
  * own uid's share only (the gauges and every count of its own work):
  * nothing in STATS tells one uid about another's. */
 enum proto_stat {
-	PROTO_STAT_CLIENTS,         /* connected sessions */
-	PROTO_STAT_PROCESSES,       /* live address spaces served (incl. fork children) */
-	PROTO_STAT_RANGES,          /* registered ranges */
-	PROTO_STAT_BYTES,           /* registered bytes */
-	PROTO_STAT_TEMPLATES,       /* distinct template pages stored */
-	PROTO_STAT_FAULTS,          /* page faults answered */
-	PROTO_STAT_PAGES_COPIED,    /* pages filled with UFFDIO_COPY */
-	PROTO_STAT_PAGES_ZERO,      /* pages filled with UFFDIO_ZEROPAGE */
-	PROTO_STAT_UNKNOWN_FAULTS,  /* faults outside any known range (zero filled) */
-	PROTO_STAT_ERR_EEXIST,      /* uffd ioctl errors by class */
+	PROTO_STAT_CLIENTS,        /* connected sessions */
+	PROTO_STAT_PROCESSES,      /* live address spaces served (incl. fork children) */
+	PROTO_STAT_RANGES,         /* registered ranges */
+	PROTO_STAT_BYTES,          /* registered bytes */
+	PROTO_STAT_TEMPLATES,      /* distinct template pages stored */
+	PROTO_STAT_FAULTS,         /* page faults answered */
+	PROTO_STAT_PAGES_COPIED,   /* pages filled with UFFDIO_COPY */
+	PROTO_STAT_PAGES_ZERO,     /* pages filled with UFFDIO_ZEROPAGE */
+	PROTO_STAT_UNKNOWN_FAULTS, /* faults outside any known range (zero filled) */
+	PROTO_STAT_ERR_EEXIST,     /* uffd ioctl errors by class */
 	PROTO_STAT_ERR_EAGAIN,
 	PROTO_STAT_ERR_ENOENT,
 	PROTO_STAT_ERR_ESRCH,
 	PROTO_STAT_ERR_ENOMEM,
 	PROTO_STAT_ERR_OTHER,
-	PROTO_STAT_EV_FORK,         /* uffd events handled */
+	PROTO_STAT_EV_FORK, /* uffd events handled */
 	PROTO_STAT_EV_REMAP,
 	PROTO_STAT_EV_UNMAP,
-	PROTO_STAT_RESERVED_18,     /* unused (UFFD_EVENT_REMOVE is never asked for) */
-	PROTO_STAT_PROCS_RECLAIMED, /* fork children found dead and released */
-	PROTO_STAT_CLIENTS_CLOSED,  /* sessions closed for bad input */
-	PROTO_STAT_UNTRACKED,       /* fork children past the limit, served untracked */
-	PROTO_STAT_FAULTS_COALESCED, /* faults answered by an earlier fill of their batch */
-	PROTO_STAT_BATCH_WAKES,     /* UFFDIO_WAKEs of filled spans (--dontwake) */
-	PROTO_STAT_MAPS_WAITED,     /* MAPs held back for an unmap/mremap event in flight */
+	PROTO_STAT_RESERVED_18,       /* unused (UFFD_EVENT_REMOVE is never asked for) */
+	PROTO_STAT_PROCS_RECLAIMED,   /* fork children found dead and released */
+	PROTO_STAT_CLIENTS_CLOSED,    /* sessions closed for bad input */
+	PROTO_STAT_UNTRACKED,         /* fork children past the limit, served untracked */
+	PROTO_STAT_FAULTS_COALESCED,  /* faults answered by an earlier fill of their batch */
+	PROTO_STAT_BATCH_WAKES,       /* UFFDIO_WAKEs of filled spans (--dontwake) */
+	PROTO_STAT_MAPS_WAITED,       /* MAPs held back for an unmap/mremap event in flight */
 	PROTO_STAT_MAPS_WAIT_EXPIRED, /* of those, MAPs that went ahead at the wait's cap */
-	PROTO_STAT_REFUSED,         /* requests, fork children and fills refused: a budget */
-	PROTO_STAT_RELEASED,        /* address spaces let go (the fallback: zeros) for a budget
+	PROTO_STAT_REFUSED,           /* requests, fork children and fills refused: a budget */
+	PROTO_STAT_RELEASED,          /* address spaces let go (the fallback: zeros) for a budget
 				     * or a fill the kernel kept refusing */
-	PROTO_STAT_LOG_SUPPRESSED,  /* log lines dropped by a uid's rate limit */
-	PROTO_STAT_LOOP_US,         /* main-loop time spent on requests, microseconds */
-	PROTO_STAT_DENIED_SYSCALLS, /* system calls the sandbox refused (daemon-wide only) */
-	PROTO_STAT_EVENTS_REORDERED, /* late unmap/mremap events applied before events read
+	PROTO_STAT_LOG_SUPPRESSED,    /* log lines dropped by a uid's rate limit */
+	PROTO_STAT_LOOP_US,           /* main-loop time spent on requests, microseconds */
+	PROTO_STAT_DENIED_SYSCALLS,   /* system calls the sandbox refused (daemon-wide only) */
+	PROTO_STAT_EVENTS_REORDERED,  /* late unmap/mremap events applied before events read
 				      * earlier (their changes came first) */
 	PROTO_STAT_COUNT
 };
@@ -200,22 +201,23 @@ struct proto_stats_reply {
 	uint32_t count; /* valid entries in counters */
 	uint64_t counters[PROTO_STATS_MAX];
 };
-_Static_assert(sizeof(struct proto_stats_reply) == 8 + 8 * PROTO_STATS_MAX, "proto_stats_reply size");
+_Static_assert(sizeof(struct proto_stats_reply) == 8 + 8 * PROTO_STATS_MAX,
+	       "proto_stats_reply size");
 
 /* Why a packet was rejected. */
 enum proto_err {
 	PROTO_OK = 0,
-	PROTO_ESHORT,      /* shorter than a header, or than hdr.len says */
-	PROTO_ELONG,       /* longer than hdr.len says, or than PROTO_MAX_MSG */
-	PROTO_EVERSION,    /* header version is not PROTO_VERSION */
-	PROTO_ETYPE,       /* unknown type, or a reply where a request belongs */
-	PROTO_ELEN,        /* hdr.len is not the type's payload length */
-	PROTO_EFLAGS,      /* reserved header flags set */
-	PROTO_ERESERVED,   /* reserved payload field or flag set */
-	PROTO_EFD_MISSING, /* HELLO without a file descriptor */
+	PROTO_ESHORT,         /* shorter than a header, or than hdr.len says */
+	PROTO_ELONG,          /* longer than hdr.len says, or than PROTO_MAX_MSG */
+	PROTO_EVERSION,       /* header version is not PROTO_VERSION */
+	PROTO_ETYPE,          /* unknown type, or a reply where a request belongs */
+	PROTO_ELEN,           /* hdr.len is not the type's payload length */
+	PROTO_EFLAGS,         /* reserved header flags set */
+	PROTO_ERESERVED,      /* reserved payload field or flag set */
+	PROTO_EFD_MISSING,    /* HELLO without a file descriptor */
 	PROTO_EFD_UNEXPECTED, /* a file descriptor on a message that takes none */
-	PROTO_EFD_MANY,    /* more than one file descriptor */
-	PROTO_ETRUNC,      /* MSG_TRUNC or MSG_CTRUNC: data or fds were lost */
+	PROTO_EFD_MANY,       /* more than one file descriptor */
+	PROTO_ETRUNC,         /* MSG_TRUNC or MSG_CTRUNC: data or fds were lost */
 	PROTO_ERR_COUNT
 };
 
@@ -250,8 +252,8 @@ struct iovec;
  * MSG_NOSIGNAL is added: a dead peer gives -EPIPE, never SIGPIPE. The one
  * place that builds SCM_RIGHTS control data (the daemon, the library, the
  * handover and the tests all go through it). */
-long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds,
-		       unsigned nfds, int flags);
+long proto_sendmsg_fds(int sock, const struct iovec *iov, int niov, const int *fds, unsigned nfds,
+		       int flags);
 
 /* sendmsg one packet, with fd >= 0 attached as SCM_RIGHTS. 0 or -errno.
  * MSG_NOSIGNAL: a dead peer gives -EPIPE, never SIGPIPE. */

@@ -158,8 +158,8 @@ static bool jrp_purge_lazy(extent_hooks_t *h, void *addr, size_t size, size_t of
 	return dontneed(addr, off, len);
 }
 
-static bool jrp_split(extent_hooks_t *h, void *addr, size_t size, size_t a, size_t b, bool committed,
-		      unsigned arena)
+static bool jrp_split(extent_hooks_t *h, void *addr, size_t size, size_t a, size_t b,
+		      bool committed, unsigned arena)
 {
 	(void)h, (void)addr, (void)size, (void)a, (void)b, (void)committed, (void)arena;
 	return false;
@@ -196,7 +196,10 @@ int jrp_arena_create(rp_client *c, uint8_t pattern, int retain, unsigned *arena)
 	*j = (struct jrp_hooks){
 		.hooks = { jrp_alloc, jrp_dalloc, jrp_destroy, jrp_commit, jrp_zeroing_purge,
 			   jrp_purge_lazy, jrp_zeroing_purge, jrp_split, jrp_merge },
-		.c = c, .tmpl = tmpl, .pattern = pattern, .retain = retain,
+		.c = c,
+		.tmpl = tmpl,
+		.pattern = pattern,
+		.retain = retain,
 	};
 	extent_hooks_t *hp = &j->hooks;
 	size_t sz = sizeof(*arena);

@@ -123,7 +123,8 @@ static void round_over(struct load_arg *a, int m, unsigned round)
 		if ((i + round) % 5 == 0) {
 			long off = load_first_not(p, LOAD_PAGE, mark);
 			if (off >= 0) {
-				bad(a->ld->sh, "%s thread %d: map %d page %zu lost its write at %ld",
+				bad(a->ld->sh,
+				    "%s thread %d: map %d page %zu lost its write at %ld",
 				    a->side ? "child" : "parent", a->idx, m, i, off);
 				return;
 			}
@@ -243,8 +244,8 @@ int load_wait_progress(struct load *ld, double timeout_s, char *err, size_t n)
 		for (int i = 0; i < count[side]; i++)
 			while (atomic_load(&ld->sh->side[side].thread_rounds[i]) == was[side][i]) {
 				if (atomic_load(&ld->sh->bad)) {
-					say(err, n, "%d wrong pages, first: %s", atomic_load(&ld->sh->bad),
-					    ld->sh->why);
+					say(err, n, "%d wrong pages, first: %s",
+					    atomic_load(&ld->sh->bad), ld->sh->why);
 					return -1;
 				}
 				if (load_now_ns() > end) {

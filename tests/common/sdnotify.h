@@ -52,7 +52,9 @@ static inline int sdn_recv(int sock, char *buf, size_t n, int *fds, pid_t *pid)
 		char b[CMSG_SPACE(sizeof(int) * SDN_MAX_FDS) + CMSG_SPACE(sizeof(struct ucred))];
 	} cm;
 	struct iovec iov = { buf, n - 1 };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cm.b,
 			     .msg_controllen = sizeof(cm.b) };
 	ssize_t r = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 	int nfds = 0;

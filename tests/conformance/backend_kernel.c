@@ -35,7 +35,8 @@ static int kernel_available(char *why, size_t whylen)
 	int ok = 0;
 	if (p == MAP_FAILED) {
 		if (errno == EBADF)
-			snprintf(why, whylen, "not a MAP_REFPAGE kernel: MAP_PRIVATE|MAP_REFPAGE "
+			snprintf(why, whylen,
+				 "not a MAP_REFPAGE kernel: MAP_PRIVATE|MAP_REFPAGE "
 				 "with fd -1 fails with EBADF (the flag is unknown, the "
 				 "request is taken as a file mapping)");
 		else
@@ -43,8 +44,10 @@ static int kernel_available(char *why, size_t whylen)
 	} else {
 		ok = p[0] == 0xA5 && p[pg - 1] == 0xA5;
 		if (!ok)
-			snprintf(why, whylen, "MAP_REFPAGE accepted but an untouched page "
-				 "reads 0x%02x, not the reference page", p[0]);
+			snprintf(why, whylen,
+				 "MAP_REFPAGE accepted but an untouched page "
+				 "reads 0x%02x, not the reference page",
+				 p[0]);
 		munmap(p, (size_t)pg);
 	}
 	munmap(ref, (size_t)pg);

@@ -37,8 +37,10 @@ static int refpaged_available(char *why, size_t whylen)
 	}
 	int ok = p[0] == 0x5A && p[pg - 1] == 0x5A;
 	if (!ok)
-		snprintf(why, whylen, "refpage_mmap mapped, but an untouched page reads "
-			 "0x%02x: the daemon does not serve it", p[0]);
+		snprintf(why, whylen,
+			 "refpage_mmap mapped, but an untouched page reads "
+			 "0x%02x: the daemon does not serve it",
+			 p[0]);
 	munmap(p, (size_t)pg);
 	return ok;
 }

@@ -69,12 +69,12 @@ __attribute__((format(printf, 2, 3))) static void set(enum status st, const char
 }
 
 #define FAIL(...) set(ST_FAIL, __VA_ARGS__)
-#define CHECK(cond, ...)                                                      \
-	do {                                                                  \
-		if (!(cond)) {                                                \
-			set(ST_FAIL, __VA_ARGS__);                            \
-			return;                                               \
-		}                                                             \
+#define CHECK(cond, ...)                           \
+	do {                                       \
+		if (!(cond)) {                     \
+			set(ST_FAIL, __VA_ARGS__); \
+			return;                    \
+		}                                  \
 	} while (0)
 
 static int is_kernel(void)
@@ -244,7 +244,8 @@ static void c_write_before_read(void)
 	exp[100] = 0x42;
 	CHECK(!memcmp(p + PG, exp, PG), "written page: offset %ld wrong", first_diff(p + PG, exp));
 	CHECK(page_is(p, ref) && page_is(p + 2 * PG, ref), "neighbours changed");
-	CHECK(page_is(ref, saved), "the reference page changed (offset %ld)", first_diff(ref, saved));
+	CHECK(page_is(ref, saved), "the reference page changed (offset %ld)",
+	      first_diff(ref, saved));
 	be->unmap(p, 4 * PG);
 }
 
@@ -260,7 +261,8 @@ static void c_write_after_read(void)
 	exp[7] ^= 0xFF;
 	CHECK(!memcmp(p + PG, exp, PG), "written page: offset %ld wrong", first_diff(p + PG, exp));
 	CHECK(page_is(p, ref) && page_is(p + 3 * PG, ref), "neighbours changed");
-	CHECK(page_is(ref, saved), "the reference page changed (offset %ld)", first_diff(ref, saved));
+	CHECK(page_is(ref, saved), "the reference page changed (offset %ld)",
+	      first_diff(ref, saved));
 	be->unmap(p, 4 * PG);
 }
 
@@ -299,8 +301,10 @@ static void c_madv_dontneed(void)
 	}
 	CHECK(madvise(p + 2 * PG, 4 * PG, MADV_DONTNEED) == 0, "madvise: %s", strerror(errno));
 	for (int i = 2; i < 6; i++)
-		CHECK(page_is(p + i * PG, ref), "page %d after MADV_DONTNEED: not the reference", i);
-	CHECK(page_all(p, 0xEE) && page_all(p + 6 * PG, 0xEE), "pages outside the range lost writes");
+		CHECK(page_is(p + i * PG, ref), "page %d after MADV_DONTNEED: not the reference",
+		      i);
+	CHECK(page_all(p, 0xEE) && page_all(p + 6 * PG, 0xEE),
+	      "pages outside the range lost writes");
 	memset(p + 2 * PG, 0x11, PG);
 	CHECK(page_all(p + 2 * PG, 0x11), "write after MADV_DONTNEED lost");
 	CHECK(madvise(p, 8 * PG, MADV_DONTNEED) == 0, "madvise: %s", strerror(errno));
@@ -330,7 +334,8 @@ static void c_munmap_partial(void)
 	memset(p + 6 * PG, 6, PG);
 	CHECK(page_all(p + 6 * PG, 6), "write after the unmap lost");
 	/* Something else mapped into the hole is ordinary memory. */
-	unsigned char *a = mmap(p + 3 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	unsigned char *a = mmap(p + 3 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				0);
 	CHECK(a == p + 3 * PG, "mmap into the hole: %s", strerror(errno));
 	CHECK(page_all(a, 0) && page_all(a + PG, 0), "anonymous memory in the hole is not zero");
 	munmap(a, 2 * PG);
@@ -391,7 +396,8 @@ static void c_mprotect(void)
 	CHECK(mprotect(p, 3 * PG, PROT_READ) == 0, "mprotect ro: %s", strerror(errno));
 	CHECK(page_is(p, ref), "read-only: untouched page is not the reference");
 	CHECK(probe_write(p, 1) == -1, "a write to a read-only untouched page did not fault");
-	CHECK(probe_write(p + 2 * PG, 1) == -1, "a write to a read-only written page did not fault");
+	CHECK(probe_write(p + 2 * PG, 1) == -1,
+	      "a write to a read-only written page did not fault");
 	CHECK(page_is(p, ref) && page_all(p + 2 * PG, 0x62), "failed writes changed memory");
 	CHECK(mprotect(p, 3 * PG, RW) == 0, "mprotect rw: %s", strerror(errno));
 	CHECK(probe_write(p, 0x63) == 0, "write after mprotect(rw) faulted");
@@ -483,7 +489,8 @@ static int fork_gen(int g, unsigned char *p, const unsigned char *ref, unsigned 
 	int st;
 	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
 		if (!sh->why[0])
-			snprintf(sh->why, sizeof(sh->why), "child of generation %d: status 0x%x", g, st);
+			snprintf(sh->why, sizeof(sh->why), "child of generation %d: status 0x%x", g,
+				 st);
 		ok = 0;
 	}
 	exp[2 * g + 1] = (unsigned char)('P' + g);
@@ -528,7 +535,8 @@ static void *th_main(void *a_)
 			memset(pg, 0x80 + owner, PG);
 		unsigned char b = pg[PG / 2];
 		if (b != a->ref[PG / 2] && b != 0x80 + owner) {
-			snprintf(a->why, sizeof(a->why), "thread %d: page %d reads 0x%02x", a->idx, k, b);
+			snprintf(a->why, sizeof(a->why), "thread %d: page %d reads 0x%02x", a->idx,
+				 k, b);
 			return NULL;
 		}
 	}
@@ -596,10 +604,12 @@ static void c_read_syscall(void)
 		set(ST_DIFF, "read(2): %s", umo_reason);
 		return;
 	}
-	CHECK(n == 2000, "read(2) into an untouched page: %zd (%s)", n, n < 0 ? strerror(errno) : "short");
+	CHECK(n == 2000, "read(2) into an untouched page: %zd (%s)", n,
+	      n < 0 ? strerror(errno) : "short");
 	for (int i = 0; i < (int)PG; i++) {
 		unsigned char want = i >= 1000 && i < 3000 ? 0xC3 : 0x9D;
-		CHECK(p[i] == want, "after read(2): byte %d is 0x%02x, expected 0x%02x", i, p[i], want);
+		CHECK(p[i] == want, "after read(2): byte %d is 0x%02x, expected 0x%02x", i, p[i],
+		      want);
 	}
 	CHECK(page_is(p + PG, ref), "the other page changed");
 	CHECK(page_all(ref, 0x9D), "the reference page changed");
@@ -641,12 +651,15 @@ static void c_smaps_rss_read(void)
 	CHECK(before >= 0 && after >= 0, "cannot read /proc/self/smaps");
 	long d = after - before, full = (long)(RSS_N * PG / 1024);
 	if (d == 0) {
-		set(ST_PASS, "Rss +0 kB after reading %d untouched pages (the reference page is "
-			     "mapped shared, not counted)", RSS_N);
+		set(ST_PASS,
+		    "Rss +0 kB after reading %d untouched pages (the reference page is "
+		    "mapped shared, not counted)",
+		    RSS_N);
 	} else if (!is_kernel() && d == full) {
-		set(ST_DIFF, "Rss +%ld kB after reading %d untouched pages: refpaged answers a read "
-			     "fault with UFFDIO_COPY, a private copy per page; the kernel maps the "
-			     "one shared reference page read-only (no RSS) and copies on write only",
+		set(ST_DIFF,
+		    "Rss +%ld kB after reading %d untouched pages: refpaged answers a read "
+		    "fault with UFFDIO_COPY, a private copy per page; the kernel maps the "
+		    "one shared reference page read-only (no RSS) and copies on write only",
 		    d, RSS_N);
 	} else {
 		FAIL("Rss +%ld kB after reading %d untouched pages (expected 0%s)", d, RSS_N,
@@ -687,21 +700,29 @@ static void c_owner_changed(void)
 	madvise(p, PG, MADV_DONTNEED);
 	int r0b = p[0];
 	char obs[200];
-	snprintf(obs, sizeof(obs), "after the owner wrote 0x22 over 0x11: a page read before reads "
+	snprintf(obs, sizeof(obs),
+		 "after the owner wrote 0x22 over 0x11: a page read before reads "
 		 "0x%02x, an untouched page 0x%02x, a page dropped by MADV_DONTNEED 0x%02x",
 		 r0, r1, r0b);
 	CHECK(w3 == 0x33, "a written page changed: 0x%02x", w3);
 	if (is_kernel()) {
 		/* The port pins the page at mmap and maps it shared: the owner's
 		 * in-place writes show through everywhere. */
-		CHECK(r0 == 0x22 && r1 == 0x22 && r0b == 0x22, "%s (expected 0x22 everywhere: the "
-		      "pinned reference page is mapped shared)", obs);
-		set(ST_PASS, "%s: the pinned page is mapped shared, so the owner's changes show in "
-			     "every page not yet written", obs);
+		CHECK(r0 == 0x22 && r1 == 0x22 && r0b == 0x22,
+		      "%s (expected 0x22 everywhere: the "
+		      "pinned reference page is mapped shared)",
+		      obs);
+		set(ST_PASS,
+		    "%s: the pinned page is mapped shared, so the owner's changes show in "
+		    "every page not yet written",
+		    obs);
 	} else {
-		CHECK(r0 == 0x11 && r1 == 0x11 && r0b == 0x11, "%s (expected the snapshot 0x11)", obs);
-		set(ST_DIFF, "%s: refpage_mmap snapshots the contents at map time; the kernel shares "
-			     "the live page, whose later changes show in every page not yet written", obs);
+		CHECK(r0 == 0x11 && r1 == 0x11 && r0b == 0x11, "%s (expected the snapshot 0x11)",
+		      obs);
+		set(ST_DIFF,
+		    "%s: refpage_mmap snapshots the contents at map time; the kernel shares "
+		    "the live page, whose later changes show in every page not yet written",
+		    obs);
 	}
 	be->unmap(p, 4 * PG);
 }
@@ -740,10 +761,13 @@ static void c_neighbours(void)
 	unsigned char *ref = new_ref(0xD0);
 	unsigned char *r = mmap(NULL, 8 * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(r != MAP_FAILED, "reserve: %s", strerror(errno));
-	CHECK(mmap(r, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == r, "anon below");
+	CHECK(mmap(r, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == r,
+	      "anon below");
 	unsigned char *p = be->map(r + 2 * PG, 4 * PG, RW, MAP_PRIVATE | MAP_FIXED, ref);
-	CHECK(p == r + 2 * PG, "map at a fixed address: %s", p == MAP_FAILED ? strerror(errno) : "moved");
-	CHECK(mmap(r + 6 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == r + 6 * PG,
+	CHECK(p == r + 2 * PG, "map at a fixed address: %s",
+	      p == MAP_FAILED ? strerror(errno) : "moved");
+	CHECK(mmap(r + 6 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+		      r + 6 * PG,
 	      "anon above");
 	/* mprotect across all three asks the kernel to merge what it can */
 	CHECK(mprotect(r, 8 * PG, PROT_READ) == 0 && mprotect(r, 8 * PG, RW) == 0, "mprotect");
@@ -755,7 +779,8 @@ static void c_neighbours(void)
 	}
 	/* a new anonymous mapping right after the refpage one reads zeros */
 	munmap(r + 6 * PG, 2 * PG);
-	unsigned char *n = mmap(r + 6 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	unsigned char *n = mmap(r + 6 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				0);
 	CHECK(n == r + 6 * PG && page_all(n, 0) && page_all(n + PG, 0), "new neighbour not zero");
 	munmap(r, 8 * PG);
 }
@@ -769,16 +794,20 @@ static void c_map_fixed_over(void)
 	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
 	memset(p + 2 * PG, 0x22, PG);
 	(void)*(volatile unsigned char *)(p + 5 * PG);
-	unsigned char *a = mmap(p + 1 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	unsigned char *a = mmap(p + 1 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				0);
 	CHECK(a == p + PG, "anonymous MAP_FIXED: %s", strerror(errno));
 	unsigned char *b = be->map(p + 4 * PG, 2 * PG, RW, MAP_PRIVATE | MAP_FIXED, ref2);
-	CHECK(b == p + 4 * PG, "refpage MAP_FIXED: %s", b == MAP_FAILED ? strerror(errno) : "moved");
-	CHECK(page_all(p + PG, 0) && page_all(p + 2 * PG, 0), "anonymous pages over the mapping not zero");
+	CHECK(b == p + 4 * PG, "refpage MAP_FIXED: %s",
+	      b == MAP_FAILED ? strerror(errno) : "moved");
+	CHECK(page_all(p + PG, 0) && page_all(p + 2 * PG, 0),
+	      "anonymous pages over the mapping not zero");
 	CHECK(page_all(p + 4 * PG, 0xF2) && page_all(p + 5 * PG, 0xF2),
 	      "the second refpage mapping does not read its own reference page");
 	for (int i = 0; i < 8; i++)
 		if (i == 0 || i == 3 || i >= 6)
-			CHECK(page_all(p + i * PG, 0xF1), "page %d of the first mapping: 0x%02x", i, p[i * PG]);
+			CHECK(page_all(p + i * PG, 0xF1), "page %d of the first mapping: 0x%02x", i,
+			      p[i * PG]);
 	munmap(p, 8 * PG);
 }
 
@@ -808,9 +837,11 @@ static void c_mlock(void)
 		return;
 	}
 	if (r < 0 && !is_kernel() && geteuid() != 0 && (e == EFAULT || e == ENOMEM)) {
-		set(ST_DIFF, "mlock(2) fails with %s: it populates through get_user_pages(), a "
-			     "kernel-mode fault that a UFFD_USER_MODE_ONLY userfaultfd does not "
-			     "deliver; on the kernel patch mlock succeeds", strerror(e));
+		set(ST_DIFF,
+		    "mlock(2) fails with %s: it populates through get_user_pages(), a "
+		    "kernel-mode fault that a UFFD_USER_MODE_ONLY userfaultfd does not "
+		    "deliver; on the kernel patch mlock succeeds",
+		    strerror(e));
 		return;
 	}
 	CHECK(r == 0, "mlock: %s", strerror(e));
@@ -850,7 +881,8 @@ static void c_reject_shared(void)
 static void c_reject_hugetlb(void)
 {
 	unsigned char *ref = new_ref(2);
-	expect_einval(be->map(NULL, 2 << 20, RW, MAP_PRIVATE | MAP_HUGETLB, ref), "MAP_HUGETLB", NULL);
+	expect_einval(be->map(NULL, 2 << 20, RW, MAP_PRIVATE | MAP_HUGETLB, ref), "MAP_HUGETLB",
+		      NULL);
 }
 
 static void c_reject_file(void)
@@ -908,9 +940,10 @@ static void c_reject_unmapped(void)
 		if (is_kernel())
 			FAIL("mmap raised SIGSEGV");
 		else
-			set(ST_DIFF, "an unmapped reference page address: refpage_mmap raises SIGSEGV "
-				     "(it memcpy()s the page in the caller) where the kernel returns "
-				     "EINVAL");
+			set(ST_DIFF,
+			    "an unmapped reference page address: refpage_mmap raises SIGSEGV "
+			    "(it memcpy()s the page in the caller) where the kernel returns "
+			    "EINVAL");
 		return;
 	}
 	segv_armed = 1;
@@ -1132,14 +1165,14 @@ int main(int argc, char **argv)
 			bench = atol(argv[++i]);
 		else if (!strcmp(argv[i], "--uid") && i + 1 < argc) {
 			int id = atoi(argv[++i]);
-			if (setgroups(0, NULL) < 0 || setgid((gid_t)id) < 0 || setuid((uid_t)id) < 0) {
+			if (setgroups(0, NULL) < 0 || setgid((gid_t)id) < 0 ||
+			    setuid((uid_t)id) < 0) {
 				perror("conformance: dropping privileges");
 				return 2;
 			}
 			/* as after an exec by that uid: /proc/self/smaps readable */
 			prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
-		}
-		else if (!strcmp(argv[i], "--list")) {
+		} else if (!strcmp(argv[i], "--list")) {
 			for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
 				printf("%s\n", cases[c].name);
 			return 0;
@@ -1163,7 +1196,8 @@ int main(int argc, char **argv)
 				if (only_c && strcmp(only_c, cases[c].name))
 					continue;
 				struct result s = { .st = ST_SKIP };
-				snprintf(s.why, sizeof(s.why), "backend unavailable: %.500s", r.why);
+				snprintf(s.why, sizeof(s.why), "backend unavailable: %.500s",
+					 r.why);
 				if (bench)
 					break;
 				print_result(cases[c].name, be->name, &s);

@@ -23,7 +23,7 @@
 
 #define FZ_SLOTS 3
 #define FZ_OP_SLOT(op) (((op) >> 4) & 3u)
-#define FZ_OP_FD(op) ((op) & 7u)
+#define FZ_OP_FD(op) ((op)&7u)
 #define FZ_OP_NOREAD 0x08u
 #define FZ_OP_FIXLEN 0x40u
 #define FZ_OP_FIXHDR 0x80u
@@ -36,8 +36,8 @@ enum fz_fd {
 	FZ_FD_UFFD_CONFIGURED, /* a userfaultfd already through UFFDIO_API */
 	FZ_FD_PIPE,
 	FZ_FD_EVENTFD,
-	FZ_FD_FILE,            /* a regular file */
-	FZ_FD_TWO,             /* a fresh userfaultfd and an eventfd */
+	FZ_FD_FILE, /* a regular file */
+	FZ_FD_TWO,  /* a fresh userfaultfd and an eventfd */
 };
 
 enum fz_action {

@@ -24,12 +24,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(c)                                                                        \
-	do {                                                                            \
-		if (!(c)) {                                                             \
+#define CHECK(c)                                                                              \
+	do {                                                                                  \
+		if (!(c)) {                                                                   \
 			fprintf(stderr, "fuzz_journal: %s:%d: %s\n", __FILE__, __LINE__, #c); \
-			abort();                                                        \
-		}                                                                       \
+			abort();                                                              \
+		}                                                                             \
 	} while (0)
 
 /* --- the input ----------------------------------------------------------------- */
@@ -74,7 +74,8 @@ static struct jnl_slot *desc_at(struct input *in, int i)
 {
 	size_t off = offsetof(struct jnl_file_hdr, slot) + (size_t)i * sizeof(struct jnl_slot);
 
-	return in->len[FJ_HDR] >= off + sizeof(struct jnl_slot) ? (void *)(in->r[FJ_HDR] + off) : NULL;
+	return in->len[FJ_HDR] >= off + sizeof(struct jnl_slot) ? (void *)(in->r[FJ_HDR] + off)
+								: NULL;
 }
 
 static void fix_records(struct input *in, int i, const struct jnl_slot *d)
@@ -145,7 +146,8 @@ static int write_file(const struct input *in)
 	CHECK(fd >= 0);
 	for (int i = 0; i < FJ_NREGIONS; i++)
 		if (in->len[i])
-			CHECK(pwrite(fd, in->r[i], in->len[i], (off_t)fj_region_off[i]) == (ssize_t)in->len[i]);
+			CHECK(pwrite(fd, in->r[i], in->len[i], (off_t)fj_region_off[i]) ==
+			      (ssize_t)in->len[i]);
 	return fd;
 }
 
@@ -271,12 +273,14 @@ static uint32_t rec_mm(enum jnl_type type, const union jnl_payload *p)
 static void check_payload(struct fz *z, enum jnl_type type, const union jnl_payload *p)
 {
 	if (type == JNL_MAP) {
-		CHECK(p->map.start % JNL_PAGE == 0 && p->map.end % JNL_PAGE == 0 && p->map.start < p->map.end);
+		CHECK(p->map.start % JNL_PAGE == 0 && p->map.end % JNL_PAGE == 0 &&
+		      p->map.start < p->map.end);
 		CHECK(known_tmpl(z, p->map.tmpl, z->nt));
 	} else if (type == JNL_UNMAP) {
 		CHECK(p->unmap.start < p->unmap.end && !p->unmap.reserved);
 	} else if (type == JNL_COPY) {
-		CHECK(p->copy.len && p->copy.from + p->copy.len > p->copy.from && !p->copy.reserved);
+		CHECK(p->copy.len && p->copy.from + p->copy.len > p->copy.from &&
+		      !p->copy.reserved);
 	} else if (type == JNL_HANDLE) {
 		CHECK(p->handle.index < JNL_MAX_HANDLES);
 		CHECK(p->handle.tmpl ? known_tmpl(z, p->handle.tmpl, z->nt) : !p->handle.uses);
@@ -292,8 +296,8 @@ static int on_record(void *ctx, uint64_t seq, enum jnl_type type, const union jn
 
 	CHECK(jnl_payload_len(type) != 0);
 	/* The same seq twice only for the reply part of a MAP or UNMAP. */
-	CHECK(seq > z->last_seq ||
-	      (seq == z->last_seq && type == JNL_REPLY && (z->last_type == JNL_MAP || z->last_type == JNL_UNMAP)));
+	CHECK(seq > z->last_seq || (seq == z->last_seq && type == JNL_REPLY &&
+				    (z->last_type == JNL_MAP || z->last_type == JNL_UNMAP)));
 	z->last_seq = seq;
 	z->last_type = type;
 	check_payload(z, type, p);
@@ -322,7 +326,8 @@ static enum jnl_err read_checked(int fd, uint8_t cb, struct jnl_info *info)
 		CHECK(info->slot_err[info->slot] == JNL_OK && info->gen);
 		CHECK(info->first_seq && info->next_seq - info->first_seq == info->records);
 		CHECK(info->main_seq >= info->first_seq - 1);
-		CHECK(info->tail >= JNL_JOURNAL_OFF(info->slot) && info->tail <= JNL_JOURNAL_OFF(info->slot) + JNL_AREA);
+		CHECK(info->tail >= JNL_JOURNAL_OFF(info->slot) &&
+		      info->tail <= JNL_JOURNAL_OFF(info->slot) + JNL_AREA);
 		CHECK(info->end < JNL_END_COUNT);
 		CHECK(info->npages_live + info->npages_dead <= z.nt);
 		CHECK(info->next.tmpl && info->next.session && info->next.mm && info->next.tree);

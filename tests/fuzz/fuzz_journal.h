@@ -25,8 +25,8 @@
 #include "journal.h"
 
 enum fj_region {
-	FJ_HDR,      /* the file header (the counters page follows, left empty) */
-	FJ_TMPL,     /* template pages from page 0 */
+	FJ_HDR,  /* the file header (the counters page follows, left empty) */
+	FJ_TMPL, /* template pages from page 0 */
 	FJ_IMAGE0,
 	FJ_JOURNAL0,
 	FJ_IMAGE1,

@@ -75,8 +75,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define MAX_CONTENTS 64
 
 /* Small limits, so that inputs reach them. */
-#define LIM_TEMPLATES 4  /* handles per connection */
-#define LIM_RANGES 4     /* per address space */
+#define LIM_TEMPLATES 4 /* handles per connection */
+#define LIM_RANGES 4    /* per address space */
 #define LIM_BYTES (32ull * PAGE)
 #define LIM_STORE 8
 #define UID_CONNECTIONS 2
@@ -117,8 +117,8 @@ struct pending {
 	enum pend_kind kind;
 	uint32_t seq;
 	uint16_t type;
-	int32_t want;     /* PEND_INVALID: the status it must get */
-	int content;      /* TEMPLATE_*: the content index, -1 if not followed */
+	int32_t want; /* PEND_INVALID: the status it must get */
+	int content;  /* TEMPLATE_*: the content index, -1 if not followed */
 	union {
 		struct proto_map map;
 		struct proto_unmap unmap;
@@ -133,11 +133,11 @@ struct mrange {
 };
 
 struct slot {
-	int fd;             /* client end, -1: none */
+	int fd;               /* client end, -1: none */
 	struct session *sess; /* the daemon's, for identity only (may be freed) */
-	int eof;            /* the daemon closed the connection */
-	int must_close;     /* a reply announced the close */
-	int lenient;        /* replies were left unread: a close may cut them */
+	int eof;              /* the daemon closed the connection */
+	int must_close;       /* a reply announced the close */
+	int lenient;          /* replies were left unread: a close may cut them */
 	int hello_ok;
 	struct pending q[QMAX];
 	unsigned qh, qn;
@@ -148,14 +148,14 @@ struct slot {
 };
 
 struct arena_page {
-	int seen;           /* touched since the reset: content is fixed */
+	int seen; /* touched since the reset: content is fixed */
 	int content;
-	uint64_t maybe;     /* contents of every range that covered it */
-	int unknown;        /* a range of contents the model lost covered it */
+	uint64_t maybe; /* contents of every range that covered it */
+	int unknown;    /* a range of contents the model lost covered it */
 };
 
 static struct rp_daemon d;
-static struct acct *me;   /* our uid's account, held across inputs */
+static struct acct *me; /* our uid's account, held across inputs */
 static int helper = -1;
 static int fds_baseline = -1;
 static unsigned long inputs;
@@ -601,11 +601,20 @@ static void check_request(struct slot *s, const struct pending *p, const struct 
 		die("%s after HELLO: -EPROTO", proto_type_name(p->type));
 	switch (p->type) {
 	case PROTO_TEMPLATE_FILL:
-	case PROTO_TEMPLATE_CREATE: model_template(s, p, r); break;
-	case PROTO_TEMPLATE_RELEASE: model_release(s, &p->u.rel, r->status); break;
-	case PROTO_MAP: model_map(s, &p->u.map, r->status); break;
-	case PROTO_UNMAP: model_unmap(s, &p->u.unmap, r->status); break;
-	default: die("REPLY to %s", proto_type_name(p->type));
+	case PROTO_TEMPLATE_CREATE:
+		model_template(s, p, r);
+		break;
+	case PROTO_TEMPLATE_RELEASE:
+		model_release(s, &p->u.rel, r->status);
+		break;
+	case PROTO_MAP:
+		model_map(s, &p->u.map, r->status);
+		break;
+	case PROTO_UNMAP:
+		model_unmap(s, &p->u.unmap, r->status);
+		break;
+	default:
+		die("REPLY to %s", proto_type_name(p->type));
 	}
 }
 
@@ -844,10 +853,17 @@ static int take_fds(unsigned kind, int fds[2])
 
 	fds[0] = fds[1] = -1;
 	switch (kind) {
-	case FZ_FD_NONE: return 0;
-	case FZ_FD_UFFD: fds[0] = helper_uffd(FZ_HELPER_UFFD_PLAIN); return 1;
-	case FZ_FD_UFFD_UMO: fds[0] = helper_uffd(FZ_HELPER_UFFD_UMO); return 1;
-	case FZ_FD_UFFD_CONFIGURED: fds[0] = helper_uffd(FZ_HELPER_UFFD_CONFIGURED); return 1;
+	case FZ_FD_NONE:
+		return 0;
+	case FZ_FD_UFFD:
+		fds[0] = helper_uffd(FZ_HELPER_UFFD_PLAIN);
+		return 1;
+	case FZ_FD_UFFD_UMO:
+		fds[0] = helper_uffd(FZ_HELPER_UFFD_UMO);
+		return 1;
+	case FZ_FD_UFFD_CONFIGURED:
+		fds[0] = helper_uffd(FZ_HELPER_UFFD_CONFIGURED);
+		return 1;
 	case FZ_FD_PIPE: {
 		struct stat st;
 		if (pipe2(p, O_CLOEXEC) < 0 || fstat(p[0], &st) < 0)
@@ -858,8 +874,12 @@ static int take_fds(unsigned kind, int fds[2])
 		fds[0] = p[0];
 		return 1;
 	}
-	case FZ_FD_EVENTFD: fds[0] = eventfd(0, EFD_CLOEXEC); return 1;
-	case FZ_FD_FILE: fds[0] = open("/etc/passwd", O_RDONLY | O_CLOEXEC); return 1;
+	case FZ_FD_EVENTFD:
+		fds[0] = eventfd(0, EFD_CLOEXEC);
+		return 1;
+	case FZ_FD_FILE:
+		fds[0] = open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+		return 1;
 	default:
 		fds[0] = helper_uffd(FZ_HELPER_UFFD_PLAIN);
 		fds[1] = eventfd(0, EFD_CLOEXEC);
@@ -901,12 +921,23 @@ static struct pending expect(const uint8_t *pkt, size_t len, int nfds)
 		p.content = content_index(page);
 		break;
 	}
-	case PROTO_TEMPLATE_CREATE: p.content = content_index(body); break;
-	case PROTO_TEMPLATE_RELEASE: memcpy(&p.u.rel, body, sizeof(p.u.rel)); break;
-	case PROTO_MAP: memcpy(&p.u.map, body, sizeof(p.u.map)); break;
-	case PROTO_UNMAP: memcpy(&p.u.unmap, body, sizeof(p.u.unmap)); break;
-	case PROTO_USAGE: memcpy(&p.u.usage, body, sizeof(p.u.usage)); break;
-	default: break;
+	case PROTO_TEMPLATE_CREATE:
+		p.content = content_index(body);
+		break;
+	case PROTO_TEMPLATE_RELEASE:
+		memcpy(&p.u.rel, body, sizeof(p.u.rel));
+		break;
+	case PROTO_MAP:
+		memcpy(&p.u.map, body, sizeof(p.u.map));
+		break;
+	case PROTO_UNMAP:
+		memcpy(&p.u.unmap, body, sizeof(p.u.unmap));
+		break;
+	case PROTO_USAGE:
+		memcpy(&p.u.usage, body, sizeof(p.u.usage));
+		break;
+	default:
+		break;
 	}
 	return p;
 }

@@ -85,7 +85,8 @@ static void action(struct buf *b, unsigned act, uint8_t arg)
 
 static void hello(struct buf *b, unsigned slot, unsigned fd, uint32_t seq)
 {
-	struct proto_hello h = { .page_size = PAGE, .pid = 1,
+	struct proto_hello h = { .page_size = PAGE,
+				 .pid = 1,
 				 .flags = fd == FZ_FD_UFFD_UMO ? PROTO_HELLO_USER_MODE_ONLY : 0 };
 	msg(b, slot, fd, PROTO_HELLO, seq, &h, sizeof(h));
 }
@@ -119,7 +120,8 @@ static void map(struct buf *b, unsigned slot, uint32_t seq, uint32_t first, uint
 		uint32_t id)
 {
 	struct proto_map m = { .addr = FZ_ARENA + (uint64_t)first * PAGE,
-			       .len = (uint64_t)pages * PAGE, .id = id };
+			       .len = (uint64_t)pages * PAGE,
+			       .id = id };
 	msg(b, slot, FZ_FD_NONE, PROTO_MAP, seq, &m, sizeof(m));
 }
 
@@ -354,8 +356,10 @@ static void session_seeds(const char *dir)
 	save(dir, "bad-header", &b);
 
 	b.n = 0;
-	struct proto_hdr bh = { .version = PROTO_VERSION, .type = PROTO_TEMPLATE_CREATE,
-				.len = sizeof(big) - HDR, .seq = 9 };
+	struct proto_hdr bh = { .version = PROTO_VERSION,
+				.type = PROTO_TEMPLATE_CREATE,
+				.len = sizeof(big) - HDR,
+				.seq = 9 };
 	memset(big, 0x42, sizeof(big));
 	memcpy(big, &bh, HDR);
 	step(&b, op_of(0, FZ_FD_NONE), big, sizeof(big));

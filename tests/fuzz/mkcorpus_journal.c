@@ -54,8 +54,8 @@ static size_t journal_len(int fd, int i, size_t extra)
 	uint64_t off = JNL_JOURNAL_OFF(i), at = 0;
 	struct jnl_rec_hdr h;
 
-	while (pread(fd, &h, sizeof(h), (off_t)(off + at)) == (ssize_t)sizeof(h) && jnl_payload_len(h.type) &&
-	       h.len == jnl_payload_len(h.type))
+	while (pread(fd, &h, sizeof(h), (off_t)(off + at)) == (ssize_t)sizeof(h) &&
+	       jnl_payload_len(h.type) && h.len == jnl_payload_len(h.type))
 		at += sizeof(h) + h.len;
 	return (size_t)at + extra;
 }
@@ -83,7 +83,8 @@ static void parts_free(struct parts *p)
 	memset(p, 0, sizeof(*p));
 }
 
-static void save(const char *dir, const char *name, const struct parts *p, uint8_t flags, uint8_t cb)
+static void save(const char *dir, const char *name, const struct parts *p, uint8_t flags,
+		 uint8_t cb)
 {
 	char path[512];
 	uint8_t hdr[FJ_HDR_BYTES] = { flags, cb };
@@ -130,23 +131,46 @@ static void records(struct jnl_writer *w, struct jnl_tmpl *t)
 {
 	t[0] = tmpl_new(w, 1);
 	t[1] = tmpl_new(w, 2);
-	rec(w, JNL_SESSION_NEW, &(struct jnl_session_new){ .id = 1, .pid = 10, .uid = 1000, .gid = 100 });
-	rec(w, JNL_SESSION_NEW, &(struct jnl_session_new){ .id = 2, .pid = 20, .uid = 1000, .gid = 100 });
-	rec(w, JNL_MM_NEW, &(struct jnl_mm_new){ .id = 1, .pid = 10, .uid = 1000, .tree = 1, .features = 0x3f });
+	rec(w, JNL_SESSION_NEW,
+	    &(struct jnl_session_new){ .id = 1, .pid = 10, .uid = 1000, .gid = 100 });
+	rec(w, JNL_SESSION_NEW,
+	    &(struct jnl_session_new){ .id = 2, .pid = 20, .uid = 1000, .gid = 100 });
+	rec(w, JNL_MM_NEW,
+	    &(struct jnl_mm_new){ .id = 1, .pid = 10, .uid = 1000, .tree = 1, .features = 0x3f });
 	rec(w, JNL_SESSION_MM, &(struct jnl_session_mm){ .session = 1, .mm = 1 });
-	rec(w, JNL_REPLY, &(struct jnl_reply){ .session = 1, .req_seq = 1, .id = 3, .value = 0x3f });
-	rec(w, JNL_HANDLE, &(struct jnl_handle_set){ .session = 1, .index = 0, .tmpl = 1, .uses = 1 });
-	rec(w, JNL_HANDLE, &(struct jnl_handle_set){ .session = 1, .index = 1, .tmpl = 2, .uses = 2 });
-	rec(w, JNL_MAP, &(struct jnl_map){ .mm = 1, .tmpl = 1, .session = 1, .req_seq = 2, .start = BASE,
-					   .end = BASE + 4 * PG });
-	rec(w, JNL_MAP, &(struct jnl_map){ .mm = 1, .tmpl = 2, .start = BASE + 8 * PG, .end = BASE + 9 * PG });
-	rec(w, JNL_MM_NEW, &(struct jnl_mm_new){ .id = 2, .parent = 1, .pid = 11, .uid = 1000, .tree = 1,
-						 .flags = JNL_MM_CHILD, .features = 0x3f });
-	rec(w, JNL_COPY, &(struct jnl_copy){ .mm = 2, .from = BASE, .to = BASE + 16 * PG, .len = 2 * PG });
+	rec(w, JNL_REPLY,
+	    &(struct jnl_reply){ .session = 1, .req_seq = 1, .id = 3, .value = 0x3f });
+	rec(w, JNL_HANDLE,
+	    &(struct jnl_handle_set){ .session = 1, .index = 0, .tmpl = 1, .uses = 1 });
+	rec(w, JNL_HANDLE,
+	    &(struct jnl_handle_set){ .session = 1, .index = 1, .tmpl = 2, .uses = 2 });
+	rec(w, JNL_MAP,
+	    &(struct jnl_map){ .mm = 1,
+			       .tmpl = 1,
+			       .session = 1,
+			       .req_seq = 2,
+			       .start = BASE,
+			       .end = BASE + 4 * PG });
+	rec(w, JNL_MAP,
+	    &(struct jnl_map){ .mm = 1, .tmpl = 2, .start = BASE + 8 * PG, .end = BASE + 9 * PG });
+	rec(w, JNL_MM_NEW,
+	    &(struct jnl_mm_new){ .id = 2,
+				  .parent = 1,
+				  .pid = 11,
+				  .uid = 1000,
+				  .tree = 1,
+				  .flags = JNL_MM_CHILD,
+				  .features = 0x3f });
+	rec(w, JNL_COPY,
+	    &(struct jnl_copy){ .mm = 2, .from = BASE, .to = BASE + 16 * PG, .len = 2 * PG });
 	rec(w, JNL_UNMAP, &(struct jnl_unmap){ .mm = 2, .start = BASE, .end = BASE + PG });
 	rec(w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 2, .pid = 12 });
-	rec(w, JNL_UNMAP, &(struct jnl_unmap){ .mm = 1, .session = 1, .req_seq = 3, .start = BASE + 8 * PG,
-					       .end = BASE + 9 * PG });
+	rec(w, JNL_UNMAP,
+	    &(struct jnl_unmap){ .mm = 1,
+				 .session = 1,
+				 .req_seq = 3,
+				 .start = BASE + 8 * PG,
+				 .end = BASE + 9 * PG });
 	rec(w, JNL_MM_NEW, &(struct jnl_mm_new){ .id = 3, .pid = 30, .uid = 1000, .tree = 2 });
 	rec(w, JNL_MM_END, &(struct jnl_ended){ .id = 3 });
 	rec(w, JNL_SESSION_END, &(struct jnl_ended){ .id = 2 });
@@ -166,22 +190,46 @@ static void commit_image(struct jnl_writer *w, const struct jnl_tmpl *t)
 	jnl_image_init(&b);
 	jnl_image_add_tmpl(&b, &t[0]);
 	jnl_image_add_tmpl(&b, &t[1]);
-	uint32_t a = jnl_image_add_node(&b, &(struct jnl_node){ .start = BASE + PG, .end = BASE + 2 * PG, .tmpl = 1 });
-	uint32_t c = jnl_image_add_node(&b, &(struct jnl_node){ .start = BASE + 16 * PG, .end = BASE + 18 * PG,
-								 .tmpl = 1 });
-	uint32_t r1 = jnl_image_add_node(&b, &(struct jnl_node){ .start = BASE, .end = BASE + PG, .tmpl = 1,
-								  .right = a });
-	uint32_t r2 = jnl_image_add_node(&b, &(struct jnl_node){ .start = BASE + 2 * PG, .end = BASE + 4 * PG,
-								  .tmpl = 1, .left = a, .right = c });
-	jnl_image_add_mm(&b, &(struct jnl_mm){ .id = 1, .pid = 10, .uid = 1000, .tree = 1, .features = 0x3f,
-					       .root = r1, .seq = seq });
-	jnl_image_add_mm(&b, &(struct jnl_mm){ .id = 2, .pid = 12, .uid = 1000, .tree = 1, .features = 0x3f,
-					       .flags = JNL_MM_CHILD, .root = r2, .seq = seq });
+	uint32_t a = jnl_image_add_node(
+		&b, &(struct jnl_node){ .start = BASE + PG, .end = BASE + 2 * PG, .tmpl = 1 });
+	uint32_t c = jnl_image_add_node(
+		&b,
+		&(struct jnl_node){ .start = BASE + 16 * PG, .end = BASE + 18 * PG, .tmpl = 1 });
+	uint32_t r1 = jnl_image_add_node(
+		&b, &(struct jnl_node){ .start = BASE, .end = BASE + PG, .tmpl = 1, .right = a });
+	uint32_t r2 = jnl_image_add_node(&b, &(struct jnl_node){ .start = BASE + 2 * PG,
+								 .end = BASE + 4 * PG,
+								 .tmpl = 1,
+								 .left = a,
+								 .right = c });
+	jnl_image_add_mm(&b, &(struct jnl_mm){ .id = 1,
+					       .pid = 10,
+					       .uid = 1000,
+					       .tree = 1,
+					       .features = 0x3f,
+					       .root = r1,
+					       .seq = seq });
+	jnl_image_add_mm(&b, &(struct jnl_mm){ .id = 2,
+					       .pid = 12,
+					       .uid = 1000,
+					       .tree = 1,
+					       .features = 0x3f,
+					       .flags = JNL_MM_CHILD,
+					       .root = r2,
+					       .seq = seq });
 	struct jnl_handle h[2] = { { 1, 1 }, { 2, 2 } };
-	jnl_image_add_session(&b, &(struct jnl_session){ .id = 1, .pid = 10, .uid = 1000, .gid = 100, .mm = 1,
-							 .nhandles = 2, .last_seq = 3, .flags = JNL_SESSION_REPLIED },
+	jnl_image_add_session(&b,
+			      &(struct jnl_session){ .id = 1,
+						     .pid = 10,
+						     .uid = 1000,
+						     .gid = 100,
+						     .mm = 1,
+						     .nhandles = 2,
+						     .last_seq = 3,
+						     .flags = JNL_SESSION_REPLIED },
 			      h);
-	jnl_image_add_session(&b, &(struct jnl_session){ .id = 3, .pid = 40, .uid = 1000, .gid = 100 }, NULL);
+	jnl_image_add_session(
+		&b, &(struct jnl_session){ .id = 3, .pid = 40, .uid = 1000, .gid = 100 }, NULL);
 	ok(jnl_image_finish(&b, seq, &(struct jnl_ids){ 4, 4, 5, 3 }, &image, &len), "image");
 	ok(jnl_compact_commit(w, image, len), "commit");
 	jnl_image_free(&b);
@@ -238,7 +286,8 @@ static void both_slots(struct parts *p, struct parts *before)
 
 /* A compaction under way (records in both journals), committed, and
  * just committed. */
-static void seeds_compaction(const char *dir, struct jnl_writer *w, int fd, const struct jnl_tmpl *t)
+static void seeds_compaction(const char *dir, struct jnl_writer *w, int fd,
+			     const struct jnl_tmpl *t)
 {
 	struct parts p = { 0 }, before = { 0 };
 	uint64_t q;
@@ -247,15 +296,23 @@ static void seeds_compaction(const char *dir, struct jnl_writer *w, int fd, cons
 	rec(w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 2, .pid = 14 });
 	/* Before the captures: a fork child born and gone, a session the
 	 * image has. */
-	rec(w, JNL_MM_NEW, &(struct jnl_mm_new){ .id = 4, .parent = 1, .pid = 41, .uid = 1000, .tree = 1,
-						 .flags = JNL_MM_CHILD });
+	rec(w, JNL_MM_NEW,
+	    &(struct jnl_mm_new){ .id = 4,
+				  .parent = 1,
+				  .pid = 41,
+				  .uid = 1000,
+				  .tree = 1,
+				  .flags = JNL_MM_CHILD });
 	rec(w, JNL_MM_END, &(struct jnl_ended){ .id = 4 });
-	rec(w, JNL_SESSION_NEW, &(struct jnl_session_new){ .id = 3, .pid = 40, .uid = 1000, .gid = 100 });
+	rec(w, JNL_SESSION_NEW,
+	    &(struct jnl_session_new){ .id = 3, .pid = 40, .uid = 1000, .gid = 100 });
 	take(&before, fd, 0, 0);
 	save(dir, "compacting", &before, FJ_FIX_ALL, FJ_CB_NONE);
 	commit_image(w, t);
 	rec(w, JNL_MM_PID, &(struct jnl_mm_pid){ .id = 1, .pid = 15 });
-	rec(w, JNL_MAP, &(struct jnl_map){ .mm = 2, .tmpl = 2, .start = BASE + 30 * PG, .end = BASE + 31 * PG });
+	rec(w, JNL_MAP,
+	    &(struct jnl_map){
+		    .mm = 2, .tmpl = 2, .start = BASE + 30 * PG, .end = BASE + 31 * PG });
 	take(&p, fd, 0, 0);
 	save(dir, "compacted", &p, FJ_FIX_ALL, FJ_CB_NONE);
 	save(dir, "compacted-reject", &p, FJ_FIX_ALL, 0x01 | 0x08);

@@ -108,10 +108,17 @@ int main(void)
 		if (n != (ssize_t)sizeof(r))
 			return 0;
 		switch (r.op) {
-		case FZ_HELPER_UFFD: send_uffd(r.arg); break;
-		case FZ_HELPER_TOUCH: touch(r.page); break;
-		case FZ_HELPER_RESET: reset(); break;
-		default: return 1;
+		case FZ_HELPER_UFFD:
+			send_uffd(r.arg);
+			break;
+		case FZ_HELPER_TOUCH:
+			touch(r.page);
+			break;
+		case FZ_HELPER_RESET:
+			reset();
+			break;
+		default:
+			return 1;
 		}
 	}
 }

@@ -66,8 +66,10 @@ int h_uffd_usable(char *why, size_t n)
 		close(fd);
 		return 1;
 	}
-	snprintf(why, n, "no userfaultfd for this process (/dev/userfaultfd, syscall, "
-			 "user-mode-only syscall all refused: %s)", strerror(-fd));
+	snprintf(why, n,
+		 "no userfaultfd for this process (/dev/userfaultfd, syscall, "
+		 "user-mode-only syscall all refused: %s)",
+		 strerror(-fd));
 	return 0;
 }
 
@@ -88,8 +90,8 @@ int h_can_run_as_nobody(char *why, size_t n)
 	char sp[64];
 
 	if (geteuid() != 0) {
-		snprintf(why, n, "not root (euid %d): cannot run a client as uid %d", (int)geteuid(),
-			 H_NOBODY);
+		snprintf(why, n, "not root (euid %d): cannot run a client as uid %d",
+			 (int)geteuid(), H_NOBODY);
 		return 0;
 	}
 	if (h_find_setpriv(sp, sizeof(sp)) < 0) {
@@ -231,7 +233,8 @@ int h_daemon_respawn(struct h_daemon *d)
 		exec_daemon(d);
 	while (h_now() < end) {
 		if (reaped(d->pid, &st) != 0) {
-			fprintf(stderr, "harness: refpaged exited during start-up (status %#x)\n", st);
+			fprintf(stderr, "harness: refpaged exited during start-up (status %#x)\n",
+				st);
 			d->pid = 0;
 			h_daemon_dump_log(d, 0);
 			return -1;
@@ -240,8 +243,8 @@ int h_daemon_respawn(struct h_daemon *d)
 			return 0;
 		usleep(POLL_STEP_US);
 	}
-	fprintf(stderr, "harness: refpaged did not accept connections on %s within %.0f s\n", d->sock,
-		H_DEADLINE_S);
+	fprintf(stderr, "harness: refpaged did not accept connections on %s within %.0f s\n",
+		d->sock, H_DEADLINE_S);
 	h_daemon_kill(d);
 	h_daemon_dump_log(d, 0);
 	return -1;
@@ -305,7 +308,8 @@ int h_daemon_stop(struct h_daemon *d)
 	kill(d->pid, SIGTERM);
 	st = h_reap(d->pid, H_DEADLINE_S);
 	if (st == -1) {
-		fprintf(stderr, "harness: refpaged ignored SIGTERM for %.0f s; killing it\n", H_DEADLINE_S);
+		fprintf(stderr, "harness: refpaged ignored SIGTERM for %.0f s; killing it\n",
+			H_DEADLINE_S);
 		h_daemon_kill(d);
 		h_daemon_dump_log(d, 0);
 		return -1;
@@ -481,8 +485,8 @@ int h_wait_fds(pid_t pid, int want, double timeout_s)
 			return 0;
 		usleep(POLL_STEP_US * 4);
 	} while (h_now() < end);
-	fprintf(stderr, "harness: pid %d has %d open fds after %.0f s, want at most %d:\n", (int)pid, n,
-		timeout_s, want);
+	fprintf(stderr, "harness: pid %d has %d open fds after %.0f s, want at most %d:\n",
+		(int)pid, n, timeout_s, want);
 	h_print_fds(pid);
 	return -1;
 }
@@ -581,7 +585,8 @@ int h_run(const char *const argv[], int as_nobody, double timeout_s, char *out, 
 	close(fd);
 	int st = h_reap(pid, end - h_now() > 1 ? end - h_now() : 1);
 	if (st == -1) {
-		fprintf(stderr, "harness: %s did not finish within %.0f s; killed\n", argv[0], timeout_s);
+		fprintf(stderr, "harness: %s did not finish within %.0f s; killed\n", argv[0],
+			timeout_s);
 		kill(-pid, SIGKILL);
 		h_reap(pid, H_DEADLINE_S);
 	}

@@ -25,11 +25,11 @@
 #define H_EXIT_SKIP 77
 
 struct h_daemon {
-	char dir[64];     /* mkdtemp, mode 0755 so uid 65534 reaches the socket */
+	char dir[64]; /* mkdtemp, mode 0755 so uid 65534 reaches the socket */
 	char sock[128];
 	char log[128];
-	pid_t pid;        /* 0: not running */
-	off_t log_mark;   /* log offset where the current test started */
+	pid_t pid;                /* 0: not running */
+	off_t log_mark;           /* log offset where the current test started */
 	const char *const *extra; /* more daemon options (NULL-terminated) or NULL */
 };
 

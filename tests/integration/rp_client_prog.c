@@ -34,22 +34,22 @@
 
 static int failed;
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			printf("FAIL: %s:%d: ", __FILE__, __LINE__);                  \
-			printf(__VA_ARGS__);                                          \
-			printf("\n");                                                 \
-			fflush(stdout);                                               \
-			failed = 1;                                                   \
-		}                                                                     \
+#define CHECK(cond, ...)                                             \
+	do {                                                         \
+		if (!(cond)) {                                       \
+			printf("FAIL: %s:%d: ", __FILE__, __LINE__); \
+			printf(__VA_ARGS__);                         \
+			printf("\n");                                \
+			fflush(stdout);                              \
+			failed = 1;                                  \
+		}                                                    \
 	} while (0)
 
-#define REQUIRE(cond, ...)                                                            \
-	do {                                                                          \
-		CHECK(cond, __VA_ARGS__);                                             \
-		if (failed)                                                           \
-			_exit(1);                                                     \
+#define REQUIRE(cond, ...)                \
+	do {                              \
+		CHECK(cond, __VA_ARGS__); \
+		if (failed)               \
+			_exit(1);         \
 	} while (0)
 
 static int page_is(const void *p, uint8_t b)

@@ -93,7 +93,8 @@ static int cmd_storm(const char *sock, unsigned children, unsigned par)
 		printf("storm FAIL the parent saw a child's write\n");
 		return 1;
 	}
-	printf(bad ? "storm FAIL %u children saw wrong bytes\n" : "storm ok %u\n", bad ? bad : children);
+	printf(bad ? "storm FAIL %u children saw wrong bytes\n" : "storm ok %u\n",
+	       bad ? bad : children);
 	return bad ? 1 : 0;
 }
 

@@ -49,18 +49,22 @@ struct bad {
 };
 
 static const struct bad bad_values[] = {
-	{ "--batch", "0" },      { "--batch", "65" },   { "--batch", "" },
-	{ "--batch", "yes" },    { "--batch", "-1" },   { "--batch", "8x" },
-	{ "--batch", "+8" },     { "--batch", " 8" },   { "--batch", "0x10" },
-	{ "--batch", "18446744073709551617" },          { "--batch", NULL },
-	{ "--drain", "" },       { "--drain", "yes" },  { "--drain", "-1" },
-	{ "--drain", "onx" },    { "--drain", "ON" },   { "--drain", "1" },
-	{ "--drain", "off " },   { "--drain", NULL },
-	{ "--coalesce", "" },    { "--coalesce", "yes" }, { "--coalesce", "-1" },
-	{ "--coalesce", "offx" }, { "--coalesce", "0" }, { "--coalesce", " on" },
-	{ "--coalesce", NULL },
-	{ "--dontwake", "" },    { "--dontwake", "yes" }, { "--dontwake", "-1" },
-	{ "--dontwake", "on1" }, { "--dontwake", "Off" }, { "--dontwake", "true" },
+	{ "--batch", "0" },       { "--batch", "65" },
+	{ "--batch", "" },        { "--batch", "yes" },
+	{ "--batch", "-1" },      { "--batch", "8x" },
+	{ "--batch", "+8" },      { "--batch", " 8" },
+	{ "--batch", "0x10" },    { "--batch", "18446744073709551617" },
+	{ "--batch", NULL },      { "--drain", "" },
+	{ "--drain", "yes" },     { "--drain", "-1" },
+	{ "--drain", "onx" },     { "--drain", "ON" },
+	{ "--drain", "1" },       { "--drain", "off " },
+	{ "--drain", NULL },      { "--coalesce", "" },
+	{ "--coalesce", "yes" },  { "--coalesce", "-1" },
+	{ "--coalesce", "offx" }, { "--coalesce", "0" },
+	{ "--coalesce", " on" },  { "--coalesce", NULL },
+	{ "--dontwake", "" },     { "--dontwake", "yes" },
+	{ "--dontwake", "-1" },   { "--dontwake", "on1" },
+	{ "--dontwake", "Off" },  { "--dontwake", "true" },
 	{ "--dontwake", NULL },
 };
 
@@ -96,7 +100,7 @@ static void test_bad_values(void **state)
 struct run {
 	uint8_t *pat, *zero; /* NPAGES each: template 0xAA and the zero template */
 	int idx;
-	int bad;             /* first failed check, 0 if none */
+	int bad; /* first failed check, 0 if none */
 };
 
 /* Every thread reads all of both mappings (faults on the same pages as
@@ -202,16 +206,16 @@ static void test_defaults(void **state)
 
 static void test_defaults_spelled_out(void **state)
 {
-	static const char *const args[] = { "--batch", "64", "--drain", "on", "--coalesce", "on",
-					    "--dontwake", "off", NULL };
+	static const char *const args[] = { "--batch", "64",         "--drain", "on", "--coalesce",
+					    "on",      "--dontwake", "off",     NULL };
 	(void)state;
 	serve_with(args, "batch 64, drain on, coalesce on, dontwake off");
 }
 
 static void test_all_switched(void **state)
 {
-	static const char *const args[] = { "--batch", "1", "--drain", "off", "--coalesce", "off",
-					    "--dontwake", "on", NULL };
+	static const char *const args[] = { "--batch", "1",          "--drain", "off", "--coalesce",
+					    "off",     "--dontwake", "on",      NULL };
 	(void)state;
 	serve_with(args, "batch 1, drain off, coalesce off, dontwake on");
 }
@@ -246,8 +250,8 @@ static void test_dontwake_on(void **state)
 
 static void test_dontwake_small_batches(void **state)
 {
-	static const char *const args[] = { "--dontwake", "on", "--batch", "5", "--drain", "off",
-					    NULL };
+	static const char *const args[] = { "--dontwake", "on",  "--batch", "5",
+					    "--drain",    "off", NULL };
 	(void)state;
 	serve_with(args, "batch 5, drain off, coalesce on, dontwake on");
 }
@@ -292,7 +296,7 @@ static int daemon_stopped(void *arg)
 
 struct same_page {
 	volatile uint8_t *page;
-	_Atomic pid_t tid;  /* set just before the fault */
+	_Atomic pid_t tid; /* set just before the fault */
 	uint8_t seen;
 };
 
@@ -319,8 +323,7 @@ static int all_waiting(void *arg)
 
 /* SAME_PAGE_THREADS threads fault on one untouched page while the daemon
  * is stopped; the counters must move by exactly what the switches say. */
-static void same_page(const char *const *args, uint64_t coalesced, uint64_t eexist,
-		      uint64_t wakes)
+static void same_page(const char *const *args, uint64_t coalesced, uint64_t eexist, uint64_t wakes)
 {
 	struct h_daemon d;
 	rp_client *c = NULL;
@@ -394,8 +397,8 @@ static void test_not_coalesced(void **state)
 
 static void test_not_coalesced_dontwake(void **state)
 {
-	static const char *const args[] = { "--workers", "1", "--coalesce", "off", "--dontwake",
-					    "on", NULL };
+	static const char *const args[] = { "--workers",  "1",  "--coalesce", "off",
+					    "--dontwake", "on", NULL };
 	(void)state;
 	same_page(args, 0, SAME_PAGE_THREADS - 1, 1);
 }

@@ -82,7 +82,7 @@ static int in_child(int (*fn)(void *), void *arg)
 
 struct gen {
 	uint8_t *p;
-	int depth; /* generation: 1 = child */
+	int depth;   /* generation: 1 = child */
 	int pipe_rd; /* parent writes after the fork, then says so */
 };
 
@@ -217,8 +217,10 @@ static void test_threads_in_child_while_parent_forks(void **state)
 
 /* The daemon at rest with just this test's own mapping. */
 static const struct h_want at_rest[] = {
-	{ "clients", 1 }, { "processes", 1 }, { "ranges", 1 },
-	{ "bytes_registered", NPAGES * PAGE },
+	{ "clients", 1 },
+	{ "processes", 1 },
+	{ "ranges", 1 },
+	{ "bytes_registered", NPAGES *PAGE },
 };
 
 static void test_exec_releases(void **state)

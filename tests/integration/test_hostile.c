@@ -52,9 +52,9 @@
 
 struct fx {
 	struct h_daemon d;
-	rp_client *c;      /* ours, for STATS */
-	pid_t good;        /* the well-behaved client */
-	int good_out;      /* its stdout and stderr */
+	rp_client *c;       /* ours, for STATS */
+	pid_t good;         /* the well-behaved client */
+	int good_out;       /* its stdout and stderr */
 	uint64_t good_addr; /* its mapping */
 	int ok;
 	/* Per case. */
@@ -76,9 +76,9 @@ static const char *const hostile_args[] = { "--hello-timeout", "1", LOG_ALL, NUL
 #define LIM_SPARE_PAGES 32 /* bytes past the good client's */
 #define LIM_DESCENDANTS 3
 static const char *const limit_args[] = {
-	"--uid-connections", "3", "--uid-templates", "4", "--uid-ranges", "4",
-	"--uid-bytes", "268566528", /* 256 MiB + 32 pages */
-	"--max-descendants", "3", LOG_ALL, NULL,
+	"--uid-connections", "3", "--uid-templates", "4",
+	"--uid-ranges",      "4", "--uid-bytes",     "268566528", /* 256 MiB + 32 pages */
+	"--max-descendants", "3", LOG_ALL,           NULL,
 };
 _Static_assert(GOOD_LEN + LIM_SPARE_PAGES * PAGE == 268566528ull, "--uid-bytes");
 
@@ -360,10 +360,18 @@ static size_t random_packet(uint64_t *seed, uint8_t *out, size_t cap)
 	size_t n;
 
 	switch (r % 4) {
-	case 0: n = rng(seed) % 24; break;
-	case 1: n = 16 + rng(seed) % 64; break;
-	case 2: n = 16 + (size_t)proto_payload_len((uint16_t)(1 + rng(seed) % 7)); break;
-	default: n = rng(seed) % cap; break;
+	case 0:
+		n = rng(seed) % 24;
+		break;
+	case 1:
+		n = 16 + rng(seed) % 64;
+		break;
+	case 2:
+		n = 16 + (size_t)proto_payload_len((uint16_t)(1 + rng(seed) % 7));
+		break;
+	default:
+		n = rng(seed) % cap;
+		break;
 	}
 	for (size_t i = 0; i < n; i++)
 		out[i] = (uint8_t)rng(seed);
@@ -1078,14 +1086,10 @@ static void test_unmap_hole_table_full(void **state)
 int main(void)
 {
 	const struct CMUnitTest hostile[] = {
-		T(test_random_packets),
-		T(test_truncated_and_oversized),
-		T(test_hello_two_fds),
-		T(test_hello_file_fd),
-		T(test_silent_clients),
-		T(test_not_reading_replies),
-		T(test_hang_up_before_answer),
-		T(test_map_foreign_range),
+		T(test_random_packets),        T(test_truncated_and_oversized),
+		T(test_hello_two_fds),         T(test_hello_file_fd),
+		T(test_silent_clients),        T(test_not_reading_replies),
+		T(test_hang_up_before_answer), T(test_map_foreign_range),
 		T(test_map_live_range),
 	};
 	const struct CMUnitTest limits[] = {

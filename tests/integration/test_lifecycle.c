@@ -72,8 +72,11 @@ struct baseline {
 static void take_baseline(struct fx *fx, struct baseline *b)
 {
 	/* The harness's start-up probe connection may still be closing. */
-	struct h_want idle[] = { { "clients", 1 }, { "processes", 1 }, { "ranges", 0 },
-				 { "bytes_registered", 0 }, { "templates", 0 } };
+	struct h_want idle[] = { { "clients", 1 },
+				 { "processes", 1 },
+				 { "ranges", 0 },
+				 { "bytes_registered", 0 },
+				 { "templates", 0 } };
 	uint32_t id;
 
 	/* A fault answered: a worker has taken our connection's uffd and
@@ -197,8 +200,8 @@ static void test_client_killed(void **state)
 	take_baseline(fx, &b);
 	for (size_t k = 0; k < ARRAY_LEN(kill_rows); k++) {
 		const struct kill_row *row = &kill_rows[k];
-		const char *argv[] = { h_client_prog(), "fault-forever", fx->d.sock, row->threads,
-				       row->fork ? "fork" : NULL, NULL };
+		const char *argv[] = { h_client_prog(), "fault-forever",           fx->d.sock,
+				       row->threads,    row->fork ? "fork" : NULL, NULL };
 		char nobody_why[160];
 
 		if (row->as_nobody && !h_can_run_as_nobody(nobody_why, sizeof(nobody_why))) {
@@ -235,8 +238,8 @@ static void test_client_killed(void **state)
 /* --- the daemon killed ---------------------------------------------------------- */
 
 #define DK_PAGES 4096
-#define DK_WRITTEN 64        /* [0, 64): written before the kill */
-#define DK_FAULT_END 2048    /* [64, 2048): faulted by the threads */
+#define DK_WRITTEN 64     /* [0, 64): written before the kill */
+#define DK_FAULT_END 2048 /* [64, 2048): faulted by the threads */
 #define DK_THREADS 4
 /* [2048 + 64, 4096): never touched before the kill. The gap: a fill
  * window of fault-around (at most 64 pages) may run past the last page
@@ -279,8 +282,8 @@ static void *dk_thread(void *arg)
 			if (off >= 0 || (b0 != 0xAA && b0 != 0)) {
 				if (atomic_fetch_add(&dk->bad, 1) == 0)
 					snprintf(dk->why, sizeof(dk->why),
-						 "thread %d page %zu: byte %ld differs from %#x", a->idx,
-						 i, off, b0);
+						 "thread %d page %zu: byte %ld differs from %#x",
+						 a->idx, i, off, b0);
 			}
 			if (b0 == 0 && dead)
 				atomic_fetch_add(&dk->zero_after[a->idx], 1);
@@ -319,7 +322,8 @@ static void join_all(pthread_t *th, int n)
 		ts.tv_sec += (time_t)H_DEADLINE_S;
 		int r = pthread_timedjoin_np(th[i], NULL, &ts);
 		if (r)
-			fail_msg("faulting thread %d stuck after the daemon died: %s", i, strerror(r));
+			fail_msg("faulting thread %d stuck after the daemon died: %s", i,
+				 strerror(r));
 	}
 }
 
@@ -516,11 +520,8 @@ static void test_exec_helper_dies(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		T(test_nobody_basic),
-		T(test_nobody_fork),
-		T(test_client_killed),
-		T(test_daemon_killed),
-		T(test_exec_helper_dies),
+		T(test_nobody_basic),  T(test_nobody_fork),      T(test_client_killed),
+		T(test_daemon_killed), T(test_exec_helper_dies),
 	};
 	char why[256];
 

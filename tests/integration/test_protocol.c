@@ -28,9 +28,9 @@
 
 struct fx {
 	struct h_daemon d;
-	rp_client *c;   /* the well-behaved client */
+	rp_client *c; /* the well-behaved client */
 	uint32_t aa;
-	uint8_t *live;  /* its mapping, alive across every case */
+	uint8_t *live;    /* its mapping, alive across every case */
 	size_t next_live; /* next page of it no case has read yet */
 	int ok;
 	/* Per case. */
@@ -508,7 +508,8 @@ static void test_map_unmapped_memory(void **state)
 	assert_true(r.status < 0);
 	/* Nothing was left in the daemon's table for it: once memory is
 	 * there, the same MAP succeeds and serves it. */
-	uint8_t *p = mmap(hole, 4 * PAGE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	uint8_t *p = mmap(hole, 4 * PAGE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+			  0);
 	assert_ptr_equal(p, hole);
 	map_expect(s, 4, (uintptr_t)p, 4 * PAGE, m.id, 0);
 	assert_int_equal(h_first_not(p + PAGE, PAGE, 0xAA), -1);
@@ -522,24 +523,15 @@ static void test_map_unmapped_memory(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		T(test_wrong_version),
-		T(test_unknown_type),
-		T(test_reply_as_request),
-		T(test_wrong_length),
-		T(test_short_packet),
-		T(test_hello_pipe_fd),
-		T(test_hello_eventfd),
-		T(test_hello_configured_uffd),
-		T(test_hello_without_fd),
-		T(test_hello_reserved_flags),
-		T(test_second_hello),
-		T(test_fd_on_stats),
-		T(test_fd_on_map),
-		T(test_request_before_hello),
-		T(test_map_before_hello),
-		T(test_stats_before_hello),
-		T(test_map_refused),
-		T(test_map_unmapped_memory),
+		T(test_wrong_version),    T(test_unknown_type),
+		T(test_reply_as_request), T(test_wrong_length),
+		T(test_short_packet),     T(test_hello_pipe_fd),
+		T(test_hello_eventfd),    T(test_hello_configured_uffd),
+		T(test_hello_without_fd), T(test_hello_reserved_flags),
+		T(test_second_hello),     T(test_fd_on_stats),
+		T(test_fd_on_map),        T(test_request_before_hello),
+		T(test_map_before_hello), T(test_stats_before_hello),
+		T(test_map_refused),      T(test_map_unmapped_memory),
 	};
 	char why[256];
 

@@ -112,7 +112,8 @@ struct fx {
 };
 
 static const char *const two_workers[] = { "--workers", "2", NULL };
-static const char *const bad_version[] = { "--workers", "2", "--debug-snapshot-version", "999", NULL };
+static const char *const bad_version[] = { "--workers", "2", "--debug-snapshot-version", "999",
+					   NULL };
 
 static int fx_setup(void **state, const char *const *extra)
 {
@@ -253,7 +254,8 @@ static void test_upgrade_storm(void **state)
 		assert_int_equal(h_stats_read(fx->c, &s), 0);
 		if (h_stat(&s, "faults") < faults)
 			fail_msg("upgrade %d: faults went back from %llu to %llu", i,
-				 (unsigned long long)faults, (unsigned long long)h_stat(&s, "faults"));
+				 (unsigned long long)faults,
+				 (unsigned long long)h_stat(&s, "faults"));
 		faults = h_stat(&s, "faults");
 		assert_int_equal(h_stat(&s, "processes"), procs);
 		assert_int_equal(h_stat(&s, "ev_fork"), 1);
@@ -335,7 +337,7 @@ struct store {
 		int fd;
 	} e[STORE_MAX];
 	int n;
-	atomic_int ready;  /* READY=1 received */
+	atomic_int ready; /* READY=1 received */
 	atomic_int stop;
 };
 
@@ -448,8 +450,8 @@ static void wait_store_count(struct store *st, char c, int want)
 
 	while (store_count(st, c) != want) {
 		if (h_now() > end)
-			fail_msg("the fd store holds %d '%c' descriptors, want %d", store_count(st, c), c,
-				 want);
+			fail_msg("the fd store holds %d '%c' descriptors, want %d",
+				 store_count(st, c), c, want);
 		usleep(2000);
 	}
 }
@@ -457,7 +459,7 @@ static void wait_store_count(struct store *st, char c, int want)
 struct sfx {
 	struct h_daemon d; /* dir, sock, log, pid: started by us, not the harness */
 	char notify[128];
-	int listen_fd;     /* the "socket unit"'s */
+	int listen_fd; /* the "socket unit"'s */
 	struct store st;
 	rp_client *c;
 	struct load ld;
@@ -521,7 +523,7 @@ static void sfx_start_args(struct sfx *f, const char *const *extra)
 {
 	int high[STORE_MAX + 1], n = 0;
 	char names[STORE_MAX * 33 + 16] = "refpaged", env_fds[32], env_names[sizeof(names) + 32],
-	     env_notify[160], setpriv[] = "/usr/bin/setpriv";
+				    env_notify[160], setpriv[] = "/usr/bin/setpriv";
 	const char *envp[256];
 	int ne = 0, ready0 = atomic_load(&f->st.ready);
 
@@ -543,9 +545,16 @@ static void sfx_start_args(struct sfx *f, const char *const *extra)
 	envp[ne++] = env_names;
 	envp[ne++] = env_notify;
 	envp[ne] = NULL;
-	const char *argv[16] = { "/bin/sh", "-c",
-				 "export LISTEN_PID=$$; exec \"$0\" --pdeathsig KILL -- \"$@\"", setpriv,
-				 h_daemon_prog(), "--fd-store", "--log-level", "debug", "--workers", "2" };
+	const char *argv[16] = { "/bin/sh",
+				 "-c",
+				 "export LISTEN_PID=$$; exec \"$0\" --pdeathsig KILL -- \"$@\"",
+				 setpriv,
+				 h_daemon_prog(),
+				 "--fd-store",
+				 "--log-level",
+				 "debug",
+				 "--workers",
+				 "2" };
 	for (int i = 0, k = 10; extra && extra[i] && k < 15; i++)
 		argv[k++] = extra[i];
 	posix_spawn_file_actions_t fa;
@@ -556,7 +565,8 @@ static void sfx_start_args(struct sfx *f, const char *const *extra)
 		posix_spawn_file_actions_adddup2(&fa, high[i], 3 + i);
 	posix_spawn_file_actions_addclosefrom_np(&fa, 3 + n);
 	fflush(NULL);
-	int e = posix_spawn(&f->d.pid, argv[0], &fa, NULL, (char *const *)argv, (char *const *)envp);
+	int e = posix_spawn(&f->d.pid, argv[0], &fa, NULL, (char *const *)argv,
+			    (char *const *)envp);
 	posix_spawn_file_actions_destroy(&fa);
 	for (int i = 0; i < n; i++)
 		close(high[i]);
@@ -770,15 +780,20 @@ static void test_store_in_flight(void **state)
 }
 
 enum damage {
-	TORN_TAIL, CORRUPT_IMAGE, TRUNCATED, UNKNOWN_VERSION, CHILD_GONE, NOT_A_UFFD,
+	TORN_TAIL,
+	CORRUPT_IMAGE,
+	TRUNCATED,
+	UNKNOWN_VERSION,
+	CHILD_GONE,
+	NOT_A_UFFD,
 	CLIENT_NOT_A_UFFD
 };
 
 struct damage_row {
 	const char *name;
 	enum damage what;
-	const char *log;   /* what the restarted daemon must say */
-	int drops_all;     /* the journal is lost: every client is let go */
+	const char *log; /* what the restarted daemon must say */
+	int drops_all;   /* the journal is lost: every client is let go */
 };
 
 static const struct damage_row damage_rows[] = {
@@ -852,7 +867,8 @@ static void do_damage(struct sfx *f, const struct damage_row *row)
 		assert_int_equal(ftruncate(snap, JNL_PAGE), 0);
 		break;
 	case UNKNOWN_VERSION:
-		assert_int_equal(pwrite(snap, &v, sizeof(v), offsetof(struct jnl_file_hdr, version)), 4);
+		assert_int_equal(
+			pwrite(snap, &v, sizeof(v), offsetof(struct jnl_file_hdr, version)), 4);
 		break;
 	case CHILD_GONE:
 		kill(f->ld.child, SIGKILL);
@@ -863,7 +879,8 @@ static void do_damage(struct sfx *f, const struct damage_row *row)
 	case CLIENT_NOT_A_UFFD:
 		/* The child's (or the client's) uffd goes (its faults fall
 		 * back to the kernel), an eventfd takes its name. */
-		assert_int_equal(store_uffd(&f->st, row->what == NOT_A_UFFD, name, sizeof(name)), 0);
+		assert_int_equal(store_uffd(&f->st, row->what == NOT_A_UFFD, name, sizeof(name)),
+				 0);
 		pthread_mutex_lock(&f->st.lock);
 		store_remove(&f->st, name);
 		store_add(&f->st, name, eventfd(0, EFD_CLOEXEC));
@@ -993,7 +1010,8 @@ static void test_store_cost(void **state)
 	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
 	double with = map_cost_us(f->c, n);
 	printf("  MAP + UNMAP (16 pages) with %d other ranges: %.1f us without the fd store, %.1f us "
-	       "with it\n", n, without, with);
+	       "with it\n",
+	       n, without, with);
 	f->ok = 1;
 }
 
@@ -1050,7 +1068,8 @@ static uint8_t *map_at_top(rp_client *c, uint32_t id, uint64_t top)
 		if (p != MAP_FAILED)
 			rp_unmap(c, p, len);
 	}
-	fail_msg("nothing could be mapped in the last 16 MiB under 0x%llx", (unsigned long long)top);
+	fail_msg("nothing could be mapped in the last 16 MiB under 0x%llx",
+		 (unsigned long long)top);
 	return NULL;
 }
 
@@ -1067,8 +1086,8 @@ static void top_across_restart(struct sfx *f, uint64_t top)
 	assert_int_equal(rp_template_fill(f->c, 0xa5, &id), 0);
 	uint8_t *p = map_at_top(f->c, id, top);
 	printf("  %d pages at 0x%llx-0x%llx (top 0x%llx)\n", TOP_PAGES,
-	       (unsigned long long)(uintptr_t)p, (unsigned long long)(uintptr_t)p + TOP_PAGES * PAGE,
-	       (unsigned long long)top);
+	       (unsigned long long)(uintptr_t)p,
+	       (unsigned long long)(uintptr_t)p + TOP_PAGES * PAGE, (unsigned long long)top);
 	assert_int_equal(p[0], 0xa5);
 	p[PAGE] = 0x11; /* page 1: filled, then written */
 	sfx_kill(f);
@@ -1107,7 +1126,8 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_upgrade_storm, setup_plain, fx_teardown),
-		cmocka_unit_test_setup_teardown(test_upgrade_refused, setup_bad_version, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_upgrade_refused, setup_bad_version,
+						fx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_kill, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_damage, sfx_setup, sfx_teardown),
 		cmocka_unit_test_setup_teardown(test_store_in_flight, sfx_setup, sfx_teardown),
@@ -1130,7 +1150,8 @@ int main(int argc, char **argv)
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	/* Run alone (its own ctest), the 5-level test says "skipped" to ctest
 	 * too where the machine has no 5-level paging. */
-	if (argc > 1 && !strcmp(argv[1], "test_store_top_5level") && !la57_usable(why, sizeof(why))) {
+	if (argc > 1 && !strcmp(argv[1], "test_store_top_5level") &&
+	    !la57_usable(why, sizeof(why))) {
 		printf("SKIP: %s\n", why);
 		return H_EXIT_SKIP;
 	}

@@ -106,9 +106,11 @@ static void test_munmap_then_map_same_address(void **state)
 	for (int i = 0; i < 2000; i++) {
 		p[(size_t)(i % 16) * PAGE] = 1; /* a fault, so the worker is busy too */
 		assert_int_equal(munmap(p, len), 0);
-		uint8_t *q = rp_map(fx->c, p, len, PROT_READ | PROT_WRITE, MAP_FIXED_NOREPLACE, fx->aa);
+		uint8_t *q = rp_map(fx->c, p, len, PROT_READ | PROT_WRITE, MAP_FIXED_NOREPLACE,
+				    fx->aa);
 		if (q == MAP_FAILED)
-			fail_msg("round %d: rp_map at the address just unmapped: %s", i, strerror(errno));
+			fail_msg("round %d: rp_map at the address just unmapped: %s", i,
+				 strerror(errno));
 		assert_ptr_equal(q, p);
 		assert_int_equal(q[PAGE], 0xAA);
 	}
@@ -396,8 +398,8 @@ static void unmap_parts(void **state, int plain)
 	}
 	/* The hole is ordinary address space again: a new anonymous mapping
 	 * there reads zeros, not the template. */
-	uint8_t *hole = mmap(p + 24 * PAGE, 8 * PAGE, RW, MAP_PRIVATE | MAP_ANONYMOUS |
-			     MAP_FIXED_NOREPLACE, -1, 0);
+	uint8_t *hole = mmap(p + 24 * PAGE, 8 * PAGE, RW,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	assert_ptr_equal(hole, p + 24 * PAGE);
 	page_is(hole, 3, 0x00, "a plain mapping in the hole");
 	assert_int_equal(munmap(hole, 8 * PAGE), 0);
@@ -447,7 +449,8 @@ static void test_mremap_fixed(void **state)
 	check_live(p, n, live, "the rest after moving the middle out");
 	expect_gauges(fx, r0 + 3, b0 + n * PAGE, "after moving the middle");
 	/* The moved piece moves again, to the reservation's upper half. */
-	uint8_t *q2 = mremap(q, 16 * PAGE, 16 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst + 16 * PAGE);
+	uint8_t *q2 = mremap(q, 16 * PAGE, 16 * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED,
+			     dst + 16 * PAGE);
 	assert_ptr_equal(q2, dst + 16 * PAGE);
 	for (size_t i = 8; i < 24; i++)
 		page_is(q2, i - 8, i % 3 == 0 ? mark_of(i) : 0xAA, "page moved twice");
@@ -591,7 +594,7 @@ enum race_op { RACE_MUNMAP, RACE_MREMAP };
 struct racer {
 	sem_t go, done;
 	enum race_op op;
-	uint8_t *p;     /* the mapping to take away */
+	uint8_t *p; /* the mapping to take away */
 	size_t len;
 	uint8_t *moved; /* RACE_MREMAP: where it went (twice the length) */
 	int err;        /* errno of the call, 0 if it worked */
@@ -730,8 +733,8 @@ static void map_while_other_thread_unmaps(void **state, enum race_op op)
 	 * scheduler: said, not checked. */
 	assert_int_equal(h_stats_read(fx->c, &s), 0);
 	printf("  %d of %d rounds mapped at the address just freed; MAPs held back for the "
-	       "event: %llu, of which went ahead at the cap: %llu\n", same, RACE_ROUNDS,
-	       (unsigned long long)(h_stat(&s, "maps_waited") - waited0),
+	       "event: %llu, of which went ahead at the cap: %llu\n",
+	       same, RACE_ROUNDS, (unsigned long long)(h_stat(&s, "maps_waited") - waited0),
 	       (unsigned long long)(h_stat(&s, "maps_wait_expired") - expired0));
 	expect_gauges(fx, r0, b0, "after the last round");
 	fx->ok = 1;
@@ -760,13 +763,13 @@ static void test_map_while_other_thread_mremaps(void **state)
 
 struct mover {
 	int idx;
-	uint8_t tmpl;          /* what its template reads */
-	size_t pages;          /* the block's length between rounds */
+	uint8_t tmpl; /* what its template reads */
+	size_t pages; /* the block's length between rounds */
 	uint8_t *p;
 	_Atomic uintptr_t leaving; /* where its mremap in progress moves from */
 	struct mover *peer;
-	int landed;            /* moves onto the address the peer's was leaving */
-	char why[256];         /* the first thing found wrong; empty if none */
+	int landed;    /* moves onto the address the peer's was leaving */
+	char why[256]; /* the first thing found wrong; empty if none */
 };
 
 /* Page k of a block just grown by a move: the mark written before the
@@ -777,10 +780,14 @@ static int mover_check(struct mover *m, const uint8_t *q, size_t w, uint8_t mark
 		uint8_t want = k == w ? mark : m->tmpl;
 		long off = h_first_not(q + k * PAGE, PAGE, want);
 		if (off >= 0) {
-			snprintf(m->why, sizeof(m->why),
-				 "thread %d round %d: page %zu of the moved block reads %#x, want "
-				 "%#x%s", m->idx, round, k, q[k * PAGE + (size_t)off], want,
-				 m->landed ? " (it had landed where the other thread's block was leaving)" : "");
+			snprintf(
+				m->why, sizeof(m->why),
+				"thread %d round %d: page %zu of the moved block reads %#x, want "
+				"%#x%s",
+				m->idx, round, k, q[k * PAGE + (size_t)off], want,
+				m->landed
+					? " (it had landed where the other thread's block was leaving)"
+					: "");
 			return -1;
 		}
 	}
@@ -807,8 +814,8 @@ static void *mover_main(void *arg)
 		if (guard != MAP_FAILED)
 			munmap(guard, PAGE);
 		if (q == MAP_FAILED) {
-			snprintf(m->why, sizeof(m->why), "thread %d round %d: mremap: %s", m->idx, i,
-				 strerror(e));
+			snprintf(m->why, sizeof(m->why), "thread %d round %d: mremap: %s", m->idx,
+				 i, strerror(e));
 			return NULL;
 		}
 		m->landed += peer && peer + len > (uintptr_t)q && peer < (uintptr_t)q + 2 * len;
@@ -818,8 +825,8 @@ static void *mover_main(void *arg)
 		 * every page fetched from the daemon again in the next round. */
 		m->p = mremap(q, 2 * len, len, 0);
 		if (m->p != q || madvise(q, len, MADV_DONTNEED) < 0) {
-			snprintf(m->why, sizeof(m->why), "thread %d round %d: shrink: %s", m->idx, i,
-				 strerror(errno));
+			snprintf(m->why, sizeof(m->why), "thread %d round %d: shrink: %s", m->idx,
+				 i, strerror(errno));
 			return NULL;
 		}
 	}
@@ -880,7 +887,8 @@ static void test_two_threads_move_blocks(void **state)
 	/* How often a block landed where the other was leaving depends on
 	 * the scheduler: said, not checked. */
 	printf("  moves onto the address the other thread's mremap was moving from, before it "
-	       "returned: %d and %d of %d\n", m[0].landed, m[1].landed, MOVE_ROUNDS);
+	       "returned: %d and %d of %d\n",
+	       m[0].landed, m[1].landed, MOVE_ROUNDS);
 	for (int t = 0; t < 2; t++)
 		assert_int_equal(rp_unmap(fx->c, m[t].p, m[t].pages * PAGE), 0);
 	assert_int_equal(rp_template_release(fx->c, idcc), 0);
@@ -971,10 +979,10 @@ enum { SLOT_FREE, SLOT_OWNED, SLOT_LEAVING, SLOT_TAKEN };
 struct places {
 	struct fx *fx;
 	uint8_t *base;
-	uint32_t free_id;            /* a free place's template */
+	uint32_t free_id; /* a free place's template */
 	_Atomic int state[SLOTS];
 	atomic_int go, stop;
-	uint8_t *still;              /* a block of the free template nobody moves */
+	uint8_t *still; /* a block of the free template nobody moves */
 	int forks;
 	char fork_why[128];
 };
@@ -1030,9 +1038,10 @@ static int leaver_check(struct leaver *l, const uint8_t *q, size_t w, uint8_t ma
 		uint8_t want = k == w ? mark : l->tmpl;
 		long off = h_first_not(q + k * PAGE, PAGE, want);
 		if (off >= 0) {
-			snprintf(l->why, sizeof(l->why), "thread %d round %d: page %zu of the block "
-				 "it moved reads %#x, want %#x", l->who, round, k,
-				 q[k * PAGE + (size_t)off], want);
+			snprintf(l->why, sizeof(l->why),
+				 "thread %d round %d: page %zu of the block "
+				 "it moved reads %#x, want %#x",
+				 l->who, round, k, q[k * PAGE + (size_t)off], want);
 			return -1;
 		}
 	}
@@ -1077,8 +1086,10 @@ static int leaver_move(struct leaver *l, int dst, int round)
 	if (atomic_compare_exchange_strong(&pl->state[l->own], &st,
 					   SLOT_STATE(SLOT_TAKEN, l->who))) {
 		if (rp_map(pl->fx->c, p, len, RW, MAP_FIXED_NOREPLACE, pl->free_id) == MAP_FAILED) {
-			snprintf(l->why, sizeof(l->why), "thread %d round %d: rp_map of the place it "
-				 "left: %s", l->who, round, strerror(errno));
+			snprintf(l->why, sizeof(l->why),
+				 "thread %d round %d: rp_map of the place it "
+				 "left: %s",
+				 l->who, round, strerror(errno));
 			return -1;
 		}
 		atomic_store(&pl->state[l->own], SLOT_FREE);
@@ -1100,8 +1111,8 @@ static void *leaver_main(void *arg)
 		leaver_prepare(l, i);
 		int t = place_take(l->pl, l->who, &seed), dst = t & 0xff;
 		if ((t & 0x100) && place_wait_left(l->pl, dst) < 0) {
-			snprintf(l->why, sizeof(l->why), "thread %d round %d: place %d was never left",
-				 l->who, i, dst);
+			snprintf(l->why, sizeof(l->why),
+				 "thread %d round %d: place %d was never left", l->who, i, dst);
 			break;
 		}
 		if (leaver_move(l, dst, i) < 0)
@@ -1134,8 +1145,10 @@ static void *forker_main(void *arg)
 			_exit(h_first_not(pl->still, SLOT_PAGES * PAGE, 0xEE) >= 0);
 		int st;
 		if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
-			snprintf(pl->fork_why, sizeof(pl->fork_why), "a fork child read the still "
-				 "block wrong, or did not end well (status %#x)", pid < 0 ? 0 : st);
+			snprintf(pl->fork_why, sizeof(pl->fork_why),
+				 "a fork child read the still "
+				 "block wrong, or did not end well (status %#x)",
+				 pid < 0 ? 0 : st);
 		pl->forks++;
 	}
 	return NULL;
@@ -1196,7 +1209,9 @@ static void test_moves_into_places_being_left(void **state)
 	pl->fx = fx;
 	pl->free_id = fill_template(fx, 0xEE);
 	for (int t = 0; t < LEAVERS; t++) {
-		l[t] = (struct leaver){ .pl = pl, .who = t, .own = t, .tmpl = (uint8_t)(0xA1 + t * 0x11) };
+		l[t] = (struct leaver){
+			.pl = pl, .who = t, .own = t, .tmpl = (uint8_t)(0xA1 + t * 0x11)
+		};
 		l[t].id = fill_template(fx, l[t].tmpl);
 	}
 	places_map(pl, l);
@@ -1214,10 +1229,10 @@ static void test_moves_into_places_being_left(void **state)
 	       "waited for one past the cap: %s; forks: %d, %s read while events waited\n",
 	       LEAVERS * LEAVE_ROUNDS,
 	       (unsigned long long)(h_stat(&s, "events_reordered") - reordered0),
-	       h_daemon_log_has(&fx->d, "applied in the order they came") ? "some (see the log)" :
-									      "none",
-	       pl->forks, h_daemon_log_has(&fx->d, "its table after the events waiting") ? "some" :
-											    "none");
+	       h_daemon_log_has(&fx->d, "applied in the order they came") ? "some (see the log)"
+									  : "none",
+	       pl->forks,
+	       h_daemon_log_has(&fx->d, "its table after the events waiting") ? "some" : "none");
 	assert_int_equal(rp_unmap(fx->c, pl->base, SLOTS * SLOT_PAGES * PAGE), 0);
 	assert_int_equal(rp_unmap(fx->c, pl->still, SLOT_PAGES * PAGE), 0);
 	for (int t = 0; t < LEAVERS; t++)
@@ -1357,8 +1372,8 @@ struct targ {
 
 struct tshared {
 	pthread_barrier_t bar;
-	uint8_t *same;  /* TPAGES pages, content template */
-	uint8_t *own;   /* NTHREADS * OWN_PAGES pages, 0xAA */
+	uint8_t *same; /* TPAGES pages, content template */
+	uint8_t *own;  /* NTHREADS * OWN_PAGES pages, 0xAA */
 	uint8_t tp[PAGE];
 	atomic_int bad;
 	char why[256];
@@ -1500,12 +1515,12 @@ static void test_threads(void **state)
 
 /* Checks in a fork child: no cmocka there, a failure is a message and
  * a non-zero exit status. */
-#define CHILD_CHECK(cond, what)                                                \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
+#define CHILD_CHECK(cond, what)                                                      \
+	do {                                                                         \
+		if (!(cond)) {                                                       \
 			fprintf(stderr, "fork child %d: %s\n", (int)getpid(), what); \
-			bad++;                                                 \
-		}                                                              \
+			bad++;                                                       \
+		}                                                                    \
 	} while (0)
 
 static int cpage(const uint8_t *p, size_t i, uint8_t b)
@@ -1616,7 +1631,8 @@ static int lib_child(rp_client *c, uint32_t aa)
 	CHILD_CHECK(r != MAP_FAILED && s != MAP_FAILED, "rp_map of the child's templates");
 	if (r != MAP_FAILED && s != MAP_FAILED) {
 		CHILD_CHECK(cpage(r, 3, 0x77), "the child's pattern template");
-		CHILD_CHECK(h_first_diff(s + 2 * PAGE, tp, PAGE) < 0, "the child's content template");
+		CHILD_CHECK(h_first_diff(s + 2 * PAGE, tp, PAGE) < 0,
+			    "the child's content template");
 	}
 	uint64_t v[PROTO_STATS_MAX];
 	CHILD_CHECK(rp_stats(c, v, NULL, (int)PROTO_STATS_MAX) > 0, "rp_stats in the child");

@@ -58,10 +58,14 @@ static void limit(rlim_t n)
 static const char *ev(const struct uffd_msg *m)
 {
 	switch (m->event) {
-	case UFFD_EVENT_FORK: return "FORK";
-	case UFFD_EVENT_UNMAP: return "UNMAP";
-	case UFFD_EVENT_PAGEFAULT: return "PAGEFAULT";
-	default: return "?";
+	case UFFD_EVENT_FORK:
+		return "FORK";
+	case UFFD_EVENT_UNMAP:
+		return "UNMAP";
+	case UFFD_EVENT_PAGEFAULT:
+		return "PAGEFAULT";
+	default:
+		return "?";
 	}
 }
 
@@ -73,7 +77,8 @@ int main(void)
 		perror("uffd with EVENT_FORK (run as root)");
 		return 77;
 	}
-	uint8_t *r = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *r = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	kf_register(fd, (uintptr_t)r, 3 * PAGE, UFFDIO_REGISTER_MODE_MISSING);
 	struct rlimit orig;
 	getrlimit(RLIMIT_NOFILE, &orig);
@@ -93,8 +98,9 @@ int main(void)
 	struct pollfd p = { .fd = fd, .events = POLLIN };
 	poll(&p, 1, 0);
 	printf("fd table full (RLIMIT_NOFILE %d): read -> %zd (%s), again -> %zd (%s); poll says %s; "
-	       "forking thread returned: %s\n", low, n, n < 0 ? kf_err(e) : "-", n2,
-	       n2 < 0 ? kf_err(e2) : "-", p.revents & POLLIN ? "readable" : "not readable",
+	       "forking thread returned: %s\n",
+	       low, n, n < 0 ? kf_err(e) : "-", n2, n2 < 0 ? kf_err(e2) : "-",
+	       p.revents & POLLIN ? "readable" : "not readable",
 	       atomic_load(&forked) ? "yes" : "no, still blocked in fork()");
 
 	/* 2. An UNMAP queued behind it while it waits. */
@@ -102,7 +108,8 @@ int main(void)
 	usleep(100000);
 	limit(orig.rlim_cur);
 	n = read(fd, m, sizeof(m[0]));
-	printf("an UNMAP queued after the FORK; room made: first read gives %s", n > 0 ? ev(&m[0]) : "error");
+	printf("an UNMAP queued after the FORK; room made: first read gives %s",
+	       n > 0 ? ev(&m[0]) : "error");
 	if (n > 0 && m[0].event == UFFD_EVENT_FORK)
 		close((int)m[0].arg.fork.ufd);
 	n = read(fd, m, sizeof(m[0]));
@@ -151,7 +158,8 @@ int main(void)
 	/* 3b. An UNMAP queued before the failed read: the FORK goes back to
 	 * the head of event_wqh, behind it. */
 	atomic_store(&forked, 0);
-	uint8_t *r3 = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *r3 = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			   0);
 	kf_register(fd, (uintptr_t)r3, 2 * PAGE, UFFDIO_REGISTER_MODE_MISSING);
 	low = lowest_free();
 	limit((rlim_t)low);
@@ -205,7 +213,8 @@ int main(void)
 			printf("FORK pending, nobody reads, uffd held by %s: fork blocked %s; 200 ms after "
 			       "close() of the only other copy: fork returned %s\n",
 			       holder_is_self ? "the forking process" : "another process",
-			       blocked ? "yes" : "no", atomic_load(&forked) ? "yes" : "NO, still blocked");
+			       blocked ? "yes" : "no",
+			       atomic_load(&forked) ? "yes" : "NO, still blocked");
 			_exit(0);
 		}
 		int held = holder_is_self ? -1 : kf_recv_fd(sv[0]);

@@ -17,7 +17,8 @@ int main(void)
 	uint8_t *a = area(5);
 	munmap(a + PAGE, PAGE);
 	munmap(a + 3 * PAGE, PAGE);
-	printf("REGISTER over 5 pages with 2 holes: %s\n", kf_err(kf_register(fd, (uintptr_t)a, 5 * PAGE, M)));
+	printf("REGISTER over 5 pages with 2 holes: %s\n",
+	       kf_err(kf_register(fd, (uintptr_t)a, 5 * PAGE, M)));
 	printf("UNREGISTER over the same: %s\n", kf_err(kf_unregister(fd, (uintptr_t)a, 5 * PAGE)));
 	printf("REGISTER again, then UNREGISTER from inside the first hole to the end: %s, %s\n",
 	       kf_err(kf_register(fd, (uintptr_t)a, 5 * PAGE, M)),
@@ -36,7 +37,8 @@ int main(void)
 	int r2 = kf_register(fd, (uintptr_t)b + PAGE, PAGE, M);
 	int r3 = kf_register(fd, (uintptr_t)b + 2 * PAGE, PAGE, M);
 	printf("3 adjacent VMAs registered separately: %s %s %s; one UNREGISTER over all: %s\n",
-	       kf_err(r1), kf_err(r2), kf_err(r3), kf_err(kf_unregister(fd, (uintptr_t)b, 3 * PAGE)));
+	       kf_err(r1), kf_err(r2), kf_err(r3),
+	       kf_err(kf_unregister(fd, (uintptr_t)b, 3 * PAGE)));
 	printf("one REGISTER over all 3: %s; one UNREGISTER of the middle one only: %s\n",
 	       kf_err(kf_register(fd, (uintptr_t)b, 3 * PAGE, M)),
 	       kf_err(kf_unregister(fd, (uintptr_t)b + PAGE, PAGE)));
@@ -54,7 +56,8 @@ int main(void)
 	mprotect(d + PAGE, PAGE, PROT_READ);
 	kf_register(fd2, (uintptr_t)d + PAGE, PAGE, M);
 	printf("REGISTER over a VMA and a neighbour registered on another uffd: %s; UNREGISTER over "
-	       "both from the first uffd: %s\n", kf_err(kf_register(fd, (uintptr_t)d, 2 * PAGE, M)),
+	       "both from the first uffd: %s\n",
+	       kf_err(kf_register(fd, (uintptr_t)d, 2 * PAGE, M)),
 	       kf_err(kf_unregister(fd, (uintptr_t)d, 2 * PAGE)));
 
 	/* A VMA uffd cannot take (a file mapping) inside the range. */

@@ -106,17 +106,39 @@ static inline const char *kf_err(int e)
 	static int i;
 	const char *n;
 	switch (e) {
-	case 0: n = "0"; break;
-	case EAGAIN: n = "EAGAIN"; break;
-	case ENOENT: n = "ENOENT"; break;
-	case EINVAL: n = "EINVAL"; break;
-	case ESRCH: n = "ESRCH"; break;
-	case ENOMEM: n = "ENOMEM"; break;
-	case EEXIST: n = "EEXIST"; break;
-	case EPERM: n = "EPERM"; break;
-	case EFAULT: n = "EFAULT"; break;
-	case EBUSY: n = "EBUSY"; break;
-	case EMFILE: n = "EMFILE"; break;
+	case 0:
+		n = "0";
+		break;
+	case EAGAIN:
+		n = "EAGAIN";
+		break;
+	case ENOENT:
+		n = "ENOENT";
+		break;
+	case EINVAL:
+		n = "EINVAL";
+		break;
+	case ESRCH:
+		n = "ESRCH";
+		break;
+	case ENOMEM:
+		n = "ENOMEM";
+		break;
+	case EEXIST:
+		n = "EEXIST";
+		break;
+	case EPERM:
+		n = "EPERM";
+		break;
+	case EFAULT:
+		n = "EFAULT";
+		break;
+	case EBUSY:
+		n = "EBUSY";
+		break;
+	case EMFILE:
+		n = "EMFILE";
+		break;
 	default:
 		i = (i + 1) % 8;
 		snprintf(buf[i], sizeof(buf[i]), "errno %d", e);
@@ -129,8 +151,13 @@ static inline int kf_send_fd(int sock, int fd)
 {
 	char b = 'F';
 	struct iovec iov = { .iov_base = &b, .iov_len = 1 };
-	union { struct cmsghdr a; char buf[CMSG_SPACE(sizeof(int))]; } cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+	union {
+		struct cmsghdr a;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cm.buf,
 			     .msg_controllen = sizeof(cm.buf) };
 	memset(&cm, 0, sizeof(cm));
 	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
@@ -145,8 +172,13 @@ static inline int kf_recv_fd(int sock)
 {
 	char b;
 	struct iovec iov = { .iov_base = &b, .iov_len = 1 };
-	union { struct cmsghdr a; char buf[CMSG_SPACE(sizeof(int))]; } cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
+	union {
+		struct cmsghdr a;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} cm;
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cm.buf,
 			     .msg_controllen = sizeof(cm.buf) };
 	int fd = -1;
 	if (recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) != 1)

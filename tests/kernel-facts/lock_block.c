@@ -23,8 +23,8 @@ enum { PH_IDLE, PH_FORK, PH_MPROTECT, PH_REPOPULATE, PH_DONE, NPH };
 static const char *const ph_name[] = { "idle", "fork loop", "mprotect loop",
 				       "DONTNEED+POPULATE loop" };
 enum { OP_COPY, OP_COPYB, OP_ZERO, OP_WP, OP_WAKE, OP_REG, OP_UNREG, NOP };
-static const char *const op_name[] = { "COPY", "COPY in area", "ZEROPAGE", "WRITEPROTECT", "WAKE",
-				       "REGISTER", "UNREGISTER" };
+static const char *const op_name[] = { "COPY", "COPY in area", "ZEROPAGE",  "WRITEPROTECT",
+				       "WAKE", "REGISTER",     "UNREGISTER" };
 
 struct shared {
 	atomic_int phase, ready;
@@ -40,7 +40,8 @@ static void client(struct shared *sh, int sock, size_t gib)
 {
 	size_t len = gib << 30;
 	uint8_t *b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	uint8_t *r = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *r = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	uint8_t *r2 = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	madvise(b, len, MADV_NOHUGEPAGE);
 	for (size_t i = 0; i < len; i += PAGE)
@@ -97,7 +98,8 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	size_t gib = argc > 1 ? strtoul(argv[1], NULL, 0) : 4;
-	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	int sv[2];
 	socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
 	atomic_init(&sh->phase, -1);
@@ -122,17 +124,28 @@ int main(int argc, char **argv)
 			while (kf_now() < end) {
 				double t0 = kf_now();
 				switch (o) {
-				case OP_COPY: kf_copy(fd, sh->r, src, PAGE); break;
-				case OP_COPYB: kf_copy(fd, sh->b, src, PAGE); break;
-				case OP_ZERO: kf_zeropage(fd, sh->r, PAGE); break;
-				case OP_WP:
-					kf_wp(fd, sh->r, 4 * PAGE, UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
+				case OP_COPY:
+					kf_copy(fd, sh->r, src, PAGE);
 					break;
-				case OP_WAKE: kf_wake(fd, sh->r + PAGE, PAGE); break;
+				case OP_COPYB:
+					kf_copy(fd, sh->b, src, PAGE);
+					break;
+				case OP_ZERO:
+					kf_zeropage(fd, sh->r, PAGE);
+					break;
+				case OP_WP:
+					kf_wp(fd, sh->r, 4 * PAGE,
+					      UFFDIO_WRITEPROTECT_MODE_DONTWAKE);
+					break;
+				case OP_WAKE:
+					kf_wake(fd, sh->r + PAGE, PAGE);
+					break;
 				case OP_REG:
 					kf_register(fd, sh->r2, PAGE, UFFDIO_REGISTER_MODE_MISSING);
 					break;
-				case OP_UNREG: kf_unregister(fd, sh->r2, PAGE); break;
+				case OP_UNREG:
+					kf_unregister(fd, sh->r2, PAGE);
+					break;
 				}
 				double dt = kf_now() - t0;
 				if (n[ph][o] < MAXS)
@@ -143,12 +156,13 @@ int main(int argc, char **argv)
 	atomic_store(&sh->phase, PH_DONE);
 	waitpid(c, NULL, 0);
 	printf("client: %zu GiB populated, 4 KiB pages; each op type timed alone for %.1f s per "
-	       "phase\n", gib, OP_S);
+	       "phase\n",
+	       gib, OP_S);
 	for (int p = PH_IDLE; p < PH_DONE; p++) {
 		if (p != PH_IDLE)
 			printf("%s: client op max %.1f ms, mean %.1f ms (%ld ops)\n", ph_name[p],
-			       sh->op_max[p] * 1e3, sh->op_n[p] ? sh->op_sum[p] / sh->op_n[p] * 1e3 : 0,
-			       sh->op_n[p]);
+			       sh->op_max[p] * 1e3,
+			       sh->op_n[p] ? sh->op_sum[p] / sh->op_n[p] * 1e3 : 0, sh->op_n[p]);
 		else
 			printf("%s:\n", ph_name[p]);
 		for (int o = 0; o < NOP; o++) {
@@ -164,8 +178,9 @@ int main(int argc, char **argv)
 					nslow++;
 				}
 			printf("   %-13s n %6ld  median %6.1f us  max %7.1f ms  calls > 5 ms: %3d, "
-			       "%5.0f ms of %.0f\n", op_name[o], k, s[p][o][k / 2] * 1e6,
-			       s[p][o][k - 1] * 1e3, nslow, slow * 1e3, OP_S * 1e3);
+			       "%5.0f ms of %.0f\n",
+			       op_name[o], k, s[p][o][k / 2] * 1e6, s[p][o][k - 1] * 1e3, nslow,
+			       slow * 1e3, OP_S * 1e3);
 		}
 	}
 	return 0;

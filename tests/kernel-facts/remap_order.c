@@ -93,7 +93,8 @@ static int claim(int who, unsigned *seed)
 			for (int k = 0; k < SLOTS; k++) {
 				int s = (start + k) % SLOTS, st = atomic_load(&slot_state[s]);
 				if ((st & 15) == want &&
-				    atomic_compare_exchange_strong(&slot_state[s], &st, STATE(CLAIMED, who)))
+				    atomic_compare_exchange_strong(&slot_state[s], &st,
+								   STATE(CLAIMED, who)))
 					return (want == LEAVING ? 0x100 : 0) | s;
 			}
 		sched_yield();
@@ -110,7 +111,8 @@ static void *mover(void *arg)
 		int c = claim(who, &seed), dst = c & 0xff;
 		if (c & 0x100)
 			while (mmap(slot_addr(dst), LEN, PROT_NONE,
-				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) == MAP_FAILED)
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1,
+				    0) == MAP_FAILED)
 				;
 		atomic_store(&slot_state[own], STATE(LEAVING, who));
 		if (touch) /* its first page faults again after the move */
@@ -426,7 +428,7 @@ int main(int argc, char **argv)
 	if (nmovers < 1 || nmovers > SLOTS / 2 || nyield < 0 || nyield > 32)
 		return 2;
 	uffd = kf_uffd(0, UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP |
-			       UFFD_FEATURE_THREAD_ID);
+				  UFFD_FEATURE_THREAD_ID);
 	region = mmap(NULL, SLOTS * LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (uffd < 0 || region == MAP_FAILED)
 		return perror("uffd or mmap"), 1;
@@ -437,9 +439,10 @@ int main(int argc, char **argv)
 			placeholder(s, MAP_FIXED);
 			continue;
 		}
-		mmap(slot_addr(s), LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-		     -1, 0);
-		if (kf_register(uffd, (uint64_t)(uintptr_t)slot_addr(s), LEN, UFFDIO_REGISTER_MODE_MISSING))
+		mmap(slot_addr(s), LEN, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		if (kf_register(uffd, (uint64_t)(uintptr_t)slot_addr(s), LEN,
+				UFFDIO_REGISTER_MODE_MISSING))
 			return perror("register"), 1;
 	}
 	pin(0);

@@ -81,13 +81,14 @@ int main(void)
 	int r, d, v;
 	read(sv[0], &r, sizeof(r));
 	read(sv[0], &d, sizeof(d));
-	printf("child %d: setresuid(65534) %s, now dumpable %d\n", (int)pid, r ? "failed" : "ok", d);
+	printf("child %d: setresuid(65534) %s, now dumpable %d\n", (int)pid, r ? "failed" : "ok",
+	       d);
 	printf("root parent with CAP_SYS_PTRACE: process_vm_writev into the child %s\n",
 	       poke(pid, 5) ? "refused" : "works");
 	int dr = drop_ptrace_cap();
 	int pe = poke(pid, 6); /* after the drop: arguments are evaluated in any order */
-	printf("parent drops CAP_SYS_PTRACE: %s; process_vm_writev now %s\n",
-	       dr ? "failed" : "ok", pe ? "refused (EPERM)" : "works");
+	printf("parent drops CAP_SYS_PTRACE: %s; process_vm_writev now %s\n", dr ? "failed" : "ok",
+	       pe ? "refused (EPERM)" : "works");
 	write(sv[0], "f", 1);
 	static uint8_t page[PAGE] __attribute__((aligned(4096)));
 	memset(page, 0x77, PAGE);
@@ -99,7 +100,8 @@ int main(void)
 	       f.arg.pagefault.feat.ptid, kf_err(kf_copy(cu, (uintptr_t)R, page, PAGE)));
 	read(sv[0], &v, sizeof(v));
 	printf("the child (uid 65534, non-dumpable) reads %#x: the uffd outlives the uid change, "
-	       "it follows the mm\n", v);
+	       "it follows the mm\n",
+	       v);
 	write(sv[0], "t", 1);
 	read(sv[0], &v, sizeof(v));
 	write(sv[0], "x", 1);

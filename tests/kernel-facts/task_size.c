@@ -29,11 +29,12 @@ int main(int argc, char **argv)
 	int fd = kf_uffd(1, 0);
 	uint64_t ts = uffd_task_size(fd);
 	printf("this process: first refused page %#llx (%d ioctls); WAKE at %#llx -> %s, at %#llx -> %s, "
-	       "len crossing it -> %s\n", (unsigned long long)ts, probes,
-	       (unsigned long long)(ts - PAGE), kf_err(kf_wake(fd, ts - PAGE, PAGE)),
-	       (unsigned long long)ts, kf_err(kf_wake(fd, ts, PAGE)),
-	       kf_err(kf_wake(fd, ts - PAGE, 2 * PAGE)));
-	void *hint = mmap((void *)(1ull << 50), PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	       "len crossing it -> %s\n",
+	       (unsigned long long)ts, probes, (unsigned long long)(ts - PAGE),
+	       kf_err(kf_wake(fd, ts - PAGE, PAGE)), (unsigned long long)ts,
+	       kf_err(kf_wake(fd, ts, PAGE)), kf_err(kf_wake(fd, ts - PAGE, 2 * PAGE)));
+	void *hint = mmap((void *)(1ull << 50), PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	printf("mmap with a hint above 2^47: got %p (no la57: the hint is ignored)\n", hint);
 	if (argc < 2)
 		return 0;
@@ -55,13 +56,15 @@ int main(int argc, char **argv)
 	uint64_t cts = uffd_task_size(cfd);
 	printf("32-bit (compat) client: first refused page %#llx\n", (unsigned long long)cts);
 	static char src64[PAGE] __attribute__((aligned(4096)));
-	char *src32 = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+	char *src32 = mmap(NULL, PAGE, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
 	memset(src64, 0x64, PAGE);
 	memset(src32, 0x32, PAGE);
 	int e64 = kf_copy(cfd, addr, src64, PAGE);
 	int e32 = kf_copy(cfd, addr, src32, PAGE);
 	printf("UFFDIO_COPY into the compat client's registered page from our %p: %s; from our %p "
-	       "(below 4 GiB): %s\n", (void *)src64, kf_err(e64), (void *)src32, kf_err(e32));
+	       "(below 4 GiB): %s\n",
+	       (void *)src64, kf_err(e64), (void *)src32, kf_err(e32));
 	write(sv[0], "q", 1);
 	char got = 0;
 	read(sv[0], &got, 1);

@@ -26,11 +26,12 @@ static int resident(void *p)
 static void no_effect(void)
 {
 	int fd = kf_uffd(1, 0);
-	uint8_t *r = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *r = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	r[0] = 0x11;
 	printf("API with features 0 (no WP feature), user-mode only: fd %d\n", fd);
-	printf("REGISTER MISSING on 4 pages: %s\n", kf_err(kf_register(fd, (uintptr_t)r, 4 * PAGE,
-					UFFDIO_REGISTER_MODE_MISSING)));
+	printf("REGISTER MISSING on 4 pages: %s\n",
+	       kf_err(kf_register(fd, (uintptr_t)r, 4 * PAGE, UFFDIO_REGISTER_MODE_MISSING)));
 	uint64_t pm0 = pagemap(r), pm1 = pagemap(r + PAGE);
 	int e0 = kf_wp(fd, (uintptr_t)r, 4 * PAGE, 0);
 	int e1 = kf_wp(fd, (uintptr_t)r, 4 * PAGE, DW);
@@ -49,11 +50,13 @@ static void no_effect(void)
 	printf("a write to page 0 afterwards: no fault, reads %#x\n", r[0]);
 
 	/* Where nothing is registered, or nothing is mapped. */
-	uint8_t *h = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *h = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	munmap(h + PAGE, PAGE);
 	printf("WRITEPROTECT DONTWAKE on: an unregistered mapping %s, an unmapped hole %s, "
 	       "0x10000 (nothing mapped) %s\n",
-	       kf_err(kf_wp(fd, (uintptr_t)h, PAGE, DW)), kf_err(kf_wp(fd, (uintptr_t)h + PAGE, PAGE, DW)),
+	       kf_err(kf_wp(fd, (uintptr_t)h, PAGE, DW)),
+	       kf_err(kf_wp(fd, (uintptr_t)h + PAGE, PAGE, DW)),
 	       kf_err(kf_wp(fd, 0x10000, PAGE, DW)));
 	printf("  a range from a registered page into an unregistered one %s\n",
 	       kf_err(kf_wp(fd, (uintptr_t)r + 3 * PAGE, 2 * PAGE, DW)));
@@ -69,13 +72,15 @@ static void no_effect(void)
 	 * could, on its own memory). */
 	uint8_t *w = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	w[0] = 1;
-	int er = kf_register(fd, (uintptr_t)w, PAGE, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+	int er = kf_register(fd, (uintptr_t)w, PAGE,
+			     UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
 	int ew = kf_wp(fd, (uintptr_t)w, PAGE, UFFDIO_WRITEPROTECT_MODE_WP);
 	uint64_t a = pagemap(w);
 	int e3 = kf_wp(fd, (uintptr_t)w, PAGE, DW);
 	printf("WP-registered page (register %s, protect %s): uffd-wp bit %d -> mode 0 %s -> bit %d "
-	       "(content %#x untouched)\n", kf_err(er), kf_err(ew), (int)(a >> 57 & 1), kf_err(e3),
-	       (int)(pagemap(w) >> 57 & 1), w[0]);
+	       "(content %#x untouched)\n",
+	       kf_err(er), kf_err(ew), (int)(a >> 57 & 1), kf_err(e3), (int)(pagemap(w) >> 57 & 1),
+	       w[0]);
 	close(fd);
 }
 
@@ -104,9 +109,11 @@ static void gone(void)
 	printf("mm gone (process exited, not yet reaped): WRITEPROTECT %s, COPY %s, ZEROPAGE %s, "
 	       "REGISTER %s, UNREGISTER %s, WAKE %s\n",
 	       kf_err(kf_wp(fd, 0x600000000000, PAGE, DW)),
-	       kf_err(kf_copy(fd, 0x600000000000, src, PAGE)), kf_err(kf_zeropage(fd, 0x600000000000, PAGE)),
+	       kf_err(kf_copy(fd, 0x600000000000, src, PAGE)),
+	       kf_err(kf_zeropage(fd, 0x600000000000, PAGE)),
 	       kf_err(kf_register(fd, 0x600000000000, PAGE, UFFDIO_REGISTER_MODE_MISSING)),
-	       kf_err(kf_unregister(fd, 0x600000000000, PAGE)), kf_err(kf_wake(fd, 0x600000000000, PAGE)));
+	       kf_err(kf_unregister(fd, 0x600000000000, PAGE)),
+	       kf_err(kf_wake(fd, 0x600000000000, PAGE)));
 	waitpid(pid, NULL, 0);
 	close(fd);
 	close(sv[0]);
@@ -149,7 +156,8 @@ static void in_flight(const char *name, int kind, uint64_t feature)
 		printf("%s in flight: cannot enable the event (%s)\n", name, strerror(errno));
 		return;
 	}
-	uint8_t *r = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *r = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	r[0] = 1;
 	kf_register(fd, (uintptr_t)r, PAGE, UFFDIO_REGISTER_MODE_MISSING);
 	struct ev e = { kind, r };
@@ -166,8 +174,9 @@ static void in_flight(const char *name, int kind, uint64_t feature)
 	pthread_join(t, NULL);
 	int after = kf_wp(fd, 0x10000, PAGE, DW);
 	printf("%s in flight (event not read yet): WRITEPROTECT at an unrelated address %s, COPY %s; "
-	       "event read (%s); after: %s\n", name, kf_err(probe), kf_err(copy),
-	       n == sizeof(m) && m.event == kind ? "yes" : "NO", kf_err(after));
+	       "event read (%s); after: %s\n",
+	       name, kf_err(probe), kf_err(copy), n == sizeof(m) && m.event == kind ? "yes" : "NO",
+	       kf_err(after));
 	close(fd);
 }
 

@@ -52,14 +52,16 @@ static int churn(unsigned seed, int rounds)
 		unsigned char v = (unsigned char)(seed * 31 + (unsigned)r);
 		memset(p + n / 3, v, n / 3);
 		if (p[n / 3] != v || p[2 * (n / 3) - 1] != v || (!any && p[n / 3 - 1] != expect)) {
-			fprintf(stderr, "forkalloc: written block %p reads back wrong\n", (void *)p);
+			fprintf(stderr, "forkalloc: written block %p reads back wrong\n",
+				(void *)p);
 			return -1;
 		}
 		/* Grown in place or moved (mremap): contents kept, the new
 		 * part reads like a fresh block. */
 		unsigned char *q = realloc(p, 2 * n);
 		if (!q || q[n / 3] != v || q[2 * (n / 3) - 1] != v) {
-			fprintf(stderr, "forkalloc: realloc to %zu bytes = %p lost contents\n", 2 * n, (void *)q);
+			fprintf(stderr, "forkalloc: realloc to %zu bytes = %p lost contents\n",
+				2 * n, (void *)q);
 			return -1;
 		}
 		if (!any && q[2 * n - 1] != expect)

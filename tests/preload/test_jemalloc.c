@@ -72,13 +72,16 @@ static void fresh_and_reuse(unsigned arena)
 	int sane = q != NULL;
 	for (size_t i = 0; q && i < BIG; i += 4096)
 		sane &= q[i] == 0x11 || q[i] == PAT;
-	check(sane, q == p ? "reused dirty extent has its old contents or the pattern"
-			   : "reallocation (new extent) has the pattern", arena);
+	check(sane,
+	      q == p ? "reused dirty extent has its old contents or the pattern"
+		     : "reallocation (new extent) has the pattern",
+	      arena);
 	memset(q, 0x22, BIG);
 	dallocx(q, fl);
 	purge(arena);
 	unsigned char *r = mallocx(BIG, fl);
-	check(r && first_not(r, BIG, PAT) < 0, "after arena.<i>.purge the memory reads the pattern", arena);
+	check(r && first_not(r, BIG, PAT) < 0, "after arena.<i>.purge the memory reads the pattern",
+	      arena);
 	dallocx(r, fl);
 	purge(arena);
 	unsigned char *z = mallocx(BIG, fl | MALLOCX_ZERO);
@@ -136,7 +139,8 @@ static void stress(unsigned arena)
 	}
 	for (unsigned i = 0; i < 8; i++)
 		pthread_join(t[i], NULL);
-	check(atomic_load(&bad) == 0, "8 threads x 1500 alloc/write/verify/free stay correct", arena);
+	check(atomic_load(&bad) == 0, "8 threads x 1500 alloc/write/verify/free stay correct",
+	      arena);
 }
 
 int main(void)
@@ -161,7 +165,8 @@ int main(void)
 			printf("FAIL: jrp_arena_create(retain %d): %s\n", retain, strerror(-r));
 			return 1;
 		}
-		printf("arena %u: extents %s when freed\n", arena, retain ? "retained, purged" : "unmapped");
+		printf("arena %u: extents %s when freed\n", arena,
+		       retain ? "retained, purged" : "unmapped");
 		fresh_and_reuse(arena);
 		stress(arena);
 		check(rp_alive(c), "the daemon connection is still up", arena);

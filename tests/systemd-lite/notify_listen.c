@@ -94,7 +94,9 @@ int main(int argc, char **argv)
 		if (poll(&p, 1, (int)(left * 1000) + 1) <= 0)
 			continue;
 		struct iovec iov = { buf, sizeof(buf) };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+		struct msghdr mh = { .msg_iov = &iov,
+				     .msg_iovlen = 1,
+				     .msg_control = ctl.b,
 				     .msg_controllen = sizeof(ctl.b) };
 		ssize_t n = recvmsg(s, &mh, MSG_DONTWAIT);
 		if (n < 0)

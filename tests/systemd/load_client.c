@@ -39,7 +39,8 @@ static void state(char *buf, size_t n)
 	struct load_shared *sh = ld.sh;
 
 	snprintf(buf, n, "bad=%d zeros=%lu dead=%lu/%lu max_ms=%.2f/%.2f touches=%lu/%lu",
-		 atomic_load(&sh->bad), atomic_load(&sh->side[0].zeros) + atomic_load(&sh->side[1].zeros),
+		 atomic_load(&sh->bad),
+		 atomic_load(&sh->side[0].zeros) + atomic_load(&sh->side[1].zeros),
 		 atomic_load(&mon.dead), atomic_load(&mon.checks),
 		 (double)atomic_load(&sh->side[0].max_ns) / 1e6,
 		 (double)atomic_load(&sh->side[1].max_ns) / 1e6, atomic_load(&sh->side[0].touches),
@@ -59,7 +60,8 @@ int main(int argc, char **argv)
 	}
 	long threads = strtol(argv[2], &end, 10);
 	if (*end || threads < 1 || threads > LOAD_MAX_THREADS) {
-		fprintf(stderr, "load_client: THREADS: '%s' is not in 1..%d\n", argv[2], LOAD_MAX_THREADS);
+		fprintf(stderr, "load_client: THREADS: '%s' is not in 1..%d\n", argv[2],
+			LOAD_MAX_THREADS);
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);

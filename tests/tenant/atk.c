@@ -98,7 +98,8 @@ int atk_req(struct atk_conn *c, uint16_t type, const void *p, uint32_t len, doub
 		const struct proto_hdr *h = (const void *)buf;
 		if (h->seq != c->seq && h->seq != 0)
 			continue; /* a late answer to an earlier request */
-		if (h->type == PROTO_REPLY && n >= (long)(sizeof(*h) + sizeof(struct proto_reply))) {
+		if (h->type == PROTO_REPLY &&
+		    n >= (long)(sizeof(*h) + sizeof(struct proto_reply))) {
 			struct proto_reply pr;
 			memcpy(&pr, buf + sizeof(*h), sizeof(pr));
 			if (rep)
@@ -227,7 +228,8 @@ int atk_stats(struct atk_conn *c, uint64_t *v)
 
 void *atk_anon(size_t len)
 {
-	return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		    -1, 0);
 }
 
 int atk_until(double deadline)

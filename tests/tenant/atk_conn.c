@@ -49,8 +49,8 @@ int atk_fd_exhaust(const char *sock)
 		else
 			other++;
 	}
-	atk_out("conns=%lu refused=%lu stalled=%lu other=%lu last_error=%s", up, refused, stalled, other,
-		last_err ? strerror(-last_err) : "none");
+	atk_out("conns=%lu refused=%lu stalled=%lu other=%lu last_error=%s", up, refused, stalled,
+		other, last_err ? strerror(-last_err) : "none");
 	pid_t *pid = calloc((size_t)kids + 1, sizeof(*pid));
 	long nk = 0;
 	unsigned long fork_failed = 0;
@@ -149,8 +149,8 @@ int atk_slowloris(const char *sock)
 			else
 				silent++;
 		}
-	atk_out("conns=%ld dial_failed=%lu silent_reconnects=%lu silent_open=%ld stats_idle_open=%ld", n,
-		dial_failed, reconnects, silent, idle);
+	atk_out("conns=%ld dial_failed=%lu silent_reconnects=%lu silent_open=%ld stats_idle_open=%ld",
+		n, dial_failed, reconnects, silent, idle);
 	atk_finding("stats_then_silent_open=%ld of %ld", idle, n / 2);
 	for (long i = 0; i < n; i++)
 		if (cs[i].fd >= 0)
@@ -164,7 +164,9 @@ int atk_slowloris(const char *sock)
  * it closes us. */
 static int bad_packet(int s, int kind, int devnull)
 {
-	struct proto_hdr h = { .version = PROTO_VERSION, .type = PROTO_MAP, .len = sizeof(struct proto_map) };
+	struct proto_hdr h = { .version = PROTO_VERSION,
+			       .type = PROTO_MAP,
+			       .len = sizeof(struct proto_map) };
 	uint8_t buf[sizeof(h) + sizeof(struct proto_map)] = { 0 };
 
 	if (kind == 0) {
@@ -186,7 +188,8 @@ int atk_log_flood(const char *sock)
 {
 	long procs = (long)tn_opt_ll("procs", 4);
 	double deadline = tn_now() + tn_opt_double("duration", 4);
-	atomic_ulong *cnt = mmap(NULL, P, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	atomic_ulong *cnt = mmap(NULL, P, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1,
+				 0);
 
 	if (cnt == MAP_FAILED)
 		return 1;
@@ -256,13 +259,20 @@ int atk_req_flood(const char *sock)
 				struct proto_template_release rl = { .id = (uint32_t)id[i] };
 				int odd = (int)(flip[i]++ & 1);
 				if (mode == 2)
-					r = proto_send(cs[i].fd, PROTO_STATS, ++cs[i].seq, NULL, 0, -1, MSG_DONTWAIT);
+					r = proto_send(cs[i].fd, PROTO_STATS, ++cs[i].seq, NULL, 0,
+						       -1, MSG_DONTWAIT);
 				else if (mode == 1)
-					r = odd ? proto_send(cs[i].fd, PROTO_TEMPLATE_RELEASE, ++cs[i].seq, &rl, sizeof(rl), -1, MSG_DONTWAIT)
-						: proto_send(cs[i].fd, PROTO_TEMPLATE_CREATE, ++cs[i].seq, page, P, -1, MSG_DONTWAIT);
+					r = odd ? proto_send(cs[i].fd, PROTO_TEMPLATE_RELEASE,
+							     ++cs[i].seq, &rl, sizeof(rl), -1,
+							     MSG_DONTWAIT)
+						: proto_send(cs[i].fd, PROTO_TEMPLATE_CREATE,
+							     ++cs[i].seq, page, P, -1,
+							     MSG_DONTWAIT);
 				else
-					r = odd ? proto_send(cs[i].fd, PROTO_UNMAP, ++cs[i].seq, &u, sizeof(u), -1, MSG_DONTWAIT)
-						: proto_send(cs[i].fd, PROTO_MAP, ++cs[i].seq, &m, sizeof(m), -1, MSG_DONTWAIT);
+					r = odd ? proto_send(cs[i].fd, PROTO_UNMAP, ++cs[i].seq, &u,
+							     sizeof(u), -1, MSG_DONTWAIT)
+						: proto_send(cs[i].fd, PROTO_MAP, ++cs[i].seq, &m,
+							     sizeof(m), -1, MSG_DONTWAIT);
 				if (r == -EAGAIN) {
 					flip[i]--;
 					break;

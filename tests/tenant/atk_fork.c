@@ -90,7 +90,8 @@ static void spawn(struct kids *k, size_t want, uint8_t *p, size_t pages, int pp[
 		if (pid == 0) {
 			close(pp[1]);
 			if (touch_first)
-				(void)*(volatile uint8_t *)(p + (size_t)(getpid() % (int)pages) * P);
+				(void)*(volatile uint8_t *)(p +
+							    (size_t)(getpid() % (int)pages) * P);
 			child_loop(p, pages, pp[0], touch_ms);
 		}
 		if (pid < 0) {
@@ -116,7 +117,8 @@ static void spawn(struct kids *k, size_t want, uint8_t *p, size_t pages, int pp[
 int atk_fork_storm(const char *sock)
 {
 	size_t want = (size_t)tn_opt_ll("children", 600), pages = (size_t)tn_opt_ll("pages", 256);
-	double hold = tn_opt_double("hold", 1.0), deadline = tn_now() + tn_opt_double("duration", 4);
+	double hold = tn_opt_double("hold", 1.0),
+	       deadline = tn_now() + tn_opt_double("duration", 4);
 	int touch_ms = (int)tn_opt_ll("touch_ms", 100);
 	rp_client *c;
 	uint8_t *p = refpage_area(sock, pages, &c);
@@ -156,7 +158,8 @@ int atk_fork_storm(const char *sock)
  * holding its copy of the table in the daemon, until duration=. */
 int atk_fork_fat(const char *sock)
 {
-	size_t nranges = (size_t)tn_opt_ll("ranges", 3000), want = (size_t)tn_opt_ll("children", 300);
+	size_t nranges = (size_t)tn_opt_ll("ranges", 3000),
+	       want = (size_t)tn_opt_ll("children", 300);
 	double deadline = tn_now() + tn_opt_double("duration", 4);
 	rp_client *c;
 	uint32_t ids[2];
@@ -218,7 +221,8 @@ int atk_fork_fat(const char *sock)
 int atk_exec_storm(const char *sock)
 {
 	size_t want = (size_t)tn_opt_ll("children", 300), pages = 64;
-	double hold = tn_opt_double("hold", 1.5), deadline = tn_now() + tn_opt_double("duration", 4);
+	double hold = tn_opt_double("hold", 1.5),
+	       deadline = tn_now() + tn_opt_double("duration", 4);
 	rp_client *c;
 	uint8_t *p = refpage_area(sock, pages, &c);
 	struct kids k = { 0 };
@@ -236,7 +240,8 @@ int atk_exec_storm(const char *sock)
 			pid_t pid = fork();
 			if (pid == 0) {
 				close(pp[1]);
-				(void)*(volatile uint8_t *)(p + (size_t)(getpid() % (int)pages) * P);
+				(void)*(volatile uint8_t *)(p +
+							    (size_t)(getpid() % (int)pages) * P);
 				int fd = dup(pp[0]); /* without O_CLOEXEC: the sleeper's */
 				snprintf(fdarg, sizeof(fdarg), "fd=%d", fd);
 				snprintf(sockarg, sizeof(sockarg), "%s", sock);

@@ -133,7 +133,8 @@ int atk_unmap_pieces(const char *sock)
 		cycles++;
 	}
 	atk_out("ranges=%zu cycles=%lu big_unmap_ms_avg=%.1f big_unmap_ms_max=%.1f errors=%lu", n,
-		cycles, cycles ? (double)total / 1e6 / (double)cycles : 0.0, (double)worst / 1e6, errors);
+		cycles, cycles ? (double)total / 1e6 / (double)cycles : 0.0, (double)worst / 1e6,
+		errors);
 	atk_close(&c);
 	return 0;
 }
@@ -197,8 +198,9 @@ int atk_mremap_storm(const char *sock)
 	pthread_join(th, NULL);
 	atk_out("pieces=%zu moves=%lu move_failed=%lu maps=%lu map_p50_us=%.0f map_p99_us=%.0f "
 		"map_max_us=%.0f errors=%lu",
-		n, atomic_load(&m.moves), atomic_load(&m.failed), maps, (double)tn_lat_pct(&l, 50) / 1e3,
-		(double)tn_lat_pct(&l, 99) / 1e3, (double)l.max / 1e3, errors);
+		n, atomic_load(&m.moves), atomic_load(&m.failed), maps,
+		(double)tn_lat_pct(&l, 50) / 1e3, (double)tn_lat_pct(&l, 99) / 1e3,
+		(double)l.max / 1e3, errors);
 	tn_lat_free(&l);
 	atk_close(&c);
 	return 0;
@@ -447,7 +449,8 @@ int atk_fault_flood(const char *sock)
 		struct flooder f[64];
 		size_t share = len / P / (size_t)threads;
 		for (long t = 0; t < threads; t++) {
-			f[t] = (struct flooder){ p + (size_t)t * share * P, share, (int)(t & 1), deadline, &sh[0] };
+			f[t] = (struct flooder){ p + (size_t)t * share * P, share, (int)(t & 1),
+						 deadline, &sh[0] };
 			pthread_create(&th[t], NULL, flood_thread, &f[t]);
 		}
 		for (long t = 0; t < threads; t++)

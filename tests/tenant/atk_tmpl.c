@@ -82,8 +82,8 @@ int atk_template_flood(const char *sock)
 		}
 	}
 	double setup = tn_now() - t0;
-	atk_out("conns=%lu conns_refused=%lu templates=%lu refused=%lu failed=%lu setup_s=%.2f", conns_up,
-		conns_refused, made, refused, failed, setup);
+	atk_out("conns=%lu conns_refused=%lu templates=%lu refused=%lu failed=%lu setup_s=%.2f",
+		conns_up, conns_refused, made, refused, failed, setup);
 	/* Held at least a second once built, however long that took. */
 	if (deadline < tn_now() + 1)
 		deadline = tn_now() + 1;
@@ -138,8 +138,8 @@ int atk_template_pin(const char *sock)
 			pinned++;
 		}
 	}
-	atk_out("pinned=%lu refused=%lu failed=%lu store_full=%d setup_s=%.2f", pinned, refused, failed,
-		full, tn_now() - t0);
+	atk_out("pinned=%lu refused=%lu failed=%lu store_full=%d setup_s=%.2f", pinned, refused,
+		failed, full, tn_now() - t0);
 	/* Held full for duration=, however long filling it took. */
 	deadline = tn_now() + dur;
 	while (atk_until(deadline))
@@ -201,7 +201,8 @@ int atk_oracle(const char *sock)
 				 * template's slab, built now (256 KiB) unless someone's
 				 * fills built it already. */
 				uint8_t *q = atk_anon(4 * P);
-				if (q != MAP_FAILED && atk_map(&c, (uintptr_t)q, 4 * P, (uint32_t)id) == 0) {
+				if (q != MAP_FAILED &&
+				    atk_map(&c, (uintptr_t)q, 4 * P, (uint32_t)id) == 0) {
 					(void)*(volatile uint8_t *)q;
 					uint64_t t0 = tn_now_ns();
 					(void)*(volatile uint8_t *)(q + P);
@@ -227,7 +228,8 @@ int atk_oracle(const char *sock)
 	int nhits = 0;
 	for (int g = 0; g < 256; g++)
 		if (hits[g]) {
-			n += (size_t)snprintf(list + n, sizeof(list) - n, "%s0x%02x", nhits ? "," : "", g);
+			n += (size_t)snprintf(list + n, sizeof(list) - n, "%s0x%02x",
+					      nhits ? "," : "", g);
 			nhits++;
 		}
 	atk_finding("oracle_stats_hits=%s", nhits ? list : "none");
@@ -249,8 +251,8 @@ int atk_oracle(const char *sock)
 	n = 0;
 	list[0] = '\0';
 	for (int i = 0; i < 8; i++)
-		n += (size_t)snprintf(list + n, sizeof(list) - n, "%s0x%02x:%.1f", i ? "," : "", order[i],
-				      med[order[i]]);
+		n += (size_t)snprintf(list + n, sizeof(list) - n, "%s0x%02x:%.1f", i ? "," : "",
+				      order[i], med[order[i]]);
 	atk_finding("oracle_timing_fastest=%s median_of_fastest_us=%.1f", list, all[128]);
 	atk_close(&c);
 	return 0;

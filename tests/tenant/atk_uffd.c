@@ -95,7 +95,8 @@ int atk_fork_gate(const char *sock)
 	}
 	long id = atk_fill(&c, 0x47);
 	uint8_t *area = atk_anon(16 * P);
-	if (id <= 0 || area == MAP_FAILED || (r = atk_map(&c, (uintptr_t)area, 16 * P, (uint32_t)id)) < 0) {
+	if (id <= 0 || area == MAP_FAILED ||
+	    (r = atk_map(&c, (uintptr_t)area, 16 * P, (uint32_t)id)) < 0) {
 		atk_out("setup=failed");
 		return 1;
 	}
@@ -128,8 +129,8 @@ int atk_fork_gate(const char *sock)
 	atk_out("forks=%ld stolen_child_uffds=%d grandchild_fork_events=%lu other_events=%lu "
 		"children_hung=%lu",
 		forks, stolen, gc, atomic_load(&t.other), hung);
-	atk_finding("fork_gate_bypass=%d stolen=%d/%ld grandchild_fork_events=%lu", stolen > 0, stolen,
-		    forks, gc);
+	atk_finding("fork_gate_bypass=%d stolen=%d/%ld grandchild_fork_events=%lu", stolen > 0,
+		    stolen, forks, gc);
 	for (int i = 0; i < stolen; i++)
 		close(t.stolen[i]);
 	atk_close(&c);
@@ -214,8 +215,8 @@ int atk_enomem(const char *sock)
 		}
 	}
 	unsigned long total = atomic_load(&touched);
-	atk_out("mb=%zu threads=%ld pages_touched=%lu of %zu stalled_s=%.1f", len >> 20, threads, total,
-		len / P, stuck_since ? tn_now() - stuck_since : 0.0);
+	atk_out("mb=%zu threads=%ld pages_touched=%lu of %zu stalled_s=%.1f", len >> 20, threads,
+		total, len / P, stuck_since ? tn_now() - stuck_since : 0.0);
 	fflush(stdout);
 	/* Threads waiting on faults nobody can fill: exit_group takes them. */
 	_exit(0);
@@ -304,12 +305,19 @@ int atk_probe_write(const char *sock)
 					    "grown (a range grown over 0x10000 by mremap)" };
 	for (int v = 0; v < 2; v++)
 		atk_out("variant=%d result=%s (%s)", v,
-			res[v] == 0 ? "template" : res[v] == 1 ? "NOT the template" :
-			res[v] == ATK_SKIP ? "cannot set up" : "failed", what[v]);
+			res[v] == 0          ? "template"
+			: res[v] == 1        ? "NOT the template"
+			: res[v] == ATK_SKIP ? "cannot set up"
+					     : "failed",
+			what[v]);
 	if (res[0] == ATK_SKIP && res[1] == ATK_SKIP)
 		return ATK_SKIP;
 	atk_finding("probe_write=%d high=%s grown=%s", res[0] == 1 || res[1] == 1,
-		    res[0] == 1 ? "spoiled" : res[0] == 0 ? "ok" : "n/a",
-		    res[1] == 1 ? "spoiled" : res[1] == 0 ? "ok" : "n/a");
+		    res[0] == 1   ? "spoiled"
+		    : res[0] == 0 ? "ok"
+				  : "n/a",
+		    res[1] == 1   ? "spoiled"
+		    : res[1] == 0 ? "ok"
+				  : "n/a");
 	return 0;
 }

@@ -55,84 +55,122 @@
 /* --- what each attack is ------------------------------------------------------ */
 
 enum {
-	F_NOFILE = 1,   /* the daemon's RLIMIT_NOFILE lowered to --nofile first */
-	F_FDSTORE = 2,  /* --fd-store under a $NOTIFY_SOCKET listener */
-	F_CGROUP = 4,   /* the attacker in a memory cgroup at its limit (waits for SIGUSR1) */
-	F_ORACLE = 8,   /* the uid-65533 victim holds a secret template */
-	F_CPU = 16,     /* judge the daemon's CPU during the attack */
+	F_NOFILE = 1,  /* the daemon's RLIMIT_NOFILE lowered to --nofile first */
+	F_FDSTORE = 2, /* --fd-store under a $NOTIFY_SOCKET listener */
+	F_CGROUP = 4,  /* the attacker in a memory cgroup at its limit (waits for SIGUSR1) */
+	F_ORACLE = 8,  /* the uid-65533 victim holds a secret template */
+	F_CPU = 16,    /* judge the daemon's CPU during the attack */
 };
 
 struct attack {
 	const char *name, *what;
-	const char *mode;            /* rp_attacker's attack (NULL: name) */
-	const char *ci, *full;       /* attacker's key=value arguments */
-	double dur_ci, dur_full;     /* the attack phase, seconds */
+	const char *mode;                    /* rp_attacker's attack (NULL: name) */
+	const char *ci, *full;               /* attacker's key=value arguments */
+	double dur_ci, dur_full;             /* the attack phase, seconds */
 	const char *daemon_ci, *daemon_full; /* extra daemon options */
-	const char *victim;          /* extra victim key=value arguments */
+	const char *victim;                  /* extra victim key=value arguments */
 	unsigned flags;
 	unsigned nofile_ci, nofile_full; /* F_NOFILE: 0 leaves it as it is */
 };
 
 #define A(n, w, c, f, dc, df) .name = n, .what = w, .ci = c, .full = f, .dur_ci = dc, .dur_full = df
 static const struct attack attacks[] = {
-	{ A("fork-storm", "one client keeps 600 (--full: 2000) fork children alive, each touching a "
+	{ A("fork-storm",
+	    "one client keeps 600 (--full: 2000) fork children alive, each touching a "
 	    "refpage now and then, released and forked again",
 	    "children=600 hold=1 touch_ms=100", "children=2000 hold=3 touch_ms=100", 4, 20) },
-	{ A("fork-fat", "a process with 3000 one-page ranges and 300 live fork children (a table "
-	    "copy each)", "ranges=3000 children=300", "ranges=3000 children=300", 3, 8) },
-	{ A("exec-storm", "300 (--full: 1500) fork children that fault once and exec: their old "
+	{ A("fork-fat",
+	    "a process with 3000 one-page ranges and 300 live fork children (a table "
+	    "copy each)",
+	    "ranges=3000 children=300", "ranges=3000 children=300", 3, 8) },
+	{ A("exec-storm",
+	    "300 (--full: 1500) fork children that fault once and exec: their old "
 	    "address spaces stay until the probe finds them gone",
 	    "children=300 hold=1", "children=1500 hold=3", 3, 15) },
-	{ A("template-flood", "8 connections x 250 distinct templates (--full: 800 x 100), each "
+	{ A("template-flood",
+	    "8 connections x 250 distinct templates (--full: 800 x 100), each "
 	    "faulted so that its 256 KiB slab is built, handles released",
 	    "conns=8 templates=250", "conns=800 templates=100", 3, 10) },
-	{ A("template-pin", "one uid pins as many templates as it can with ranges alone (its "
+	{ A("template-pin",
+	    "one uid pins as many templates as it can with ranges alone (its "
 	    "memory budget bounds them: 16 MiB here, --full: the default 64 MiB); victims keep "
-	    "making new templates", "templates=60000", "conns=2 templates=40000", 2, 5),
+	    "making new templates",
+	    "templates=60000", "conns=2 templates=40000", 2, 5),
 	  .daemon_ci = "--uid-memory 16777216", .victim = "fresh_every=2" },
-	{ A("fd-exhaust", "connections and fork children until the daemon is at its descriptor limit "
+	{ A("fd-exhaust",
+	    "connections and fork children until the daemon is at its descriptor limit "
 	    "(lowered to 1024; --full: as it is); the victims HELLO and fork meanwhile",
 	    "conns=1024 children=400", "conns=1024 children=12000", 3, 30),
 	  .victim = "hello_every=3 fork_every=3", .flags = F_NOFILE, .nofile_ci = 1024 },
-	{ A("slowloris", "900 connections that never HELLO: half silent (made again at the hello "
-	    "timeout, 1 s here), half silent after one STATS", "conns=900", "conns=1000", 4, 15),
+	{ A("slowloris",
+	    "900 connections that never HELLO: half silent (made again at the hello "
+	    "timeout, 1 s here), half silent after one STATS",
+	    "conns=900", "conns=1000", 4, 15),
 	  .daemon_ci = "--hello-timeout 1", .daemon_full = "--hello-timeout 1" },
-	{ A("req-flood", "200 (--full: 800) connections each keeping 16 MAP/UNMAP requests in flight",
+	{ A("req-flood",
+	    "200 (--full: 800) connections each keeping 16 MAP/UNMAP requests in flight",
 	    "conns=200 depth=16 kind=map", "conns=800 depth=16 kind=map", 4, 10) },
-	{ A("churn", "2 (--full: 8) processes each with 20000 one-page ranges, UNMAP and MAP of "
-	    "random pieces back to back", "procs=2 ranges=20000", "procs=8 ranges=20000", 4, 10) },
-	{ A("churn-fdstore", "the same churn (1 process, 5000 ranges; --full: 2 x 20000) against a "
+	{ A("churn",
+	    "2 (--full: 8) processes each with 20000 one-page ranges, UNMAP and MAP of "
+	    "random pieces back to back",
+	    "procs=2 ranges=20000", "procs=8 ranges=20000", 4, 10) },
+	{ A("churn-fdstore",
+	    "the same churn (1 process, 5000 ranges; --full: 2 x 20000) against a "
 	    "daemon with --fd-store under a NOTIFY_SOCKET listener",
 	    "procs=1 ranges=5000", "procs=2 ranges=20000", 4, 10),
-	  .mode = "churn", .daemon_ci = "--fd-store", .daemon_full = "--fd-store", .flags = F_FDSTORE },
-	{ A("unmap-pieces", "one UNMAP across 20000 pieces (a UFFDIO_UNREGISTER each on the main "
-	    "loop), then every piece mapped again", "ranges=20000", "ranges=20000", 4, 10) },
-	{ A("mremap-storm", "a region of 20000 one-page ranges moved back and forth by mremap while "
-	    "the same client MAPs", "pieces=20000", "pieces=20000", 4, 10) },
-	{ A("mremap-dontunmap", "20000 one-page ranges moved 60 times (--full: 300) with "
+	  .mode = "churn", .daemon_ci = "--fd-store", .daemon_full = "--fd-store",
+	  .flags = F_FDSTORE },
+	{ A("unmap-pieces",
+	    "one UNMAP across 20000 pieces (a UFFDIO_UNREGISTER each on the main "
+	    "loop), then every piece mapped again",
+	    "ranges=20000", "ranges=20000", 4, 10) },
+	{ A("mremap-storm",
+	    "a region of 20000 one-page ranges moved back and forth by mremap while "
+	    "the same client MAPs",
+	    "pieces=20000", "pieces=20000", 4, 10) },
+	{ A("mremap-dontunmap",
+	    "20000 one-page ranges moved 60 times (--full: 300) with "
 	    "MREMAP_DONTUNMAP: the daemon's table keeps a copy of every piece, past the range limits",
 	    "pieces=20000 moves=60", "pieces=20000 moves=300", 3, 10) },
-	{ A("mmap-lock", "mprotect of 512 MiB (--full: 4 GiB) of populated memory in a loop while the "
-	    "same process MAPs and faults", "mb=512", "mb=4096", 4, 10) },
-	{ A("uffd-bomb", "packets of 253 of its own uffds each (a STATS, refused) while another "
+	{ A("mmap-lock",
+	    "mprotect of 512 MiB (--full: 4 GiB) of populated memory in a loop while the "
+	    "same process MAPs and faults",
+	    "mb=512", "mb=4096", 4, 10) },
+	{ A("uffd-bomb",
+	    "packets of 253 of its own uffds each (a STATS, refused) while another "
 	    "thread holds its mmap_lock with mprotect of 512 MiB (--full: 4 GiB) in a loop: the "
-	    "last close of each uffd waits for that lock", "mb=512", "mb=4096", 4, 10) },
-	{ A("fault-flood", "4 processes x 4 threads faulting 32 MiB each as fast as they can (--full: "
-	    "16 processes)", "procs=4 threads=4 mb=32", "procs=16 threads=4 mb=64", 4, 10) },
-	{ A("oracle", "uid 65534 asks, for each of the 256 fill bytes, whether another uid holds that "
-	    "template (STATS' template count; the time of a fill that may need a slab)", "trials=5", "trials=15", 0, 0),
+	    "last close of each uffd waits for that lock",
+	    "mb=512", "mb=4096", 4, 10) },
+	{ A("fault-flood",
+	    "4 processes x 4 threads faulting 32 MiB each as fast as they can (--full: "
+	    "16 processes)",
+	    "procs=4 threads=4 mb=32", "procs=16 threads=4 mb=64", 4, 10) },
+	{ A("oracle",
+	    "uid 65534 asks, for each of the 256 fill bytes, whether another uid holds that "
+	    "template (STATS' template count; the time of a fill that may need a slab)",
+	    "trials=5", "trials=15", 0, 0),
 	  .victim = "hello_every=0 fresh_every=0", .flags = F_ORACLE },
-	{ A("fork-gate", "a client keeps a duplicate of the uffd it hands over and reads "
-	    "UFFD_EVENT_FORK itself", "forks=40", "forks=200", 0, 0) },
-	{ A("cpu-hog", "the control row: 4 (--full: 8) processes that only burn CPU and never talk "
-	    "to the daemon, as any other user's job may", "procs=4", "procs=8", 3, 10) },
-	{ A("log-flood", "4 (--full: 8) processes making bad connections as fast as they can (a "
-	    "warning line each)", "procs=4", "procs=8", 3, 10) },
-	{ A("enomem", "the attacker's memory cgroup at its limit with the OOM killer off: every "
-	    "UFFDIO_COPY for it fails with ENOMEM", "mb=256 threads=4", "mb=1024 threads=8", 4, 15),
+	{ A("fork-gate",
+	    "a client keeps a duplicate of the uffd it hands over and reads "
+	    "UFFD_EVENT_FORK itself",
+	    "forks=40", "forks=200", 0, 0) },
+	{ A("cpu-hog",
+	    "the control row: 4 (--full: 8) processes that only burn CPU and never talk "
+	    "to the daemon, as any other user's job may",
+	    "procs=4", "procs=8", 3, 10) },
+	{ A("log-flood",
+	    "4 (--full: 8) processes making bad connections as fast as they can (a "
+	    "warning line each)",
+	    "procs=4", "procs=8", 3, 10) },
+	{ A("enomem",
+	    "the attacker's memory cgroup at its limit with the OOM killer off: every "
+	    "UFFDIO_COPY for it fails with ENOMEM",
+	    "mb=256 threads=4", "mb=1024 threads=8", 4, 15),
 	  .flags = F_CGROUP | F_CPU },
-	{ A("probe-write", "refpage ranges where the daemon's liveness probe writes (0x10000 and "
-	    "0x7fffffffd000; a range grown over 0x10000)", "wait=1.5", "wait=3", 0, 0) },
+	{ A("probe-write",
+	    "refpage ranges where the daemon's liveness probe writes (0x10000 and "
+	    "0x7fffffffd000; a range grown over 0x10000)",
+	    "wait=1.5", "wait=3", 0, 0) },
 };
 #define NATTACKS (sizeof(attacks) / sizeof(attacks[0]))
 
@@ -142,13 +180,20 @@ static struct {
 	int full, table, keep, verbose;
 	double baseline, after, settle, duration; /* duration < 0: the attack's own */
 	double rss_budget_mb, log_budget, cpu_budget, safety_mb;
-	unsigned nofile;   /* 0: the attack's default */
+	unsigned nofile; /* 0: the attack's default */
 	long cgroup_limit_mb;
 	const char *daemon_args, *victim_args, *attack_args, *log_level;
 } cfg = {
-	.baseline = 1.0, .after = 0.5, .settle = 12, .duration = -1,
-	.rss_budget_mb = 256, .log_budget = 200, .cpu_budget = 0.25, .safety_mb = 0,
-	.cgroup_limit_mb = 32, .log_level = "info",
+	.baseline = 1.0,
+	.after = 0.5,
+	.settle = 12,
+	.duration = -1,
+	.rss_budget_mb = 256,
+	.log_budget = 200,
+	.cpu_budget = 0.25,
+	.safety_mb = 0,
+	.cgroup_limit_mb = 32,
+	.log_level = "info",
 };
 
 static char victim_prog[512], attacker_prog[512], notify_prog[512];
@@ -170,7 +215,8 @@ static int split(char *s, const char **v, int n, int max)
 {
 	char *save = NULL;
 
-	for (char *w = strtok_r(s, " \t", &save); w && n < max - 1; w = strtok_r(NULL, " \t", &save))
+	for (char *w = strtok_r(s, " \t", &save); w && n < max - 1;
+	     w = strtok_r(NULL, " \t", &save))
 		v[n++] = w;
 	v[n] = NULL;
 	return n;
@@ -193,7 +239,8 @@ static const char *kv(const char *text, const char *prefix, const char *key, cha
 				size_t k = 0;
 				int quoted = *p == '"';
 				p += quoted;
-				while (p < line + len && k + 1 < n && (quoted ? *p != '"' : *p != ' '))
+				while (p < line + len && k + 1 < n &&
+				       (quoted ? *p != '"' : *p != ' '))
 					out[k++] = *p++;
 				out[k] = '\0';
 				return out;
@@ -245,7 +292,8 @@ static int read_sample(pid_t pid, struct proc_sample *s)
 		char *p = strrchr(buf, ')');
 		unsigned long ut = 0, st = 0;
 		/* state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
-		if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+		if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+				&st) == 2)
 			s->cpu_ticks = (long)(ut + st);
 	}
 	return 0;
@@ -266,7 +314,8 @@ static int stats_query(const char *sock, uint64_t *v, double timeout_s)
 		struct pollfd p = { .fd = s, .events = POLLIN };
 		if (poll(&p, 1, (int)(timeout_s * 1000)) == 1) {
 			ssize_t n = recv(s, buf, sizeof(buf), MSG_DONTWAIT);
-			if (n >= (ssize_t)(sizeof(struct proto_hdr) + sizeof(struct proto_stats_reply))) {
+			if (n >= (ssize_t)(sizeof(struct proto_hdr) +
+					   sizeof(struct proto_stats_reply))) {
 				struct proto_stats_reply sr;
 				memcpy(&sr, buf + sizeof(struct proto_hdr), sizeof(sr));
 				memcpy(v, sr.counters, sizeof(sr.counters));
@@ -320,7 +369,8 @@ static void *sampler_main(void *arg)
 			s->peak_fds = x.fds;
 		pthread_mutex_unlock(&s->lock);
 		int a = atomic_load(&s->attacker);
-		if (cfg.safety_mb > 0 && x.rss_mb > cfg.safety_mb && a > 0 && !atomic_exchange(&s->capped, 1))
+		if (cfg.safety_mb > 0 && x.rss_mb > cfg.safety_mb && a > 0 &&
+		    !atomic_exchange(&s->capped, 1))
 			kill(-a, SIGKILL);
 		if (tick % 12 == 0 && atomic_load(&s->stats_on)) {
 			uint64_t v[PROTO_STATS_MAX];
@@ -417,7 +467,7 @@ struct prog {
 	int fd;
 	char *out;
 	size_t n;
-	int status;  /* wait status, -1 unknown */
+	int status; /* wait status, -1 unknown */
 };
 
 static void prog_read(struct prog *p, double timeout_s)
@@ -524,21 +574,24 @@ static int cg_make(struct cg *c, long limit_mb, char *why, size_t n)
 	if (f)
 		fclose(f);
 	if (!own[0] || access("/sys/fs/cgroup/memory/cgroup.procs", F_OK) < 0) {
-		snprintf(why, n, "no cgroup v1 memory controller here (cgroup v2 cannot disable the "
-				 "OOM killer, so the daemon's UFFDIO_COPY would never see ENOMEM)");
+		snprintf(why, n,
+			 "no cgroup v1 memory controller here (cgroup v2 cannot disable the "
+			 "OOM killer, so the daemon's UFFDIO_COPY would never see ENOMEM)");
 		return -1;
 	}
 	snprintf(c->dir, sizeof(c->dir), "/sys/fs/cgroup/memory%s/rp-tenant-%d",
 		 strcmp(own, "/") ? own : "", (int)getpid());
 	if (mkdir(c->dir, 0755) < 0) {
-		snprintf(why, n, "cannot make a memory cgroup (%.120s): %s", c->dir, strerror(errno));
+		snprintf(why, n, "cannot make a memory cgroup (%.120s): %s", c->dir,
+			 strerror(errno));
 		return -1;
 	}
 	c->made = 1;
 	snprintf(line, sizeof(line), "%ld", limit_mb << 20);
 	if (write_file(c->dir, "memory.limit_in_bytes", line) < 0 ||
 	    write_file(c->dir, "memory.oom_control", "1") < 0) {
-		snprintf(why, n, "cannot set the cgroup's limit or oom_control: %s", strerror(errno));
+		snprintf(why, n, "cannot set the cgroup's limit or oom_control: %s",
+			 strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -596,10 +649,11 @@ static double uid_limit(const char *const *extra, const char *name, double def)
 /* --- one attack ----------------------------------------------------------------- */
 
 struct vres {
-	int ok;          /* its verdict line was read */
+	int ok; /* its verdict line was read */
 	long errors, wrong, hung;
 	char first_error[256];
-	double map_p50[3], map_p99[3], fault_p50[3], fault_p99[3], iters[3], map_max[3], fault_max[3];
+	double map_p50[3], map_p99[3], fault_p50[3], fault_p99[3], iters[3], map_max[3],
+		fault_max[3];
 };
 
 struct result {
@@ -683,12 +737,15 @@ static void judge_findings(struct result *r, const char *out, int secret)
 
 	if (!strcmp(name, "probe-write") && kv(out, "finding", "probe_write", b, sizeof(b)) &&
 	    atoi(b) == 1)
-		fail(r, "the daemon's liveness probe wrote into a client's refpage mapping: a page read "
-			"zeros where the template belongs");
+		fail(r,
+		     "the daemon's liveness probe wrote into a client's refpage mapping: a page read "
+		     "zeros where the template belongs");
 	if (!strcmp(name, "oracle") && kv(out, "finding", "oracle_stats_hits", b, sizeof(b))) {
 		if (in_list(b, secret))
-			fail(r, "uid 65534 learned that another uid holds a template of byte 0x%02x "
-				"(STATS' template count did not grow when it made one)", secret);
+			fail(r,
+			     "uid 65534 learned that another uid holds a template of byte 0x%02x "
+			     "(STATS' template count did not grow when it made one)",
+			     secret);
 		char t[1200];
 		if (kv(out, "finding", "oracle_timing_fastest", t, sizeof(t)))
 			printf("   oracle: secret 0x%02x %s the 8 fastest 2-page fills (%s): slab timing oracle "
@@ -732,7 +789,8 @@ static int run_attack(const struct attack *a, struct result *res)
 	struct h_daemon d;
 	char why[200], tmp[] = "/tmp/rp-tenant-XXXXXX", sock[160], notify[160], nlog[200];
 	const char *extra[64];
-	char *dargs = NULL, *uargs = NULL, *aargs = NULL, *vargs = NULL, *uvargs = NULL, *xargs = NULL;
+	char *dargs = NULL, *uargs = NULL, *aargs = NULL, *vargs = NULL, *uvargs = NULL,
+	     *xargs = NULL;
 	int ne = 0;
 	pid_t notify_pid = 0;
 	struct cg cg = { .made = 0 };
@@ -798,7 +856,8 @@ static int run_attack(const struct attack *a, struct result *res)
 	if ((a->flags & F_NOFILE) && nofile) {
 		struct rlimit rl = { nofile, nofile };
 		if (prlimit(d.pid, RLIMIT_NOFILE, &rl, NULL) < 0)
-			printf("   (cannot lower the daemon's RLIMIT_NOFILE: %s)\n", strerror(errno));
+			printf("   (cannot lower the daemon's RLIMIT_NOFILE: %s)\n",
+			       strerror(errno));
 		else
 			printf("   daemon RLIMIT_NOFILE lowered to %u\n", nofile);
 	}
@@ -847,7 +906,8 @@ static int run_attack(const struct attack *a, struct result *res)
 	}
 	for (int i = 0; i < NVICTIMS; i++) {
 		char line[256];
-		if (vic[i].pid > 0 && h_read_line(vic[i].fd, line, sizeof(line), H_DEADLINE_S) < 0) {
+		if (vic[i].pid > 0 &&
+		    h_read_line(vic[i].fd, line, sizeof(line), H_DEADLINE_S) < 0) {
 			fail(res, "victim %s did not get ready: %s", vlabel[i], line);
 		} else if (vic[i].pid > 0 && strcmp(line, "ready")) {
 			fail(res, "victim %s: %s", vlabel[i], line);
@@ -899,10 +959,12 @@ static int run_attack(const struct attack *a, struct result *res)
 		atomic_store(&smp.attacker, atk.pid);
 		if (a->flags & F_CGROUP) {
 			char line[256];
-			if (h_read_line(atk.fd, line, sizeof(line), 60) < 0 || strcmp(line, "ready")) {
+			if (h_read_line(atk.fd, line, sizeof(line), 60) < 0 ||
+			    strcmp(line, "ready")) {
 				fail(res, "the attacker did not get ready: %s", line);
 			} else if (cg_enter(&cg, atk.pid) < 0) {
-				fail(res, "cannot put the attacker into %s: %s", cg.dir, strerror(errno));
+				fail(res, "cannot put the attacker into %s: %s", cg.dir,
+				     strerror(errno));
 			} else {
 				printf("   attacker in memory cgroup %s (limit %ld MiB, OOM killer off)\n",
 				       cg.dir, cfg.cgroup_limit_mb);
@@ -974,10 +1036,11 @@ static int run_attack(const struct attack *a, struct result *res)
 	}
 	print_prefixed(aout, "attacker", "   ");
 	print_prefixed(aout, "finding", "   ");
-	if (atk.status != -1 && !(WIFEXITED(atk.status) && (WEXITSTATUS(atk.status) == 0 ||
-							     WEXITSTATUS(atk.status) == 77)))
+	if (atk.status != -1 && !(WIFEXITED(atk.status) &&
+				  (WEXITSTATUS(atk.status) == 0 || WEXITSTATUS(atk.status) == 77)))
 		printf("   attacker exit status %#x%s\n", atk.status,
-		       atomic_load(&smp.capped) ? " (killed: the daemon passed the safety cap)" : "");
+		       atomic_load(&smp.capped) ? " (killed: the daemon passed the safety cap)"
+						: "");
 	if (cfg.verbose)
 		print_prefixed(aout, NULL, "   | ");
 	wall = t1 - t0 > 0.001 ? t1 - t0 : 0.001;
@@ -1009,21 +1072,24 @@ static int run_attack(const struct attack *a, struct result *res)
 		       "      MAP p50/p99/max %.0f/%.0f/%.0f us unloaded, %.0f/%.0f/%.0f us attacked; "
 		       "fault p50/p99/max %.1f/%.1f/%.0f us unloaded, %.1f/%.1f/%.0f us attacked; "
 		       "loops %.0f before, %.0f during, %.0f after\n",
-		       vlabel[i], v->ok ? "" : "(no report) ", v->errors, v->wrong, v->hung ? ", HUNG" : "",
-		       v->first_error[0] ? ": " : "", v->first_error, v->map_p50[0], v->map_p99[0],
-		       v->map_max[0], v->map_p50[1], v->map_p99[1], v->map_max[1], v->fault_p50[0],
-		       v->fault_p99[0], v->fault_max[0], v->fault_p50[1], v->fault_p99[1], v->fault_max[1],
-		       v->iters[0], v->iters[1], v->iters[2]);
+		       vlabel[i], v->ok ? "" : "(no report) ", v->errors, v->wrong,
+		       v->hung ? ", HUNG" : "", v->first_error[0] ? ": " : "", v->first_error,
+		       v->map_p50[0], v->map_p99[0], v->map_max[0], v->map_p50[1], v->map_p99[1],
+		       v->map_max[1], v->fault_p50[0], v->fault_p99[0], v->fault_max[0],
+		       v->fault_p50[1], v->fault_p99[1], v->fault_max[1], v->iters[0], v->iters[1],
+		       v->iters[2]);
 		if (!v->ok)
-			fail(res, "victim %s gave no report (exit status %#x)", vlabel[i], vic[i].status);
+			fail(res, "victim %s gave no report (exit status %#x)", vlabel[i],
+			     vic[i].status);
 		else if (v->errors || v->wrong || v->hung)
-			fail(res, "victim %s: %ld errors, %ld wrong bytes%s (first: %s)", vlabel[i], v->errors,
-			     v->wrong, v->hung ? ", hung" : "", v->first_error);
+			fail(res, "victim %s: %ld errors, %ld wrong bytes%s (first: %s)", vlabel[i],
+			     v->errors, v->wrong, v->hung ? ", hung" : "", v->first_error);
 	}
 	char sys[96];
 	if (dead) {
 		if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS)
-			fail(res, "the daemon was killed by its own seccomp filter (SIGSYS%s) during the test",
+			fail(res,
+			     "the daemon was killed by its own seccomp filter (SIGSYS%s) during the test",
 			     seccomp_culprit(pid0, sys, sizeof(sys)));
 		else
 			fail(res, "the daemon died (%s %d) during the test",
@@ -1032,8 +1098,10 @@ static int run_attack(const struct attack *a, struct result *res)
 	} else if (stop_st == -1) {
 		fail(res, "the daemon did not stop within %.0f s of SIGTERM", H_DEADLINE_S);
 	} else if (WIFSIGNALED(stop_st) && WTERMSIG(stop_st) == SIGSYS) {
-		fail(res, "the daemon was killed by its own seccomp filter (SIGSYS%s) when stopped "
-			  "after the attack", seccomp_culprit(pid0, sys, sizeof(sys)));
+		fail(res,
+		     "the daemon was killed by its own seccomp filter (SIGSYS%s) when stopped "
+		     "after the attack",
+		     seccomp_culprit(pid0, sys, sizeof(sys)));
 	} else if (!WIFEXITED(stop_st) || WEXITSTATUS(stop_st)) {
 		fail(res, "the daemon, stopped after the attack, ended with %s %d",
 		     WIFSIGNALED(stop_st) ? "signal" : "exit status",
@@ -1047,29 +1115,37 @@ static int run_attack(const struct attack *a, struct result *res)
 			  "path under this load that the filter does not know");
 	if (hwm > cfg.rss_budget_mb)
 		fail(res, "daemon peak RSS %.0f MiB is over the budget of %.0f MiB%s", hwm,
-		     cfg.rss_budget_mb, atomic_load(&smp.capped) ? " (and passed the safety cap)" : "");
+		     cfg.rss_budget_mb,
+		     atomic_load(&smp.capped) ? " (and passed the safety cap)" : "");
 	if (!dead && fds_after != base.fds)
-		fail(res, "daemon holds %d descriptors %.0f s after everything ended, %d before", fds_after,
-		     cfg.settle, base.fds);
+		fail(res, "daemon holds %d descriptors %.0f s after everything ended, %d before",
+		     fds_after, cfg.settle, base.fds);
 	/* The victims' own lines and CPU (their HELLOs, their faults) are
 	 * in both phases: what the attack adds is judged. */
 	if ((double)lines / wall - brate > cfg.log_budget)
-		fail(res, "daemon logged %.0f lines/s more during the attack than before it (budget %.0f)",
+		fail(res,
+		     "daemon logged %.0f lines/s more during the attack than before it (budget %.0f)",
 		     (double)lines / wall - brate, cfg.log_budget);
 	if (a->flags & F_CPU) {
 		printf("   daemon CPU with the victims stopped: %.2f before the attack, %.2f during it\n",
 		       qbase, qatk);
 		if (qatk - qbase > cfg.cpu_budget)
-			fail(res, "daemon used %.2f of a CPU, with the victims stopped, while it could not "
-				  "fill the attacker's faults (budget %.2f)", qatk - qbase, cfg.cpu_budget);
+			fail(res,
+			     "daemon used %.2f of a CPU, with the victims stopped, while it could not "
+			     "fill the attacker's faults (budget %.2f)",
+			     qatk - qbase, cfg.cpu_budget);
 	}
-	double rlim = uid_limit(extra, "ranges", 1 << 20), plim = uid_limit(extra, "processes", 32768);
+	double rlim = uid_limit(extra, "ranges", 1 << 20),
+	       plim = uid_limit(extra, "processes", 32768);
 	/* The victims hold a few dozen of each at most. */
 	if ((double)smp.peak[PROTO_STAT_RANGES] > rlim + 1000)
-		fail(res, "the daemon served %llu ranges at once, past the per-uid limit of %.0f: the "
-			  "attacker's uid got past it", (unsigned long long)smp.peak[PROTO_STAT_RANGES], rlim);
+		fail(res,
+		     "the daemon served %llu ranges at once, past the per-uid limit of %.0f: the "
+		     "attacker's uid got past it",
+		     (unsigned long long)smp.peak[PROTO_STAT_RANGES], rlim);
 	if ((double)smp.peak[PROTO_STAT_PROCESSES] > plim + 200)
-		fail(res, "the daemon served %llu processes at once, past the per-uid limit of %.0f",
+		fail(res,
+		     "the daemon served %llu processes at once, past the per-uid limit of %.0f",
 		     (unsigned long long)smp.peak[PROTO_STAT_PROCESSES], plim);
 	judge_findings(res, aout, secret);
 	if (res->failed)
@@ -1113,10 +1189,11 @@ out_tmp:
 		printf("LATENCY attack=%s victim=%s map_p50_us=%.0f,%.0f map_p99_us=%.0f,%.0f "
 		       "map_max_us=%.0f,%.0f fault_p50_us=%.1f,%.1f fault_p99_us=%.1f,%.1f "
 		       "fault_max_us=%.0f,%.0f\n",
-		       a->name, vlabel[i], res->v[i].map_p50[0], res->v[i].map_p50[1], res->v[i].map_p99[0],
-		       res->v[i].map_p99[1], res->v[i].map_max[0], res->v[i].map_max[1],
-		       res->v[i].fault_p50[0], res->v[i].fault_p50[1], res->v[i].fault_p99[0],
-		       res->v[i].fault_p99[1], res->v[i].fault_max[0], res->v[i].fault_max[1]);
+		       a->name, vlabel[i], res->v[i].map_p50[0], res->v[i].map_p50[1],
+		       res->v[i].map_p99[0], res->v[i].map_p99[1], res->v[i].map_max[0],
+		       res->v[i].map_max[1], res->v[i].fault_p50[0], res->v[i].fault_p50[1],
+		       res->v[i].fault_p99[0], res->v[i].fault_p99[1], res->v[i].fault_max[0],
+		       res->v[i].fault_max[1]);
 	fflush(stdout);
 	return res->failed ? 1 : 0;
 }
@@ -1165,10 +1242,10 @@ static void print_table(size_t n, int md)
 		for (int i = 0; i < NVICTIMS; i++) {
 			const struct vres *v = &r->v[i];
 			char m[64], f[64];
-			snprintf(m, sizeof(m), "%.0f/%.0f -> %.0f/%.0f", v->map_p50[0], v->map_p99[0],
-				 v->map_p50[1], v->map_p99[1]);
-			snprintf(f, sizeof(f), "%.0f/%.0f -> %.0f/%.0f", v->fault_p50[0], v->fault_p99[0],
-				 v->fault_p50[1], v->fault_p99[1]);
+			snprintf(m, sizeof(m), "%.0f/%.0f -> %.0f/%.0f", v->map_p50[0],
+				 v->map_p99[0], v->map_p50[1], v->map_p99[1]);
+			snprintf(f, sizeof(f), "%.0f/%.0f -> %.0f/%.0f", v->fault_p50[0],
+				 v->fault_p99[0], v->fault_p50[1], v->fault_p99[1]);
 			if (md)
 				printf(" %s | %s |", m, f);
 			else
@@ -1207,8 +1284,8 @@ static void usage(FILE *f)
 		"  --markdown            the same as a Markdown table (docs/security.md)\n"
 		"  --keep                keep each daemon's directory and log\n"
 		"  --verbose             print everything the attacker said\n",
-		cfg.rss_budget_mb, cfg.log_budget, cfg.cpu_budget, cfg.cgroup_limit_mb, cfg.baseline,
-		cfg.after, cfg.settle);
+		cfg.rss_budget_mb, cfg.log_budget, cfg.cpu_budget, cfg.cgroup_limit_mb,
+		cfg.baseline, cfg.after, cfg.settle);
 }
 
 static void locate(char *out, size_t n, const char *self_dir, const char *name, const char *def)
@@ -1221,7 +1298,8 @@ static void locate(char *out, size_t n, const char *self_dir, const char *name, 
 int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
-		{ "full", no_argument, NULL, 'f' }, { "list", no_argument, NULL, 'L' },
+		{ "full", no_argument, NULL, 'f' },
+		{ "list", no_argument, NULL, 'L' },
 		{ "daemon-args", required_argument, NULL, 'd' },
 		{ "victim-args", required_argument, NULL, 'v' },
 		{ "attack-args", required_argument, NULL, 'A' },
@@ -1231,43 +1309,90 @@ int main(int argc, char **argv)
 		{ "safety-mb", required_argument, NULL, 's' },
 		{ "nofile", required_argument, NULL, 'n' },
 		{ "cgroup-limit-mb", required_argument, NULL, 'g' },
-		{ "baseline", required_argument, NULL, 'b' }, { "after", required_argument, NULL, 'a' },
-		{ "settle", required_argument, NULL, 'S' }, { "duration", required_argument, NULL, 'D' },
-		{ "log-level", required_argument, NULL, 'V' }, { "table", no_argument, NULL, 't' },
+		{ "baseline", required_argument, NULL, 'b' },
+		{ "after", required_argument, NULL, 'a' },
+		{ "settle", required_argument, NULL, 'S' },
+		{ "duration", required_argument, NULL, 'D' },
+		{ "log-level", required_argument, NULL, 'V' },
+		{ "table", no_argument, NULL, 't' },
 		{ "markdown", no_argument, NULL, 'M' },
-		{ "keep", no_argument, NULL, 'k' }, { "verbose", no_argument, NULL, 'x' },
-		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+		{ "keep", no_argument, NULL, 'k' },
+		{ "verbose", no_argument, NULL, 'x' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int o;
 
 	cfg.daemon_args = getenv("RP_TENANT_DAEMON_ARGS");
 	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (o) {
-		case 'f': cfg.full = 1; break;
+		case 'f':
+			cfg.full = 1;
+			break;
 		case 'L':
 			for (size_t i = 0; i < NATTACKS; i++)
 				printf("%-17s %s\n", attacks[i].name, attacks[i].what);
 			return 0;
-		case 'd': cfg.daemon_args = optarg; break;
-		case 'v': cfg.victim_args = optarg; break;
-		case 'A': cfg.attack_args = optarg; break;
-		case 'r': cfg.rss_budget_mb = atof(optarg); break;
-		case 'l': cfg.log_budget = atof(optarg); break;
-		case 'c': cfg.cpu_budget = atof(optarg); break;
-		case 's': cfg.safety_mb = atof(optarg); break;
-		case 'n': cfg.nofile = (unsigned)atol(optarg); break;
-		case 'g': cfg.cgroup_limit_mb = atol(optarg); break;
-		case 'b': cfg.baseline = atof(optarg); break;
-		case 'a': cfg.after = atof(optarg); break;
-		case 'S': cfg.settle = atof(optarg); break;
-		case 'D': cfg.duration = atof(optarg); break;
-		case 'V': cfg.log_level = optarg; break;
-		case 't': cfg.table = 1; break;
-		case 'M': cfg.table = 2; break;
-		case 'k': cfg.keep = 1; break;
-		case 'x': cfg.verbose = 1; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'd':
+			cfg.daemon_args = optarg;
+			break;
+		case 'v':
+			cfg.victim_args = optarg;
+			break;
+		case 'A':
+			cfg.attack_args = optarg;
+			break;
+		case 'r':
+			cfg.rss_budget_mb = atof(optarg);
+			break;
+		case 'l':
+			cfg.log_budget = atof(optarg);
+			break;
+		case 'c':
+			cfg.cpu_budget = atof(optarg);
+			break;
+		case 's':
+			cfg.safety_mb = atof(optarg);
+			break;
+		case 'n':
+			cfg.nofile = (unsigned)atol(optarg);
+			break;
+		case 'g':
+			cfg.cgroup_limit_mb = atol(optarg);
+			break;
+		case 'b':
+			cfg.baseline = atof(optarg);
+			break;
+		case 'a':
+			cfg.after = atof(optarg);
+			break;
+		case 'S':
+			cfg.settle = atof(optarg);
+			break;
+		case 'D':
+			cfg.duration = atof(optarg);
+			break;
+		case 'V':
+			cfg.log_level = optarg;
+			break;
+		case 't':
+			cfg.table = 1;
+			break;
+		case 'M':
+			cfg.table = 2;
+			break;
+		case 'k':
+			cfg.keep = 1;
+			break;
+		case 'x':
+			cfg.verbose = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (cfg.safety_mb <= 0) {

@@ -129,8 +129,8 @@ struct scan_req {
 	uint64_t dev, ino;
 };
 struct scan_rep {
-	int32_t count;   /* fds in all processes' tables referring to that inode */
-	int32_t daemon;  /* of them, in the daemon's */
+	int32_t count;  /* fds in all processes' tables referring to that inode */
+	int32_t daemon; /* of them, in the daemon's */
 };
 
 static pid_t daemon_pid;
@@ -271,7 +271,8 @@ static void *spin(void *arg)
 		/* Not expected (the main thread touches no registered page
 		 * meanwhile), but a stolen fault must not hang the client. */
 		if (m.event == UFFD_EVENT_PAGEFAULT)
-			kf_copy(sp->fd, m.arg.pagefault.address & ~(uint64_t)(PAGE - 1), sp->tmpl, PAGE);
+			kf_copy(sp->fd, m.arg.pagefault.address & ~(uint64_t)(PAGE - 1), sp->tmpl,
+				PAGE);
 	}
 	return NULL;
 }
@@ -346,13 +347,13 @@ static void child_loop(int cs, uint8_t *R, uint8_t *Q, uint8_t *S)
 
 struct pump {
 	int cs, cu;
-	uint64_t copy_at;        /* serve a fault here with copy_byte */
+	uint64_t copy_at; /* serve a fault here with copy_byte */
 	const uint8_t *copy_page;
-	int faults;              /* fault messages read on the child's uffd */
+	int faults; /* fault messages read on the child's uffd */
 	uint64_t last_addr;
 	uint32_t last_ptid;
-	int forks;               /* fork events read (grandchildren) */
-	long long gc_features;   /* the grandchild uffd's features */
+	int forks;             /* fork events read (grandchildren) */
+	long long gc_features; /* the grandchild uffd's features */
 };
 
 /* Send cmd to the child and serve its uffd until the answer comes. */
@@ -371,7 +372,8 @@ static int ask(struct pump *pm, char cmd, struct answer *a)
 			struct uffd_msg m;
 			if (read(pm->cu, &m, sizeof(m)) == sizeof(m)) {
 				if (m.event == UFFD_EVENT_PAGEFAULT) {
-					uint64_t at = m.arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+					uint64_t at = m.arg.pagefault.address &
+						      ~(uint64_t)(PAGE - 1);
 					pm->faults++;
 					pm->last_addr = at;
 					pm->last_ptid = m.arg.pagefault.feat.ptid;
@@ -436,7 +438,8 @@ static pid_t fork_and_steal(int stolen, const uint8_t *tmpl, uint8_t *R, uint8_t
 			child_loop(sv[1], R, Q, S);
 		}
 		close(sv[1]);
-		for (double end = kf_now() + 0.05; kf_now() < end && atomic_load(&sp.child_ufd) < 0;)
+		for (double end = kf_now() + 0.05;
+		     kf_now() < end && atomic_load(&sp.child_ufd) < 0;)
 			usleep(100);
 		atomic_store(&sp.stop, 1);
 		pthread_join(t, NULL);
@@ -490,7 +493,8 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 	long long cf = uffd_fdinfo_features(cu);
 
 	check(kf_is_uffd(cu) && cf >= 0 && (cf & UFFD_FEATURE_EVENT_FORK),
-	      "the stolen child uffd is a userfaultfd that inherited EVENT_FORK (features %#llx)", cf);
+	      "the stolen child uffd is a userfaultfd that inherited EVENT_FORK (features %#llx)",
+	      cf);
 
 	/* 1. It serves the child's user-mode faults: the daemon is out. */
 	pm.copy_at = (uintptr_t)(R + 2 * PAGE);
@@ -498,7 +502,8 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 	int r = ask(&pm, 'U', &a);
 	check(r == 0 && a.value == 0x5a && pm.faults == 1 && pm.last_addr == pm.copy_at,
 	      "the child's user-mode fault on a registered page comes to the stolen uffd and reads "
-	      "the client's bytes (0x%02llx, faults %d)", (long long)a.value, pm.faults);
+	      "the client's bytes (0x%02llx, faults %d)",
+	      (long long)a.value, pm.faults);
 	check(pm.last_ptid == (uint32_t)pid, "the fault names the child's thread (ptid %u, pid %d)",
 	      pm.last_ptid, (int)pid);
 
@@ -513,7 +518,8 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 	else
 		check(r == 0 && a.value == 16 && pm.faults == 1,
 		      "a full uffd (not user-mode only) traps the child's kernel-mode access too, as "
-		      "the client's own uffd would (faults %d)", pm.faults);
+		      "the client's own uffd would (faults %d)",
+		      pm.faults);
 
 	/* 3. More of the child's memory, as the client's own code could. */
 	int e = kf_register(cu, (uintptr_t)Q, PAGE, UFFDIO_REGISTER_MODE_MISSING);
@@ -524,11 +530,14 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 	      strerror(e));
 
 	/* 4. Nothing reads the child's memory: UFFDIO_MOVE refuses another mm. */
-	struct uffdio_move mv = { .dst = (uintptr_t)(R + 3 * PAGE), .src = (uintptr_t)p5a,
+	struct uffdio_move mv = { .dst = (uintptr_t)(R + 3 * PAGE),
+				  .src = (uintptr_t)p5a,
 				  .len = PAGE };
 	e = kf_ioctl(cu, UFFDIO_MOVE, &mv);
-	check(e == EINVAL, "UFFDIO_MOVE through the child's uffd is refused (EINVAL: mm != "
-	      "current->mm, or no MOVE at all): %s", strerror(e));
+	check(e == EINVAL,
+	      "UFFDIO_MOVE through the child's uffd is refused (EINVAL: mm != "
+	      "current->mm, or no MOVE at all): %s",
+	      strerror(e));
 
 	/* 5. The baseline: ptrace access to the child, then a non-dumpable
 	 *    child, which the client's own pre-fork arrangements still reach. */
@@ -555,7 +564,8 @@ static void child_checks(int cu, int cs, pid_t pid, int umo, uint8_t *R, uint8_t
 	r = ask(&pm, 'Q', &a);
 	check(r == 0 && a.value == 0x3c && pm.faults == 1,
 	      "so does the stolen uffd: the child's fault in the newly registered mapping reads "
-	      "0x%02llx", (long long)a.value);
+	      "0x%02llx",
+	      (long long)a.value);
 
 	/* 6. Its own forks: the grandchild's uffd comes to us too. */
 	pm.forks = 0;
@@ -600,7 +610,8 @@ static int client_main(const char *sockpath, int ctl)
 		  : "not user-mode only");
 
 	/* The duplicate goes in flight: in no fd table from here on. */
-	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hide) < 0 || kf_send_fd(hide[0], u) < 0)
+	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, hide) < 0 ||
+	    kf_send_fd(hide[0], u) < 0)
 		return 1;
 
 	c.sock = proto_dial(sockpath);
@@ -641,7 +652,8 @@ static int client_main(const char *sockpath, int ctl)
 	struct proto_template_fill tf = { .byte = 0xab };
 	r = request(&c, PROTO_TEMPLATE_FILL, &tf, sizeof(tf), -1, &rep);
 	uint32_t id = rep.id;
-	uint8_t *R = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *R = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			  0);
 	uint8_t *Q = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uint8_t *S = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	static _Alignas(PAGE) uint8_t tmpl[PAGE], p5a[PAGE], p3c[PAGE];
@@ -657,8 +669,10 @@ static int client_main(const char *sockpath, int ctl)
 
 	int cu = -1, cs = -1, tries = 0;
 	pid_t pid = fork_and_steal(stolen, tmpl, R, Q, S, &cu, &cs, &tries);
-	check(pid > 0, "the client reads a UFFD_EVENT_FORK itself and holds its child's uffd (try %d "
-	      "of %d)", tries, RACE_TRIES);
+	check(pid > 0,
+	      "the client reads a UFFD_EVENT_FORK itself and holds its child's uffd (try %d "
+	      "of %d)",
+	      tries, RACE_TRIES);
 	if (pid > 0) {
 		child_checks(cu, cs, pid, umo, R, Q, S, p5a, p3c);
 		close(cs);
@@ -692,7 +706,8 @@ int main(void)
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (geteuid() != 0) {
-		printf("SKIP needs root: it starts refpaged and runs the client as uid %d\n", NOBODY);
+		printf("SKIP needs root: it starts refpaged and runs the client as uid %d\n",
+		       NOBODY);
 		return 77;
 	}
 	if (!mkdtemp(dir) || chmod(dir, 0755) < 0)

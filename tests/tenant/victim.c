@@ -133,11 +133,14 @@ static void report(int hung)
 		const struct {
 			const char *name;
 			struct tn_lat *l;
-		} k[] = { { "map", &ph[i].map }, { "fault", &ph[i].fault }, { "hello", &ph[i].hello } };
+		} k[] = { { "map", &ph[i].map },
+			  { "fault", &ph[i].fault },
+			  { "hello", &ph[i].hello } };
 		for (size_t j = 0; j < sizeof(k) / sizeof(k[0]); j++)
 			printf(" %s_n=%llu %s_p50_us=%.1f %s_p99_us=%.1f %s_max_us=%.1f", k[j].name,
-			       (unsigned long long)k[j].l->seen, k[j].name, us(tn_lat_pct(k[j].l, 50)),
-			       k[j].name, us(tn_lat_pct(k[j].l, 99)), k[j].name, us(k[j].l->max));
+			       (unsigned long long)k[j].l->seen, k[j].name,
+			       us(tn_lat_pct(k[j].l, 50)), k[j].name, us(tn_lat_pct(k[j].l, 99)),
+			       k[j].name, us(k[j].l->max));
 		printf("\n");
 	}
 	if (hung && !errors)
@@ -248,7 +251,8 @@ static void shuffle(size_t *v, size_t n, uint64_t *rng)
 
 /* Map len bytes of template id (contents tpl) through c, touch and check
  * every page, unmap. For the HELLO and fresh-template checks. */
-static void map_check(rp_client *c, uint32_t id, const uint8_t *tpl, size_t npages, const char *what)
+static void map_check(rp_client *c, uint32_t id, const uint8_t *tpl, size_t npages,
+		      const char *what)
 {
 	uint8_t *q = rp_map(c, NULL, npages * P, PROT_READ | PROT_WRITE, 0, id);
 
@@ -320,7 +324,8 @@ int main(int argc, char **argv)
 	tn_opt_ll("child_timeout", 10);
 	const char *bad = tn_opts_unused();
 	if (!sock || bad || pages < 8 || pages > MAX_PAGES) {
-		fprintf(stderr, "rp_victim: %s\n", bad ? bad : "usage: rp_victim sock=PATH [label=...] (pages 8..256)");
+		fprintf(stderr, "rp_victim: %s\n",
+			bad ? bad : "usage: rp_victim sock=PATH [label=...] (pages 8..256)");
 		return 2;
 	}
 
@@ -353,18 +358,21 @@ int main(int argc, char **argv)
 		uint8_t spage[P];
 		memset(spage, (int)secret, P);
 		if ((r = rp_template_fill(c, (uint8_t)secret, &sid)) < 0) {
-			printf("victim label=%s setup failed: secret template: %s\n", label, strerror(-r));
+			printf("victim label=%s setup failed: secret template: %s\n", label,
+			       strerror(-r));
 			return 2;
 		}
 		uint8_t *s = rp_map(c, NULL, 8 * P, PROT_READ | PROT_WRITE, 0, sid);
 		if (s == MAP_FAILED) {
-			printf("victim label=%s setup failed: secret map: %s\n", label, strerror(errno));
+			printf("victim label=%s setup failed: secret map: %s\n", label,
+			       strerror(errno));
 			return 2;
 		}
 		for (size_t i = 0; i < 8; i++)
 			add_wrong(tn_count_diff(s + i * P, spage, P), "secret", i);
 	}
-	uint8_t *expect = mmap(NULL, MAX_PAGES * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *expect = mmap(NULL, MAX_PAGES * P, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (expect == MAP_FAILED)
 		return 2;
 	printf("ready\n");
@@ -407,20 +415,24 @@ int main(int argc, char **argv)
 			}
 		}
 		for (size_t i = 0; i < pages; i++)
-			add_wrong(tn_count_diff(p + i * P, expect + i * P, P), "read after write", i);
+			add_wrong(tn_count_diff(p + i * P, expect + i * P, P), "read after write",
+				  i);
 		atomic_store(&op, "MADV_DONTNEED");
 		if (madvise(p + 2 * P, P, MADV_DONTNEED) < 0)
 			error("madvise: %s", strerror(errno));
 		memcpy(expect + 2 * P, t, P);
 		add_wrong(tn_count_diff(p + 2 * P, t, P), "after MADV_DONTNEED", 2);
-		if (fork_every && iters % (unsigned long)fork_every == (unsigned long)fork_every - 1) {
+		if (fork_every &&
+		    iters % (unsigned long)fork_every == (unsigned long)fork_every - 1) {
 			fork_check(p, pages, expect);
-			add_wrong(tn_count_diff(p + 4 * P, expect + 4 * P, P), "parent after fork", 4);
+			add_wrong(tn_count_diff(p + 4 * P, expect + 4 * P, P), "parent after fork",
+				  4);
 		}
 		atomic_store(&op, "UNMAP (rp_unmap)");
 		if ((r = rp_unmap(c, p, pages * P)) < 0)
 			error("rp_unmap: %s", strerror(-r));
-		if (hello_every && iters % (unsigned long)hello_every == (unsigned long)hello_every / 2)
+		if (hello_every &&
+		    iters % (unsigned long)hello_every == (unsigned long)hello_every / 2)
 			hello_check(sock, (uint8_t)(fill ^ 0x5A), &ph[phs].hello);
 		if (fresh_every && iters % (unsigned long)fresh_every == 0)
 			fresh_check(c, seed * 7919u + (uint32_t)iters);

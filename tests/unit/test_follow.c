@@ -16,7 +16,7 @@
 #include "range.h"
 
 #define PG 4096u
-#define P(n) (0x10000000u + (uint64_t)(n) * PG)
+#define P(n) (0x10000000u + (uint64_t)(n)*PG)
 #define CAP 0.1
 
 /* One address space: its table, what follows it, its counts. */
@@ -77,7 +77,11 @@ static void t_free(void *ctx, void *p)
 }
 
 static const struct follow_ops side_ops = {
-	.unmap = t_unmap, .copy = t_copy, .fork = t_fork, .alloc = t_alloc, .free = t_free,
+	.unmap = t_unmap,
+	.copy = t_copy,
+	.fork = t_fork,
+	.alloc = t_alloc,
+	.free = t_free,
 };
 
 static struct side *side_new(void)
@@ -120,7 +124,9 @@ static void expect_pages(const struct side *x, unsigned n, unsigned len, unsigne
 
 static void remap(struct side *x, unsigned from, unsigned to, unsigned len, double t)
 {
-	struct follow_ev e = { .type = FOLLOW_REMAP, .from = P(from), .to = P(to), .len = len * PG };
+	struct follow_ev e = {
+		.type = FOLLOW_REMAP, .from = P(from), .to = P(to), .len = len * PG
+	};
 
 	assert_int_equal(follow_event(&x->f, &e, t, CAP, &x->n), 0);
 }
@@ -346,7 +352,7 @@ static void test_mover_moves_on(void **state)
 	map(x, C, LEN, 3);
 	remap(x, B, OLD, LEN, 0); /* waits: A's block is there */
 	unmap(x, B, LEN, 0);
-	remap(x, C, B, LEN, 0);   /* C into B's old place */
+	remap(x, C, B, LEN, 0); /* C into B's old place */
 	unmap(x, C, LEN, 0);
 	remap(x, OLD, C, LEN, 0); /* B on, into C's */
 	unmap(x, OLD, LEN, 0);
@@ -456,8 +462,8 @@ static void test_fork_in_window(void **state)
 	assert_true(holds(x, C, 1));  /* a request anywhere waits for the fork */
 	assert_false(holds(x, C, 0)); /* a fault there does not */
 	assert_true(holds(child, C, 0));
-	unmap(child, NEWA, LEN, 0);   /* the child's own: waits */
-	remap(x, OLD, NEWA, LEN, 0);  /* A's late one */
+	unmap(child, NEWA, LEN, 0);  /* the child's own: waits */
+	remap(x, OLD, NEWA, LEN, 0); /* A's late one */
 	assert_true(child->born);
 	expect_moved(x);
 	/* The child has both moves, A's record subtracted (nothing left of

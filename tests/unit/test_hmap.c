@@ -15,7 +15,7 @@
 
 #define N 100000u
 /* Pointer-like keys: 64-byte aligned, above every id. */
-#define PTR(i) (0x7f0000000000ull + (uint64_t)(i) * 64)
+#define PTR(i) (0x7f0000000000ull + (uint64_t)(i)*64)
 
 static void test_many_keys_through_grows(void **state)
 {

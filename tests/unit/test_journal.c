@@ -36,15 +36,15 @@ enum { IO_WRITE, IO_PUNCH, IO_TRUNC };
 struct io_op {
 	int kind;
 	uint64_t off, len;
-	uint8_t *data;    /* IO_WRITE */
-	size_t done;      /* script operations completed when it was made */
+	uint8_t *data; /* IO_WRITE */
+	size_t done;   /* script operations completed when it was made */
 };
 
 /* The done of the writes of jnl_writer_init: no state to check yet. */
 #define INIT_OP SIZE_MAX
 
 static struct {
-	int fd;           /* logged: writes to this fd; -1: none */
+	int fd; /* logged: writes to this fd; -1: none */
 	size_t done;
 	struct io_op *v;
 	size_t n, cap;
@@ -117,7 +117,8 @@ static void io_apply(int fd, const struct io_op *o, uint64_t part)
 		assert_int_equal(__real_pwrite(fd, o->data, part, (off_t)o->off), (ssize_t)part);
 	else if (o->kind == IO_PUNCH)
 		assert_int_equal(__real_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-						  (off_t)o->off, (off_t)o->len), 0);
+						  (off_t)o->off, (off_t)o->len),
+				 0);
 	else
 		assert_int_equal(__real_ftruncate(fd, (off_t)o->off), 0);
 }
@@ -300,8 +301,10 @@ static int w_session(struct world *W, const union jnl_payload *p, unsigned type)
 
 static int w_mm_op(struct world *W, const union jnl_payload *p, unsigned type)
 {
-	struct wmm *m = &W->m[type == JNL_MAP ? p->map.mm : type == JNL_UNMAP ? p->unmap.mm
-					      : type == JNL_COPY ? p->copy.mm : p->mm_pid.id];
+	struct wmm *m = &W->m[type == JNL_MAP     ? p->map.mm
+			      : type == JNL_UNMAP ? p->unmap.mm
+			      : type == JNL_COPY  ? p->copy.mm
+						  : p->mm_pid.id];
 
 	if (!m->alive)
 		return -1;
@@ -328,8 +331,9 @@ static int w_apply(struct world *W, unsigned type, const union jnl_payload *p)
 	case JNL_TMPL_FREE:
 	case JNL_SESSION_END:
 	case JNL_MM_END: {
-		int *alive = type == JNL_TMPL_FREE ? &W->t[p->end.id].alive
-			     : type == JNL_SESSION_END ? &W->s[p->end.id].alive : &W->m[p->end.id].alive;
+		int *alive = type == JNL_TMPL_FREE     ? &W->t[p->end.id].alive
+			     : type == JNL_SESSION_END ? &W->s[p->end.id].alive
+						       : &W->m[p->end.id].alive;
 		if (!*alive)
 			return -1;
 		*alive = 0;
@@ -343,7 +347,9 @@ static int w_apply(struct world *W, unsigned type, const union jnl_payload *p)
 			return -1;
 		memset(&W->s[n->id], 0, sizeof(W->s[n->id]));
 		W->s[n->id].alive = 1;
-		W->s[n->id].s = (struct jnl_session){ .id = n->id, .pid = n->pid, .uid = n->uid, .gid = n->gid };
+		W->s[n->id].s = (struct jnl_session){
+			.id = n->id, .pid = n->pid, .uid = n->uid, .gid = n->gid
+		};
 		return 0;
 	}
 	case JNL_SESSION_MM:
@@ -487,8 +493,12 @@ static int walk(struct rctx *c, uint32_t idx, struct wmm *m)
 static int cb_mm(void *ctx, const struct jnl_mm *im)
 {
 	struct rctx *c = ctx;
-	struct jnl_mm_new n = { .id = im->id, .pid = im->pid, .uid = im->uid, .tree = im->tree,
-				.flags = im->flags, .features = im->features };
+	struct jnl_mm_new n = { .id = im->id,
+				.pid = im->pid,
+				.uid = im->uid,
+				.tree = im->tree,
+				.flags = im->flags,
+				.features = im->features };
 
 	if (im->id == c->reject_mm)
 		return JNL_REJECT;
@@ -525,7 +535,8 @@ static int cb_record(void *ctx, uint64_t seq, enum jnl_type type, const union jn
 	if (type == JNL_TMPL_NEW && check_page(c, &p->tmpl_new))
 		return JNL_REJECT;
 	if (w_apply(c->W, type, p) < 0)
-		return rfail(c, "record %llu (%s) does not apply", (unsigned long long)seq, jnl_type_name(type));
+		return rfail(c, "record %llu (%s) does not apply", (unsigned long long)seq,
+			     jnl_type_name(type));
 	return 0;
 }
 
@@ -656,8 +667,9 @@ static uint64_t drv_rec(struct drv *d, enum jnl_type type, const void *payload)
 	/* A client's MAP or UNMAP is its last reply, too. */
 	uint32_t s = type == JNL_MAP ? p.map.session : type == JNL_UNMAP ? p.unmap.session : 0;
 	if (s) {
-		union jnl_payload r = { .reply = { .session = s, .req_seq = type == JNL_MAP ? p.map.req_seq
-										    : p.unmap.req_seq } };
+		union jnl_payload r = { .reply = { .session = s,
+						   .req_seq = type == JNL_MAP ? p.map.req_seq
+									      : p.unmap.req_seq } };
 		assert_int_equal(w_apply(d->W, JNL_REPLY, &r), 0);
 	}
 	return seq;
@@ -714,7 +726,9 @@ static uint32_t pick(struct drv *d, int kind)
 
 	for (uint32_t k = 0; k < MAXID; k++) {
 		uint32_t i = (start + k) % MAXID;
-		int alive = kind == 0 ? d->W->t[i].alive : kind == 1 ? d->W->s[i].alive : d->W->m[i].alive;
+		int alive = kind == 0   ? d->W->t[i].alive
+			    : kind == 1 ? d->W->s[i].alive
+					: d->W->m[i].alive;
 		if (i && alive)
 			return i;
 	}
@@ -773,8 +787,8 @@ static uint32_t node_get(struct jnl_image_builder *b, struct nodes *ns, const st
 }
 
 /* A balanced tree over pieces [lo, hi): its root index. */
-static uint32_t tree_build(struct jnl_image_builder *b, struct nodes *ns, const struct piece *v, size_t lo,
-			   size_t hi)
+static uint32_t tree_build(struct jnl_image_builder *b, struct nodes *ns, const struct piece *v,
+			   size_t lo, size_t hi)
 {
 	if (lo >= hi)
 		return 0;
@@ -790,8 +804,9 @@ static void image_tmpls(struct drv *d, struct jnl_image_builder *b)
 	for (uint32_t i = 1; i < MAXID; i++) {
 		/* Alive at S_main, or named by a captured tree or handle (and
 		 * then alive now: held). */
-		const struct jnl_tmpl *t = d->capt->t[i].alive ? &d->capt->t[i].t
-					   : uses_tmpl(d->capt, i, 0) ? &d->W->t[i].t : NULL;
+		const struct jnl_tmpl *t = d->capt->t[i].alive        ? &d->capt->t[i].t
+					   : uses_tmpl(d->capt, i, 0) ? &d->W->t[i].t
+								      : NULL;
 		if (t)
 			assert_int_equal(jnl_image_add_tmpl(b, t), 0);
 	}
@@ -805,14 +820,20 @@ static void image_objects(struct drv *d, struct jnl_image_builder *b)
 		const struct wmm *m = &d->capt->m[i];
 		if (!m->alive)
 			continue;
-		struct jnl_mm rec = { .id = i, .pid = m->m.pid, .uid = m->m.uid, .tree = m->m.tree,
-				      .features = m->m.features, .flags = m->m.flags, .seq = d->cap[i] };
+		struct jnl_mm rec = { .id = i,
+				      .pid = m->m.pid,
+				      .uid = m->m.uid,
+				      .tree = m->m.tree,
+				      .features = m->m.features,
+				      .flags = m->m.flags,
+				      .seq = d->cap[i] };
 		rec.root = tree_build(b, &ns, m->v, 0, m->n);
 		assert_int_equal(jnl_image_add_mm(b, &rec), 0);
 	}
 	for (uint32_t i = 1; i < MAXID; i++)
 		if (d->capt->s[i].alive)
-			assert_int_equal(jnl_image_add_session(b, &d->capt->s[i].s, d->capt->s[i].h), 0);
+			assert_int_equal(
+				jnl_image_add_session(b, &d->capt->s[i].s, d->capt->s[i].h), 0);
 	free(ns.v);
 }
 
@@ -892,8 +913,10 @@ static void step_session(struct drv *d, int what)
 	uint32_t s = pick(d, 1), t = pick(d, 0), m = pick(d, 2);
 
 	if (what == 0 || !s) {
-		struct jnl_session_new n = { .id = d->next.session++, .pid = (int32_t)rnd(&d->rng, 1000),
-					     .uid = 1000, .gid = 100 };
+		struct jnl_session_new n = { .id = d->next.session++,
+					     .pid = (int32_t)rnd(&d->rng, 1000),
+					     .uid = 1000,
+					     .gid = 100 };
 		if (n.id < MAXID)
 			drv_rec(d, JNL_SESSION_NEW, &n);
 	} else if (what == 1) {
@@ -907,8 +930,11 @@ static void step_session(struct drv *d, int what)
 		h.uses = t ? 1 + rnd(&d->rng, 5) : 0;
 		drv_rec(d, JNL_HANDLE, &h);
 	} else {
-		struct jnl_reply r = { .session = s, .req_seq = (uint32_t)rng_next(&d->rng),
-				       .status = -(int32_t)rnd(&d->rng, 3), .id = t, .value = rng_next(&d->rng) };
+		struct jnl_reply r = { .session = s,
+				       .req_seq = (uint32_t)rng_next(&d->rng),
+				       .status = -(int32_t)rnd(&d->rng, 3),
+				       .id = t,
+				       .value = rng_next(&d->rng) };
 		drv_rec(d, JNL_REPLY, &r);
 	}
 }
@@ -918,13 +944,20 @@ static void step_mm_life(struct drv *d, int what)
 	uint32_t m = pick(d, 2);
 
 	if (what == 0 || !m) {
-		struct jnl_mm_new n = { .id = d->next.mm++, .pid = (int32_t)rnd(&d->rng, 1000), .uid = 1000,
-					.tree = d->next.tree++, .features = 0x3f };
+		struct jnl_mm_new n = { .id = d->next.mm++,
+					.pid = (int32_t)rnd(&d->rng, 1000),
+					.uid = 1000,
+					.tree = d->next.tree++,
+					.features = 0x3f };
 		if (n.id < MAXID)
 			drv_rec(d, JNL_MM_NEW, &n);
 	} else if (what == 1) {
-		struct jnl_mm_new n = { .id = d->next.mm++, .parent = m, .pid = (int32_t)rnd(&d->rng, 1000),
-					.uid = 1000, .tree = d->W->m[m].m.tree, .flags = JNL_MM_CHILD,
+		struct jnl_mm_new n = { .id = d->next.mm++,
+					.parent = m,
+					.pid = (int32_t)rnd(&d->rng, 1000),
+					.uid = 1000,
+					.tree = d->W->m[m].m.tree,
+					.flags = JNL_MM_CHILD,
 					.features = 0x3f };
 		if (n.id < MAXID)
 			drv_rec(d, JNL_MM_NEW, &n);
@@ -945,18 +978,27 @@ static void step_mm_op(struct drv *d, int what)
 	if (!m)
 		return;
 	if (what == 0 && t) {
-		struct jnl_map r = { .mm = m, .tmpl = t, .session = s, .req_seq = rnd(&d->rng, 100),
-				     .start = a, .end = a + len };
+		struct jnl_map r = { .mm = m,
+				     .tmpl = t,
+				     .session = s,
+				     .req_seq = rnd(&d->rng, 100),
+				     .start = a,
+				     .end = a + len };
 		for (size_t i = 0; i < d->W->m[m].n; i++)
 			if (d->W->m[m].v[i].start < r.end && r.start < d->W->m[m].v[i].end)
 				return;
 		drv_rec(d, JNL_MAP, &r);
 	} else if (what == 1) {
-		struct jnl_unmap r = { .mm = m, .session = s, .req_seq = rnd(&d->rng, 100), .start = a,
+		struct jnl_unmap r = { .mm = m,
+				       .session = s,
+				       .req_seq = rnd(&d->rng, 100),
+				       .start = a,
 				       .end = a + len };
 		drv_rec(d, JNL_UNMAP, &r);
 	} else if (what == 2) {
-		struct jnl_copy r = { .mm = m, .from = a, .to = BASE + rnd(&d->rng, SPAN) * PG, .len = len };
+		struct jnl_copy r = {
+			.mm = m, .from = a, .to = BASE + rnd(&d->rng, SPAN) * PG, .len = len
+		};
 		drv_rec(d, JNL_COPY, &r);
 	}
 }
@@ -969,7 +1011,8 @@ static void drv_step(struct drv *d)
 	if (k < 3)
 		step_tmpl(d, k == 0);
 	else if (k < 7)
-		step_session(d, (int)(k - 3) == 0 ? (int)rnd(&d->rng, 2) * 2 : (int)rnd(&d->rng, 5));
+		step_session(d,
+			     (int)(k - 3) == 0 ? (int)rnd(&d->rng, 2) * 2 : (int)rnd(&d->rng, 5));
 	else if (k < 10)
 		step_mm_life(d, (int)(k - 7) == 2 ? (int)rnd(&d->rng, 4) : (int)rnd(&d->rng, 2));
 	else
@@ -983,7 +1026,8 @@ static struct jnl_slot slot_of(int fd, int i)
 {
 	struct jnl_slot s;
 
-	assert_int_equal(pread(fd, &s, sizeof(s), (off_t)(offsetof(struct jnl_file_hdr, slot) + i * sizeof(s))),
+	assert_int_equal(pread(fd, &s, sizeof(s),
+			       (off_t)(offsetof(struct jnl_file_hdr, slot) + i * sizeof(s))),
 			 (ssize_t)sizeof(s));
 	return s;
 }
@@ -998,7 +1042,8 @@ static void flip(int fd, uint64_t off)
 }
 
 /* A record with a right CRC for a journal of generation gen, at off. */
-static void put_raw(int fd, uint64_t off, unsigned type, uint64_t seq, const void *payload, uint64_t gen)
+static void put_raw(int fd, uint64_t off, unsigned type, uint64_t seq, const void *payload,
+		    uint64_t gen)
 {
 	uint8_t rec[JNL_REC_MAX];
 	size_t len = jnl_payload_len(type);
@@ -1008,8 +1053,11 @@ static void put_raw(int fd, uint64_t off, unsigned type, uint64_t seq, const voi
 	memcpy(rec + sizeof(h), payload, len);
 	h.crc = jnl_crc32c((uint32_t)gen, rec + 4, sizeof(h) - 4 + len);
 	memcpy(rec, &h.crc, 4);
-	assert_int_equal(__real_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, 4096), 0);
-	assert_int_equal(__real_pwrite(fd, rec, sizeof(h) + len, (off_t)off), (ssize_t)(sizeof(h) + len));
+	assert_int_equal(
+		__real_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, 4096),
+		0);
+	assert_int_equal(__real_pwrite(fd, rec, sizeof(h) + len, (off_t)off),
+			 (ssize_t)(sizeof(h) + len));
 }
 
 static void expect_state(struct drv *d)
@@ -1085,23 +1133,25 @@ static void test_record_round_trip(void **state)
 	drv_init(&d, 0, 0);
 	uint32_t t = drv_tmpl_new(&d, 1000);
 	e[n++] = (struct expect){ JNL_TMPL_NEW, { .tmpl_new = d.W->t[t].t } };
-#define REC(ty, member, ...)                                                      \
-	do {                                                                      \
-		e[n] = (struct expect){ ty, { .member = { __VA_ARGS__ } } };     \
-		drv_rec(&d, ty, &e[n++].p);                                       \
+#define REC(ty, member, ...)                                                 \
+	do {                                                                 \
+		e[n] = (struct expect){ ty, { .member = { __VA_ARGS__ } } }; \
+		drv_rec(&d, ty, &e[n++].p);                                  \
 	} while (0)
 	REC(JNL_SESSION_NEW, session_new, .id = 1, .pid = 42, .uid = 1000, .gid = 100);
 	REC(JNL_MM_NEW, mm_new, .id = 1, .pid = 42, .uid = 1000, .tree = 1, .features = 0x3f);
 	REC(JNL_SESSION_MM, session_mm, .session = 1, .mm = 1);
 	REC(JNL_HANDLE, handle, .session = 1, .index = 0, .tmpl = t, .uses = 2);
 	REC(JNL_REPLY, reply, .session = 1, .req_seq = 5, .status = 0, .id = t, .value = 7);
-	REC(JNL_MAP, map, .mm = 1, .tmpl = t, .session = 1, .req_seq = 6, .start = BASE, .end = BASE + 2 * PG);
+	REC(JNL_MAP, map, .mm = 1, .tmpl = t, .session = 1, .req_seq = 6, .start = BASE,
+	    .end = BASE + 2 * PG);
 	e[n++] = (struct expect){ JNL_REPLY, { .reply = { .session = 1, .req_seq = 6 } } };
-	REC(JNL_MM_NEW, mm_new, .id = 2, .parent = 1, .pid = 43, .uid = 1000, .tree = 1, .flags = JNL_MM_CHILD,
-	    .features = 0x3f);
+	REC(JNL_MM_NEW, mm_new, .id = 2, .parent = 1, .pid = 43, .uid = 1000, .tree = 1,
+	    .flags = JNL_MM_CHILD, .features = 0x3f);
 	REC(JNL_COPY, copy, .mm = 2, .from = BASE, .to = BASE + 8 * PG, .len = 2 * PG);
 	REC(JNL_UNMAP, unmap, .mm = 2, .start = BASE, .end = BASE + PG);
-	REC(JNL_UNMAP, unmap, .mm = 1, .session = 1, .req_seq = 8, .start = BASE, .end = BASE + 2 * PG);
+	REC(JNL_UNMAP, unmap, .mm = 1, .session = 1, .req_seq = 8, .start = BASE,
+	    .end = BASE + 2 * PG);
 	e[n++] = (struct expect){ JNL_REPLY, { .reply = { .session = 1, .req_seq = 8 } } };
 	REC(JNL_MM_PID, mm_pid, .id = 2, .pid = 77);
 	REC(JNL_MM_END, end, .id = 2);
@@ -1146,7 +1196,9 @@ static void test_append_rejects_malformed(void **state)
 	assert_int_equal(jnl_append(&d.w, JNL_COPY, &p, sizeof(p.copy), NULL), -EINVAL);
 	p.handle = (struct jnl_handle_set){ .session = 1, .uses = 1 };
 	assert_int_equal(jnl_append(&d.w, JNL_HANDLE, &p, sizeof(p.handle), NULL), -EINVAL);
-	p.handle = (struct jnl_handle_set){ .session = 1, .index = JNL_MAX_HANDLES, .tmpl = 1, .uses = 1 };
+	p.handle = (struct jnl_handle_set){
+		.session = 1, .index = JNL_MAX_HANDLES, .tmpl = 1, .uses = 1
+	};
 	assert_int_equal(jnl_append(&d.w, JNL_HANDLE, &p, sizeof(p.handle), NULL), -EINVAL);
 	p.mm_new = (struct jnl_mm_new){ .id = 2, .tree = 1, .flags = JNL_MM_CHILD };
 	assert_int_equal(jnl_append(&d.w, JNL_MM_NEW, &p, sizeof(p.mm_new), NULL), -EINVAL);
@@ -1229,13 +1281,38 @@ static void dag_commit(struct drv *d, struct dag *g, uint32_t t1, uint32_t t2)
 	*g = (struct dag){
 		.n = { { .start = BASE, .end = BASE + PG, .tmpl = t1 },
 		       { .start = BASE + 8 * PG, .end = BASE + 9 * PG, .tmpl = t2 },
-		       { .start = BASE + 4 * PG, .end = BASE + 6 * PG, .tmpl = t1, .left = 1, .right = 2 },
+		       { .start = BASE + 4 * PG,
+			 .end = BASE + 6 * PG,
+			 .tmpl = t1,
+			 .left = 1,
+			 .right = 2 },
 		       { .start = BASE + 2 * PG, .end = BASE + 3 * PG, .tmpl = t2, .left = 1 } },
-		.m = { { .id = 1, .pid = 10, .uid = 1000, .tree = 1, .features = 0x3f, .root = 3, .seq = 2 },
-		       { .id = 2, .pid = 11, .uid = 1000, .tree = 1, .features = 0x3f, .flags = JNL_MM_CHILD,
-			 .root = 4, .seq = 2 } },
-		.se = { .id = 1, .pid = 10, .uid = 1000, .gid = 100, .mm = 1, .nhandles = 3, .last_seq = 9,
-			.last_status = -22, .last_id = 4, .flags = JNL_SESSION_REPLIED, .last_value = 1ull << 40 },
+		.m = { { .id = 1,
+			 .pid = 10,
+			 .uid = 1000,
+			 .tree = 1,
+			 .features = 0x3f,
+			 .root = 3,
+			 .seq = 2 },
+		       { .id = 2,
+			 .pid = 11,
+			 .uid = 1000,
+			 .tree = 1,
+			 .features = 0x3f,
+			 .flags = JNL_MM_CHILD,
+			 .root = 4,
+			 .seq = 2 } },
+		.se = { .id = 1,
+			.pid = 10,
+			.uid = 1000,
+			.gid = 100,
+			.mm = 1,
+			.nhandles = 3,
+			.last_seq = 9,
+			.last_status = -22,
+			.last_id = 4,
+			.flags = JNL_SESSION_REPLIED,
+			.last_value = 1ull << 40 },
 		.h = { { t1, 1 }, { 0, 0 }, { t2, 5 } },
 		.next = { 3, 2, 3, 2 },
 	};
@@ -1258,7 +1335,8 @@ static void dag_commit(struct drv *d, struct dag *g, uint32_t t1, uint32_t t2)
 /* Every entry back as it went in, each node once, children first. */
 static void test_image_dag(void **state)
 {
-	static const struct jnl_callbacks seen_cbs = { seen_tmpl, seen_node, seen_mm, seen_session, NULL };
+	static const struct jnl_callbacks seen_cbs = { seen_tmpl, seen_node, seen_mm, seen_session,
+						       NULL };
 	struct drv d;
 	struct dag g;
 	struct seen s = { 0 };
@@ -1278,7 +1356,8 @@ static void test_image_dag(void **state)
 	assert_int_equal(s.nn, 4);
 	assert_int_equal(s.nm, 2);
 	assert_int_equal(s.ns, 1);
-	assert_memory_equal(s.t[0].id == t1 ? &s.t[0] : &s.t[1], &d.W->t[t1].t, sizeof(struct jnl_tmpl));
+	assert_memory_equal(s.t[0].id == t1 ? &s.t[0] : &s.t[1], &d.W->t[t1].t,
+			    sizeof(struct jnl_tmpl));
 	assert_memory_equal(s.n, g.n, sizeof(g.n));
 	assert_memory_equal(s.m, g.m, sizeof(g.m));
 	assert_memory_equal(&s.s[0], &g.se, sizeof(g.se));
@@ -1407,8 +1486,8 @@ static void test_commit_checks(void **state)
 }
 
 /* The delivered records, as (seq - q, type) pairs. */
-static void expect_records(const struct rctx *c, uint64_t q, const uint64_t *seqs, const unsigned *types,
-			   size_t n)
+static void expect_records(const struct rctx *c, uint64_t q, const uint64_t *seqs,
+			   const unsigned *types, size_t n)
 {
 	assert_int_equal(c->nrecs, n);
 	for (size_t i = 0; i < n; i++) {
@@ -1419,8 +1498,8 @@ static void expect_records(const struct rctx *c, uint64_t q, const uint64_t *seq
 
 /* Commit d's compaction and read it back: the records delivered are
  * (seqs[i] - q, types[i]), q the seq the compaction began at. */
-static void commit_replay(struct drv *d, struct rctx *c, struct jnl_info *info, const uint64_t *seqs,
-			  const unsigned *types, size_t n)
+static void commit_replay(struct drv *d, struct rctx *c, struct jnl_info *info,
+			  const uint64_t *seqs, const unsigned *types, size_t n)
 {
 	uint64_t q = d->q;
 
@@ -1455,21 +1534,25 @@ static void test_filter(void **state)
 	(void)state;
 	filter_setup(&d, &t);
 	drv_begin(&d);
-	struct jnl_map map = { .mm = 1, .tmpl = t, .session = 1, .req_seq = 1, .start = BASE, .end = BASE + PG };
-	drv_rec(&d, JNL_MAP, &map);          /* q: before mm 1's capture and S_main */
-	capture_mms(&d, 1);                  /* mm 1 at q */
+	struct jnl_map map = {
+		.mm = 1, .tmpl = t, .session = 1, .req_seq = 1, .start = BASE, .end = BASE + PG
+	};
+	drv_rec(&d, JNL_MAP, &map); /* q: before mm 1's capture and S_main */
+	capture_mms(&d, 1);         /* mm 1 at q */
 	map.start += PG, map.end += PG, map.req_seq = 2;
-	drv_rec(&d, JNL_MAP, &map);          /* q+1: after mm 1's, before S_main */
+	drv_rec(&d, JNL_MAP, &map); /* q+1: after mm 1's, before S_main */
 	map = (struct jnl_map){ .mm = 2, .tmpl = t, .start = BASE, .end = BASE + PG };
-	drv_rec(&d, JNL_MAP, &map);          /* q+2 */
-	capture_main(&d);                    /* S_main = q+2 */
+	drv_rec(&d, JNL_MAP, &map); /* q+2 */
+	capture_main(&d);           /* S_main = q+2 */
 	struct jnl_mm_pid pid = { .id = 2, .pid = 5 };
-	drv_rec(&d, JNL_MM_PID, &pid);       /* q+3 */
-	capture_mms(&d, 0);                  /* mm 2 at q+3 */
+	drv_rec(&d, JNL_MM_PID, &pid); /* q+3 */
+	capture_mms(&d, 0);            /* mm 2 at q+3 */
 	struct jnl_reply r = { .session = 1, .req_seq = 3, .value = 9 };
-	drv_rec(&d, JNL_REPLY, &r);          /* q+4 */
-	struct jnl_unmap u = { .mm = 2, .session = 1, .req_seq = 4, .start = BASE, .end = BASE + PG };
-	drv_rec(&d, JNL_UNMAP, &u);          /* q+5 */
+	drv_rec(&d, JNL_REPLY, &r); /* q+4 */
+	struct jnl_unmap u = {
+		.mm = 2, .session = 1, .req_seq = 4, .start = BASE, .end = BASE + PG
+	};
+	drv_rec(&d, JNL_UNMAP, &u); /* q+5 */
 
 	static const uint64_t seqs[] = { 1, 4, 5, 5 };
 	static const unsigned types[] = { JNL_MAP, JNL_REPLY, JNL_UNMAP, JNL_REPLY };
@@ -1497,18 +1580,18 @@ static void test_filter_fork(void **state)
 	drv_rec(&d, JNL_MAP, &map);
 	drv_begin(&d);
 	struct jnl_mm_new child = { .id = 3, .parent = 1, .tree = 1, .flags = JNL_MM_CHILD };
-	drv_rec(&d, JNL_MM_NEW, &child);                    /* q */
+	drv_rec(&d, JNL_MM_NEW, &child); /* q */
 	map = (struct jnl_map){ .mm = 3, .tmpl = t, .start = BASE + 4 * PG, .end = BASE + 5 * PG };
-	drv_rec(&d, JNL_MAP, &map);                         /* q+1 */
+	drv_rec(&d, JNL_MAP, &map); /* q+1 */
 	struct jnl_ended end = { .id = 3 };
-	drv_rec(&d, JNL_MM_END, &end);                      /* q+2 */
+	drv_rec(&d, JNL_MM_END, &end); /* q+2 */
 	capture_mms(&d, 1);
 	capture_mms(&d, 0);
 	capture_main(&d);
 	child.id = 4;
-	drv_rec(&d, JNL_MM_NEW, &child);                    /* q+3 */
+	drv_rec(&d, JNL_MM_NEW, &child); /* q+3 */
 	struct jnl_unmap u = { .mm = 4, .start = BASE, .end = BASE + PG };
-	drv_rec(&d, JNL_UNMAP, &u);                         /* q+4 */
+	drv_rec(&d, JNL_UNMAP, &u); /* q+4 */
 
 	static const uint64_t seqs[] = { 3, 4 };
 	static const unsigned types[] = { JNL_MM_NEW, JNL_UNMAP };
@@ -1540,12 +1623,14 @@ static void test_filter_unresolved(void **state)
 	filter_setup(&d, &t);
 	uint32_t t2 = drv_tmpl_new(&d, 1000);
 	drv_begin(&d);
-	capture_mms(&d, 1);                                 /* mm 1 at q-1 */
-	struct jnl_map map = { .mm = 1, .tmpl = t2, .session = 1, .req_seq = 3, .start = BASE, .end = BASE + PG };
-	drv_rec(&d, JNL_MAP, &map);                         /* q */
+	capture_mms(&d, 1); /* mm 1 at q-1 */
+	struct jnl_map map = {
+		.mm = 1, .tmpl = t2, .session = 1, .req_seq = 3, .start = BASE, .end = BASE + PG
+	};
+	drv_rec(&d, JNL_MAP, &map); /* q */
 	struct jnl_unmap u = { .mm = 1, .start = BASE, .end = BASE + PG };
-	drv_rec(&d, JNL_UNMAP, &u);                         /* q+1 */
-	drv_tmpl_free(&d, t2);                              /* q+2 */
+	drv_rec(&d, JNL_UNMAP, &u); /* q+1 */
+	drv_tmpl_free(&d, t2);      /* q+2 */
 	capture_main(&d);
 	capture_mms(&d, 0);
 
@@ -1836,7 +1921,9 @@ static void test_deferred_pages(void **state)
 	assert_int_equal(jnl_page_free(&d.w, 1), 0); /* during the compaction */
 	assert_int_equal(jnl_page_alloc(&d.w), 3);
 	commit_empty(&d.w, q);
-	assert_int_equal(jnl_read_page(d.fd, 0, jnl_crc32c(0, (uint8_t[JNL_PAGE]){ 0 }, JNL_PAGE), page), JNL_OK);
+	assert_int_equal(
+		jnl_read_page(d.fd, 0, jnl_crc32c(0, (uint8_t[JNL_PAGE]){ 0 }, JNL_PAGE), page),
+		JNL_OK);
 	assert_int_equal(jnl_page_alloc(&d.w), 0);
 	assert_int_equal(jnl_page_alloc(&d.w), 4);
 	/* An abort keeps them waiting. */
@@ -1931,7 +2018,8 @@ static int clone_fd(int src)
 	while ((off = lseek(src, off, SEEK_DATA)) >= 0) {
 		end = lseek(src, off, SEEK_HOLE);
 		for (; off < end;) {
-			size_t n = (size_t)(end - off) < sizeof(buf) ? (size_t)(end - off) : sizeof(buf);
+			size_t n = (size_t)(end - off) < sizeof(buf) ? (size_t)(end - off)
+								     : sizeof(buf);
 			assert_int_equal(pread(src, buf, n, off), (ssize_t)n);
 			assert_int_equal(__real_pwrite(fd, buf, n, off), (ssize_t)n);
 			off += (off_t)n;
@@ -1992,11 +2080,14 @@ static size_t check_crash(const struct drv *d, int sh, size_t done, size_t last)
 {
 	uint64_t h = read_hash(sh, NULL);
 	size_t idx = done + 1 < d->nhashes && d->hashes[done + 1] == h ? done + 1
-		     : d->hashes[done] == h ? done : SIZE_MAX;
+		     : d->hashes[done] == h                            ? done
+								       : SIZE_MAX;
 
 	if (idx == SIZE_MAX || idx < last)
-		fail_msg("after op %zu: the state read is not the state after it or the one under way "
-			 "(or went back)", done);
+		fail_msg(
+			"after op %zu: the state read is not the state after it or the one under way "
+			"(or went back)",
+			done);
 	return idx;
 }
 
@@ -2072,7 +2163,8 @@ static void test_random_workload(void **state)
 		uint32_t tmpls = 0;
 		for (int i = 0; i < MAXID; i++)
 			tmpls += d.W->t[i].alive;
-		uint64_t bound = 4 * PG + PG * (tmpls + d.w.freed.n + d.w.held.n) + info.image_len + journal + 2 * PG;
+		uint64_t bound = 4 * PG + PG * (tmpls + d.w.freed.n + d.w.held.n) + info.image_len +
+				 journal + 2 * PG;
 		assert_int_equal(fstat(d.fd, &st), 0);
 		assert_true((uint64_t)st.st_blocks * 512 <= bound);
 		jnl_info_free(&info);
@@ -2117,7 +2209,10 @@ static void compact_threads(struct drv *d, struct thr *t, int n)
 	jnl_image_init(&b);
 	for (int i = 0; i < n; i++) {
 		pthread_mutex_lock(&t[i].lock);
-		struct jnl_mm m = { .id = t[i].mm, .pid = t[i].pid, .uid = 1000, .tree = t[i].mm,
+		struct jnl_mm m = { .id = t[i].mm,
+				    .pid = t[i].pid,
+				    .uid = 1000,
+				    .tree = t[i].mm,
 				    .seq = jnl_last_seq(&d->w) };
 		pthread_mutex_unlock(&t[i].lock);
 		assert_int_equal(jnl_image_add_mm(&b, &m), 0);

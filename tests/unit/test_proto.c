@@ -24,8 +24,8 @@
 
 static const uint16_t all_types[] = {
 	PROTO_HELLO, PROTO_TEMPLATE_FILL, PROTO_TEMPLATE_CREATE, PROTO_TEMPLATE_RELEASE,
-	PROTO_MAP, PROTO_UNMAP, PROTO_STATS, PROTO_UPGRADE, PROTO_USAGE, PROTO_REPLY,
-	PROTO_STATS_REPLY, PROTO_USAGE_REPLY,
+	PROTO_MAP,   PROTO_UNMAP,         PROTO_STATS,           PROTO_UPGRADE,
+	PROTO_USAGE, PROTO_REPLY,         PROTO_STATS_REPLY,     PROTO_USAGE_REPLY,
 };
 
 union payload {
@@ -227,10 +227,10 @@ struct check_case {
 	uint16_t type;
 	int want_request;
 	int nfds;
-	size_t off;     /* where to poke val */
-	size_t width;   /* bytes of val to poke; 0 for none */
+	size_t off;   /* where to poke val */
+	size_t width; /* bytes of val to poke; 0 for none */
 	uint64_t val;
-	long ndelta;    /* added to the valid packet length */
+	long ndelta; /* added to the valid packet length */
 	enum proto_err want;
 };
 
@@ -241,15 +241,35 @@ struct check_case {
 /* Number of descriptors each type must come with. */
 #define FD(type) ((type) == PROTO_HELLO)
 
-#define OK(t, req) { #t " valid", t, req, FD(t), NOPOKE, 0, PROTO_OK }
-#define POKE(name, t, req, field, v, e) { name, t, req, FD(t), field, v, 0, e }
-#define CUT(name, t, req, d, e) { name, t, req, FD(t), NOPOKE, d, e }
-#define FDS(name, t, req, n, e) { name, t, req, n, NOPOKE, 0, e }
+#define OK(t, req)                                              \
+	{                                                       \
+#t " valid", t, req, FD(t), NOPOKE, 0, PROTO_OK \
+	}
+#define POKE(name, t, req, field, v, e)             \
+	{                                           \
+		name, t, req, FD(t), field, v, 0, e \
+	}
+#define CUT(name, t, req, d, e)                   \
+	{                                         \
+		name, t, req, FD(t), NOPOKE, d, e \
+	}
+#define FDS(name, t, req, n, e)               \
+	{                                     \
+		name, t, req, n, NOPOKE, 0, e \
+	}
 
 static const struct check_case check_cases[] = {
-	OK(PROTO_HELLO, 1), OK(PROTO_TEMPLATE_FILL, 1), OK(PROTO_TEMPLATE_CREATE, 1),
-	OK(PROTO_TEMPLATE_RELEASE, 1), OK(PROTO_MAP, 1), OK(PROTO_UNMAP, 1), OK(PROTO_STATS, 1),
-	OK(PROTO_UPGRADE, 1), OK(PROTO_USAGE, 1), OK(PROTO_REPLY, 0), OK(PROTO_STATS_REPLY, 0),
+	OK(PROTO_HELLO, 1),
+	OK(PROTO_TEMPLATE_FILL, 1),
+	OK(PROTO_TEMPLATE_CREATE, 1),
+	OK(PROTO_TEMPLATE_RELEASE, 1),
+	OK(PROTO_MAP, 1),
+	OK(PROTO_UNMAP, 1),
+	OK(PROTO_STATS, 1),
+	OK(PROTO_UPGRADE, 1),
+	OK(PROTO_USAGE, 1),
+	OK(PROTO_REPLY, 0),
+	OK(PROTO_STATS_REPLY, 0),
 	OK(PROTO_USAGE_REPLY, 0),
 	/* Short: below a header, or below what hdr.len says. */
 	CUT("empty", PROTO_MAP, 1, -40, PROTO_ESHORT),
@@ -298,8 +318,8 @@ static const struct check_case check_cases[] = {
 	POKE("fill reserved 5", PROTO_TEMPLATE_FILL, 1, FILL_RES(5), 1, PROTO_ERESERVED),
 	POKE("fill reserved 6", PROTO_TEMPLATE_FILL, 1, FILL_RES(6), 0xff, PROTO_ERESERVED),
 	POKE("fill byte 0", PROTO_TEMPLATE_FILL, 1, FIELD(proto_template_fill, byte), 0, PROTO_OK),
-	POKE("release reserved", PROTO_TEMPLATE_RELEASE, 1,
-	     FIELD(proto_template_release, reserved), 1, PROTO_ERESERVED),
+	POKE("release reserved", PROTO_TEMPLATE_RELEASE, 1, FIELD(proto_template_release, reserved),
+	     1, PROTO_ERESERVED),
 	POKE("map flags", PROTO_MAP, 1, FIELD(proto_map, flags), 1, PROTO_ERESERVED),
 	POKE("map flag 31", PROTO_MAP, 1, FIELD(proto_map, flags), 0x80000000u, PROTO_ERESERVED),
 	POKE("upgrade flags", PROTO_UPGRADE, 1, FIELD(proto_upgrade, flags), 1, PROTO_ERESERVED),
@@ -323,11 +343,20 @@ static void poke(uint8_t *buf, size_t off, size_t width, uint64_t val)
 	uint32_t u32 = (uint32_t)val;
 
 	switch (width) {
-	case 1: memcpy(buf + off, &u8, 1); break;
-	case 2: memcpy(buf + off, &u16, 2); break;
-	case 4: memcpy(buf + off, &u32, 4); break;
-	case 8: memcpy(buf + off, &val, 8); break;
-	default: fail_msg("bad poke width %zu", width);
+	case 1:
+		memcpy(buf + off, &u8, 1);
+		break;
+	case 2:
+		memcpy(buf + off, &u16, 2);
+		break;
+	case 4:
+		memcpy(buf + off, &u32, 4);
+		break;
+	case 8:
+		memcpy(buf + off, &val, 8);
+		break;
+	default:
+		fail_msg("bad poke width %zu", width);
 	}
 }
 
@@ -401,7 +430,10 @@ static void test_recv_truncated(void **state)
 static void test_recv_malformed(void **state)
 {
 	static uint8_t pkt[PROTO_MAX_MSG], buf[PROTO_MAX_MSG];
-	static const struct { size_t len; enum proto_err want; } cases[] = {
+	static const struct {
+		size_t len;
+		enum proto_err want;
+	} cases[] = {
 		{ 3, PROTO_ESHORT },
 		{ MAP_PKT - 1, PROTO_ESHORT },
 		{ MAP_PKT + 1, PROTO_ELONG },
@@ -520,7 +552,8 @@ static void test_send_too_big(void **state)
 
 	seqpacket_pair(sv);
 	assert_int_equal(proto_send(sv[0], PROTO_TEMPLATE_CREATE, 1, payload,
-				    PROTO_MAX_MSG - HDR_LEN + 1, -1, 0), -EMSGSIZE);
+				    PROTO_MAX_MSG - HDR_LEN + 1, -1, 0),
+			 -EMSGSIZE);
 	assert_int_equal(proto_send(sv[0], PROTO_TEMPLATE_CREATE, 1, payload, PROTO_MAX_MSG, -1, 0),
 			 -EMSGSIZE);
 	assert_int_equal(proto_send(sv[0], PROTO_TEMPLATE_CREATE, 1, payload, UINT32_MAX, -1, 0),
@@ -528,7 +561,8 @@ static void test_send_too_big(void **state)
 	/* Nothing went out; the largest legal payload does. */
 	assert_int_equal(proto_recv(sv[1], buf, &fd, &nfds, &trunc, MSG_DONTWAIT), -EAGAIN);
 	assert_int_equal(proto_send(sv[0], PROTO_TEMPLATE_CREATE, 1, payload,
-				    PROTO_MAX_MSG - HDR_LEN, -1, 0), 0);
+				    PROTO_MAX_MSG - HDR_LEN, -1, 0),
+			 0);
 	assert_int_equal(proto_recv(sv[1], buf, &fd, &nfds, &trunc, 0), PROTO_MAX_MSG);
 	close(sv[0]);
 	close(sv[1]);
@@ -585,7 +619,7 @@ static void test_names(void **state)
 	for (int e = 0; e < PROTO_ERR_COUNT; e++)
 		assert_string_not_equal(proto_err_str((enum proto_err)e), "unknown error");
 	assert_string_equal(proto_err_str(PROTO_ERR_COUNT), "unknown error");
-	assert_string_equal(proto_err_str((enum proto_err)-1), "unknown error");
+	assert_string_equal(proto_err_str((enum proto_err) - 1), "unknown error");
 	for (size_t i = 0; i < ARRAY_LEN(all_types); i++)
 		assert_string_not_equal(proto_type_name(all_types[i]), "?");
 	assert_string_equal(proto_type_name(0), "?");
@@ -603,10 +637,18 @@ static void test_type_numbers(void **state)
 		uint16_t type;
 		long len;
 	} wire[] = {
-		{ PROTO_HELLO, 16 }, { PROTO_TEMPLATE_FILL, 8 }, { PROTO_TEMPLATE_CREATE, 4096 },
-		{ PROTO_TEMPLATE_RELEASE, 8 }, { PROTO_MAP, 24 }, { PROTO_UNMAP, 16 },
-		{ PROTO_STATS, 0 }, { PROTO_UPGRADE, 8 }, { PROTO_USAGE, 8 }, { PROTO_REPLY, 16 },
-		{ PROTO_STATS_REPLY, 8 + 8 * PROTO_STATS_MAX }, { PROTO_USAGE_REPLY, 416 },
+		{ PROTO_HELLO, 16 },
+		{ PROTO_TEMPLATE_FILL, 8 },
+		{ PROTO_TEMPLATE_CREATE, 4096 },
+		{ PROTO_TEMPLATE_RELEASE, 8 },
+		{ PROTO_MAP, 24 },
+		{ PROTO_UNMAP, 16 },
+		{ PROTO_STATS, 0 },
+		{ PROTO_UPGRADE, 8 },
+		{ PROTO_USAGE, 8 },
+		{ PROTO_REPLY, 16 },
+		{ PROTO_STATS_REPLY, 8 + 8 * PROTO_STATS_MAX },
+		{ PROTO_USAGE_REPLY, 416 },
 	};
 
 	(void)state;
@@ -621,18 +663,12 @@ static void test_type_numbers(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_round_trip),
-		cmocka_unit_test(test_build_matches_send),
-		cmocka_unit_test(test_check_table),
-		cmocka_unit_test(test_check_direction),
-		cmocka_unit_test(test_recv_truncated),
-		cmocka_unit_test(test_recv_malformed),
-		cmocka_unit_test(test_recv_fd_rules),
-		cmocka_unit_test(test_recv_many_fds),
-		cmocka_unit_test(test_send_too_big),
-		cmocka_unit_test(test_send_closed_peer),
-		cmocka_unit_test(test_recv_shutdown),
-		cmocka_unit_test(test_names),
+		cmocka_unit_test(test_round_trip),     cmocka_unit_test(test_build_matches_send),
+		cmocka_unit_test(test_check_table),    cmocka_unit_test(test_check_direction),
+		cmocka_unit_test(test_recv_truncated), cmocka_unit_test(test_recv_malformed),
+		cmocka_unit_test(test_recv_fd_rules),  cmocka_unit_test(test_recv_many_fds),
+		cmocka_unit_test(test_send_too_big),   cmocka_unit_test(test_send_closed_peer),
+		cmocka_unit_test(test_recv_shutdown),  cmocka_unit_test(test_names),
 		cmocka_unit_test(test_type_numbers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,7 +24,7 @@
 
 #include "range.h"
 
-#define PG(n) ((uint64_t)(n) * 4096u)
+#define PG(n) ((uint64_t)(n)*4096u)
 #define NTMPL 3
 /* Most pieces a test compares one by one. */
 #define PIECES_MAX 512
@@ -90,7 +90,10 @@ static long live_nodes(const struct counting *c)
 }
 
 static const struct range_ops fake_ops = {
-	.get = fake_get, .put = fake_put, .node_alloc = count_alloc, .node_free = count_free,
+	.get = fake_get,
+	.put = fake_put,
+	.node_alloc = count_alloc,
+	.node_free = count_free,
 };
 
 struct fixture {
@@ -195,7 +198,8 @@ static unsigned expect_sound(const struct range_table *rt)
 
 static int cmp_ptr(const void *a, const void *b)
 {
-	uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+	uintptr_t x = (uintptr_t) * (const void *const *)a,
+		  y = (uintptr_t) * (const void *const *)b;
 
 	return (x > y) - (x < y);
 }
@@ -391,18 +395,24 @@ static void test_empty(void **state)
 static void test_insert_lookup(void **state)
 {
 	static const struct piece in[] = {
-		{ 8, 12, 0 }, { 0, 4, 1 }, { 20, 24, 2 }, { 14, 16, 0 },
+		{ 8, 12, 0 },
+		{ 0, 4, 1 },
+		{ 20, 24, 2 },
+		{ 14, 16, 0 },
 	};
 	static const struct piece sorted[] = {
-		{ 0, 4, 1 }, { 8, 12, 0 }, { 14, 16, 0 }, { 20, 24, 2 },
+		{ 0, 4, 1 },
+		{ 8, 12, 0 },
+		{ 14, 16, 0 },
+		{ 20, 24, 2 },
 	};
 	static const struct {
 		uint64_t addr;
 		int piece; /* index in sorted, -1: none */
 	} look[] = {
-		{ 0, 0 }, { PG(4) - 1, 0 }, { PG(4), -1 }, { PG(8), 1 },
-		{ PG(12) - 1, 1 }, { PG(13), -1 }, { PG(15) + 7, 2 },
-		{ PG(24) - 1, 3 }, { PG(24), -1 }, { UINT64_MAX, -1 },
+		{ 0, 0 },          { PG(4) - 1, 0 },   { PG(4), -1 },     { PG(8), 1 },
+		{ PG(12) - 1, 1 }, { PG(13), -1 },     { PG(15) + 7, 2 }, { PG(24) - 1, 3 },
+		{ PG(24), -1 },    { UINT64_MAX, -1 },
 	};
 	struct fixture *f = *state;
 
@@ -507,12 +517,14 @@ struct span_row {
 };
 
 /* The same bad spans, refused by insert and by remove. */
-#define INVALID_SPANS(op)                                   \
-	{ op " invalid: unaligned start", 1, PG(8) },       \
-	{ op " invalid: unaligned end", PG(1), PG(8) + 1 }, \
-	{ op " invalid: empty", PG(4), PG(4) },             \
-	{ op " invalid: end before start", PG(8), PG(4) },  \
-	{ op " invalid: end wrapped", PG(8), 0 }
+#define INVALID_SPANS(op)                                           \
+	{ op " invalid: unaligned start", 1, PG(8) },               \
+		{ op " invalid: unaligned end", PG(1), PG(8) + 1 }, \
+		{ op " invalid: empty", PG(4), PG(4) },             \
+		{ op " invalid: end before start", PG(8), PG(4) },  \
+	{                                                           \
+		op " invalid: end wrapped", PG(8), 0                \
+	}
 
 static const struct span_row insert_invalid_rows[] = { INVALID_SPANS("insert") };
 static const struct span_row remove_invalid_rows[] = { INVALID_SPANS("remove") };
@@ -545,7 +557,11 @@ static const struct remove_row remove_rows[] = {
 	{ "remove: whole piece", 6, 10, 4, 2, { { 0, 4, 0 }, { 12, 16, 2 } } },
 	{ "remove: head", 6, 8, 2, 3, { { 0, 4, 0 }, { 8, 10, 1 }, { 12, 16, 2 } } },
 	{ "remove: tail", 8, 10, 2, 3, { { 0, 4, 0 }, { 6, 8, 1 }, { 12, 16, 2 } } },
-	{ "remove: middle splits", 7, 9, 2, 4,
+	{ "remove: middle splits",
+	  7,
+	  9,
+	  2,
+	  4,
 	  { { 0, 4, 0 }, { 6, 7, 1 }, { 9, 10, 1 }, { 12, 16, 2 } } },
 	{ "remove: tail and gap", 3, 5, 1, 3, { { 0, 3, 0 }, { 6, 10, 1 }, { 12, 16, 2 } } },
 	{ "remove: gap and head", 10, 13, 1, 3, { { 0, 4, 0 }, { 6, 10, 1 }, { 13, 16, 2 } } },
@@ -555,7 +571,11 @@ static const struct remove_row remove_rows[] = {
 	{ "remove: last piece", 12, 16, 4, 2, { { 0, 4, 0 }, { 6, 10, 1 } } },
 	{ "remove: everything", 0, 100, 12, 0, { { 0 } } },
 	{ "remove: nothing in a gap", 4, 6, 0, 3, { { 0, 4, 0 }, { 6, 10, 1 }, { 12, 16, 2 } } },
-	{ "remove: nothing past the end", 16, 30, 0, 3,
+	{ "remove: nothing past the end",
+	  16,
+	  30,
+	  0,
+	  3,
 	  { { 0, 4, 0 }, { 6, 10, 1 }, { 12, 16, 2 } } },
 };
 
@@ -630,8 +650,7 @@ struct run_row {
 
 /* Against [0, 2)a [2, 4)b [5, 6)c [6, 9)a [12, 14)b. */
 static const struct run_row run_rows[] = {
-	{ "runs: touching pieces of different templates are one run", 1, 8, 2,
-	  { 1, 4, 5, 8 } },
+	{ "runs: touching pieces of different templates are one run", 1, 8, 2, { 1, 4, 5, 8 } },
 	{ "runs: everything, holes apart", 0, 20, 3, { 0, 4, 5, 9, 12, 14 } },
 	{ "runs: clipped at both ends", 3, 13, 3, { 3, 4, 5, 9, 12, 13 } },
 	{ "runs: inside one piece", 7, 8, 1, { 7, 8 } },
@@ -651,8 +670,7 @@ static void test_runs(void **state)
 	load(f, base, ARRAY_SIZE(base));
 	for (size_t k = 0; k < row->n; k++)
 		bytes += PG(row->runs[2 * k + 1] - row->runs[2 * k]);
-	assert_int_equal(range_remove(&f->rt, PG(row->start), PG(row->end), run_add, &got),
-			 bytes);
+	assert_int_equal(range_remove(&f->rt, PG(row->start), PG(row->end), run_add, &got), bytes);
 	assert_int_equal(got.n, 2 * row->n);
 	for (size_t k = 0; k < got.n; k++)
 		assert_int_equal(got.v[k], PG(row->runs[k]));
@@ -781,50 +799,143 @@ struct copy_row {
 };
 
 static const struct copy_row copy_rows[] = {
-	{ "copy: over nothing", 0, 8, 4,
-	  1, { { 0, 4, 0 } }, 2, { { 0, 4, 0 }, { 8, 12, 0 } }, 2 },
-	{ "copy: below the source", 8, 0, 4,
-	  1, { { 8, 12, 0 } }, 2, { { 0, 4, 0 }, { 8, 12, 0 } }, 2 },
-	{ "copy: past other pieces", 0, 12, 2,
-	  3, { { 0, 2, 0 }, { 4, 6, 1 }, { 8, 10, 2 } },
-	  4, { { 0, 2, 0 }, { 4, 6, 1 }, { 8, 10, 2 }, { 12, 14, 0 } }, 4 },
-	{ "copy: between other pieces", 8, 2, 2,
-	  3, { { 0, 2, 0 }, { 4, 6, 1 }, { 8, 10, 2 } },
-	  4, { { 0, 2, 0 }, { 2, 4, 2 }, { 4, 6, 1 }, { 8, 10, 2 } }, 4 },
-	{ "copy: several pieces and gaps", 0, 10, 8,
-	  3, { { 0, 2, 0 }, { 3, 4, 1 }, { 5, 6, 2 } },
-	  6, { { 0, 2, 0 }, { 3, 4, 1 }, { 5, 6, 2 },
-	       { 10, 12, 0 }, { 13, 14, 1 }, { 15, 16, 2 } }, 6 },
-	{ "copy: onto pieces, which are forgotten", 0, 8, 4,
-	  3, { { 0, 4, 0 }, { 8, 10, 1 }, { 11, 14, 2 } },
-	  3, { { 0, 4, 0 }, { 8, 12, 0 }, { 12, 14, 2 } }, 4 },
-	{ "copy: into the middle of a piece", 0, 6, 2,
-	  2, { { 0, 2, 0 }, { 4, 12, 1 } },
-	  4, { { 0, 2, 0 }, { 4, 6, 1 }, { 6, 8, 0 }, { 8, 12, 1 } }, 4 },
-	{ "copy: part of a piece", 2, 10, 2,
-	  1, { { 0, 8, 0 } }, 2, { { 0, 8, 0 }, { 10, 12, 0 } }, 2 },
-	{ "copy: parts of two pieces", 2, 10, 4,
-	  2, { { 0, 4, 0 }, { 4, 8, 1 } },
-	  4, { { 0, 4, 0 }, { 4, 8, 1 }, { 10, 12, 0 }, { 12, 14, 1 } }, 4 },
-	{ "copy: overlapping forward", 0, 4, 8,
-	  1, { { 0, 8, 0 } }, 2, { { 0, 4, 0 }, { 4, 12, 0 } }, 2 },
-	{ "copy: overlapping back", 4, 0, 8,
-	  1, { { 4, 12, 0 } }, 2, { { 0, 8, 0 }, { 8, 12, 0 } }, 2 },
-	{ "copy: overlapping forward over pieces", 0, 2, 6,
-	  3, { { 0, 2, 0 }, { 3, 5, 1 }, { 6, 8, 2 } },
-	  3, { { 0, 2, 0 }, { 2, 4, 0 }, { 5, 7, 1 } }, 5 },
-	{ "copy: overlapping back over pieces", 2, 0, 6,
-	  3, { { 0, 2, 0 }, { 3, 5, 1 }, { 6, 8, 2 } },
-	  3, { { 1, 3, 1 }, { 4, 6, 2 }, { 6, 8, 2 } }, 5 },
-	{ "copy: part of a piece into itself", 6, 2, 2,
-	  1, { { 0, 8, 0 } },
-	  3, { { 0, 2, 0 }, { 2, 4, 0 }, { 4, 8, 0 } }, 3 },
-	{ "copy: part of a piece, overlapping", 4, 6, 4,
-	  1, { { 0, 8, 0 } }, 2, { { 0, 6, 0 }, { 6, 10, 0 } }, 2 },
-	{ "copy: empty source forgets the destination", 0, 4, 4,
-	  1, { { 4, 8, 0 } }, 0, { { 0 } }, 1 },
-	{ "copy: in place", 0, 0, 4,
-	  1, { { 0, 4, 0 } }, 1, { { 0, 4, 0 } }, 1 },
+	{ "copy: over nothing", 0, 8, 4, 1, { { 0, 4, 0 } }, 2, { { 0, 4, 0 }, { 8, 12, 0 } }, 2 },
+	{ "copy: below the source",
+	  8,
+	  0,
+	  4,
+	  1,
+	  { { 8, 12, 0 } },
+	  2,
+	  { { 0, 4, 0 }, { 8, 12, 0 } },
+	  2 },
+	{ "copy: past other pieces",
+	  0,
+	  12,
+	  2,
+	  3,
+	  { { 0, 2, 0 }, { 4, 6, 1 }, { 8, 10, 2 } },
+	  4,
+	  { { 0, 2, 0 }, { 4, 6, 1 }, { 8, 10, 2 }, { 12, 14, 0 } },
+	  4 },
+	{ "copy: between other pieces",
+	  8,
+	  2,
+	  2,
+	  3,
+	  { { 0, 2, 0 }, { 4, 6, 1 }, { 8, 10, 2 } },
+	  4,
+	  { { 0, 2, 0 }, { 2, 4, 2 }, { 4, 6, 1 }, { 8, 10, 2 } },
+	  4 },
+	{ "copy: several pieces and gaps",
+	  0,
+	  10,
+	  8,
+	  3,
+	  { { 0, 2, 0 }, { 3, 4, 1 }, { 5, 6, 2 } },
+	  6,
+	  { { 0, 2, 0 }, { 3, 4, 1 }, { 5, 6, 2 }, { 10, 12, 0 }, { 13, 14, 1 }, { 15, 16, 2 } },
+	  6 },
+	{ "copy: onto pieces, which are forgotten",
+	  0,
+	  8,
+	  4,
+	  3,
+	  { { 0, 4, 0 }, { 8, 10, 1 }, { 11, 14, 2 } },
+	  3,
+	  { { 0, 4, 0 }, { 8, 12, 0 }, { 12, 14, 2 } },
+	  4 },
+	{ "copy: into the middle of a piece",
+	  0,
+	  6,
+	  2,
+	  2,
+	  { { 0, 2, 0 }, { 4, 12, 1 } },
+	  4,
+	  { { 0, 2, 0 }, { 4, 6, 1 }, { 6, 8, 0 }, { 8, 12, 1 } },
+	  4 },
+	{ "copy: part of a piece",
+	  2,
+	  10,
+	  2,
+	  1,
+	  { { 0, 8, 0 } },
+	  2,
+	  { { 0, 8, 0 }, { 10, 12, 0 } },
+	  2 },
+	{ "copy: parts of two pieces",
+	  2,
+	  10,
+	  4,
+	  2,
+	  { { 0, 4, 0 }, { 4, 8, 1 } },
+	  4,
+	  { { 0, 4, 0 }, { 4, 8, 1 }, { 10, 12, 0 }, { 12, 14, 1 } },
+	  4 },
+	{ "copy: overlapping forward",
+	  0,
+	  4,
+	  8,
+	  1,
+	  { { 0, 8, 0 } },
+	  2,
+	  { { 0, 4, 0 }, { 4, 12, 0 } },
+	  2 },
+	{ "copy: overlapping back",
+	  4,
+	  0,
+	  8,
+	  1,
+	  { { 4, 12, 0 } },
+	  2,
+	  { { 0, 8, 0 }, { 8, 12, 0 } },
+	  2 },
+	{ "copy: overlapping forward over pieces",
+	  0,
+	  2,
+	  6,
+	  3,
+	  { { 0, 2, 0 }, { 3, 5, 1 }, { 6, 8, 2 } },
+	  3,
+	  { { 0, 2, 0 }, { 2, 4, 0 }, { 5, 7, 1 } },
+	  5 },
+	{ "copy: overlapping back over pieces",
+	  2,
+	  0,
+	  6,
+	  3,
+	  { { 0, 2, 0 }, { 3, 5, 1 }, { 6, 8, 2 } },
+	  3,
+	  { { 1, 3, 1 }, { 4, 6, 2 }, { 6, 8, 2 } },
+	  5 },
+	{ "copy: part of a piece into itself",
+	  6,
+	  2,
+	  2,
+	  1,
+	  { { 0, 8, 0 } },
+	  3,
+	  { { 0, 2, 0 }, { 2, 4, 0 }, { 4, 8, 0 } },
+	  3 },
+	{ "copy: part of a piece, overlapping",
+	  4,
+	  6,
+	  4,
+	  1,
+	  { { 0, 8, 0 } },
+	  2,
+	  { { 0, 6, 0 }, { 6, 10, 0 } },
+	  2 },
+	{ "copy: empty source forgets the destination",
+	  0,
+	  4,
+	  4,
+	  1,
+	  { { 4, 8, 0 } },
+	  0,
+	  { { 0 } },
+	  1 },
+	{ "copy: in place", 0, 0, 4, 1, { { 0, 4, 0 } }, 1, { { 0, 4, 0 } }, 1 },
 };
 
 static void test_copy(void **state)
@@ -982,8 +1093,8 @@ static void test_clone_isolation(void **state)
 		{ 0, 4, 0 }, { 6, 8, 1 }, { 10, 16, 0 }, { 20, 22, 2 }, { 24, 30, 1 },
 	};
 	static const struct piece parent[] = {
-		{ 0, 4, 0 }, { 6, 8, 1 }, { 10, 12, 0 }, { 14, 16, 0 }, { 20, 23, 2 },
-		{ 24, 30, 1 }, { 40, 44, 2 },
+		{ 0, 4, 0 },   { 6, 8, 1 },   { 10, 12, 0 }, { 14, 16, 0 },
+		{ 20, 23, 2 }, { 24, 30, 1 }, { 40, 44, 2 },
 	};
 	static const struct piece child[] = {
 		{ 0, 2, 0 }, { 6, 8, 1 }, { 10, 16, 0 }, { 24, 26, 0 }, { 26, 30, 1 },
@@ -1195,7 +1306,7 @@ static void test_refusal_sweep(void **state)
 		long added; /* pieces */
 	} ops[] = {
 		{ op_insert, 0, 1 }, { op_hole, PG(1), 1 }, { op_remove_many, PG(150), 0 },
-		{ op_copy, 0, 23 }, { op_extend, 1, 0 },
+		{ op_copy, 0, 23 },  { op_extend, 1, 0 },
 	};
 	struct fixture *f = *state;
 	struct range_table dst, *tabs[] = { &f->rt, &dst };
@@ -1404,7 +1515,10 @@ static void test_build_dag(void **state)
 		{ 4, 5, 1 }, { 6, 7, 2 }, { 8, 9, 1 }, { 10, 11, 0 }, { 12, 13, 2 },
 	};
 	static const struct piece one_after[] = {
-		{ 0, 1, 0 }, { 2, 3, 0 }, { 4, 5, 1 }, { 8, 9, 1 },
+		{ 0, 1, 0 },
+		{ 2, 3, 0 },
+		{ 4, 5, 1 },
+		{ 8, 9, 1 },
 	};
 	struct fixture *f = *state;
 	struct range_table a, b, *tabs[] = { &a, &b };
@@ -1735,12 +1849,31 @@ static void pick_op(const struct world *w, uint64_t *seed, struct op *op)
 			op->j = i;
 	}
 	switch (kind) {
-	case 0: case 1: case 2: op->kind = OP_INSERT; break;
-	case 3: case 4: op->kind = OP_REMOVE; break;
-	case 5: case 6: case 7: op->kind = OP_COPY; break;
-	case 8: op->kind = OP_EXTEND; op->a = (r >> 48) % w->pages; break;
-	case 9: case 10: op->kind = op->j >= 0 ? OP_CLONE : OP_INSERT; break;
-	default: op->kind = nlive > 1 ? OP_FINI : OP_REMOVE; break;
+	case 0:
+	case 1:
+	case 2:
+		op->kind = OP_INSERT;
+		break;
+	case 3:
+	case 4:
+		op->kind = OP_REMOVE;
+		break;
+	case 5:
+	case 6:
+	case 7:
+		op->kind = OP_COPY;
+		break;
+	case 8:
+		op->kind = OP_EXTEND;
+		op->a = (r >> 48) % w->pages;
+		break;
+	case 9:
+	case 10:
+		op->kind = op->j >= 0 ? OP_CLONE : OP_INSERT;
+		break;
+	default:
+		op->kind = nlive > 1 ? OP_FINI : OP_REMOVE;
+		break;
 	}
 }
 
@@ -1861,14 +1994,17 @@ static void test_stress(void **state)
 		/* Long removals and copies from sparse parts thin the tables:
 		 * a thin one gets inserts until it is tall again. */
 		switch (range_count(t) < 4000 ? 0 : (r >> 56) % 8) {
-		case 0: case 1: case 2:
+		case 0:
+		case 1:
+		case 2:
 			err = range_insert(t, PG(a), PG(a + 1 + len % 16), &f->t[b % NTMPL]);
 			assert_true(err == 0 || err == -EEXIST);
 			break;
 		case 3:
 			assert_true(range_remove(t, PG(a), PG(a + len), NULL, NULL) >= 0);
 			break;
-		case 4: case 5:
+		case 4:
+		case 5:
 			assert_int_equal(range_copy(t, PG(a), PG(b), PG(len)), 0);
 			break;
 		case 6:
@@ -1928,7 +2064,10 @@ static void shared_free(void *ctx, void *p, size_t size)
 }
 
 static const struct range_ops shared_ops = {
-	.get = shared_get, .put = shared_put, .node_alloc = shared_alloc, .node_free = shared_free,
+	.get = shared_get,
+	.put = shared_put,
+	.node_alloc = shared_alloc,
+	.node_free = shared_free,
 };
 
 #define THREAD_PAGES 16384
@@ -2052,10 +2191,12 @@ static void test_threads(void **state)
 	test_free(t);
 }
 
-#define ROW_TESTS(tests, n, fn, rows)                                                 \
-	for (size_t k = 0; k < ARRAY_SIZE(rows); k++)                                  \
-		(tests)[(n)++] = (struct CMUnitTest){ (rows)[k].name, fn, setup, teardown, \
-						      (void *)&(rows)[k] }
+#define ROW_TESTS(tests, n, fn, rows)                                           \
+	for (size_t k = 0; k < ARRAY_SIZE(rows); k++)                           \
+		(tests)[(n)++] = (struct CMUnitTest)                            \
+		{                                                               \
+			(rows)[k].name, fn, setup, teardown, (void *)&(rows)[k] \
+		}
 
 #define PLAIN(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 

@@ -19,7 +19,7 @@
  * charge callback is called from several threads in the smoke test. */
 struct owner {
 	_Atomic long long charged;
-	long long budget;      /* 0: unlimited */
+	long long budget; /* 0: unlimited */
 	_Atomic int refs;
 };
 
@@ -64,8 +64,11 @@ static void count_freed(void *ctx, struct tmpl *t)
 }
 
 static const struct tmpl_ops fake_ops = {
-	.charge = fake_charge, .owner_ref = fake_ref, .owner_put = fake_put,
-	.made = count_made, .freed = count_freed,
+	.charge = fake_charge,
+	.owner_ref = fake_ref,
+	.owner_put = fake_put,
+	.made = count_made,
+	.freed = count_freed,
 };
 
 static int store_setup(void **state)
@@ -453,7 +456,8 @@ static void test_owner_budget(void **state)
 	assert_null(tmpl_slab(s, t, 4));
 	assert_int_equal(atomic_load(&owner_a.charged), owner_a.budget);
 	assert_non_null(tmpl_slab(s, b, 4));
-	assert_int_equal(atomic_load(&owner_b.charged), owner_a.budget + TMPL_SLAB_PAGES * TMPL_PAGE);
+	assert_int_equal(atomic_load(&owner_b.charged),
+			 owner_a.budget + TMPL_SLAB_PAGES * TMPL_PAGE);
 	tmpl_put(s, t);
 	tmpl_put(s, again);
 	tmpl_put(s, b);
