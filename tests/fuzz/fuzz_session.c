@@ -453,7 +453,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		die("cannot initialise the daemon state");
 	loop_track(d.loop);
 	park_init(&d.parked, d.loop, 0, d.cfg.lim.loop_quota);
-	int r = workers_start(&d.workers, d.cfg.workers, d.cfg.lim.fault_quota, mm_worker_stop);
+	int r = workers_start(&d.workers, d.cfg.workers, d.cfg.lim.fault_quota, mm_worker_stop,
+			      mm_worker_pause);
 	if (r < 0)
 		die("workers_start: %s", strerror(-r));
 	if (!(me = acct_get(getuid())))
