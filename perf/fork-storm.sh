@@ -16,7 +16,9 @@ daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do [[ -S $tmp/sock ]] && break; sleep 0.05; done
 ms() { date +%s%3N; }
-served() { "$ctl" --socket "$tmp/sock" stats --json | sed -n 's/.*"processes": \([0-9]*\).*/\1/p'; }
+# The daemon-wide gauge: the first "processes" (the per-uid usage block
+# after it has one of its own, an object).
+served() { "$ctl" --socket "$tmp/sock" stats --json | grep -o '"processes": [0-9]*' | head -n 1 | cut -d' ' -f2; }
 fds0=$(ls /proc/$daemon/fd | wc -l)
 t0=$(ms)
 "$prog" storm "$tmp/sock" "$children" "$par" >/dev/null
