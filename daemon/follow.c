@@ -194,7 +194,7 @@ static int apply(struct follow *f, const struct follow_ev *e)
 	case FOLLOW_UNMAP:
 		return (int)apply_unmap(f, e->from, e->to);
 	default:
-		f->ops->fork(f->ctx, e->child);
+		f->ops->fork(f->ctx, e->child, 1);
 		return 0;
 	}
 }
@@ -388,6 +388,15 @@ int follow_settle(struct follow *f, double now, double cap, struct follow_count 
 	return settle(f, now, cap, 0, n);
 }
 
+/* An event that could not be queued behind the others: a fork's child
+ * still hears of it (ops->fork), without a table. Returns err. */
+static int not_queued(struct follow *f, const struct follow_ev *e, int err)
+{
+	if (e->type == FOLLOW_FORK)
+		f->ops->fork(f->ctx, e->child, 0);
+	return err;
+}
+
 int follow_event(struct follow *f, const struct follow_ev *e, double now, double cap,
 		 struct follow_count *n)
 {
@@ -404,10 +413,10 @@ int follow_event(struct follow *f, const struct follow_ev *e, double now, double
 	}
 	if (f->nq == FOLLOW_QUEUE) {
 		if (f->unborn)
-			return -ENOBUFS; /* nothing can go before the table */
+			return not_queued(f, &ev, -ENOBUFS); /* nothing can go before the table */
 		int r = settle(f, now, cap, 1, n);
 		if (r < 0)
-			return r;
+			return not_queued(f, &ev, r);
 	}
 	f->q[f->nq++] = ev;
 	return settle(f, now, cap, 0, n);
@@ -425,7 +434,11 @@ double follow_deadline(const struct follow *f, double cap)
 
 int follow_holds(const struct follow *f, uint64_t s, uint64_t e, int op)
 {
+	struct range_piece p;
+
 	if (f->unborn)
+		return 1;
+	if (f->nq && !op && !range_lookup(f->rt, s, &p))
 		return 1;
 	for (uint32_t i = 0; i < f->nq; i++) {
 		struct follow_span fp[2];
@@ -459,7 +472,7 @@ void follow_fini(struct follow *f)
 {
 	for (uint32_t i = 0; i < f->nq; i++)
 		if (f->q[i].type == FOLLOW_FORK)
-			f->ops->fork(f->ctx, f->q[i].child);
+			f->ops->fork(f->ctx, f->q[i].child, !f->unborn);
 	f->nq = 0;
 	f->nsrcs = 0;
 	if (f->q)

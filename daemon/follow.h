@@ -66,9 +66,12 @@ struct follow_ops {
 	long long (*unmap)(void *ctx, uint64_t s, uint64_t e);
 	/* The table copies [from, from+len) to [to, to+len): 0 or -errno. */
 	int (*copy)(void *ctx, uint64_t from, uint64_t to, uint64_t len);
-	/* A fork, in its place among the events: the child's table is a
-	 * copy of this one now, without what the records hold. */
-	void (*fork)(void *ctx, void *child);
+	/* A fork, in its place among the events: with ok, the child's table
+	 * is a copy of this one now, without what the records hold; without,
+	 * this table cannot be the child's (it is unborn itself, or could not
+	 * follow an event before the fork): the child must be let go. Called
+	 * exactly once per fork event given to follow_event. */
+	void (*fork)(void *ctx, void *child, int ok);
 	/* Memory for the records and the queue, made on first use; NULL: go
 	 * without (records: an UNMAP forgets the whole source; queue: in the
 	 * order they came). */
@@ -95,8 +98,9 @@ struct follow_count {
 
 void follow_init(struct follow *f, const struct range_table *rt, const struct follow_ops *ops,
 		 void *ctx);
-/* Let go: each fork still queued gets the table as it is (ops->fork), the
- * other events are dropped, the memory freed. */
+/* Let go: each fork still queued gets the table as it is (ops->fork; not
+ * ok if this side is unborn itself), the other events are dropped, the
+ * memory freed. */
 void follow_fini(struct follow *f);
 
 /* A fork child whose table comes from its parent's ops->fork: its events
@@ -119,9 +123,12 @@ int follow_busy(const struct follow *f);
 /* When the oldest waiting event reaches the cap; 0 if none waits. */
 double follow_deadline(const struct follow *f, double cap);
 /* [s, e) is touched by an event still waiting: a fault there must wait
- * (the order decides what it reads). op: for a change of the table (a MAP
- * or UNMAP request), which a waiting fork holds back too, as it must not
- * reach the child. */
+ * (the order decides what it reads); so must a fault no piece contains
+ * while any event waits (a REMAP names the old length only: a mapping
+ * moved and grown at once has its new tail beyond the event's footprint,
+ * and the fault must not grow the piece below into it). op: for a change
+ * of the table (a MAP or UNMAP request), which a waiting fork holds back
+ * too, as it must not reach the child. */
 int follow_holds(const struct follow *f, uint64_t s, uint64_t e, int op);
 
 /* [s, e) has a new owner (mapped, or unmapped on request): out of every

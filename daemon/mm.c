@@ -229,7 +229,7 @@ static void follow_free(void *ctx, void *p)
 	acct_free(mm->acct, p);
 }
 
-static void fork_reached(void *ctx, void *child);
+static void fork_reached(void *ctx, void *child, int ok);
 
 static const struct follow_ops follow_mm = {
 	.unmap = table_unmap,
@@ -936,18 +936,31 @@ static void child_ready(struct rp_mm *child)
 
 /* The parent's events reached the place of a fork read while some of
  * them waited for a late one (follow.h): the child's table is the
- * parent's now. ctx: the parent; child: a reference of the fork's. */
-static void fork_reached(void *ctx, void *arg)
+ * parent's now. ctx: the parent; child: a reference of the fork's. Not ok
+ * (the parent is unborn itself, or could not follow its events up to the
+ * fork): the child is let go while still unborn, so the observer never
+ * hears of it, and its faults fall back to the kernel. */
+static void fork_reached(void *ctx, void *arg, int ok)
 {
 	struct rp_mm *parent = ctx, *child = arg;
 
 	if (!atomic_load(&child->dead)) {
-		follow_born(&child->fl);
-		if (child_table(parent, child) < 0) {
+		if (!ok) {
+			acct_log(child->acct, LOG_NOTICE,
+				 "pid %d: a fork child could not get its "
+				 "table (its parent's events could not be followed); its pages "
+				 "fall back to the kernel",
+				 (int)parent->pid);
 			acct_stat_add(child->acct, PROTO_STAT_UNTRACKED, 1);
 			retire(child);
 		} else {
-			child_ready(child);
+			follow_born(&child->fl);
+			if (child_table(parent, child) < 0) {
+				acct_stat_add(child->acct, PROTO_STAT_UNTRACKED, 1);
+				retire(child);
+			} else {
+				child_ready(child);
+			}
 		}
 	}
 	mm_put(child);
@@ -977,8 +990,16 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	child->w = parent->w;
 	worker_enter(&parent->d->workers, child->w, child->acct);
 	/* Served at once (the fork read, the child runs), with its table
-	 * now, or where the fork falls among the parent's waiting events. */
-	int later = follow_busy(&parent->fl) && follow_unborn(&child->fl) == 0;
+	 * now, or where the fork falls among the parent's waiting events. A
+	 * parent that is unborn itself has no table to give now: without
+	 * room to wait, the child is let go unborn (the observer never hears
+	 * of it). */
+	int later = 0, orphan = 0;
+	if (follow_busy(&parent->fl)) {
+		later = follow_unborn(&child->fl) == 0;
+		if (!later && parent->fl.unborn)
+			orphan = child->fl.unborn = 1;
+	}
 	serve(child);
 	acct_log(parent->acct, LOG_DEBUG, "pid %d uffd %d: fork child adopted as uffd %d%s",
 		 (int)parent->pid, parent->uffd, ufd,
@@ -986,7 +1007,7 @@ static void on_fork(struct rp_mm *parent, int ufd)
 	if (later) {
 		mm_ref(child);
 		on_change(parent, &(struct follow_ev){ .type = FOLLOW_FORK, .child = child });
-	} else if (child_table(parent, child) < 0) {
+	} else if (orphan || child_table(parent, child) < 0) {
 		acct_stat_add(child->acct, PROTO_STAT_UNTRACKED, 1);
 		retire(child);
 	}
