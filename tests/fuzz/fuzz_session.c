@@ -726,14 +726,17 @@ static void check_reply(struct slot *s, const uint8_t *buf, long n)
 
 static void on_eof(struct slot *s)
 {
-	if (s->qn && !s->lenient)
+	/* After a reply that announced the close (a refused HELLO, say: a
+	 * descriptor budget can be held for a moment by descriptors still
+	 * closing on a worker), what was sent behind it is never read. */
+	if (s->qn && !s->lenient && !s->must_close)
 		die("closed with %u request(s) unanswered", s->qn);
 	s->eof = 1;
 	s->qn = 0;
 	s->nr = 0; /* the worker drops the ranges with the uffd */
 }
 
-static void read_replies(struct slot *s)
+static void read_queued(struct slot *s)
 {
 	_Alignas(8) uint8_t buf[PROTO_MAX_MSG];
 	int fd, nfds, trunc;
@@ -757,8 +760,28 @@ static void read_replies(struct slot *s)
 			    trunc);
 		check_reply(s, buf, n);
 	}
+}
+
+/* The daemon closes a connection's socket on its uid's worker, not on the
+ * main loop (descriptors still queued on it may be uffds, whose last close
+ * can wait for their process's mmap_lock): after a reply that announced
+ * the close, the hang-up comes when that thread gets to it. */
+#define FZ_CLOSE_WAIT_MS 5000
+
+static void read_replies(struct slot *s)
+{
+	struct pollfd p = { .fd = s->fd, .events = POLLIN };
+	int waited = 0;
+
+	read_queued(s);
+	while (s->must_close && !s->eof && s->fd >= 0 && waited < FZ_CLOSE_WAIT_MS) {
+		if (poll(&p, 1, 10) > 0)
+			read_queued(s);
+		waited += 10;
+	}
 	if (s->must_close && !s->eof)
-		die("a reply announced the close, the connection stays open");
+		die("a reply announced the close, the connection stays open %d ms later",
+		    FZ_CLOSE_WAIT_MS);
 }
 
 static void read_all(void)
