@@ -997,7 +997,8 @@ static void step_packet(uint8_t op, const uint8_t *data, size_t len)
 		close(fds[i]);
 	if (r == 0 && len == 0) {
 		/* recvmsg() reads an empty SEQPACKET record as end of file: the
-		 * daemon takes it for a hang-up, without a reply. */
+		 * daemon takes it for a hang-up, without a reply, and closes
+		 * (on a worker: step_touch waits for that). */
 		s->lenient = 1;
 		drive(s);
 	} else if (r == 0) {
@@ -1038,6 +1039,8 @@ static void wait_processes(uint64_t want)
 	}
 }
 
+static void workers_settle(void);
+
 static const struct mrange *covering(uint64_t a)
 {
 	for (int k = 0; k < FZ_SLOTS; k++)
@@ -1055,6 +1058,9 @@ static void step_touch(uint8_t arg)
 
 	if (page >= FZ_HOLE && page < FZ_HOLE + FZ_HOLE_PAGES)
 		return;
+	/* Connections the daemon closed are closed by now (on workers), so
+	 * that every end of file is read before the model is asked. */
+	workers_settle();
 	read_all();
 	wait_processes(live_mms());
 	helper_touch(page, got);
