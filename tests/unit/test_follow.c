@@ -503,6 +503,14 @@ static void test_fork_parent_gone(void **state)
 	side_free(x);
 }
 
+/* x unborn, with as many of its own events waiting as its queue holds. */
+static void fill_unborn(struct side *x)
+{
+	assert_int_equal(follow_unborn(&x->f), 0);
+	for (unsigned i = 0; i < FOLLOW_QUEUE; i++)
+		unmap(x, i, 1, 0);
+}
+
 /* While events wait, a fault no piece contains waits too: a REMAP names
  * the old length only, so a block moved and grown at once has its new
  * tail outside the event's footprint, and growing the piece below into
@@ -532,16 +540,10 @@ static void test_hold_unknown(void **state)
 static void test_unborn_parent_full_fork(void **state)
 {
 	struct side *child = side_new(), *grandchild = side_new();
-	struct follow_ev e = { .type = FOLLOW_UNMAP };
 	struct follow_ev f = { .type = FOLLOW_FORK, .child = grandchild };
 
 	(void)state;
-	assert_int_equal(follow_unborn(&child->f), 0);
-	for (unsigned i = 0; i < FOLLOW_QUEUE; i++) {
-		e.from = P(i);
-		e.to = P(i + 1);
-		assert_int_equal(follow_event(&child->f, &e, 0, CAP, &child->n), 0);
-	}
+	fill_unborn(child);
 	assert_int_equal(follow_unborn(&grandchild->f), 0);
 	assert_int_equal(follow_event(&child->f, &f, 0, CAP, &child->n), -ENOBUFS);
 	assert_true(grandchild->refused);
@@ -572,15 +574,10 @@ static void test_unborn_parent_gone(void **state)
 static void test_unborn_full(void **state)
 {
 	struct side *child = side_new();
-	struct follow_ev e = { .type = FOLLOW_UNMAP };
+	struct follow_ev e = { .type = FOLLOW_UNMAP, .from = P(0), .to = P(1) };
 
 	(void)state;
-	assert_int_equal(follow_unborn(&child->f), 0);
-	for (unsigned i = 0; i < FOLLOW_QUEUE; i++) {
-		e.from = P(i);
-		e.to = P(i + 1);
-		assert_int_equal(follow_event(&child->f, &e, 0, CAP, &child->n), 0);
-	}
+	fill_unborn(child);
 	assert_int_equal(follow_event(&child->f, &e, 0, CAP, &child->n), -ENOBUFS);
 	assert_true(follow_deadline(&child->f, CAP) == 0);
 	side_free(child);
