@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "stats.h"
+#include "template.h"
 
 /* An account nobody refers to any more stays this long: a uid that
  * connects, misbehaves and disconnects in a loop must find its rate limit
@@ -397,4 +398,34 @@ int acct_turn_wake(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
 void acct_turn_use(struct acct *a, unsigned loop, uint32_t n)
 {
 	a->turns[loop < nloops ? loop : 0].used += n;
+}
+
+/* --- templates' owners ---------------------------------------------------- */
+
+static int tmpl_charge(void *owner, int64_t bytes)
+{
+	if (bytes < 0) {
+		acct_uncharge(owner, ACCT_MEMORY, (uint64_t)-bytes);
+		return 0;
+	}
+	return acct_charge(owner, ACCT_MEMORY, (uint64_t)bytes);
+}
+
+static void tmpl_owner_ref(void *owner)
+{
+	acct_ref(owner);
+	acct_stat_add(owner, PROTO_STAT_TEMPLATES, 1);
+}
+
+static void tmpl_owner_put(void *owner)
+{
+	acct_stat_add(owner, PROTO_STAT_TEMPLATES, -1);
+	acct_put(owner);
+}
+
+void acct_tmpl_ops(struct tmpl_ops *ops)
+{
+	ops->charge = tmpl_charge;
+	ops->owner_ref = tmpl_owner_ref;
+	ops->owner_put = tmpl_owner_put;
 }

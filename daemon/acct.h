@@ -137,4 +137,10 @@ int acct_turn_wake(struct acct *a, unsigned loop, uint64_t iter, uint32_t quota)
  * warnings and notices, one for info and debug lines). */
 void acct_log(struct acct *a, int prio, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+struct tmpl_ops;
+/* The template store's hooks for accounts as owners: each template's
+ * memory charged to its owner's ACCT_MEMORY, and counted in its STATS
+ * (template.h). The other hooks are left as they are. */
+void acct_tmpl_ops(struct tmpl_ops *ops);
+
 #endif

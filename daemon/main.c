@@ -550,33 +550,9 @@ static int enter_sandbox(void)
 	return r;
 }
 
-/* The template store charges each template to its owner's account. */
-static int tmpl_charge(void *owner, int64_t bytes)
-{
-	if (bytes < 0) {
-		acct_uncharge(owner, ACCT_MEMORY, (uint64_t)-bytes);
-		return 0;
-	}
-	return acct_charge(owner, ACCT_MEMORY, (uint64_t)bytes);
-}
-
-static void tmpl_owner_ref(void *owner)
-{
-	acct_ref(owner);
-	acct_stat_add(owner, PROTO_STAT_TEMPLATES, 1);
-}
-
-static void tmpl_owner_put(void *owner)
-{
-	acct_stat_add(owner, PROTO_STAT_TEMPLATES, -1);
-	acct_put(owner);
-}
-
-static struct tmpl_ops tmpl_ops = {
-	.charge = tmpl_charge,
-	.owner_ref = tmpl_owner_ref,
-	.owner_put = tmpl_owner_put,
-};
+/* Each template charged to its owner's account (acct_tmpl_ops); the
+ * restart wing adds its hooks (wing_init). */
+static struct tmpl_ops tmpl_ops;
 
 static void set_defaults(struct rp_config *c)
 {
@@ -626,6 +602,7 @@ static int init(int argc, char **argv, char **args, struct fdset *fds)
 		atomic_init(&d.next_id[k], 1);
 	signal(SIGPIPE, SIG_IGN);
 	d.listen_fd = -1;
+	acct_tmpl_ops(&tmpl_ops);
 	d.loop = ev_default_loop(EVFLAG_AUTO);
 	if (!d.loop || inbox_init(&d.mainq, d.loop) < 0 ||
 	    tmpl_store_init(&d.tmpls, d.cfg.lim.store, d.cfg.fault_around, &tmpl_ops) < 0) {

@@ -165,34 +165,8 @@ static struct arena_page pages[FZ_ARENA_PAGES];
 static uint8_t (*contents)[PAGE]; /* [MAX_CONTENTS] */
 static int ncontents;
 
-/* The template store's ops, as main.c's (static there): each template is
- * charged to its owner's account. */
-static int tmpl_charge(void *owner, int64_t bytes)
-{
-	if (bytes < 0) {
-		acct_uncharge(owner, ACCT_MEMORY, (uint64_t)-bytes);
-		return 0;
-	}
-	return acct_charge(owner, ACCT_MEMORY, (uint64_t)bytes);
-}
-
-static void tmpl_owner_ref(void *owner)
-{
-	acct_ref(owner);
-	acct_stat_add(owner, PROTO_STAT_TEMPLATES, 1);
-}
-
-static void tmpl_owner_put(void *owner)
-{
-	acct_stat_add(owner, PROTO_STAT_TEMPLATES, -1);
-	acct_put(owner);
-}
-
-static const struct tmpl_ops tmpl_ops = {
-	.charge = tmpl_charge,
-	.owner_ref = tmpl_owner_ref,
-	.owner_put = tmpl_owner_put,
-};
+/* The template store's ops: main.c's (acct_tmpl_ops). */
+static struct tmpl_ops tmpl_ops;
 
 static int content_index(const uint8_t *page)
 {
@@ -446,6 +420,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	for (int k = 0; k < RP_ID_KINDS; k++)
 		atomic_init(&d.next_id[k], 1);
 	d.listen_fd = -1;
+	acct_tmpl_ops(&tmpl_ops);
 	/* Not the default loop: that one would take SIGCHLD (the helper's). */
 	d.loop = ev_loop_new(EVFLAG_AUTO);
 	if (!d.loop || inbox_init(&d.mainq, d.loop) < 0 ||
