@@ -1307,6 +1307,10 @@ static int map_apply(struct rp_mm *mm, struct mm_op *op)
 	int r = range_insert(&mm->ranges, op->addr, end, op->t);
 	if (r == -ENOSPC || (r == -ENOMEM && mm->budget_hit))
 		r = -EDQUOT;
+	if (r == -EEXIST)
+		acct_log(mm->acct, LOG_DEBUG,
+			 "pid %d: MAP [%#llx, +%#llx) refused: the table has a range there",
+			 (int)mm->pid, (unsigned long long)op->addr, (unsigned long long)op->len);
 	/* Taking back the piece may need nodes too (a path shared with a
 	 * fork child): refused, the table keeps a piece the kernel does not
 	 * have, so this address space is let go at its next fault. */
