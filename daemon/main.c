@@ -478,10 +478,11 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
 	(void)t;
 	(void)revents;
 	if (clients != last_clients || faults != last_faults) {
-		sd_notifyf(0, "STATUS=%llu clients, %llu processes, %llu faults served",
+		sd_notifyf(0,
+			   "STATUS=%llu clients, %llu processes, %llu faults served (refpaged %s)",
 			   (unsigned long long)clients,
 			   (unsigned long long)stat_get(PROTO_STAT_PROCESSES),
-			   (unsigned long long)faults);
+			   (unsigned long long)faults, RP_VERSION);
 		last_clients = clients;
 		last_faults = faults;
 	}
@@ -708,7 +709,7 @@ int main(int argc, char **argv)
 		shutdown_all(1);
 		return 1;
 	}
-	sd_notifyf(0, "READY=1\nSTATUS=serving, %u workers", d.workers.n);
+	sd_notifyf(0, "READY=1\nSTATUS=serving, %u workers (refpaged %s)", d.workers.n, RP_VERSION);
 	log_notice("refpaged %s ready: %u workers, fault-around %u pages, poll %u us, batch %u, "
 		   "drain %s, coalesce %s, dontwake %s; per uid: %llu descriptors, %llu MiB",
 		   RP_VERSION, d.workers.n, d.cfg.fault_around, d.cfg.poll_us, d.cfg.batch,

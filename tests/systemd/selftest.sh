@@ -51,21 +51,28 @@ journal_prio() {
 	journalctl -u $svc --no-pager -o json _COMM=refpaged |
 		grep -E "\"MESSAGE\":\"[^\"]*$1" | grep -q "\"PRIORITY\":\"$2\""
 }
-purged() { # the checks after the package is purged: $1 names the step
+purged() { # the checks after the packages are purged: $1 names the step
 	check "$1: user and group refpaged are gone" \
 		sh -c '! getent passwd refpaged && ! getent group refpaged'
 	check "$1: /run/refpaged is gone" test ! -e /run/refpaged
-	check "$1: no file named after refpaged is left" sh -c \
+	check "$1: no file named after refpage is left (units, links, mask, deb-systemd-helper's state)" sh -c \
 		'f=$(find / -xdev -name "*refpage*" -not -path "/rp-test/*" -not -path "/out/*"); echo "$f"; [ -z "$f" ]'
-	check "$1: dpkg has forgotten it" sh -c '! dpkg -s refpaged 2>/dev/null | grep -q "^Status:"'
-}
-removed() { # the checks after the package is removed or purged
-	check "$1: no unit file, no enablement link" sh -c \
-		'f=$(find /etc/systemd /lib/systemd /usr/lib/systemd /run/systemd/system -name "refpaged*"); echo "$f"; [ -z "$f" ]'
 	check "$1: systemd knows no refpaged unit" sh -c \
 		'u=$(systemctl list-units --all --plain --no-legend "refpaged*"; systemctl list-unit-files --no-legend "refpaged*"); echo "$u"; [ -z "$u" ]'
+	check "$1: dpkg has forgotten them" sh -c \
+		'! dpkg -s refpaged librefpage0 librefpage-dev 2>/dev/null | grep -q "^Status:"'
+}
+removed() { # the checks after the daemon's package is removed or purged
+	check "$1: no unit file shipped is left" sh -c \
+		'f=$(find /lib/systemd /usr/lib/systemd /run/systemd/system -name "refpaged*"); echo "$f"; [ -z "$f" ]'
+	check "$1: no refpaged unit is active" sh -c \
+		'for u in refpaged.socket refpaged.service; do ! systemctl --quiet is-active $u || exit 1; done'
 	check "$1: no socket file" test ! -e $sock
 	check "$1: no daemon process" sh -c '! pgrep -a -x refpaged'
+}
+removed_only() { # after a removal that is not a purge: as debhelper leaves it
+	check "$1: refpaged.socket masked by deb-systemd-helper until the package comes back" sh -c \
+		'[ "$(readlink /etc/systemd/system/refpaged.socket)" = /dev/null ] && [ -e /var/lib/systemd/deb-systemd-helper-masked/refpaged.socket ]'
 }
 
 : > "$out"
@@ -136,7 +143,7 @@ fi
 
 # --- STATUS= and the journal --------------------------------------------
 check "systemctl status shows the daemon's STATUS= counters" wait_until 5 sh -c \
-	"systemctl status --no-pager $svc | grep -qE 'Status: \"[0-9]+ clients, [0-9]+ processes, [0-9]+ faults served\"'"
+	"systemctl status --no-pager $svc | grep -qE 'Status: \"[0-9]+ clients, [0-9]+ processes, [0-9]+ faults served \\(refpaged [0-9][^)]*\\)\"'"
 systemctl status --no-pager $svc > /out/status.txt 2>&1
 check "journal: 'ready' line at PRIORITY 5 (notice)" journal_prio "refpaged [^ ]+ ready:" 5
 check "journal: 'listening on the socket systemd passed' at PRIORITY 6 (info)" \
@@ -278,8 +285,8 @@ else
 	else
 		fail "systemctl restart: not running again"
 	fi
-	# ExecReload= sends SIGHUP: refpaged re-execs itself in place and hands
-	# MAINPID= to the new process (NotifyAccess=main).
+	# ExecReload= is refpagectl upgrade: refpaged re-execs itself in place
+	# and hands MAINPID= to the new process (NotifyAccess=main).
 	pid=$(prop $svc MainPID)
 	t_reload=$(now)
 	if systemctl reload $svc && wait_until 20 running_new "$pid"; then
@@ -382,32 +389,89 @@ fi
 journalctl -u $svc -u refpaged.socket --no-pager > /out/journal.txt 2>&1
 systemd-analyze time > /out/analyze-time.txt 2>&1
 
-# --- remove, purge, install on a running system, purge ------------------
-deb=$(ls /rp-test/refpaged_*.deb)
+# --- remove, purge, install on a running system, upgrade, purge ---------
+# The three packages (refpaged, librefpage0, librefpage-dev) of this build
+# are in /rp-test/v1, those of the same source rebuilt as a higher version
+# in /rp-test/v2 (test_nspawn.sh).
+v1=(/rp-test/v1/*.deb) v2=(/rp-test/v2/*.deb)
+ver() { dpkg-query -W -f='${Version}' "$1" 2> /dev/null; }
+want_v2=$(dpkg-deb -f /rp-test/v2/refpaged_*.deb Version)
 apt-get remove -y refpaged > /out/apt-remove.log 2>&1 || fail "apt-get remove refpaged"
 removed "apt-get remove"
-apt-get install -y "$deb" > /out/apt-install-after-remove.log 2>&1 || fail "apt-get install after remove"
-check "install after remove: refpaged.socket enabled and listening again" sh -c \
+removed_only "apt-get remove"
+apt-get install -y "${v1[@]}" > /out/apt-install-after-remove.log 2>&1 || fail "apt-get install after remove"
+check "install after remove: refpaged.socket unmasked, enabled and listening again" sh -c \
 	"systemctl --quiet is-enabled refpaged.socket && [ \$(systemctl show -P SubState refpaged.socket) = listening ]"
-apt-get purge -y refpaged > /out/apt-purge.log 2>&1 || fail "apt-get purge refpaged"
+apt-get purge -y refpaged librefpage0 librefpage-dev > /out/apt-purge.log 2>&1 || fail "apt-get purge"
 removed "apt-get purge"
 purged "apt-get purge"
 
-apt-get install -y "$deb" > /out/apt-install.log 2>&1 || fail "apt-get install $deb"
+apt-get install -y "${v1[@]}" > /out/apt-install.log 2>&1 || fail "apt-get install ${v1[*]}"
 check "installed on a running systemd: refpaged.socket enabled" systemctl --quiet is-enabled refpaged.socket
 check "installed on a running systemd: refpaged.socket listening, service not started" sh -c \
 	"[ \$(systemctl show -P SubState refpaged.socket) = listening ] && [ \$(systemctl show -P ActiveState $svc) = inactive ]"
 check "installed on a running systemd: an ordinary user is served" sh -c \
 	"setpriv --reuid=rpuser --regid=rpuser --init-groups --reset-env -- $bin/refpage-demo -m 4 | grep -q 'all checks passed'"
-# An upgrade (here: the same version again) keeps the admin's choice and
-# restarts a running daemon.
+
+# --- a package upgrade under load: the daemon replaced in place ----------
+# load_client as before (16 threads and a forked child with 4, every byte
+# checked); apt-get installs the higher version over it: postinst's
+# systemctl reload hands the clients to the new binary.
+coproc LOAD { as_user $bin/load_client $sock 16 2>&1; }
+lpid=$LOAD_PID
+exec {load_out}<&"${LOAD[0]}" {load_in}>&"${LOAD[1]}"
+read -r -t 60 -u $load_out line
+if [ "${line:-}" != flowing ]; then
+	fail "upgrade: load_client did not start: ${line:-nothing}"
+else
+	pid=$(prop $svc MainPID) n0=$(prop $svc NRestarts) v0=$(ver refpaged)
+	ups0=$(journalctl -u $svc -o cat --no-pager | grep -c "client up")
+	t_up=$(now)
+	apt-get install -y "${v2[@]}" > /out/apt-upgrade.log 2>&1 || fail "apt-get install ${v2[*]} (upgrade)"
+	metric upgrade_s "$(elapsed "$t_up" "$(now)")"
+	load_cmd check
+	metric upgrade_worst_fault_ms "$(field max_ms)"
+	metric upgrade_pause_ms "$(journalctl -u $svc -o cat --no-pager |
+		sed -nE 's/.*serves now; clients waited at most ([0-9.]+) ms.*/\1/p' | tail -n 1)"
+	npid=$(prop $svc MainPID)
+	if [[ $reply == ok* ]] && [ "$(field bad)" = 0 ] && [ "$(field zeros)" = 0 ]; then
+		pass "package upgrade $v0 -> $(ver refpaged) under 16+4 faulting threads: every thread goes on, no wrong byte, no zero page ($reply)"
+	else
+		fail "package upgrade under load: ${reply:-no answer from load_client}"
+	fi
+	check "upgrade: all three packages are at $want_v2" sh -c \
+		"[ '$(ver refpaged)/$(ver librefpage0)/$(ver librefpage-dev)' = '$want_v2/$want_v2/$want_v2' ]"
+	check "upgrade: the daemon was replaced in place (MainPID $pid -> $npid, refpaged), not restarted (NRestarts $n0)" sh -c \
+		"[ '$npid' != '$pid' ] && [ \"\$(ps -o comm= -p $npid)\" = refpaged ] && [ \$(systemctl show -P NRestarts $svc) = $n0 ] && [ \$(systemctl show -P Result $svc) = success ]"
+	check "upgrade: the new daemon runs the new binary (/proc/$npid/exe not deleted)" sh -c \
+		"[ \"\$(readlink /proc/$npid/exe)\" = /usr/sbin/refpaged ]"
+	check "upgrade: systemctl status shows the new version ($want_v2)" wait_until 5 sh -c \
+		"systemctl status --no-pager $svc | grep -qF '(refpaged $want_v2)'"
+	ups=$(journalctl -u $svc -o cat --no-pager | grep -c "client up")
+	check "upgrade: the load's client never reconnected ($ups0 'client up' before, $ups after)" test "$ups" = "$ups0"
+	check "upgrade: rp_alive() never said the connection was gone (dead=$(field dead))" sh -c \
+		"case '$(field dead)' in 0/*) exit 0 ;; *) exit 1 ;; esac"
+	systemctl status --no-pager $svc > /out/status-upgraded.txt 2>&1
+fi
+load_cmd stop
+wait "$lpid" 2> /dev/null
+rc=$?
+exec {load_out}<&- {load_in}>&-
+if [ $rc = 0 ] && [[ $reply == done* ]]; then
+	pass "upgrade: load_client ends cleanly: no thread stuck, no wrong byte ($reply)"
+else
+	fail "upgrade: load_client (status $rc): ${reply:-no answer}"
+fi
+
+# A reinstall keeps the admin's choice and replaces a running daemon in
+# place too.
 pid=$(prop $svc MainPID)
 systemctl --quiet disable refpaged.socket
-apt-get install -y --reinstall "$deb" > /out/apt-reinstall.log 2>&1 || fail "apt-get install --reinstall"
-check "upgrade: the admin's 'disable' of refpaged.socket is kept" sh -c \
+apt-get install -y --reinstall "${v2[@]}" > /out/apt-reinstall.log 2>&1 || fail "apt-get install --reinstall"
+check "reinstall: the admin's 'disable' of refpaged.socket is kept" sh -c \
 	'[ "$(systemctl is-enabled refpaged.socket)" = disabled ]'
-check "upgrade: the running daemon was restarted" running_new "$pid"
-apt-get purge -y refpaged > /out/apt-purge2.log 2>&1 || fail "apt-get purge refpaged (second)"
+check "reinstall: the running daemon was replaced in place" running_new "$pid"
+apt-get purge -y refpaged librefpage0 librefpage-dev > /out/apt-purge2.log 2>&1 || fail "apt-get purge (second)"
 removed "purge of a running daemon"
 purged "purge of a running daemon"
 

@@ -4,7 +4,11 @@
 #
 #   test_nspawn.sh BUILD_DIR DEMO HOLD_CLIENT FORK_CLIENT LOAD_CLIENT
 #
-# 1. cpack -G DEB in BUILD_DIR makes the package (into a scratch dir).
+# 1. cpack -G DEB in BUILD_DIR makes the packages (into a scratch dir):
+#    refpaged, librefpage0, librefpage-dev; and the same source, built
+#    again with -DRP_VERSION_SUFFIX=+rebuild1 (the product only, through
+#    $CMAKE_C_COMPILER_LAUNCHER if set), makes them at a higher version,
+#    for the upgrade.
 # 2. The root is debootstrapped once and cached outside the repo, in
 #    $RP_NSPAWN_CACHE (default /var/cache/refpaged-nspawn)/bookworm-KEY/root,
 #    KEY a hash of the suite, mirror, architecture and package list (systemd,
@@ -22,7 +26,9 @@
 #    after kill -9 and after a watchdog timeout, ten kill -9s, a restart and
 #    a reload under a faulting load that must not notice them, a stop that
 #    releases it, the online security score,
-#    remove, purge, and install on a running system; then powers off.
+#    remove, purge, install on a running system, a package upgrade to the
+#    higher version under a faulting load (the daemon replaced in place),
+#    a reinstall, purge; then powers off.
 # 5. Here: the online score must match the offline one within 0.1; the
 #    package size and the times measured inside are printed.
 # Exit 0: pass, 1: fail, 77: skipped (says why).
@@ -60,15 +66,30 @@ keep=$build/systemd-nspawn-out
 trap 'rm -rf "$keep"; cp -r "$work/out" "$keep"; umount -R "$work/root" 2> /dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/pkg" "$work/out" "$work/upper" "$work/ovlwork" "$work/root"
 
-# --- 1. the package ------------------------------------------------------
-(cd "$build" && cpack -G DEB -B "$work/pkg") > "$work/cpack.log" 2>&1 ||
+# --- 1. the packages, and a higher version of them -----------------------
+mkdir -p "$work/pkg/v1" "$work/pkg/v2"
+(cd "$build" && cpack -G DEB -B "$work/pkg/v1") > "$work/cpack.log" 2>&1 ||
 	{ cat "$work/cpack.log"; fail "cpack -G DEB"; }
-deb=$(ls "$work"/pkg/refpaged_*.deb 2> /dev/null | head -n 1)
+deb=$(ls "$work"/pkg/v1/refpaged_*.deb 2> /dev/null | head -n 1)
 [ -n "$deb" ] || fail "cpack made no refpaged_*.deb"
-echo "package: $(basename "$deb"), $(stat -c %s "$deb") bytes," \
-	"Installed-Size $(dpkg-deb -f "$deb" Installed-Size) KiB"
-echo "Depends: $(dpkg-deb -f "$deb" Depends)"
-dpkg-deb -c "$deb" | awk '{ print "  " $3, $6, $7, $8 }'
+cache_var() { sed -n "s/^$1:[A-Z]*=//p" "$build/CMakeCache.txt"; }
+t=$(date +%s)
+{
+	cmake -S "$(cache_var refpaged_SOURCE_DIR)" -B "$work/build-v2" -DBUILD_TESTING=OFF \
+		-DCMAKE_BUILD_TYPE="$(cache_var CMAKE_BUILD_TYPE)" \
+		-DCMAKE_INSTALL_PREFIX="$(cache_var CMAKE_INSTALL_PREFIX)" \
+		-DCMAKE_C_COMPILER="$(cache_var CMAKE_C_COMPILER)" -DRP_VERSION_SUFFIX=+rebuild1 &&
+		cmake --build "$work/build-v2" -j "$(nproc)" &&
+		(cd "$work/build-v2" && cpack -G DEB -B "$work/pkg/v2")
+} > "$work/build-v2.log" 2>&1 || { tail -n 40 "$work/build-v2.log"; fail "the higher version's build"; }
+rm -rf "$work/pkg"/v*/_CPack_Packages
+echo "packages: $(cd "$work/pkg" && echo v1/*.deb v2/*.deb) (v2 built in $(($(date +%s) - t)) s)"
+for d in "$work"/pkg/v1/*.deb; do
+	echo "package: $(basename "$d"), $(stat -c %s "$d") bytes," \
+		"Installed-Size $(dpkg-deb -f "$d" Installed-Size) KiB"
+	echo "  Depends: $(dpkg-deb -f "$d" Depends)"
+	dpkg-deb -c "$d" | awk '{ print "  " $3, $6, $7, $8 }'
+done
 
 # --- 2. the cached root --------------------------------------------------
 mirror() {
@@ -88,8 +109,11 @@ mirror() {
 }
 mirror=$(mirror)
 [ -n "$mirror" ] || skip "no Debian mirror in the apt sources (set RP_DEBIAN_MIRROR)"
-# The package's Depends:, first alternatives, without versions.
-deps=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/[[:space:]]//g' | grep .)
+# The packages' Depends:, first alternatives, without versions, but for
+# the packages themselves.
+ours=$(for d in "$work"/pkg/v1/*.deb; do dpkg-deb -f "$d" Package; done)
+deps=$(for d in "$work"/pkg/v1/*.deb; do dpkg-deb -f "$d" Depends; done | tr ',' '\n' |
+	sed -E 's/\|.*//; s/\(.*\)//; s/[[:space:]]//g' | grep . | grep -vxF "$ours")
 pkgs=$(printf '%s\n' "${base_pkgs[@]}" $deps | sort -u | paste -sd, -)
 arch=$(dpkg --print-architecture)
 key=$(printf '%s\n' "$suite" "$mirror" "$arch" minbase "$pkgs" | sha256sum | cut -c1-12)
@@ -129,7 +153,7 @@ mount -t overlay overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/o
 	fail "cannot mount an overlay on $root"
 r=$work/root
 mkdir -p "$r/rp-test/bin"
-cp "$deb" "$r/rp-test/"
+cp -r "$work/pkg/v1" "$work/pkg/v2" "$r/rp-test/"
 cp "$demo" "$r/rp-test/bin/refpage-demo"
 cp "$hold" "$r/rp-test/bin/hold_client"
 cp "$forkc" "$r/rp-test/bin/fork_client"
@@ -153,7 +177,7 @@ StandardError=journal+console
 WantedBy=multi-user.target
 EOF
 nspawn=(systemd-nspawn -q --register=no --keep-unit -D "$r")
-"${nspawn[@]}" --console=pipe sh -c "dpkg -i /rp-test/$(basename "$deb") &&
+"${nspawn[@]}" --console=pipe sh -c "dpkg -i /rp-test/v1/*.deb &&
 	useradd --create-home rpuser && systemctl enable rp-selftest.service" \
 	> "$work/out/offline-install.log" 2>&1 ||
 	{ cat "$work/out/offline-install.log"; fail "offline install (dpkg -i in a container without systemd)"; }
@@ -196,7 +220,7 @@ fi
 
 metric() { sed -n "s/^METRIC $1 //p" "$res"; }
 echo
-echo "package size:                   $(stat -c %s "$deb") bytes ($(basename "$deb"))"
+echo "package sizes:                  $(for d in "$work"/pkg/v1/*.deb; do printf '%s %s bytes; ' "$(basename "$d")" "$(stat -c %s "$d")"; done)"
 echo "boot to first fault:            $(metric boot_to_first_fault_s) s (systemd-nspawn start to the first client's first fault served)"
 echo "  of which in the container:     $(metric pid1_to_first_fault_s) s (its systemd, PID 1, started to that fault)"
 echo "service start to READY=1:       $(metric service_start_to_ready_ms) ms"
@@ -204,10 +228,12 @@ echo "kill -9 to active (running):    $(metric restart_kill_to_active_s) s (Rest
 echo "kill -9 to next client served:  $(metric restart_kill_to_client_served_s) s"
 echo "10 kill -9s under load:         worst kill to active again $(metric kill_worst_down_s) s, slowest first touch $(metric kill_worst_fault_ms) ms (parent/fork child)"
 echo "reload (in-place re-exec):      $(metric reload_s) s from systemctl reload to the new MainPID seen; clients paused $(metric reload_pause_ms) ms (daemon's log)"
+echo "package upgrade under load:     apt-get install of the higher version $(metric upgrade_s) s; clients paused $(metric upgrade_pause_ms) ms (daemon's log); slowest first touch over the load's run $(metric upgrade_worst_fault_ms) ms (parent/fork child)"
 echo "container: $(cat "$work/out/analyze-time.txt" 2> /dev/null | head -n 1)"
 
 if grep -q '^FAIL' "$res" || [ $bad = 1 ]; then
-	for f in status.txt demo.log checks.log journal.txt apt-remove.log apt-purge.log apt-install.log; do
+	for f in status.txt demo.log checks.log journal.txt apt-remove.log apt-purge.log apt-install.log \
+		apt-upgrade.log status-upgraded.txt apt-reinstall.log apt-purge2.log; do
 		[ -f "$work/out/$f" ] && { echo "--- $f"; tail -n 40 "$work/out/$f"; }
 	done
 	fail "$(grep -c '^FAIL' "$res") checks failed inside the container"
