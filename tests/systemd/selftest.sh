@@ -463,8 +463,33 @@ else
 	fail "upgrade: load_client (status $rc): ${reply:-no answer}"
 fi
 
+# A new version that cannot read the running daemon's state (here: a
+# daemon that writes a format no binary reads): the old daemon goes on
+# serving, postinst says so, and the packages are configured all the same.
+mkdir -p /run/systemd/system/$svc.d
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/refpaged --fd-store --debug-snapshot-version 999\n' \
+	> /run/systemd/system/$svc.d/refuse.conf
+systemctl daemon-reload
+systemctl restart $svc
+wait_until 20 state_is $svc active/running
+pid=$(prop $svc MainPID)
+apt-get install -y --reinstall "${v2[@]}" > /out/apt-refused.log 2>&1 || fail "apt-get install --reinstall (refused handover)"
+check "refused handover: the old daemon goes on serving (MainPID $pid)" sh -c \
+	"[ \$(systemctl show -P MainPID $svc) = $pid ] && systemctl --quiet is-active $svc"
+check "refused handover: postinst tells the admin" grep -q "did not hand over to the new version" /out/apt-refused.log
+configured() {
+	[ "$(dpkg-query -W -f='${Status}\n' refpaged librefpage0 librefpage-dev | sort -u)" = "install ok installed" ]
+}
+check "refused handover: the packages are configured all the same" configured
+check "refused handover: the journal says why" journal_has "the journal is format version 999"
+rm -rf /run/systemd/system/$svc.d
+systemctl daemon-reload
+systemctl stop $svc
+systemctl start $svc
+
 # A reinstall keeps the admin's choice and replaces a running daemon in
 # place too.
+wait_until 20 state_is $svc active/running
 pid=$(prop $svc MainPID)
 systemctl --quiet disable refpaged.socket
 apt-get install -y --reinstall "${v2[@]}" > /out/apt-reinstall.log 2>&1 || fail "apt-get install --reinstall"
