@@ -4,7 +4,7 @@
 #
 #   test_nspawn.sh BUILD_DIR DEMO HOLD_CLIENT FORK_CLIENT LOAD_CLIENT
 #
-# 1. cpack -G DEB in BUILD_DIR makes the package (into a scratch dir).
+# 1. cpack -G DEB in BUILD_DIR makes the packages (into a scratch dir).
 # 2. The root is debootstrapped once and cached outside the repo, in
 #    $RP_NSPAWN_CACHE (default /var/cache/refpaged-nspawn)/bookworm-KEY/root,
 #    KEY a hash of the suite, mirror, architecture and package list (systemd,
@@ -12,7 +12,7 @@
 #    the one apt on this machine uses ($RP_DEBIAN_MIRROR overrides it).
 #    Delete the directory to rebuild it.
 # 3. Each run works on an overlay of that root (the cache stays pristine):
-#    the package is installed there offline (dpkg -i in a container without
+#    the packages are installed there offline (dpkg -i in a container without
 #    systemd: postinst only enables the socket), with an ordinary user
 #    rpuser, the clients DEMO, HOLD_CLIENT, FORK_CLIENT and LOAD_CLIENT (built here, same
 #    glibc; not part of the package), selftest.sh, and rp-selftest.service.
@@ -88,8 +88,11 @@ mirror() {
 }
 mirror=$(mirror)
 [ -n "$mirror" ] || skip "no Debian mirror in the apt sources (set RP_DEBIAN_MIRROR)"
-# The package's Depends:, first alternatives, without versions.
-deps=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/[[:space:]]//g' | grep .)
+# The package's Depends:, first alternatives, without versions; not the
+# packages made here (librefpage0), which are installed from $work/pkg.
+own=$(for d in "$work"/pkg/*.deb; do dpkg-deb -f "$d" Package; done)
+deps=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/[[:space:]]//g' |
+	grep . | grep -vxF "$own")
 pkgs=$(printf '%s\n' "${base_pkgs[@]}" $deps | sort -u | paste -sd, -)
 arch=$(dpkg --print-architecture)
 key=$(printf '%s\n' "$suite" "$mirror" "$arch" minbase "$pkgs" | sha256sum | cut -c1-12)
@@ -129,7 +132,7 @@ mount -t overlay overlay -o "lowerdir=$root,upperdir=$work/upper,workdir=$work/o
 	fail "cannot mount an overlay on $root"
 r=$work/root
 mkdir -p "$r/rp-test/bin"
-cp "$deb" "$r/rp-test/"
+cp "$work"/pkg/*.deb "$r/rp-test/"
 cp "$demo" "$r/rp-test/bin/refpage-demo"
 cp "$hold" "$r/rp-test/bin/hold_client"
 cp "$forkc" "$r/rp-test/bin/fork_client"
@@ -153,7 +156,7 @@ StandardError=journal+console
 WantedBy=multi-user.target
 EOF
 nspawn=(systemd-nspawn -q --register=no --keep-unit -D "$r")
-"${nspawn[@]}" --console=pipe sh -c "dpkg -i /rp-test/$(basename "$deb") &&
+"${nspawn[@]}" --console=pipe sh -c "dpkg -i /rp-test/*.deb &&
 	useradd --create-home rpuser && systemctl enable rp-selftest.service" \
 	> "$work/out/offline-install.log" 2>&1 ||
 	{ cat "$work/out/offline-install.log"; fail "offline install (dpkg -i in a container without systemd)"; }
