@@ -16,7 +16,7 @@
 #    the one apt on this machine uses ($RP_DEBIAN_MIRROR overrides it).
 #    Delete the directory to rebuild it.
 # 3. Each run works on an overlay of that root (the cache stays pristine):
-#    the package is installed there offline (dpkg -i in a container without
+#    the packages are installed there offline (dpkg -i in a container without
 #    systemd: postinst only enables the socket), with an ordinary user
 #    rpuser, the clients DEMO, HOLD_CLIENT, FORK_CLIENT and LOAD_CLIENT (built here, same
 #    glibc; not part of the package), selftest.sh, and rp-selftest.service.
