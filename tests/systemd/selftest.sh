@@ -470,7 +470,10 @@ mkdir -p /run/systemd/system/$svc.d
 printf '[Service]\nExecStart=\nExecStart=/usr/sbin/refpaged --fd-store --debug-snapshot-version 999\n' \
 	> /run/systemd/system/$svc.d/refuse.conf
 systemctl daemon-reload
-systemctl restart $svc
+# Stopped first: a daemon restored from the fd store keeps the journal
+# (and its format) it finds there.
+systemctl stop $svc
+systemctl start $svc
 wait_until 20 state_is $svc active/running
 pid=$(prop $svc MainPID)
 apt-get install -y --reinstall "${v2[@]}" > /out/apt-refused.log 2>&1 || fail "apt-get install --reinstall (refused handover)"
@@ -482,6 +485,7 @@ configured() {
 }
 check "refused handover: the packages are configured all the same" configured
 check "refused handover: the journal says why" journal_has "the journal is format version 999"
+journalctl -u $svc --no-pager -n 60 > /out/journal-refused.txt 2>&1
 rm -rf /run/systemd/system/$svc.d
 systemctl daemon-reload
 systemctl stop $svc

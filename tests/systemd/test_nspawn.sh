@@ -233,7 +233,8 @@ echo "container: $(cat "$work/out/analyze-time.txt" 2> /dev/null | head -n 1)"
 
 if grep -q '^FAIL' "$res" || [ $bad = 1 ]; then
 	for f in status.txt demo.log checks.log journal.txt apt-remove.log apt-purge.log apt-install.log \
-		apt-upgrade.log status-upgraded.txt apt-reinstall.log apt-purge2.log; do
+		apt-upgrade.log status-upgraded.txt apt-refused.log journal-refused.txt apt-reinstall.log \
+		apt-purge2.log; do
 		[ -f "$work/out/$f" ] && { echo "--- $f"; tail -n 40 "$work/out/$f"; }
 	done
 	fail "$(grep -c '^FAIL' "$res") checks failed inside the container"
