@@ -427,6 +427,12 @@ if [ "${line:-}" != flowing ]; then
 else
 	pid=$(prop $svc MainPID) n0=$(prop $svc NRestarts) v0=$(ver refpaged)
 	ups0=$(journalctl -u $svc -o cat --no-pager | grep -c "client up")
+	# Control: the slowest first touch of this load in 10 s without an
+	# upgrade (2 CPUs, 20 faulting threads: the scheduler's share).
+	load_cmd mark
+	sleep 10
+	load_cmd check
+	metric upgrade_control_fault_ms "$(field max_ms)"
 	# The slowest first touch from here on is the upgrade's.
 	load_cmd mark
 	t_up=$(now)

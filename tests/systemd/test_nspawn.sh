@@ -228,7 +228,7 @@ echo "kill -9 to active (running):    $(metric restart_kill_to_active_s) s (Rest
 echo "kill -9 to next client served:  $(metric restart_kill_to_client_served_s) s"
 echo "10 kill -9s under load:         worst kill to active again $(metric kill_worst_down_s) s, slowest first touch $(metric kill_worst_fault_ms) ms (parent/fork child)"
 echo "reload (in-place re-exec):      $(metric reload_s) s from systemctl reload to the new MainPID seen; clients paused $(metric reload_pause_ms) ms (daemon's log)"
-echo "package upgrade under load:     apt-get install of the higher version $(metric upgrade_s) s; clients paused $(metric upgrade_pause_ms) ms (daemon's log); slowest first touch from apt-get's start to the check after it $(metric upgrade_worst_fault_ms) ms (parent/fork child)"
+echo "package upgrade under load:     apt-get install of the higher version $(metric upgrade_s) s; clients paused $(metric upgrade_pause_ms) ms (daemon's log); slowest first touch from apt-get's start to the check after it $(metric upgrade_worst_fault_ms) ms (parent/fork child), in 10 s without an upgrade $(metric upgrade_control_fault_ms) ms"
 echo "container: $(cat "$work/out/analyze-time.txt" 2> /dev/null | head -n 1)"
 
 if grep -q '^FAIL' "$res" || [ $bad = 1 ]; then
