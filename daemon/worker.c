@@ -415,8 +415,8 @@ static void closes_run(void *arg)
 			return;
 		}
 		/* Read before the close: the number may be reused at once. */
-		struct acct *a = slots[fd].acct;
-		w->close_head = slots[fd].next;
+		struct acct *a = atomic_load_explicit(&slots[fd].acct, memory_order_relaxed);
+		w->close_head = atomic_load_explicit(&slots[fd].next, memory_order_relaxed);
 		if (w->close_head < 0)
 			w->close_tail = -1;
 		pthread_mutex_unlock(&w->in.lock);
@@ -462,8 +462,8 @@ void workers_close_fd(struct workers *ws, struct acct *a, int fd)
 		return;
 	}
 	struct close_slot *c = &ws->slots[fd];
-	c->acct = a;
-	c->next = -1;
+	atomic_store_explicit(&c->acct, a, memory_order_relaxed);
+	atomic_store_explicit(&c->next, -1, memory_order_relaxed);
 	/* Until it is closed, the uid counts as placed on that worker: new
 	 * clients of other uids go elsewhere while it may wait there. */
 	pthread_mutex_lock(&ws->place_lock);
@@ -479,7 +479,7 @@ void workers_close_fd(struct workers *ws, struct acct *a, int fd)
 	struct worker *w = c->w;
 	pthread_mutex_lock(&w->in.lock);
 	if (w->close_tail >= 0)
-		ws->slots[w->close_tail].next = fd;
+		atomic_store_explicit(&ws->slots[w->close_tail].next, fd, memory_order_relaxed);
 	else
 		w->close_head = fd;
 	w->close_tail = fd;

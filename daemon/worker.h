@@ -98,9 +98,13 @@ struct worker {
 /* A descriptor waiting for its close on a worker: whose it is, and the
  * next in that worker's queue. */
 struct close_slot {
-	struct acct *acct;
-	struct worker *w;
-	int next;
+	/* Atomic: a number closed on one worker may come back at once for
+	 * another, whose queue has another lock; the kernel orders the
+	 * close before the reuse, and these make that visible to the
+	 * thread sanitizer too. */
+	_Atomic(struct acct *) acct;
+	struct worker *w; /* the main thread's only */
+	atomic_int next;
 };
 
 struct workers {
