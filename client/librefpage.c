@@ -40,8 +40,8 @@ struct rp_tmpl_rec {
 struct rp_client {
 	atomic_int owner; /* pid the connection belongs to */
 	pthread_mutex_t lock;
-	int sock; /* -1: not connected (yet, or any more) */
-	int lost; /* the daemon went away */
+	int sock;       /* -1: not connected (yet, or any more) */
+	int lost;       /* the daemon went away */
 	unsigned flags; /* RP_CONNECT_*, for every (re)connection */
 	uint32_t seq;
 	uint32_t next_id;

@@ -750,8 +750,7 @@ static enum blk_kind mode_kind(void)
 
 /* A block of at least n bytes; kind 0 follows the mode. NULL + ENOMEM.
  * site: the return address into the program's call of fn (report mode). */
-static void *large_alloc(size_t n, size_t align, enum blk_kind kind, uintptr_t site,
-			 const char *fn)
+static void *large_alloc(size_t n, size_t align, enum blk_kind kind, uintptr_t site, const char *fn)
 {
 	int e = errno;
 	void *p = NULL;
@@ -1240,8 +1239,9 @@ static void report_print(void)
 		return; /* no large allocation: nothing was watched */
 	if (!rp_reporting) {
 		report_say(fd,
-			   s != RP_READY ? "unavailable: no refpages in this process (large "
-					   "allocations fell back to memset), so nothing was watched"
+			   s != RP_READY
+				   ? "unavailable: no refpages in this process (large "
+				     "allocations fell back to memset), so nothing was watched"
 			   : rp_report_err == EOPNOTSUPP
 				   ? "unavailable: this refpaged does not know report mode"
 				   : "unavailable",

@@ -360,7 +360,8 @@ void acct_report_push(struct acct *a, const struct acct_rrec *r)
 	pthread_mutex_lock(&a->rlock);
 	if (a->rn == a->rcap) {
 		uint32_t cap = a->rcap ? a->rcap * 2 : 64;
-		void *q = cap <= ACCT_REPORT_MAX ? acct_realloc(a, a->rq, cap * sizeof(*a->rq)) : NULL;
+		void *q = cap <= ACCT_REPORT_MAX ? acct_realloc(a, a->rq, cap * sizeof(*a->rq))
+						 : NULL;
 		if (!q) {
 			a->rdropped++;
 			pthread_mutex_unlock(&a->rlock);

@@ -1113,7 +1113,8 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 	const struct rp_config *cfg = &mm->d->cfg;
 	uint64_t addr = m->arg.pagefault.address, flags = m->arg.pagefault.flags, end = 0;
 	uint64_t page = addr & ~(uint64_t)(PAGE - 1);
-	int32_t tid = mm->features & UFFD_FEATURE_THREAD_ID ? (int32_t)m->arg.pagefault.feat.ptid : 0;
+	int32_t tid = mm->features & UFFD_FEATURE_THREAD_ID ? (int32_t)m->arg.pagefault.feat.ptid
+							    : 0;
 
 	if (cfg->coalesce && already_filled(b, page)) {
 		acct_stat_add(mm->acct, PROTO_STAT_FAULTS, 1);

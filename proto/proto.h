@@ -177,8 +177,8 @@ _Static_assert(sizeof(struct proto_report_rec) == 24, "proto_report_rec size");
 #define PROTO_REPORT_RECS 169u
 struct proto_report_reply {
 	int32_t status;
-	uint32_t count;   /* records below */
-	uint32_t more;    /* 1: records of this process are still queued */
+	uint32_t count; /* records below */
+	uint32_t more;  /* 1: records of this process are still queued */
 	uint32_t reserved;
 	uint64_t dropped; /* records of this uid dropped so far: its queue was full */
 	struct proto_report_rec rec[PROTO_REPORT_RECS];

@@ -23,9 +23,9 @@
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 static const uint16_t all_types[] = {
-	PROTO_HELLO, PROTO_TEMPLATE_FILL, PROTO_TEMPLATE_CREATE, PROTO_TEMPLATE_RELEASE,
-	PROTO_MAP,   PROTO_UNMAP,         PROTO_STATS,           PROTO_UPGRADE,
-	PROTO_USAGE, PROTO_REPORT,        PROTO_REPLY,           PROTO_STATS_REPLY,
+	PROTO_HELLO,       PROTO_TEMPLATE_FILL, PROTO_TEMPLATE_CREATE, PROTO_TEMPLATE_RELEASE,
+	PROTO_MAP,         PROTO_UNMAP,         PROTO_STATS,           PROTO_UPGRADE,
+	PROTO_USAGE,       PROTO_REPORT,        PROTO_REPLY,           PROTO_STATS_REPLY,
 	PROTO_USAGE_REPLY, PROTO_REPORT_REPLY,
 };
 
@@ -309,7 +309,7 @@ static const struct check_case check_cases[] = {
 	POKE("version 2", PROTO_MAP, 1, HDRF(version), 2, PROTO_EVERSION),
 	POKE("version max", PROTO_REPLY, 0, HDRF(version), 0xffff, PROTO_EVERSION),
 	POKE("type 0", PROTO_STATS, 1, HDRF(type), 0, PROTO_ETYPE),
-	POKE("type 10", PROTO_STATS, 1, HDRF(type), 10, PROTO_ETYPE),
+	POKE("type 11", PROTO_STATS, 1, HDRF(type), 11, PROTO_ETYPE),
 	POKE("usage flags", PROTO_USAGE, 1, FIELD(proto_usage, flags), 0x4, PROTO_ERESERVED),
 	POKE("type 63", PROTO_STATS, 1, HDRF(type), 63, PROTO_ETYPE),
 	POKE("type max", PROTO_STATS, 1, HDRF(type), PROTO_TYPE_MAX, PROTO_ETYPE),
