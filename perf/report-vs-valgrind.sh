@@ -2,7 +2,8 @@
 # perf/report-vs-valgrind.sh: the test programs of tests/preload/report_cases.c
 # under refpage-run --report and under valgrind memcheck, side by side: what
 # each tool reports for each case, and what each run costs in wall time
-# (median of --runs N, the three ways interleaved; plain: no tool).
+# (bash's $EPOCHREALTIME around each run; median of --runs N, the three
+# ways interleaved; plain: no tool).
 # Writes a Markdown table to --out (docs/report.md quotes it).
 #
 # usage: perf/report-vs-valgrind.sh [--runs N] [--build DIR] [--out FILE]
@@ -58,9 +59,11 @@ one() {
 		pre=("$run" --socket "$w/d.sock" --strict --report="$w/r.json" --report-format json --) ;;
 	memcheck) pre=(valgrind --tool=memcheck --trace-children=yes --child-silent-after-fork=no) ;;
 	esac
-	/usr/bin/time -f %e -o "$w/time" "${pre[@]}" "$cases_bin" "$c" >"$w/stdout" 2>"$w/stderr" ||
+	local t0=$EPOCHREALTIME t1
+	"${pre[@]}" "$cases_bin" "$c" >"$w/stdout" 2>"$w/stderr" ||
 		{ cat "$w/stderr" >&2; die "$c under $t failed"; }
-	cat "$w/time" >>"$w/$c-$t.t"
+	t1=$EPOCHREALTIME
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", (b - a) * 1000 }' >>"$w/$c-$t.t"
 	case $t in
 	report) touch "$w/r.json"; cp "$w/r.json" "$w/$c-$t.out" ;;
 	memcheck) cp "$w/stderr" "$w/$c-$t.out" ;;
@@ -109,10 +112,10 @@ memcheck_says() {
 	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ); \`$cmdline\`; median wall time of $runs run(s), the three interleaved;"
 	echo "$(nproc) CPUs, kernel $(uname -r), $(valgrind --version). Programs: tests/preload/report_cases.c."
 	echo
-	echo "| case | refpage-run --report says | memcheck says | plain s | --report s | memcheck s |"
+	echo "| case | refpage-run --report says | memcheck says | plain ms | --report ms | memcheck ms |"
 	echo "|---|---|---|--:|--:|--:|"
 	for c in "${cases[@]}"; do
-		printf '| %s | %s | %s | %.3f | %.3f | %.3f |\n' "$c" "$(report_says "$w/$c-report.out")" \
+		printf '| %s | %s | %s | %.1f | %.1f | %.1f |\n' "$c" "$(report_says "$w/$c-report.out")" \
 			"$(memcheck_says "$w/$c-memcheck.out")" "$(median <"$w/$c-plain.t")" \
 			"$(median <"$w/$c-report.t")" "$(median <"$w/$c-memcheck.t")"
 	done
