@@ -252,6 +252,14 @@ void acct_adjust(struct acct *a, enum acct_res res, int64_t delta)
 	atomic_fetch_add(&pool_used[res], (uint64_t)delta);
 }
 
+int acct_fds_held(struct acct *a)
+{
+	uint64_t max = limits.max[ACCT_FDS];
+
+	return atomic_load(&enforcing) && max && atomic_load(&a->closing) &&
+	       atomic_load(&a->used[ACCT_FDS]) >= max;
+}
+
 uint64_t acct_pool_used(enum acct_res res)
 {
 	return atomic_load(&pool_used[res]);

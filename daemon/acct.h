@@ -75,6 +75,9 @@ struct acct {
 	double idle_since; /* when refs went to 0, under the table lock */
 	_Atomic uint64_t used[ACCT_RES_COUNT];
 	_Atomic uint64_t refused[ACCT_RES_COUNT];
+	/* Of used[ACCT_FDS]: descriptors of this uid waiting for their close
+	 * on a worker (workers_close_fd). */
+	_Atomic uint64_t closing;
 	/* The STATS counters of this uid's work alone: what a client of
 	 * this uid is shown (nothing of another uid's). */
 	_Atomic uint64_t stat[PROTO_STATS_MAX];
@@ -117,6 +120,13 @@ int acct_check(struct acct *a, enum acct_res res, uint64_t n);
 /* Follow a change the kernel already made, or a restart brings back:
  * never refused. */
 void acct_adjust(struct acct *a, enum acct_res res, int64_t delta);
+/* Are this uid's descriptors at or over its budget while some of them
+ * wait for their close (a->closing)? Then reading its sockets (each
+ * message may bring descriptors that must be closed on a worker) waits
+ * until those closes bring it below (session.c): its descriptors stay
+ * within its budget and what one read can add (docs/security.md). 0 with
+ * the budgets off or no descriptor budget. */
+int acct_fds_held(struct acct *a);
 /* The pool's use of res, all uids together. */
 uint64_t acct_pool_used(enum acct_res res);
 

@@ -57,6 +57,10 @@ struct rp_daemon {
 	struct ev_loop *loop;     /* listener, sessions, signals, watchdog */
 	struct inbox mainq;       /* workers' completions for the main loop */
 	struct park_queue parked; /* sessions over their uid's quota (session.c) */
+	/* Sessions of uids whose descriptors wait for their closes
+	 * (session.c: hold), and the timer that looks at them. */
+	struct session *held;
+	ev_timer hold_timer;
 	struct tmpl_store tmpls;
 	struct workers workers;
 	int listen_fd;

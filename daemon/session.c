@@ -28,6 +28,10 @@
  * --loop-quota on top of that. */
 #define REQS_PER_WAKE 16
 
+/* How often the sessions held for their uid's closes (hold) are looked
+ * at again, while there are any. */
+#define HOLD_CHECK_S 0.01
+
 static void on_readable(struct ev_loop *loop, ev_io *io, int revents);
 static void on_hello_timeout(struct ev_loop *loop, ev_timer *t, int revents);
 
@@ -69,6 +73,90 @@ static void drop_fd(struct rp_daemon *d, struct acct *a, int fd)
 {
 	if (fd >= 0)
 		workers_close_fd(&d->workers, a, fd);
+}
+
+/* --- holding a uid's sockets while its closes wait ------------------------------------ */
+
+/* Every message read may bring descriptors (up to PROTO_RECV_FDS_MAX, and
+ * twice: peeked, then taken off the socket, handle_one), and every one is
+ * closed on a worker of its uid, which a client can keep waiting on its
+ * own mmap_lock (uffd-bomb, tests/tenant/). Until closed they count
+ * against the uid's descriptors; so a uid at its budget with closes still
+ * waiting (acct_fds_held) is not read from: its sockets are held. Not
+ * parked (a parked socket is watched again within an iteration or two,
+ * and would be parked again at once, round and round): held ones are
+ * looked at every HOLD_CHECK_S, and watched again once the closes have
+ * brought their uid below its budget. Its descriptors therefore stay
+ * within its budget plus what one read adds: 2 x PROTO_RECV_FDS_MAX. Its
+ * other work (faults, MAP and UNMAP in flight) goes on; nobody else's
+ * waits. */
+static void on_hold_check(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct rp_daemon *d = t->data;
+	struct session *s = d->held;
+
+	(void)revents;
+	while (s) {
+		struct session *next = s->hold_next;
+		if (!acct_fds_held(s->acct)) {
+			if (s->hold_prev)
+				s->hold_prev->hold_next = next;
+			else
+				d->held = next;
+			if (next)
+				next->hold_prev = s->hold_prev;
+			s->held = 0;
+			ev_io_start(loop, &s->io);
+		}
+		s = next;
+	}
+	if (!d->held)
+		ev_timer_stop(loop, t);
+}
+
+/* Hold s (its io active) if its uid's closes keep it at its budget: 1 if
+ * so. */
+static int hold(struct session *s)
+{
+	struct rp_daemon *d = s->d;
+	struct acct *a = s->acct;
+
+	if (!acct_fds_held(a))
+		return 0;
+	ev_io_stop(d->loop, &s->io);
+	s->held = 1;
+	s->hold_prev = NULL;
+	s->hold_next = d->held;
+	if (d->held)
+		d->held->hold_prev = s;
+	d->held = s;
+	if (!ev_is_active(&d->hold_timer)) {
+		ev_timer_init(&d->hold_timer, on_hold_check, HOLD_CHECK_S, HOLD_CHECK_S);
+		d->hold_timer.data = d;
+		ev_timer_start(d->loop, &d->hold_timer);
+	}
+	acct_log(a, LOG_INFO,
+		 "pid %d: not read while %llu of its %llu descriptors wait for their close",
+		 (int)s->pid, (unsigned long long)atomic_load(&a->closing),
+		 (unsigned long long)atomic_load(&a->used[ACCT_FDS]));
+	return 1;
+}
+
+static void hold_drop(struct session *s)
+{
+	struct rp_daemon *d = s->d;
+
+	if (!s->held)
+		return;
+	if (s->hold_prev)
+		s->hold_prev->hold_next = s->hold_next;
+	else
+		d->held = s->hold_next;
+	if (s->hold_next)
+		s->hold_next->hold_prev = s->hold_prev;
+	s->held = 0;
+	if (!d->held)
+		ev_timer_stop(d->loop, &d->hold_timer);
 }
 
 /* Refuse a connection with a status the client library reports. */
@@ -232,6 +320,7 @@ void session_close(struct session *s, const char *why)
 		acct_log(s->acct, LOG_DEBUG, "pid %d fd %d: disconnected", (int)s->pid, s->fd);
 	}
 	park_drop(&d->parked, &s->park);
+	hold_drop(s);
 	ev_io_stop(d->loop, &s->io);
 	ev_timer_stop(d->loop, &s->hello_timer);
 	/* The worker closes the uffd: any fault still waiting falls back to
@@ -825,6 +914,8 @@ static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
 	t0 = now_ns();
 	acct_ref(a);
 	while (done < left && done < REQS_PER_WAKE) {
+		if (hold(s))
+			break;
 		done++;
 		if (handle_one(s) <= 0)
 			break;

@@ -33,6 +33,9 @@ struct session {
 	int closed;
 	ev_io io;
 	struct park park; /* over its uid's quota: waiting to be watched again */
+	/* Its uid's descriptors wait for their closes: not read (session.c). */
+	struct session *hold_prev, *hold_next;
+	int held;
 	ev_timer hello_timer;
 	struct rp_mm *mm;    /* after HELLO */
 	struct tmpl **tmpls; /* handle id-1 -> template */

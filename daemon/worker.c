@@ -3,10 +3,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "acct.h"
@@ -214,6 +216,8 @@ void park_drop(struct park_queue *q, struct park *p)
 	p->parked = 0;
 }
 
+static void closes_run(void *arg);
+
 /* --- threads ---------------------------------------------------------------- */
 
 /* workers_pause: nothing of this loop runs until workers_resume; faults
@@ -269,6 +273,8 @@ static int worker_init(struct worker *w, unsigned id, uint32_t quota,
 		return -ENOMEM;
 	ev_set_userdata(w->loop, w);
 	park_init(&w->parked, w->loop, id, quota);
+	w->close_head = w->close_tail = -1;
+	w->close_call = (struct loop_call){ .fn = closes_run, .arg = w };
 	pthread_cond_init(&w->cond, NULL);
 	loop_track(w->loop);
 	return inbox_init(&w->in, w->loop);
@@ -277,11 +283,20 @@ static int worker_init(struct worker *w, unsigned id, uint32_t quota,
 int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
 		  void (*on_stop)(struct worker *w), void (*on_pause)(struct worker *w))
 {
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return -errno;
+	/* The kernel keeps the hard limit at most fs.nr_open (2^20 by
+	 * default): never infinite. */
+	ws->nslots = rl.rlim_max < INT_MAX ? (unsigned)rl.rlim_max : INT_MAX;
+	ws->slots = calloc(ws->nslots, sizeof(*ws->slots));
 	ws->v = calloc(n, sizeof(*ws->v));
-	if (!ws->v)
+	if (!ws->v || !ws->slots)
 		return -ENOMEM;
 	pthread_mutex_init(&ws->place_lock, NULL);
 	for (unsigned i = 0; i < n; i++) {
+		ws->v[i].ws = ws;
 		/* A uid's parked uffds woken per iteration: as many as one read
 		 * each of its quota's messages can serve. */
 		int r = worker_init(&ws->v[i], i + 1, fault_quota / 64 + 1, on_stop, on_pause);
@@ -345,9 +360,11 @@ void workers_stop(struct workers *ws)
 		pthread_cond_destroy(&w->cond);
 	}
 	free(ws->v);
+	free(ws->slots);
 	pthread_mutex_destroy(&ws->place_lock);
 	ws->v = NULL;
-	ws->n = 0;
+	ws->slots = NULL;
+	ws->n = ws->nslots = 0;
 }
 
 void workers_pause(struct workers *ws)
@@ -381,25 +398,36 @@ void workers_resume(struct workers *ws)
 
 /* --- closing off the main loop --------------------------------------------- */
 
-struct fd_close {
-	struct loop_call call;
-	int fd;
-	struct acct *acct;
-	struct workers *ws;
-	struct worker *w;
-};
-
-static void fd_close_run(void *arg)
+/* The closes queued on w, oldest first, until none is left: one call runs
+ * them all, so that whatever is posted to w after a close runs after it
+ * (the inbox's order). */
+static void closes_run(void *arg)
 {
-	struct fd_close *c = arg;
+	struct worker *w = arg;
+	struct close_slot *slots = w->ws->slots;
 
-	close(c->fd);
-	if (c->acct) {
-		worker_leave(c->ws, c->w, c->acct);
-		acct_adjust(c->acct, ACCT_FDS, -1);
-		acct_put(c->acct);
+	for (;;) {
+		pthread_mutex_lock(&w->in.lock);
+		int fd = w->close_head;
+		if (fd < 0) {
+			w->close_posted = 0;
+			pthread_mutex_unlock(&w->in.lock);
+			return;
+		}
+		/* Read before the close: the number may be reused at once. */
+		struct acct *a = slots[fd].acct;
+		w->close_head = slots[fd].next;
+		if (w->close_head < 0)
+			w->close_tail = -1;
+		pthread_mutex_unlock(&w->in.lock);
+		close(fd);
+		if (a) {
+			worker_leave(w->ws, w, a);
+			atomic_fetch_sub(&a->closing, 1);
+			acct_adjust(a, ACCT_FDS, -1);
+			acct_put(a);
+		}
 	}
-	free(c);
 }
 
 /* The worker a new fork family of a's uid would go to: the fewest other
@@ -423,17 +451,19 @@ static struct worker *pick_locked(struct workers *ws, struct acct *a)
 
 void workers_close_fd(struct workers *ws, struct acct *a, int fd)
 {
-	struct fd_close *c = ws->n ? malloc(sizeof(*c)) : NULL;
-
-	if (!c) {
+	/* No worker (a test's daemon without them), or a number past the
+	 * table: the limit was raised from outside since the start. */
+	if (!ws->n || fd < 0 || (unsigned)fd >= ws->nslots) {
+		if (ws->n && fd >= 0)
+			log_err("descriptor %d is past the %u the daemon started with: closed "
+				"in place",
+				fd, ws->nslots);
 		close(fd);
 		return;
 	}
-	c->fd = fd;
+	struct close_slot *c = &ws->slots[fd];
 	c->acct = a;
-	c->ws = ws;
-	c->call.fn = fd_close_run;
-	c->call.arg = c;
+	c->next = -1;
 	/* Until it is closed, the uid counts as placed on that worker: new
 	 * clients of other uids go elsewhere while it may wait there. */
 	pthread_mutex_lock(&ws->place_lock);
@@ -444,8 +474,20 @@ void workers_close_fd(struct workers *ws, struct acct *a, int fd)
 	if (a) {
 		acct_ref(a);
 		acct_adjust(a, ACCT_FDS, 1);
+		atomic_fetch_add(&a->closing, 1);
 	}
-	inbox_post(&c->w->in, &c->call);
+	struct worker *w = c->w;
+	pthread_mutex_lock(&w->in.lock);
+	if (w->close_tail >= 0)
+		ws->slots[w->close_tail].next = fd;
+	else
+		w->close_head = fd;
+	w->close_tail = fd;
+	int post = !w->close_posted;
+	w->close_posted = 1;
+	pthread_mutex_unlock(&w->in.lock);
+	if (post)
+		inbox_post(&w->in, &w->close_call);
 }
 
 /* --- placement ------------------------------------------------------------- */

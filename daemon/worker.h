@@ -85,12 +85,34 @@ struct worker {
 	void (*on_pause)(struct worker *w);
 	atomic_uint nmms;
 	atomic_uint nuids; /* distinct uids with an address space here */
+	/* Descriptors waiting here for their close (workers_close_fd), in
+	 * order: a list threaded through the close table by descriptor
+	 * number (-1: empty), and its call, in the inbox or running while
+	 * close_posted. Under in.lock. */
+	int close_head, close_tail;
+	int close_posted;
+	struct loop_call close_call;
+	struct workers *ws;
+};
+
+/* A descriptor waiting for its close on a worker: whose it is, and the
+ * next in that worker's queue. */
+struct close_slot {
+	struct acct *acct;
+	struct worker *w;
+	int next;
 };
 
 struct workers {
 	struct worker *v;
 	unsigned n;
 	pthread_mutex_t place_lock;
+	/* One slot per descriptor number the daemon can ever hold (its hard
+	 * RLIMIT_NOFILE at start): a close queued costs no allocation, so it
+	 * can neither fail nor be refused. Only the pages of the numbers in
+	 * use are ever touched. */
+	struct close_slot *slots;
+	unsigned nslots;
 };
 
 int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
@@ -126,11 +148,14 @@ void loop_track(struct ev_loop *loop);
 
 /* Close fd, which came from a client of a's uid (NULL: unknown), on the
  * worker that uid's next fork family would go to, and charge it to a's
- * descriptors until then. The last close of a client's uffd takes the
- * client's mmap_lock (userfaultfd_release), and so does that of a socket
- * with uffds queued on it: the main loop must not wait for a lock a
- * client holds, and the worker that waits is its uid's own (as far as
- * placement can make it so). */
+ * descriptors until then (ACCT_FDS, and a->closing). The last close of a
+ * client's uffd takes the client's mmap_lock (userfaultfd_release), and
+ * so does that of a socket with uffds queued on it: the main loop must
+ * not wait for a lock a client holds, and the worker that waits is its
+ * uid's own (as far as placement can make it so). The charge is not
+ * checked (the descriptor is ours already, and closing it is the only way
+ * to be rid of it): a uid whose closes keep it at its budget has its
+ * sockets held unread meanwhile (session.c, acct_fds_held). Main loop. */
 void workers_close_fd(struct workers *ws, struct acct *a, int fd);
 
 /* Main thread: stop every worker's loop between two callbacks (no fault,

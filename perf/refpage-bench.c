@@ -58,7 +58,7 @@ static void usage(FILE *f)
 	      "  --reps N            timed repetitions per cell (default 7)\n"
 	      "  --lat-reps N        extra repetitions stamping each first touch (default 3)\n"
 	      "  --small-count N     mappings in many-small (default 1000)\n"
-	      "  --cpus LIST         pin worker i (and the main thread) to LIST[i %% n]\n"
+	      "  --cpus LIST         pin worker i (and the main thread) to LIST[i % n]\n"
 	      "  --handler-cpu N     pin uffd-thread's handler thread to CPU N\n"
 	      "  --json FILE, --markdown FILE, --tsv FILE, --latency-dir DIR\n",
 	      f);

@@ -4,6 +4,8 @@ set -euo pipefail
 pkgs=(cmake gcc clang make pkg-config libev-dev libseccomp-dev libsystemd-dev libcmocka-dev
       systemd util-linux procps strace gnuplot-nox
       dpkg-dev file mandoc man-db systemd-container debootstrap
+      # tests/packaging/: the .deb files checked by lintian's default profile.
+      lintian
       # refpage-run's tests and perf/real-programs.sh: the programs run, and
       # the jemalloc example; libtasn1-doc ships the PDF that pdftoppm renders.
       xz-utils coreutils python3 time poppler-utils libtasn1-doc libjemalloc-dev

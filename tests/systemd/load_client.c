@@ -13,6 +13,8 @@
  *            now (within 30 s): "ok STATE" or "FAIL why"
  *   lenient  from now on zeros are right too (the daemon is being stopped
  *            for good): "ok lenient"
+ *   mark     the slowest first touches (max_ms) start again from 0, so that
+ *            the next check's are those since: "ok marked"
  *   stop     (or end of input) stop, join, and print "done STATE" (exit 0)
  *            or "FAIL why" (exit 1)
  *
@@ -94,6 +96,10 @@ int main(int argc, char **argv)
 				printf("FAIL %s; %s\n", err, st);
 			else
 				printf("ok %s\n", st);
+		} else if (strcmp(line, "mark\n") == 0) {
+			atomic_store(&ld.sh->side[0].max_ns, 0);
+			atomic_store(&ld.sh->side[1].max_ns, 0);
+			printf("ok marked\n");
 		} else if (strcmp(line, "lenient\n") == 0) {
 			atomic_store(&ld.sh->lenient, 1);
 			printf("ok lenient\n");

@@ -16,7 +16,7 @@
 #    the one apt on this machine uses ($RP_DEBIAN_MIRROR overrides it).
 #    Delete the directory to rebuild it.
 # 3. Each run works on an overlay of that root (the cache stays pristine):
-#    the package is installed there offline (dpkg -i in a container without
+#    the packages are installed there offline (dpkg -i in a container without
 #    systemd: postinst only enables the socket), with an ordinary user
 #    rpuser, the clients DEMO, HOLD_CLIENT, FORK_CLIENT and LOAD_CLIENT (built here, same
 #    glibc; not part of the package), selftest.sh, and rp-selftest.service.
@@ -228,12 +228,13 @@ echo "kill -9 to active (running):    $(metric restart_kill_to_active_s) s (Rest
 echo "kill -9 to next client served:  $(metric restart_kill_to_client_served_s) s"
 echo "10 kill -9s under load:         worst kill to active again $(metric kill_worst_down_s) s, slowest first touch $(metric kill_worst_fault_ms) ms (parent/fork child)"
 echo "reload (in-place re-exec):      $(metric reload_s) s from systemctl reload to the new MainPID seen; clients paused $(metric reload_pause_ms) ms (daemon's log)"
-echo "package upgrade under load:     apt-get install of the higher version $(metric upgrade_s) s; clients paused $(metric upgrade_pause_ms) ms (daemon's log); slowest first touch over the load's run $(metric upgrade_worst_fault_ms) ms (parent/fork child)"
+echo "package upgrade under load:     apt-get install of the higher version $(metric upgrade_s) s; clients paused $(metric upgrade_pause_ms) ms (daemon's log); slowest first touch from apt-get's start to the check after it $(metric upgrade_worst_fault_ms) ms (parent/fork child), in 10 s without an upgrade $(metric upgrade_control_fault_ms) ms"
 echo "container: $(cat "$work/out/analyze-time.txt" 2> /dev/null | head -n 1)"
 
 if grep -q '^FAIL' "$res" || [ $bad = 1 ]; then
 	for f in status.txt demo.log checks.log journal.txt apt-remove.log apt-purge.log apt-install.log \
-		apt-upgrade.log status-upgraded.txt apt-reinstall.log apt-purge2.log; do
+		apt-upgrade.log status-upgraded.txt apt-refused.log journal-refused.txt apt-reinstall.log \
+		apt-purge2.log; do
 		[ -f "$work/out/$f" ] && { echo "--- $f"; tail -n 40 "$work/out/$f"; }
 	done
 	fail "$(grep -c '^FAIL' "$res") checks failed inside the container"

@@ -341,58 +341,81 @@ int atk_mmap_lock(const char *sock)
 }
 
 /* uffd-bomb: packets carrying PROTO_SEND_FDS_MAX userfaultfds of this
- * process each (on a STATS, which takes none: refused and closed), while
- * another thread flips the protection of mb= MiB of populated memory in a
- * loop, holding the process's mmap_lock for writing most of the time. The
- * last close of each of those uffds takes that lock (userfaultfd_release),
- * and the daemon makes it: half the packets are read and refused, the
- * other half are left on a connection hung up at once (closing that socket
- * drops them). Until duration=. */
-int atk_uffd_bomb(const char *sock)
-{
-	struct locker k = { .len = (size_t)tn_opt_ll("mb", 512) << 20 };
-	double dur = tn_opt_double("duration", 4);
-	unsigned long packets = 0, uffds = 0, answered = 0, dial_failed = 0, uffd_failed = 0;
-	int fds[PROTO_SEND_FDS_MAX], umo;
-	pthread_t t;
+ * process each (on a STATS, which takes none: refused and closed), sent by
+ * senders= threads at once, while another thread flips the protection of
+ * mb= MiB of populated memory in a loop, holding the process's mmap_lock
+ * for writing most of the time. The last close of each of those uffds
+ * takes that lock (userfaultfd_release), and the daemon makes it: half
+ * the packets are read and refused, the other half are left on a
+ * connection hung up at once (closing that socket drops them). Until
+ * duration=. */
+struct bomber {
+	double deadline;
+	atomic_ulong packets, uffds, answered, dial_failed, uffd_failed;
+	const char *sock;
+};
 
-	k.buf = atk_anon(k.len);
-	if (k.buf == MAP_FAILED)
-		return 1;
-	madvise(k.buf, k.len, MADV_NOHUGEPAGE);
-	memset(k.buf, 1, k.len);
-	k.deadline = tn_now() + dur;
-	pthread_create(&t, NULL, toggler, &k);
-	while (atk_until(k.deadline)) {
+static void *bomb_thread(void *arg)
+{
+	struct bomber *b = arg;
+	int fds[PROTO_SEND_FDS_MAX], umo;
+	unsigned long packets = 0;
+
+	while (atk_until(b->deadline)) {
 		int n = 0;
 		while (n < (int)PROTO_SEND_FDS_MAX && (fds[n] = proto_uffd_create(&umo)) >= 0)
 			n++;
-		uffd_failed += n < (int)PROTO_SEND_FDS_MAX;
-		int s = n ? atk_dial(sock) : -1;
+		atomic_fetch_add(&b->uffd_failed, n < (int)PROTO_SEND_FDS_MAX);
+		int s = n ? atk_dial(b->sock) : -1;
 		if (s < 0) {
-			dial_failed++;
+			atomic_fetch_add(&b->dial_failed, 1);
 		} else {
 			_Alignas(8) uint8_t pkt[PROTO_MAX_MSG];
 			struct iovec iov = { .iov_base = pkt,
 					     .iov_len = proto_build(pkt, PROTO_STATS, 1, NULL, 0) };
 			if (proto_sendmsg_fds(s, &iov, 1, fds, (unsigned)n, MSG_DONTWAIT) > 0) {
 				packets++;
-				uffds += (unsigned long)n;
+				atomic_fetch_add(&b->packets, 1);
+				atomic_fetch_add(&b->uffds, (unsigned long)n);
 				struct atk_conn c = { .fd = s, .uffd = -1 };
 				if (packets % 2 && atk_recv(&c, pkt, 5) >= 0)
-					answered++;
+					atomic_fetch_add(&b->answered, 1);
 			}
 			close(s);
 		}
 		for (int i = 0; i < n; i++)
 			close(fds[i]);
 	}
+	return NULL;
+}
+
+int atk_uffd_bomb(const char *sock)
+{
+	struct locker k = { .len = (size_t)tn_opt_ll("mb", 512) << 20 };
+	long nsend = (long)tn_opt_ll("senders", 1);
+	struct bomber b = { .sock = sock };
+	pthread_t t, th[16];
+
+	if (nsend < 1 || nsend > 16)
+		return 1;
+	k.buf = atk_anon(k.len);
+	if (k.buf == MAP_FAILED)
+		return 1;
+	madvise(k.buf, k.len, MADV_NOHUGEPAGE);
+	memset(k.buf, 1, k.len);
+	k.deadline = b.deadline = tn_now() + tn_opt_double("duration", 4);
+	pthread_create(&t, NULL, toggler, &k);
+	for (long i = 0; i < nsend; i++)
+		pthread_create(&th[i], NULL, bomb_thread, &b);
+	for (long i = 0; i < nsend; i++)
+		pthread_join(th[i], NULL);
 	pthread_join(t, NULL);
-	atk_out("mb=%zu mprotects=%lu packets=%lu uffds_sent=%lu answered=%lu dial_failed=%lu "
-		"uffd_failed=%lu",
-		k.len >> 20, atomic_load(&k.toggles), packets, uffds, answered, dial_failed,
-		uffd_failed);
-	return packets ? 0 : 1;
+	atk_out("mb=%zu senders=%ld mprotects=%lu packets=%lu uffds_sent=%lu answered=%lu "
+		"dial_failed=%lu uffd_failed=%lu",
+		k.len >> 20, nsend, atomic_load(&k.toggles), atomic_load(&b.packets),
+		atomic_load(&b.uffds), atomic_load(&b.answered), atomic_load(&b.dial_failed),
+		atomic_load(&b.uffd_failed));
+	return atomic_load(&b.packets) ? 0 : 1;
 }
 
 struct flooder {
