@@ -582,7 +582,6 @@ RP_API int rp_report_read(rp_client *c, struct rp_report_rec *out, int max, uint
 			.addr = (void *)(uintptr_t)rep.rec[i].addr,
 			.ns = rep.rec[i].ns,
 			.tid = rep.rec[i].tid,
-			.syscall = rep.rec[i].sysno,
 		};
 	if (dropped)
 		*dropped = rep.dropped;

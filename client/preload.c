@@ -577,8 +577,7 @@ struct hist {
 	uint64_t t0, t1;     /* made, gone (0: live) */
 	uint64_t first;      /* offset of the first page read before written */
 	uint32_t pages;      /* pages read before written */
-	uint32_t kpages;     /* of those, read by the kernel in a system call */
-	int32_t tid, sysno;  /* the first such read: its thread, its system call */
+	int32_t tid;         /* the thread of the first such read */
 	const char *fn;      /* the allocator function called */
 };
 
@@ -644,10 +643,7 @@ static void hist_resolve(const struct rp_report_rec *r)
 		if (!h->pages++) {
 			h->first = a - h->addr;
 			h->tid = r->tid;
-			h->sysno = r->syscall;
 		}
-		if (r->syscall >= 0)
-			h->kpages++;
 		return;
 	}
 	rep_unmatched++;
@@ -1097,7 +1093,7 @@ static void fork_child(void)
 	/* The child reports what it reads: the parent's findings stay the
 	 * parent's (its records are its own pid's). */
 	for (size_t i = 0; i < hist_n; i++)
-		hist[i].pages = hist[i].kpages = 0;
+		hist[i].pages = 0;
 	rep_unmatched = rep_dropped = 0;
 	atomic_flag_clear(&collecting);
 	int s = RP_CONNECTING;
@@ -1174,13 +1170,6 @@ static void report_entry(const struct hist *h, int fd)
 		m_num(&m, h->pages);
 		m_str(&m, ",\"first_offset\":");
 		m_num(&m, h->first);
-		m_str(&m, ",\"kernel_pages\":");
-		m_num(&m, h->kpages);
-		m_str(&m, ",\"syscall\":");
-		if (h->sysno >= 0)
-			m_num(&m, (unsigned long long)h->sysno);
-		else
-			m_str(&m, "null");
 		/* One frame: the caller of the allocator (docs/report.md). */
 		m_str(&m, ",\"backtrace\":[\"");
 		m_hex64(&m, h->site);
@@ -1202,16 +1191,6 @@ static void report_entry(const struct hist *h, int fd)
 	m_num(&m, h->first);
 	m_str(&m, " by thread ");
 	m_num(&m, (unsigned long long)h->tid);
-	if (h->sysno >= 0) {
-		m_str(&m, " (by the kernel, in system call ");
-		m_num(&m, (unsigned long long)h->sysno);
-		m_str(&m, ")");
-	}
-	if (h->kpages) {
-		m_str(&m, "; ");
-		m_num(&m, h->kpages);
-		m_str(&m, " of them read by the kernel in a system call");
-	}
 	m_emit_to(&m, fd);
 }
 

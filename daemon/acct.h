@@ -61,7 +61,7 @@ struct acct_turn {
  * (proto_report_rec, with whose it was). */
 struct acct_rrec {
 	uint64_t addr, ns;
-	int32_t pid, tid, sysno;
+	int32_t pid, tid;
 	uint32_t mm; /* the observer's name of the address space */
 };
 

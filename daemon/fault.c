@@ -2,13 +2,9 @@
 #include "fault.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "acct.h"
 #include "log.h"
@@ -73,35 +69,12 @@ static long fill_piece(int uffd, const struct range_piece *p, struct fault_strea
 	return got;
 }
 
-/* The system call thread tid is in while it waits for its fault:
- * /proc/TID/syscall reads "-1 ..." when it faulted in user mode, "NR ..."
- * when the kernel touched the page on its behalf (tests/kernel-facts,
- * read_fault.c). -2 when it cannot be told (no such thread here: another
- * pid namespace; a read refused). */
-static int32_t fault_sysno(int32_t tid)
-{
-	char path[40], buf[32];
-	int fd;
-
-	if (tid <= 0)
-		return -2;
-	snprintf(path, sizeof(path), "/proc/%d/syscall", (int)tid);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return -2;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -2;
-	buf[n] = 0;
-	char *end;
-	long v = strtol(buf, &end, 10);
-	return end == buf || v < -1 || v > 65535 ? -2 : (int32_t)v;
-}
-
 /* Report mode: a read fault is a read of a page never written since it
- * was mapped (or dropped). Seen before the fill: after it the thread runs
- * on (its system call, and the time its program may free the block, come
- * later). Queued once the fill is done. */
+ * was mapped (or dropped), by the program or by the kernel in one of its
+ * system calls: the message does not say which, and the daemon has no
+ * other way to tell (docs/report.md, "Precision"). Stamped before the fill:
+ * after it the thread runs on (and its program may free the block). Queued
+ * once the fill is done. */
 static void report_see(uint64_t addr, const struct fault_cfg *c, struct acct_rrec *r)
 {
 	struct timespec ts;
@@ -112,7 +85,6 @@ static void report_see(uint64_t addr, const struct fault_cfg *c, struct acct_rre
 		.ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec,
 		.pid = c->pid,
 		.tid = c->tid,
-		.sysno = fault_sysno(c->tid),
 		.mm = c->mm,
 	};
 }

@@ -661,7 +661,6 @@ static int do_report(struct session *s, uint32_t seq, const struct proto_report 
 			.addr = recs[i].addr,
 			.ns = recs[i].ns,
 			.tid = recs[i].tid,
-			.sysno = recs[i].sysno,
 		};
 	int e = proto_send(s->fd, PROTO_REPORT_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
 	if (e == 0)

@@ -81,7 +81,7 @@ done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# What --report said: per JSON line "N page(s) at OFFSET, FUNCTION[, kernel]".
+# What --report said: per JSON line "N page(s) from OFFSET of SIZE B, site FUNCTION, pid P".
 report_says() {
 	python3 - "$1" <<-'PY'
 		import json, sys
@@ -90,9 +90,8 @@ report_says() {
 		    if not l.strip():
 		        continue
 		    g = json.loads(l)
-		    k = f", {g['kernel_pages']} by the kernel (syscall {g['syscall']})" if g["kernel_pages"] else ""
 		    out.append(f"{g['pages']} page(s) from offset {g['first_offset']} of {g['size']} B, "
-		               f"site {(g['function'] or g['site']).split('+')[0]}, pid {g['pid']}{k}")
+		               f"site {(g['function'] or g['site']).split('+')[0]}, pid {g['pid']}")
 		print("; ".join(out) or "nothing")
 	PY
 }

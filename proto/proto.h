@@ -163,14 +163,14 @@ struct proto_report {
 };
 _Static_assert(sizeof(struct proto_report) == 8, "proto_report size");
 
-/* sysno: the system call the thread was in when it faulted (a read the
- * kernel made on its behalf, e.g. write(2) out of the page), -1 when it
- * faulted in user mode, -2 when the daemon could not tell. */
+/* A read by the program and one the kernel made in its system call (e.g.
+ * write(2) out of the page) are the same record: the fault does not say
+ * which (docs/report.md, "Precision"). */
 struct proto_report_rec {
-	uint64_t addr; /* the page read */
-	uint64_t ns;   /* CLOCK_MONOTONIC when the daemon filled it */
-	int32_t tid;   /* the reading thread, as the kernel named it (THREAD_ID) */
-	int32_t sysno;
+	uint64_t addr;     /* the page read */
+	uint64_t ns;       /* CLOCK_MONOTONIC when the daemon filled it */
+	int32_t tid;       /* the reading thread, as the kernel named it (THREAD_ID) */
+	uint32_t reserved; /* zero (the record's alignment) */
 };
 _Static_assert(sizeof(struct proto_report_rec) == 24, "proto_report_rec size");
 

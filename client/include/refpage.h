@@ -42,14 +42,14 @@ void rp_disconnect(rp_client *c);
 #define RP_CONNECT_REPORT 0x1u
 int rp_connect_opts(const char *socket_path, unsigned flags, rp_client **out);
 
-/* One read-before-write page (report mode). */
+/* One read-before-write page (report mode). A read the kernel made in a
+ * system call of the thread (e.g. write(2) out of the page) is one too, not
+ * told apart from the thread's own loads. */
 struct rp_report_rec {
-	void *addr;      /* the page read: the caller maps it to its mapping and offset */
-	uint64_t ns;     /* CLOCK_MONOTONIC when the daemon saw it (order it against
-			  * the caller's own map/unmap times to tell reused addresses) */
-	int32_t tid;     /* the reading thread */
-	int32_t syscall; /* -1: read in user mode; >= 0: read by the kernel in this
-			  * system call (e.g. write(2) out of the page); -2: unknown */
+	void *addr;  /* the page read: the caller maps it to its mapping and offset */
+	uint64_t ns; /* CLOCK_MONOTONIC when the daemon saw it (order it against
+		      * the caller's own map/unmap times to tell reused addresses) */
+	int32_t tid; /* the reading thread */
 };
 
 /* Take up to max records of this process's read-before-write pages,

@@ -1,12 +1,11 @@
-/* Fact h: what a userfaultfd tells of a read fault, and how to tell a read
- * the kernel makes on a thread's behalf (write(2) out of a page never
- * touched) from one in user mode (docs/report.md).
+/* Fact h: what a userfaultfd tells of a read fault: a read the kernel
+ * makes on a thread's behalf (write(2) out of a page never touched) comes
+ * as the same message as a load in user mode (docs/report.md).
  *
  * A thread write(2)s a missing registered page to a file, reads another and
- * writes a third; the handler prints each fault's flags and thread, and
- * /proc/TID/syscall of the thread while it waits for the fault:
- *   write(2)'s read: flags 0 (no UFFD_PAGEFAULT_FLAG_WRITE), syscall "1 ..."
- *   a load:          flags 0, syscall "-1 ..." (not in a system call)
+ * writes a third; the handler prints each fault's flags and thread:
+ *   write(2)'s read: flags 0 (no UFFD_PAGEFAULT_FLAG_WRITE), the thread
+ *   a load:          flags 0, the thread
  *   a store:         flags 1 (UFFD_PAGEFAULT_FLAG_WRITE)
  * Seen on 6.18.44 as root with a full uffd (a user-mode-only one never
  * sees the kernel's read: write(2) fails with EFAULT). */
@@ -63,21 +62,13 @@ int main(void)
 	for (int i = 0; i < 3; i++) {
 		struct uffd_msg m;
 		struct pollfd p = { uffd, POLLIN, 0 };
-		char path[64], buf[256] = { 0 };
 
 		poll(&p, 1, -1);
 		if (read(uffd, &m, sizeof(m)) != sizeof(m))
 			return 1;
-		snprintf(path, sizeof(path), "/proc/%u/syscall", m.arg.pagefault.feat.ptid);
-		int fd = open(path, O_RDONLY);
-		if (fd < 0 || read(fd, buf, sizeof(buf) - 1) < 0)
-			snprintf(buf, sizeof(buf), "(unreadable)\n");
-		if (fd >= 0)
-			close(fd);
-		*strchrnul(buf, ' ') = 0;
-		printf("fault at page %lu: flags %llu, thread %u, /proc/TID/syscall starts \"%s\"\n",
+		printf("fault at page %lu: flags %llu, thread %u\n",
 		       (unsigned long)(m.arg.pagefault.address - (unsigned long)area) / 4096,
-		       (unsigned long long)m.arg.pagefault.flags, m.arg.pagefault.feat.ptid, buf);
+		       (unsigned long long)m.arg.pagefault.flags, m.arg.pagefault.feat.ptid);
 		struct uffdio_copy c = { .dst = m.arg.pagefault.address & ~4095ul,
 					 .src = (unsigned long)page,
 					 .len = 4096 };

@@ -101,7 +101,6 @@ static uint32_t valid_payload(uint16_t type, union payload *p)
 				.addr = 0x7f0000000000 + ((uint64_t)i << 12),
 				.ns = (uint64_t)i << 30,
 				.tid = (int32_t)i + 1,
-				.sysno = (int32_t)i - 2,
 			};
 		break;
 	case PROTO_USAGE_REPLY:
