@@ -40,8 +40,9 @@ struct rp_tmpl_rec {
 struct rp_client {
 	atomic_int owner; /* pid the connection belongs to */
 	pthread_mutex_t lock;
-	int sock; /* -1: not connected (yet, or any more) */
-	int lost; /* the daemon went away */
+	int sock;       /* -1: not connected (yet, or any more) */
+	int lost;       /* the daemon went away */
+	unsigned flags; /* RP_CONNECT_*, for every (re)connection */
 	uint32_t seq;
 	uint32_t next_id;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -168,12 +169,17 @@ static int do_connect(struct rp_client *c)
 		goto fail;
 	}
 	h.flags = umo ? PROTO_HELLO_USER_MODE_ONLY : 0;
+	if (c->flags & RP_CONNECT_REPORT)
+		h.flags |= PROTO_HELLO_REPORT;
 	r = roundtrip(c, PROTO_HELLO, &h, sizeof(h), uffd, PROTO_REPLY, &rep, sizeof(rep));
 	close(uffd);
 	if (r == 0)
 		r = rep.status;
 	if (r == 0)
 		return 0;
+	/* A daemon from before report mode refuses the flag as a bad packet. */
+	if (r == -EBADMSG && (c->flags & RP_CONNECT_REPORT))
+		r = -EOPNOTSUPP;
 fail:
 	close(c->sock);
 	c->sock = -1;
@@ -182,11 +188,16 @@ fail:
 
 RP_API int rp_connect(const char *path, rp_client **out)
 {
+	return rp_connect_opts(path, 0, out);
+}
+
+RP_API int rp_connect_opts(const char *path, unsigned flags, rp_client **out)
+{
 	const char *p = socket_path(path);
 	struct rp_client *c;
 	int r;
 
-	if (!out)
+	if (!out || (flags & ~(unsigned)RP_CONNECT_REPORT))
 		return -EINVAL;
 	if (strlen(p) >= sizeof(c->path))
 		return -ENAMETOOLONG;
@@ -194,6 +205,7 @@ RP_API int rp_connect(const char *path, rp_client **out)
 	if (c == MAP_FAILED)
 		return -ENOMEM;
 	strcpy(c->path, p);
+	c->flags = flags;
 	pthread_mutex_init(&c->lock, NULL);
 	atomic_init(&c->owner, (int)getpid());
 	c->sock = -1;
@@ -541,6 +553,41 @@ RP_API int rp_stats(rp_client *c, uint64_t *values, const char **names, int max)
 	return n;
 }
 
+RP_API int rp_report_read(rp_client *c, struct rp_report_rec *out, int max, uint64_t *dropped)
+{
+	struct proto_report q = { .max = PROTO_REPORT_RECS };
+	struct proto_report_reply rep;
+	int r;
+
+	if (!c || max <= 0 || !out)
+		return -EINVAL;
+	if (!(c->flags & RP_CONNECT_REPORT))
+		return -EOPNOTSUPP;
+	if ((unsigned)max < q.max)
+		q.max = (uint32_t)max;
+	if ((r = enter(c)) < 0)
+		return r;
+	r = roundtrip(c, PROTO_REPORT, &q, sizeof(q), -1, PROTO_REPORT_REPLY, &rep, sizeof(rep));
+	if (r == -ENOTCONN || r == -EPROTO)
+		mark_lost(c);
+	leave(c);
+	if (r < 0)
+		return r;
+	if (rep.status < 0)
+		return rep.status;
+	if (rep.count > q.max)
+		return -EPROTO;
+	for (uint32_t i = 0; i < rep.count; i++)
+		out[i] = (struct rp_report_rec){
+			.addr = (void *)(uintptr_t)rep.rec[i].addr,
+			.ns = rep.rec[i].ns,
+			.tid = rep.rec[i].tid,
+		};
+	if (dropped)
+		*dropped = rep.dropped;
+	return (int)rep.count;
+}
+
 RP_API const char *rp_strerror(int err)
 {
 	switch (err < 0 ? -err : err) {
@@ -559,6 +606,9 @@ RP_API const char *rp_strerror(int err)
 		return "no refpaged listens on the socket";
 	case EPERM:
 		return "this process cannot create a userfaultfd";
+	case EOPNOTSUPP:
+		return "this refpaged does not know report mode (a newer one does), "
+		       "or the connection was not made for it (rp_connect_opts)";
 	default:
 		return strerrordesc_np(err < 0 ? -err : err);
 	}

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "proto.h"
@@ -59,6 +60,9 @@ struct shim_cfg {
 	int strict;    /* no refpages: exit(1) instead of falling back */
 	int allow_umo; /* use refpages even with a user-mode-only uffd */
 	int stats;     /* a summary on stderr at exit */
+	int report;    /* --report: read-before-write pages, at exit */
+	enum runopt_format format;
+	const char *report_file; /* NULL: stderr */
 };
 
 static struct shim_cfg cfg = {
@@ -98,6 +102,39 @@ static void m_hex(struct msg *m, unsigned v)
 	char d[5] = { '0', 'x', x[(v >> 4) & 15], x[v & 15], 0 };
 
 	m_str(m, d);
+}
+
+static void m_hex64(struct msg *m, uint64_t v)
+{
+	static const char x[] = "0123456789abcdef";
+	char d[20];
+	int i = (int)sizeof(d);
+
+	d[--i] = 0;
+	do
+		d[--i] = x[v & 15];
+	while ((v >>= 4) && i > 2);
+	d[--i] = 'x';
+	d[--i] = '0';
+	m_str(m, d + i);
+}
+
+/* s as the inside of a JSON string. */
+static void m_json(struct msg *m, const char *s)
+{
+	for (; s && *s && m->n < sizeof(m->b) - 8; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			m->b[m->n++] = '\\';
+			m->b[m->n++] = (char)c;
+		} else if (c < 0x20) {
+			m_str(m, "\\u00");
+			m->b[m->n++] = "0123456789abcdef"[c >> 4];
+			m->b[m->n++] = "0123456789abcdef"[c & 15];
+		} else {
+			m->b[m->n++] = (char)c;
+		}
+	}
 }
 
 static void m_begin(struct msg *m)
@@ -151,6 +188,12 @@ static void load_cfg(void)
 		say2("ignoring bad " RUNOPT_ENV_ALLOW_UMO " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_STATS)) && runopt_bool(v, &cfg.stats) < 0)
 		say2("ignoring bad " RUNOPT_ENV_STATS " (want 0 or 1): ", v);
+	if ((v = getenv(RUNOPT_ENV_REPORT)) && runopt_bool(v, &cfg.report) < 0)
+		say2("ignoring bad " RUNOPT_ENV_REPORT " (want 0 or 1): ", v);
+	if ((v = getenv(RUNOPT_ENV_REPORT_FORMAT)) && runopt_format(v, &cfg.format) < 0)
+		say2("ignoring bad " RUNOPT_ENV_REPORT_FORMAT " (want text or json): ", v);
+	if ((v = getenv(RUNOPT_ENV_REPORT_FILE)) && *v)
+		cfg.report_file = v;
 }
 
 /* --- the next allocator, and the bootstrap buffer ---------------------- */
@@ -422,6 +465,9 @@ static rp_client *rp_cl;
 static uint32_t rp_tmpl;
 static atomic_flag said_fallback = ATOMIC_FLAG_INIT;
 static atomic_flag said_map_error = ATOMIC_FLAG_INIT;
+/* Report mode asked for and the connection made in it. */
+static int rp_reporting;
+static int rp_report_err; /* why not, an errno for the report */
 
 static const char *sock_path(void)
 {
@@ -470,7 +516,17 @@ static int rp_bring_up(void)
 			" (--allow-user-mode-only to use refpages anyway)", 0);
 		return 0;
 	}
-	if ((r = rp_connect(NULL, &c)) < 0) {
+	if (cfg.report) {
+		r = rp_connect_opts(NULL, RP_CONNECT_REPORT, &c);
+		rp_reporting = r == 0;
+		if (r == -EOPNOTSUPP) {
+			rp_report_err = EOPNOTSUPP;
+			r = rp_connect(NULL, &c);
+		}
+	} else {
+		r = rp_connect(NULL, &c);
+	}
+	if (r < 0) {
 		no_refpage(&said_fallback, "cannot reach refpaged at ", sock_path(), -r);
 		return 0;
 	}
@@ -500,6 +556,131 @@ static int rp_backend(void)
 	while ((s = atomic_load_explicit(&rp_state, memory_order_acquire)) == RP_CONNECTING)
 		sched_yield();
 	return s == RP_READY;
+}
+
+/* --- report mode: what each watched block was, and what was read -------- *
+ *
+ * The daemon names a read-before-write page by address and time only; an
+ * address is reused once its block is gone. So every refpage block gets an
+ * entry here when it is made (and when realloc makes it anew) with the time,
+ * closed with the time it goes; a record belongs to the entry whose address
+ * range holds it and whose life holds its time (CLOCK_MONOTONIC on both
+ * sides: the daemon stamps a read before it answers it, so after the block
+ * was made and before the program could free it). Guarded by tab_lock. Every
+ * HIST_COLLECT entries the records are taken and the entries of blocks gone
+ * with nothing read are dropped, so the history stays small. */
+
+struct hist {
+	uintptr_t addr, len; /* mapped */
+	size_t req;          /* asked for */
+	uintptr_t site;      /* return address into the caller of the allocator */
+	uint64_t t0, t1;     /* made, gone (0: live) */
+	uint64_t first;      /* offset of the first page read before written */
+	uint32_t pages;      /* pages read before written */
+	int32_t tid;         /* the thread of the first such read */
+	const char *fn;      /* the allocator function called */
+};
+
+#define HIST_COLLECT 4096u
+static struct hist *hist;
+static size_t hist_n, hist_cap, hist_mark;
+static uint64_t rep_unmatched, rep_dropped;
+static atomic_flag collecting = ATOMIC_FLAG_INIT;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Blocks left out because the history could not grow (said in the report). */
+static uint64_t rep_unwatched;
+
+/* Under tab_lock. */
+static void hist_open(uintptr_t a, size_t len, size_t req, uintptr_t site, const char *fn,
+		      uint64_t t0)
+{
+	if (hist_n == hist_cap) {
+		size_t cap = hist_cap ? hist_cap * 2 : 256;
+		void *h = hist ? mremap(hist, hist_cap * sizeof(*hist), cap * sizeof(*hist),
+					MREMAP_MAYMOVE)
+			       : mmap(NULL, cap * sizeof(*hist), PROT_READ | PROT_WRITE,
+				      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (h == MAP_FAILED) {
+			rep_unwatched++;
+			return;
+		}
+		hist = h;
+		hist_cap = cap;
+	}
+	hist[hist_n++] = (struct hist){
+		.addr = a, .len = len, .req = req, .site = site, .t0 = t0, .fn = fn
+	};
+}
+
+/* Under tab_lock: the live entry of the block at a ends at t1. */
+static void hist_close(uintptr_t a, uint64_t t1)
+{
+	for (size_t i = hist_n; i-- > 0;)
+		if (hist[i].addr == a && !hist[i].t1) {
+			hist[i].t1 = t1;
+			return;
+		}
+}
+
+/* Under tab_lock: the entry record r belongs to. */
+static void hist_resolve(const struct rp_report_rec *r)
+{
+	uintptr_t a = (uintptr_t)r->addr;
+
+	for (size_t i = hist_n; i-- > 0;) {
+		struct hist *h = &hist[i];
+		if (a < h->addr || a - h->addr >= h->len || r->ns < h->t0 ||
+		    (h->t1 && r->ns >= h->t1))
+			continue;
+		if (!h->pages++) {
+			h->first = a - h->addr;
+			h->tid = r->tid;
+		}
+		return;
+	}
+	rep_unmatched++;
+}
+
+/* Take this process's records from the daemon and count them into the
+ * history; then (unless final) drop the entries of blocks gone before the
+ * first take with nothing read: every read of theirs was queued before
+ * they went, so it was in this take. One thread at a time; called without
+ * tab_lock (a round trip to the daemon). */
+static void report_collect(int final)
+{
+	struct rp_report_rec recs[64];
+	uint64_t dropped = 0, start = now_ns();
+	int n;
+
+	if (atomic_flag_test_and_set(&collecting))
+		return;
+	while ((n = rp_report_read(rp_cl, recs, 64, &dropped)) > 0) {
+		pthread_mutex_lock(&tab_lock);
+		for (int i = 0; i < n; i++)
+			hist_resolve(&recs[i]);
+		pthread_mutex_unlock(&tab_lock);
+	}
+	pthread_mutex_lock(&tab_lock);
+	if (dropped > rep_dropped)
+		rep_dropped = dropped;
+	if (!final) {
+		size_t keep = 0;
+		for (size_t i = 0; i < hist_n; i++)
+			if (!hist[i].t1 || hist[i].t1 >= start || hist[i].pages)
+				hist[keep++] = hist[i];
+		hist_n = keep;
+		hist_mark = keep;
+	}
+	pthread_mutex_unlock(&tab_lock);
+	atomic_flag_clear(&collecting);
 }
 
 /* --- blocks ------------------------------------------------------------ */
@@ -563,8 +744,9 @@ static enum blk_kind mode_kind(void)
 					   : BLK_ANON;
 }
 
-/* A block of at least n bytes; kind 0 follows the mode. NULL + ENOMEM. */
-static void *large_alloc(size_t n, size_t align, enum blk_kind kind)
+/* A block of at least n bytes; kind 0 follows the mode. NULL + ENOMEM.
+ * site: the return address into the program's call of fn (report mode). */
+static void *large_alloc(size_t n, size_t align, enum blk_kind kind, uintptr_t site, const char *fn)
 {
 	int e = errno;
 	void *p = NULL;
@@ -587,6 +769,14 @@ static void *large_alloc(size_t n, size_t align, enum blk_kind kind)
 		unmap_span(p, len, kind);
 		p = NULL;
 	}
+	if (p && kind == BLK_REFPAGE && rp_reporting) {
+		pthread_mutex_lock(&tab_lock);
+		hist_open((uintptr_t)p, len, n, site, fn, now_ns());
+		int collect = hist_n - hist_mark >= HIST_COLLECT;
+		pthread_mutex_unlock(&tab_lock);
+		if (collect)
+			report_collect(0);
+	}
 	in_shim--;
 	if (!p) {
 		errno = ENOMEM;
@@ -601,6 +791,11 @@ static void release(void *p, struct blk b)
 {
 	int e = errno;
 
+	if (blk_kind(b) == BLK_REFPAGE && rp_reporting) {
+		pthread_mutex_lock(&tab_lock);
+		hist_close((uintptr_t)p, now_ns());
+		pthread_mutex_unlock(&tab_lock);
+	}
 	in_shim++;
 	unmap_span(p, blk_len(b), blk_kind(b));
 	in_shim--;
@@ -631,9 +826,10 @@ static void *large_shrink(void *p, struct blk b, size_t n)
  * block from the REMAP and UNMAP events the move sends, and puts them back
  * in order when another thread's move into the old addresses is read first
  * (docs/preload.md, "Moving refpage blocks"). */
-static void *large_grow(void *p, struct blk b, size_t n)
+static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 {
 	size_t len = blk_len(b), nlen = page_round(n);
+	uint64_t t = now_ns();
 
 	in_shim++;
 	char *q = mremap(p, len, nlen, MREMAP_MAYMOVE);
@@ -646,12 +842,20 @@ static void *large_grow(void *p, struct blk b, size_t n)
 	if (blk_kind(b) == BLK_MEMSET)
 		memset(q + len, cfg.pattern, nlen - len);
 	tab_put(q, nlen, blk_kind(b), n);
+	if (blk_kind(b) == BLK_REFPAGE && rp_reporting) {
+		/* A block made anew by this call: its reads from now on are
+		 * this caller's (the grown part is untouched). */
+		pthread_mutex_lock(&tab_lock);
+		hist_close((uintptr_t)p, t);
+		hist_open((uintptr_t)q, nlen, n, site, "realloc", t);
+		pthread_mutex_unlock(&tab_lock);
+	}
 	atomic_fetch_add_explicit(&n_remaps, 1, memory_order_relaxed);
 	return q;
 }
 
 /* realloc of one of our blocks, already taken out of the table. */
-static void *large_realloc(void *p, struct blk b, size_t n)
+static void *large_realloc(void *p, struct blk b, size_t n, uintptr_t site)
 {
 	if (n == 0) {
 		release(p, b);
@@ -674,14 +878,14 @@ static void *large_realloc(void *p, struct blk b, size_t n)
 	}
 	if (page_round(n) <= blk_len(b))
 		return large_shrink(p, b, n);
-	return large_grow(p, b, n);
+	return large_grow(p, b, n, site);
 }
 
 /* realloc of someone else's block to a large size: into one of ours. */
-static void *grow_foreign(void *p, size_t n)
+static void *grow_foreign(void *p, size_t n, uintptr_t site)
 {
 	size_t old = next.malloc_usable_size(p);
-	void *q = large_alloc(n, 0, 0);
+	void *q = large_alloc(n, 0, 0, site, "realloc");
 
 	if (!q)
 		return NULL;
@@ -692,13 +896,16 @@ static void *grow_foreign(void *p, size_t n)
 
 /* --- the interface ----------------------------------------------------- */
 
+/* The return address into the caller of an entry point (report mode). */
+#define SITE ((uintptr_t)__builtin_return_address(0))
+
 EXPORT void *malloc(size_t n)
 {
 	if (!ready())
 		return boot_alloc(n, 16);
 	if (likely(n < cfg.threshold) || in_shim)
 		return next.malloc(n);
-	return large_alloc(n, 0, 0);
+	return large_alloc(n, 0, 0, SITE, "malloc");
 }
 
 EXPORT void free(void *p)
@@ -727,29 +934,39 @@ EXPORT void *calloc(size_t a, size_t b)
 		return boot_alloc(n, 16); /* never reused: still zero */
 	if (likely(n < cfg.threshold) || in_shim)
 		return next.calloc(a, b);
-	return large_alloc(n, 0, BLK_ANON);
+	return large_alloc(n, 0, BLK_ANON, SITE, "calloc");
 }
 
-EXPORT void *realloc(void *p, size_t n)
+static void *realloc_at(void *p, size_t n, uintptr_t site)
 {
 	struct blk b;
 
-	if (!p)
-		return malloc(n);
+	if (!p) {
+		if (!ready())
+			return boot_alloc(n, 16);
+		if (likely(n < cfg.threshold) || in_shim)
+			return next.malloc(n);
+		return large_alloc(n, 0, 0, site, "realloc");
+	}
 	if (is_boot(p)) {
-		void *q = malloc(n);
+		void *q = realloc_at(NULL, n, site);
 		size_t old = boot_size(p);
 		if (q)
 			memcpy(q, p, old < n ? old : n);
 		return q;
 	}
 	if (tab_find(p, &b, 1))
-		return large_realloc(p, b, n);
+		return large_realloc(p, b, n, site);
 	if (!ready())
 		return NULL;
 	if (n >= cfg.threshold && !in_shim)
-		return grow_foreign(p, n);
+		return grow_foreign(p, n, site);
 	return next.realloc(p, n);
+}
+
+EXPORT void *realloc(void *p, size_t n)
+{
+	return realloc_at(p, n, SITE);
 }
 
 EXPORT void *reallocarray(void *p, size_t a, size_t b)
@@ -760,7 +977,7 @@ EXPORT void *reallocarray(void *p, size_t a, size_t b)
 		errno = ENOMEM;
 		return NULL;
 	}
-	return realloc(p, n);
+	return realloc_at(p, n, SITE);
 }
 
 static int pow2(size_t a)
@@ -783,7 +1000,7 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n)
 	}
 	if (n < cfg.threshold || in_shim)
 		return next.posix_memalign(out, align, n);
-	void *p = large_alloc(n, align, 0);
+	void *p = large_alloc(n, align, 0, SITE, "posix_memalign");
 	if (!p)
 		return ENOMEM;
 	*out = p;
@@ -791,7 +1008,7 @@ EXPORT int posix_memalign(void **out, size_t align, size_t n)
 }
 
 /* memalign semantics: a non-power-of-two alignment rounds up. */
-EXPORT void *memalign(size_t align, size_t n)
+static void *memalign_at(size_t align, size_t n, uintptr_t site, const char *fn)
 {
 	if (align > (SIZE_MAX >> 1) + 1) {
 		errno = EINVAL;
@@ -809,7 +1026,12 @@ EXPORT void *memalign(size_t align, size_t n)
 		errno = r ? r : errno;
 		return r ? NULL : p;
 	}
-	return large_alloc(n, align, 0);
+	return large_alloc(n, align, 0, site, fn);
+}
+
+EXPORT void *memalign(size_t align, size_t n)
+{
+	return memalign_at(align, n, SITE, "memalign");
 }
 
 /* Small requests keep libc's own checks on align. */
@@ -817,14 +1039,14 @@ EXPORT void *aligned_alloc(size_t align, size_t n)
 {
 	if (ready() && (n < cfg.threshold || in_shim) && next.aligned_alloc)
 		return next.aligned_alloc(align, n);
-	return memalign(align, n);
+	return memalign_at(align, n, SITE, "aligned_alloc");
 }
 
 EXPORT void *valloc(size_t n)
 {
 	if (ready() && (n < cfg.threshold || in_shim) && next.valloc)
 		return next.valloc(n);
-	return memalign(PAGE, n);
+	return memalign_at(PAGE, n, SITE, "valloc");
 }
 
 EXPORT void *pvalloc(size_t n)
@@ -835,7 +1057,7 @@ EXPORT void *pvalloc(size_t n)
 	}
 	if (ready() && (n < cfg.threshold || in_shim) && next.pvalloc)
 		return next.pvalloc(n);
-	return memalign(PAGE, n ? page_round(n) : PAGE);
+	return memalign_at(PAGE, n ? page_round(n) : PAGE, SITE, "pvalloc");
 }
 
 EXPORT size_t malloc_usable_size(void *p)
@@ -868,26 +1090,187 @@ static void fork_parent(void)
 static void fork_child(void)
 {
 	pthread_mutex_init(&tab_lock, NULL);
+	/* The child reports what it reads: the parent's findings stay the
+	 * parent's (its records are its own pid's). */
+	for (size_t i = 0; i < hist_n; i++)
+		hist[i].pages = 0;
+	rep_unmatched = rep_dropped = 0;
+	atomic_flag_clear(&collecting);
 	int s = RP_CONNECTING;
 	atomic_compare_exchange_strong(&rp_state, &s, RP_NONE);
 }
 
-/* --stats writes at exit, after programs that close stderr on their way
- * out (gnulib's close_stdout, xz) have done so: keep a copy. */
+/* --stats and --report write at exit, after programs that close stderr on
+ * their way out (gnulib's close_stdout, xz) have done so: keep a copy. */
 static int stats_fd = -1;
 
 __attribute__((constructor)) static void shim_start(void)
 {
 	ready();
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
-	if (cfg.stats)
+	if (cfg.stats || cfg.report)
 		stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
+}
+
+/* "module+0xoff (function+0xoff)" of a code address, as dladdr sees it
+ * (a function only where its symbol is exported). */
+static void m_site(struct msg *m, uintptr_t site, int json)
+{
+	Dl_info di;
+
+	if (!site || !dladdr((void *)site, &di) || !di.dli_fname) {
+		m_str(m, json ? "\"site\":\"" : "");
+		m_hex64(m, site);
+		m_str(m, json ? "\",\"function\":null" : "");
+		return;
+	}
+	const char *mod = strrchr(di.dli_fname, '/');
+	mod = mod ? mod + 1 : di.dli_fname;
+	if (json) {
+		m_str(m, "\"site\":\"");
+		m_json(m, *mod ? mod : "?");
+	} else {
+		m_str(m, *mod ? mod : "?");
+	}
+	m_str(m, "+");
+	m_hex64(m, site - (uintptr_t)di.dli_fbase);
+	if (json)
+		m_str(m, "\",\"function\":");
+	if (di.dli_sname && di.dli_saddr) {
+		m_str(m, json ? "\"" : " (");
+		if (json)
+			m_json(m, di.dli_sname);
+		else
+			m_str(m, di.dli_sname);
+		m_str(m, "+");
+		m_hex64(m, site - (uintptr_t)di.dli_saddr);
+		m_str(m, json ? "\"" : ")");
+	} else if (json) {
+		m_str(m, "null");
+	}
+}
+
+static void report_entry(const struct hist *h, int fd)
+{
+	struct msg m;
+
+	if (cfg.format == RUNOPT_JSON) {
+		m.n = 0;
+		m_str(&m, "{\"pid\":");
+		m_num(&m, (unsigned long long)getpid());
+		m_str(&m, ",\"tid\":");
+		m_num(&m, (unsigned long long)h->tid);
+		m_str(&m, ",\"size\":");
+		m_num(&m, h->req);
+		m_str(&m, ",\"allocator\":\"");
+		m_str(&m, h->fn);
+		m_str(&m, "\",");
+		m_site(&m, h->site, 1);
+		m_str(&m, ",\"pages\":");
+		m_num(&m, h->pages);
+		m_str(&m, ",\"first_offset\":");
+		m_num(&m, h->first);
+		/* One frame: the caller of the allocator (docs/report.md). */
+		m_str(&m, ",\"backtrace\":[\"");
+		m_hex64(&m, h->site);
+		m_str(&m, "\"]}");
+		m_emit_to(&m, fd);
+		return;
+	}
+	m_begin(&m);
+	m_str(&m, "  ");
+	m_num(&m, h->req);
+	m_str(&m, " bytes from ");
+	m_str(&m, h->fn);
+	m_str(&m, " at ");
+	m_site(&m, h->site, 0);
+	m_str(&m, ": ");
+	m_num(&m, h->pages);
+	m_str(&m, h->pages == 1 ? " page" : " pages");
+	m_str(&m, " read before written, first at offset ");
+	m_num(&m, h->first);
+	m_str(&m, " by thread ");
+	m_num(&m, (unsigned long long)h->tid);
+	m_emit_to(&m, fd);
+}
+
+static void report_say(int fd, const char *a, uint64_t n, const char *b)
+{
+	struct msg m;
+
+	m_begin(&m);
+	m_str(&m, "report: ");
+	m_str(&m, a);
+	if (b) {
+		m_num(&m, n);
+		m_str(&m, b);
+	}
+	m_emit_to(&m, fd);
+}
+
+/* --report: this process's summary (docs/report.md). */
+static void report_print(void)
+{
+	int fd = stats_fd >= 0 ? stats_fd : STDERR_FILENO, own = -1;
+	int s = atomic_load(&rp_state);
+
+	if (s == RP_NONE)
+		return; /* no large allocation: nothing was watched */
+	if (!rp_reporting) {
+		report_say(fd,
+			   s != RP_READY
+				   ? "unavailable: no refpages in this process (large "
+				     "allocations fell back to memset), so nothing was watched"
+			   : rp_report_err == EOPNOTSUPP
+				   ? "unavailable: this refpaged does not know report mode"
+				   : "unavailable",
+			   0, NULL);
+		return;
+	}
+	in_shim++;
+	report_collect(1);
+	if (cfg.report_file &&
+	    (own = open(cfg.report_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0)
+		say2("report: cannot open the report file, writing to stderr: ", cfg.report_file);
+	int out = own >= 0 ? own : fd;
+	pthread_mutex_lock(&tab_lock);
+	uint64_t found = 0;
+	for (size_t i = 0; i < hist_n; i++)
+		found += hist[i].pages > 0;
+	if (cfg.format == RUNOPT_TEXT) {
+		struct msg m;
+		m_begin(&m);
+		m_str(&m, "report: ");
+		m_num(&m, found);
+		m_str(&m, " of ");
+		m_num(&m, atomic_load(&n_blocks[BLK_REFPAGE]));
+		m_str(&m, " large allocations had pages read before they were written "
+			  "(whole pages only: docs/report.md)");
+		m_emit_to(&m, out);
+	}
+	for (size_t i = 0; i < hist_n; i++)
+		if (hist[i].pages)
+			report_entry(&hist[i], out);
+	uint64_t unmatched = rep_unmatched, dropped = rep_dropped, unwatched = rep_unwatched;
+	pthread_mutex_unlock(&tab_lock);
+	if (dropped)
+		report_say(fd, "refpaged dropped ", dropped,
+			   " reads of this uid (its queue was full): counts may be low");
+	if (unmatched)
+		report_say(fd, "", unmatched, " reads of pages of no watched block (not counted)");
+	if (unwatched)
+		report_say(fd, "", unwatched, " blocks not watched (no memory for the history)");
+	if (own >= 0)
+		close(own);
+	in_shim--;
 }
 
 __attribute__((destructor)) static void shim_stop(void)
 {
 	struct msg m;
 
+	if (cfg.report)
+		report_print();
 	if (!cfg.stats)
 		return;
 	m_begin(&m);

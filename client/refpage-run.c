@@ -41,6 +41,13 @@ static void usage(FILE *f)
 		"                     only userfaultfd (then read(2) into or write(2) from an\n"
 		"                     untouched large buffer fails with EFAULT)\n"
 		"  --stats            each process prints its large-allocation counts at exit\n"
+		"  --report[=FILE]    refpage mode: each process lists at exit its large\n"
+		"                     allocations with pages read before they were written\n"
+		"                     (size, call site, pages, first offset, thread), to\n"
+		"                     stderr or appended to FILE\n"
+		"  --report-format FORMAT\n"
+		"                     text (default) or json: one JSON object a line with\n"
+		"                     pid, tid, size, site, pages, first_offset, backtrace\n"
 		"  -h, --help         this text\n"
 		"\n"
 		"Large calloc requests get plain anonymous memory (zeros) in every mode.\n"
@@ -66,10 +73,22 @@ struct run_opts {
 	enum runopt_mode mode;
 	uint8_t pat;
 	const char *pattern, *threshold, *socket;
-	int strict, allow_umo, stats;
+	int strict, allow_umo, stats, report;
+	const char *report_file;
+	enum runopt_format format;
 };
 
-enum { OPT_MODE = 256, OPT_PATTERN, OPT_THRESHOLD, OPT_SOCKET, OPT_STRICT, OPT_UMO, OPT_STATS };
+enum {
+	OPT_MODE = 256,
+	OPT_PATTERN,
+	OPT_THRESHOLD,
+	OPT_SOCKET,
+	OPT_STRICT,
+	OPT_UMO,
+	OPT_STATS,
+	OPT_REPORT,
+	OPT_REPORT_FORMAT
+};
 
 static int parse_args(int argc, char **argv, struct run_opts *o)
 {
@@ -81,6 +100,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		{ "strict", no_argument, NULL, OPT_STRICT },
 		{ "allow-user-mode-only", no_argument, NULL, OPT_UMO },
 		{ "stats", no_argument, NULL, OPT_STATS },
+		{ "report", optional_argument, NULL, OPT_REPORT },
+		{ "report-format", required_argument, NULL, OPT_REPORT_FORMAT },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -122,6 +143,16 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		case OPT_STATS:
 			o->stats = 1;
 			break;
+		case OPT_REPORT:
+			o->report = 1;
+			if (optarg && !*optarg)
+				bad("--report=: want a file name (or --report alone for stderr)");
+			o->report_file = optarg;
+			break;
+		case OPT_REPORT_FORMAT:
+			if (runopt_format(optarg, &o->format) < 0)
+				bad("--report-format: want text or json, not '%s'", optarg);
+			break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -134,6 +165,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 	}
 	if (optind >= argc)
 		bad("no PROGRAM given");
+	if (o->report && o->mode != RUNOPT_REFPAGE)
+		bad("--report needs --mode refpage (only refpaged sees the reads)");
 	return optind;
 }
 
@@ -213,8 +246,9 @@ static void check_refpages(struct run_opts *o)
 			"(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd): system calls "
 			"reading or writing untouched refpage memory would fail with EFAULT "
 			"(--allow-user-mode-only to use refpages anyway)");
-	} else if ((r = rp_connect(path, &c)) < 0) {
-		snprintf(why, sizeof(why), "cannot reach refpaged at %s: %s", path, rp_strerror(r));
+	} else if ((r = rp_connect_opts(path, o->report ? RP_CONNECT_REPORT : 0, &c)) < 0) {
+		snprintf(why, sizeof(why), "cannot reach refpaged at %s%s: %s", path,
+			 r == -EOPNOTSUPP ? " in report mode" : "", rp_strerror(r));
 	} else {
 		r = rp_template_fill(c, o->pat, &id);
 		rp_disconnect(c);
@@ -227,9 +261,10 @@ static void check_refpages(struct run_opts *o)
 		fprintf(stderr, "refpage-run: --strict: %s\n", why);
 		exit(1);
 	}
-	fprintf(stderr, "refpage-run: %s; large allocations fall back to memset of the pattern\n",
-		why);
+	fprintf(stderr, "refpage-run: %s; large allocations fall back to memset of the pattern%s\n",
+		why, o->report ? ", and --report has nothing to report" : "");
 	o->mode = RUNOPT_MEMSET;
+	o->report = 0;
 }
 
 int main(int argc, char **argv)
@@ -257,6 +292,18 @@ int main(int argc, char **argv)
 	setenv(RUNOPT_ENV_STRICT, o.strict ? "1" : "0", 1);
 	setenv(RUNOPT_ENV_ALLOW_UMO, o.allow_umo ? "1" : "0", 1);
 	setenv(RUNOPT_ENV_STATS, o.stats ? "1" : "0", 1);
+	setenv(RUNOPT_ENV_REPORT, o.report ? "1" : "0", 1);
+	setenv(RUNOPT_ENV_REPORT_FORMAT, o.format == RUNOPT_JSON ? "json" : "text", 1);
+	if (o.report_file) {
+		/* The program may change directory: the file's path is fixed now. */
+		char cwd[PATH_MAX], abs[PATH_MAX + 256];
+		if (o.report_file[0] != '/' && getcwd(cwd, sizeof(cwd)) &&
+		    snprintf(abs, sizeof(abs), "%s/%s", cwd, o.report_file) < (int)sizeof(abs))
+			o.report_file = abs;
+		setenv(RUNOPT_ENV_REPORT_FILE, o.report_file, 1);
+	} else {
+		unsetenv(RUNOPT_ENV_REPORT_FILE);
+	}
 	if (o.socket)
 		setenv(RUNOPT_ENV_SOCKET, o.socket, 1);
 	set_preload(shim);

@@ -45,6 +45,17 @@ static int whole_number(const char *s, int base, unsigned long long *v, char **e
 	return errno ? -1 : 0;
 }
 
+int runopt_format(const char *s, enum runopt_format *out)
+{
+	if (!strcmp(s, "text"))
+		*out = RUNOPT_TEXT;
+	else if (!strcmp(s, "json"))
+		*out = RUNOPT_JSON;
+	else
+		return -1;
+	return 0;
+}
+
 int runopt_pattern(const char *s, uint8_t *out)
 {
 	unsigned long long v;

@@ -14,6 +14,9 @@
 #define RUNOPT_ENV_STRICT "REFPAGE_RUN_STRICT"
 #define RUNOPT_ENV_ALLOW_UMO "REFPAGE_RUN_ALLOW_USER_MODE_ONLY"
 #define RUNOPT_ENV_STATS "REFPAGE_RUN_STATS"
+#define RUNOPT_ENV_REPORT "REFPAGE_RUN_REPORT"               /* 0 or 1 */
+#define RUNOPT_ENV_REPORT_FILE "REFPAGE_RUN_REPORT_FILE"     /* empty: stderr */
+#define RUNOPT_ENV_REPORT_FORMAT "REFPAGE_RUN_REPORT_FORMAT" /* text or json */
 #define RUNOPT_ENV_PRELOAD "REFPAGE_RUN_PRELOAD"
 #define RUNOPT_ENV_SOCKET "REFPAGED_SOCKET"
 
@@ -39,6 +42,10 @@ int runopt_threshold(const char *s, size_t *out);
 int runopt_bool(const char *s, int *out);
 
 const char *runopt_mode_name(enum runopt_mode m);
+
+enum runopt_format { RUNOPT_TEXT, RUNOPT_JSON };
+/* "text" or "json". */
+int runopt_format(const char *s, enum runopt_format *out);
 
 /* 1 if this process can make a userfaultfd that also serves faults taken
  * in kernel mode (through /dev/userfaultfd or the plain syscall), 0 if it

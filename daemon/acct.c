@@ -64,6 +64,7 @@ static struct acct *acct_new(uid_t uid)
 		return NULL;
 	}
 	a->uid = uid;
+	pthread_mutex_init(&a->rlock, NULL);
 	log_rl_init(&a->rl);
 	log_rl_init(&a->rl_chat);
 	return a;
@@ -71,6 +72,8 @@ static struct acct *acct_new(uid_t uid)
 
 static void acct_destroy(struct acct *a)
 {
+	acct_free(a, a->rq);
+	pthread_mutex_destroy(&a->rlock);
 	log_rl_fini(&a->rl);
 	log_rl_fini(&a->rl_chat);
 	free(a->turns);
@@ -356,6 +359,74 @@ void acct_free(struct acct *a, void *p)
 	struct block *b = (struct block *)p - 1;
 	acct_uncharge(a, ACCT_MEMORY, b->size + sizeof(*b));
 	free(b);
+}
+
+/* --- read-before-write records (report mode) ----------------------------------- */
+
+void acct_report_push(struct acct *a, const struct acct_rrec *r)
+{
+	pthread_mutex_lock(&a->rlock);
+	if (a->rn == a->rcap) {
+		uint32_t cap = a->rcap ? a->rcap * 2 : 64;
+		void *q = cap <= ACCT_REPORT_MAX ? acct_realloc(a, a->rq, cap * sizeof(*a->rq))
+						 : NULL;
+		if (!q) {
+			a->rdropped++;
+			pthread_mutex_unlock(&a->rlock);
+			return;
+		}
+		a->rq = q;
+		a->rcap = cap;
+	}
+	a->rq[a->rn++] = *r;
+	pthread_mutex_unlock(&a->rlock);
+}
+
+/* Under rlock: an empty queue holds no memory. */
+static void report_shrink(struct acct *a)
+{
+	if (a->rn)
+		return;
+	acct_free(a, a->rq);
+	a->rq = NULL;
+	a->rcap = 0;
+}
+
+unsigned acct_report_take(struct acct *a, int32_t pid, struct acct_rrec *out, unsigned max,
+			  int *more, uint64_t *dropped)
+{
+	unsigned got = 0;
+	uint32_t keep = 0;
+
+	*more = 0;
+	pthread_mutex_lock(&a->rlock);
+	for (uint32_t i = 0; i < a->rn; i++) {
+		if (a->rq[i].pid == pid && got < max) {
+			out[got++] = a->rq[i];
+			continue;
+		}
+		if (a->rq[i].pid == pid)
+			*more = 1;
+		a->rq[keep++] = a->rq[i];
+	}
+	a->rn = keep;
+	report_shrink(a);
+	*dropped = a->rdropped;
+	pthread_mutex_unlock(&a->rlock);
+	return got;
+}
+
+void acct_report_forget(struct acct *a, uint32_t mm)
+{
+	uint32_t keep = 0;
+
+	pthread_mutex_lock(&a->rlock);
+	for (uint32_t i = 0; i < a->rn; i++)
+		if (a->rq[i].mm != mm)
+			a->rq[keep++] = a->rq[i];
+	a->rn = keep;
+	report_shrink(a);
+	pthread_mutex_unlock(&a->rlock);
 }
 
 /* --- the rest ---------------------------------------------------------------- */

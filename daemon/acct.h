@@ -21,6 +21,7 @@
 #ifndef REFPAGED_ACCT_H
 #define REFPAGED_ACCT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -56,6 +57,18 @@ struct acct_turn {
 	uint32_t woken; /* parked sockets or uffds woken this iteration */
 };
 
+/* One read-before-write fault of an address space in report mode
+ * (proto_report_rec, with whose it was). */
+struct acct_rrec {
+	uint64_t addr, ns;
+	int32_t pid, tid;
+	uint32_t mm; /* the observer's name of the address space */
+};
+
+/* Most records queued per uid (32 bytes each, charged to its memory
+ * budget): past it new ones are dropped and counted. */
+#define ACCT_REPORT_MAX 65536u
+
 struct acct {
 	uid_t uid;
 	atomic_uint refs;  /* at 0 the account stays a while (acct.c) */
@@ -73,6 +86,12 @@ struct acct {
 					 * use up the budget of the lines that matter */
 	struct acct_turn *turns; /* one per loop: main, then workers */
 	uint32_t *placed;        /* address spaces per loop (worker.c, under its lock) */
+	/* Its read-before-write records, oldest first, until a process of
+	 * the uid takes its own (REPORT) or its address space goes. */
+	pthread_mutex_t rlock;
+	struct acct_rrec *rq; /* acct_alloc'd, NULL when empty */
+	uint32_t rn, rcap;
+	uint64_t rdropped;
 	struct acct *next;
 };
 
@@ -124,6 +143,18 @@ void acct_free(struct acct *a, void *p);
  * freed without knowing whose it is. */
 void *acct_alloc_ref(struct acct *a, size_t size);
 void acct_free_ref(void *p);
+
+/* Report mode: queue r (its memory charged to a; over ACCT_REPORT_MAX or
+ * the memory budget it is dropped and counted, never waited for). Any
+ * thread. */
+void acct_report_push(struct acct *a, const struct acct_rrec *r);
+/* Take (remove) up to max of pid's records, oldest first, into out: how
+ * many; *more: whether some of pid's are left; *dropped: a's dropped so
+ * far. O(queue), bounded by ACCT_REPORT_MAX. */
+unsigned acct_report_take(struct acct *a, int32_t pid, struct acct_rrec *out, unsigned max,
+			  int *more, uint64_t *dropped);
+/* Forget the records of address space mm (it went away). */
+void acct_report_forget(struct acct *a, uint32_t mm);
 
 const char *acct_res_name(enum acct_res res);
 /* fn on every uid's account, under the table lock. */

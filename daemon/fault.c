@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <linux/userfaultfd.h>
 #include <string.h>
+#include <time.h>
 
 #include "acct.h"
 #include "log.h"
@@ -50,7 +51,9 @@ static long fill_piece(int uffd, const struct range_piece *p, struct fault_strea
 		       uint64_t addr, uint64_t flags, const struct fault_cfg *c)
 {
 	struct tmpl *t = p->tmpl;
-	unsigned n = window_for(fs, p, addr, c->fault_around);
+	/* Report mode: a page filled ahead of its own first access would not
+	 * fault when it is read, and its read would go unseen. */
+	unsigned n = c->report ? 1 : window_for(fs, p, addr, c->fault_around);
 	const void *src = t->page;
 
 	/* A zero template reads through the shared zero page: no RSS. */
@@ -66,6 +69,26 @@ static long fill_piece(int uffd, const struct range_piece *p, struct fault_strea
 	return got;
 }
 
+/* Report mode: a read fault is a read of a page never written since it
+ * was mapped (or dropped), by the program or by the kernel in one of its
+ * system calls: the message does not say which, and the daemon has no
+ * other way to tell (docs/report.md, "Precision"). Stamped before the fill:
+ * after it the thread runs on (and its program may free the block). Queued
+ * once the fill is done. */
+static void report_see(uint64_t addr, const struct fault_cfg *c, struct acct_rrec *r)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	*r = (struct acct_rrec){
+		.addr = addr,
+		.ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec,
+		.pid = c->pid,
+		.tid = c->tid,
+		.mm = c->mm,
+	};
+}
+
 enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault_streams *fs,
 			     uint64_t addr, uint64_t flags, const struct fault_cfg *c,
 			     uint64_t *end)
@@ -75,7 +98,15 @@ enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault
 	*end = 0;
 	addr &= ~(uint64_t)(PAGE - 1);
 	if (p) {
+		int rep = c->report && !(flags & UFFD_PAGEFAULT_FLAG_WRITE);
+		struct acct_rrec r;
+		if (rep)
+			report_see(addr, c, &r);
 		got = fill_piece(uffd, p, fs, addr, flags, c);
+		if (got > 0 && rep) {
+			acct_report_push(c->acct, &r);
+			acct_stat_add(c->acct, PROTO_STAT_REPORT_READS, 1);
+		}
 	} else {
 		acct_stat_add(c->acct, PROTO_STAT_UNKNOWN_FAULTS, 1);
 		got = uffd_fill(uffd, addr, 1, NULL, c->dontwake);

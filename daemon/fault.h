@@ -40,6 +40,12 @@ struct fault_cfg {
 	int dontwake;
 	struct tmpl_store *store;
 	struct acct *acct; /* counted for */
+	/* Report mode (PROTO_HELLO_REPORT): every fault fills its own page
+	 * alone, and a read fault filled is queued in acct's records as
+	 * pid's, read by thread tid, of address space mm. */
+	int report;
+	int32_t pid, tid;
+	uint32_t mm;
 };
 
 /* Answer the fault at addr (flags from the uffd message) in piece p, or

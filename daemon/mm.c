@@ -328,6 +328,7 @@ static struct rp_mm *new_child(struct rp_mm *parent, int ufd)
 		return NULL;
 	}
 	mm->is_child = 1;
+	mm->report = parent->report;
 	return mm;
 }
 
@@ -495,6 +496,8 @@ static void retire(struct rp_mm *mm)
 		struct obs_event ev = { .type = OBS_MM_END, .mm = mm->id };
 		obs_emit(&mm->d->obs, &ev);
 	}
+	if (mm->report)
+		acct_report_forget(mm->acct, mm->id);
 	loop_close_fd(w->loop, mm->uffd);
 	mm->uffd = -1;
 	acct_uncharge(mm->acct, ACCT_FDS, 1);
@@ -695,7 +698,8 @@ static void retry_arm(struct rp_mm *mm, double at)
 	ev_timer_start(loop, &mm->retry);
 }
 
-static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, enum uffd_class k)
+static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, int32_t tid,
+			enum uffd_class k)
 {
 	double now = ev_now(mm->w->loop);
 
@@ -714,18 +718,23 @@ static int pending_push(struct rp_mm *mm, uint64_t addr, uint64_t flags, enum uf
 		.first = now,
 		.next = now + in,
 		.tries = 1,
+		.tid = tid,
 	};
 	retry_arm(mm, now + in);
 	return 0;
 }
 
-static struct fault_cfg fault_cfg(const struct rp_mm *mm, int dontwake)
+static struct fault_cfg fault_cfg(const struct rp_mm *mm, int dontwake, int32_t tid)
 {
 	return (struct fault_cfg){
 		.fault_around = mm->d->cfg.fault_around,
 		.dontwake = dontwake,
 		.store = &mm->d->tmpls,
 		.acct = mm->acct,
+		.report = mm->report,
+		.pid = (int32_t)mm->pid,
+		.tid = tid,
+		.mm = mm->id,
 	};
 }
 
@@ -752,11 +761,11 @@ static int lookup(struct rp_mm *mm, uint64_t addr, struct range_piece *p)
 
 /* Answer one fault (or try it again). Returns the class; *end as
  * fault_answer's. */
-static enum uffd_class answer(struct rp_mm *mm, uint64_t addr, uint64_t flags, int dontwake,
-			      uint64_t *end)
+static enum uffd_class answer(struct rp_mm *mm, uint64_t addr, uint64_t flags, int32_t tid,
+			      int dontwake, uint64_t *end)
 {
 	struct range_piece p;
-	struct fault_cfg c = fault_cfg(mm, dontwake);
+	struct fault_cfg c = fault_cfg(mm, dontwake, tid);
 	int found = lookup(mm, addr & ~(uint64_t)(PAGE - 1), &p);
 
 	return fault_answer(mm->uffd, found ? &p : NULL, &mm->fs, addr, flags, &c, end);
@@ -776,7 +785,7 @@ static int pending_one(struct rp_mm *mm, struct pending_fault *f, double now)
 	}
 	if (f->next > now)
 		return 1;
-	enum uffd_class k = answer(mm, f->addr, f->flags, 0, &end);
+	enum uffd_class k = answer(mm, f->addr, f->flags, f->tid, 0, &end);
 	if (k == UFFD_GONE_MM) {
 		mm_gone(mm, "process gone", 0);
 		return -1;
@@ -1104,6 +1113,8 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 	const struct rp_config *cfg = &mm->d->cfg;
 	uint64_t addr = m->arg.pagefault.address, flags = m->arg.pagefault.flags, end = 0;
 	uint64_t page = addr & ~(uint64_t)(PAGE - 1);
+	int32_t tid = mm->features & UFFD_FEATURE_THREAD_ID ? (int32_t)m->arg.pagefault.feat.ptid
+							    : 0;
 
 	if (cfg->coalesce && already_filled(b, page)) {
 		acct_stat_add(mm->acct, PROTO_STAT_FAULTS, 1);
@@ -1114,14 +1125,14 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 	 * late one (or, in an unborn child, on its table to come): it waits
 	 * with them, and is answered once they are applied. */
 	if (follow_holds(&mm->fl, page, page + PAGE, 0)) {
-		if (pending_push(mm, addr, flags, UFFD_RETRY) == 0)
+		if (pending_push(mm, addr, flags, tid, UFFD_RETRY) == 0)
 			return 0;
 		mm_gone(mm, "no memory (or budget) left to queue a fault retry", 1);
 		return -1;
 	}
 	learn_pid(mm, m);
 	probe_reset(mm);
-	enum uffd_class k = answer(mm, addr, flags, cfg->dontwake, &end);
+	enum uffd_class k = answer(mm, addr, flags, tid, cfg->dontwake, &end);
 	if (k == UFFD_GONE_MM) {
 		mm_gone(mm, "process gone", 0);
 		return -1;
@@ -1136,7 +1147,7 @@ static int on_fault(struct rp_mm *mm, const struct uffd_msg *m, struct batch *b)
 		return -1;
 	}
 	if (k == UFFD_RETRY || k == UFFD_NOMEM) {
-		if (pending_push(mm, addr, flags, k) < 0) {
+		if (pending_push(mm, addr, flags, tid, k) < 0) {
 			mm_gone(mm, "no memory (or budget) left to queue a fault retry", 1);
 			return -1;
 		}

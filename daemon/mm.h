@@ -38,7 +38,7 @@ struct pending_fault {
 	uint64_t addr, flags;
 	double first, next; /* when it first failed, when it is tried again */
 	uint32_t tries;
-	uint32_t reserved;
+	int32_t tid; /* the faulting thread (report mode) */
 };
 
 /* A change of the range table asked for by a session (main loop), done on
@@ -73,6 +73,8 @@ struct rp_mm {
 	int accounted;     /* its table is in the gauges and the uid's account */
 	uint32_t bugs;     /* faults in a row that failed for an unknown reason */
 	int cannot_follow; /* a grown mapping could not be followed: let go */
+	int report;        /* report mode (PROTO_HELLO_REPORT; inherited by fork
+			    * children): one page per fill, read faults recorded */
 	struct acct *acct; /* the uid's account, charged for all below */
 	struct rp_tree *tree;
 	struct rp_daemon *d;

@@ -510,4 +510,14 @@ void sandbox_denied_syscall(void)
 		log_notice("--debug-denied-syscall: uname(2) got ENOSYS; serving on");
 	else
 		log_err("--debug-denied-syscall: uname(2) was allowed");
+	/* Nor opens a file, even read-only (only a sanitizer build's runtime
+	 * may): with CAP_SYS_PTRACE that would reach /proc/PID/mem of every
+	 * process on the host (docs/security.md). */
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOSYS)
+		log_notice("--debug-denied-syscall: a read-only open(2) got ENOSYS; serving on");
+	else
+		log_err("--debug-denied-syscall: a read-only open(2) was allowed");
+	if (fd >= 0)
+		close(fd);
 }

@@ -643,6 +643,32 @@ static int do_usage(struct session *s, uint32_t seq, const struct proto_usage *u
 	return -1;
 }
 
+/* REPORT: the records of the caller's own process (its SO_PEERCRED pid),
+ * whichever of its address spaces made them: the one its HELLO made, or
+ * one adopted from a fork (a child reconnects: docs/report.md). */
+static int do_report(struct session *s, uint32_t seq, const struct proto_report *q)
+{
+	struct proto_report_reply r = { .status = 0 };
+	struct acct_rrec recs[PROTO_REPORT_RECS];
+	int more;
+
+	if (q->max < 1 || q->max > PROTO_REPORT_RECS)
+		return reply(s, seq, -EINVAL, 0, 0);
+	r.count = acct_report_take(s->acct, (int32_t)s->pid, recs, q->max, &more, &r.dropped);
+	r.more = (uint32_t)more;
+	for (uint32_t i = 0; i < r.count; i++)
+		r.rec[i] = (struct proto_report_rec){
+			.addr = recs[i].addr,
+			.ns = recs[i].ns,
+			.tid = recs[i].tid,
+		};
+	int e = proto_send(s->fd, PROTO_REPORT_REPLY, seq, &r, sizeof(r), -1, MSG_DONTWAIT);
+	if (e == 0)
+		return 0;
+	session_close(s, e == -EAGAIN ? "not reading its replies" : "reply failed");
+	return -1;
+}
+
 /* --- HELLO ---------------------------------------------------------------------------- */
 
 /* A HELLO refused: the client's uffd is closed off the main loop (its
@@ -682,11 +708,13 @@ static int do_hello(struct session *s, uint32_t seq, const struct proto_hello *h
 				     e == EDQUOT ? "a budget of its uid is used up"
 						 : "out of memory");
 	}
+	mm->report = !!(h->flags & PROTO_HELLO_REPORT);
 	session_attach_mm(s, mm);
 	emit(s, (struct obs_event){ .type = OBS_SESSION_MM, .mm = mm->id });
 	mm_start(mm, worker_pick(&s->d->workers, s->acct));
-	acct_log(s->acct, LOG_INFO, "client up: pid %d, uffd %d on worker %u%s", (int)s->pid, fd,
-		 mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "");
+	acct_log(s->acct, LOG_INFO, "client up: pid %d, uffd %d on worker %u%s%s", (int)s->pid, fd,
+		 mm->w->id, (h->flags & PROTO_HELLO_USER_MODE_ONLY) ? " (user-mode only)" : "",
+		 mm->report ? " (report mode)" : "");
 	return reply_changed(s, seq, PROTO_VERSION, features);
 }
 
@@ -734,6 +762,8 @@ static int dispatch(struct session *s, const struct proto_hdr *h, int fd)
 		return do_map(s, h->seq, p) < 0 ? -1 : s->busy;
 	case PROTO_UNMAP:
 		return do_unmap(s, h->seq, p) < 0 ? -1 : s->busy;
+	case PROTO_REPORT:
+		return do_report(s, h->seq, p);
 	default:
 		/* proto_check admits only the types above. */
 		abort();

@@ -7,6 +7,9 @@
 #            every allocation with 0x55 (170 ^ 0xff) and freed memory with 0xAA
 #   refpage  refpage-run --mode refpage --strict: refpage blocks of 0xAA from
 #            a private refpaged (never a silent fallback to memset)
+#   report   the same with --report --report-format json (docs/report.md):
+#            one page per fill, read-before-write pages recorded; not in
+#            the default --modes
 # Median wall time and max RSS of --runs N runs each (/usr/bin/time -f
 # "%e %M"), the modes interleaved run by run; every run's output must be
 # byte-identical to the anon runs'. Writes a Markdown table (with the
@@ -24,7 +27,9 @@
 #
 # usage: perf/real-programs.sh [--runs N] [--programs LIST] [--quick]
 #          [--build DIR] [--daemon PATH] [--run PATH] [--socket PATH]
-#          [--out FILE] [--workdir DIR] [--fault-around N]
+#          [--out FILE] [--workdir DIR] [--fault-around N] [--modes LIST]
+#   --modes   which of anon,memset,perturb,refpage,report (default the first
+#             four; anon always runs: it is the reference)
 #   --quick   small inputs (CI smoke: tests/preload, --runs 1)
 #   --socket  use a running refpaged instead of starting a private one
 #   --fault-around N  the private refpaged's largest fill window (its default: 16)
@@ -33,7 +38,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 runs=10 programs=pdftoppm,xz,python3 quick=0 build=$root/build out=$here/results/real-programs.md
-daemon= run= socket= workdir= daemon_args=()
+daemon= run= socket= workdir= daemon_args=() modes_arg=anon,memset,perturb,refpage
 cmdline="perf/real-programs.sh $*"
 
 die() { echo "real-programs: $*" >&2; exit 2; }
@@ -49,6 +54,7 @@ while (($#)); do
 	--out) out=${2:?}; shift ;;
 	--workdir) workdir=${2:?}; shift ;;
 	--fault-around) daemon_args=(--fault-around "${2:?}"); shift ;;
+	--modes) modes_arg=${2:?}; shift ;;
 	-h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument '$1' (--help)" ;;
 	esac
@@ -59,7 +65,15 @@ daemon=${daemon:-$build/daemon/refpaged}
 run=${run:-$build/client/refpage-run}
 pdf=/usr/share/doc/libtasn1-doc/libtasn1.pdf
 workload=$root/tests/preload/workload.py
-modes=(anon memset perturb refpage)
+modes=(anon)
+IFS=, read -r -a want_modes <<<"$modes_arg"
+for m in "${want_modes[@]}"; do
+	case $m in
+	anon) ;;
+	memset | perturb | refpage | report) modes+=("$m") ;;
+	*) die "unknown mode '$m' (anon, memset, perturb, refpage, report)" ;;
+	esac
+done
 
 # A missing tool is a skip (77) for the CTest smoke, with the reason.
 need() { [ -e "$1" ] || { echo "SKIP: $1 missing ($2; scripts/deps.sh installs it)"; exit 77; }; }
@@ -125,6 +139,8 @@ mode_pre() {
 	memset) pre=("$run" --socket "$socket" --mode memset --) ;;
 	perturb) pre=(env GLIBC_TUNABLES=glibc.malloc.perturb=170) ;;
 	refpage) pre=("$run" --socket "$socket" --strict --mode refpage --) ;;
+	report) pre=("$run" --socket "$socket" --strict --mode refpage --report="$w/report.json"
+		--report-format json --) ;;
 	esac
 }
 
@@ -193,7 +209,7 @@ bad=0
 			rss=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | median)
 			cpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $6 }' "$w/raw" | median)
 			dcpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $7 }' "$w/raw" | median)
-			[ "$m" = refpage ] || dcpu=-
+			[ "$m" = refpage ] || [ "$m" = report ] || dcpu=-
 			range=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g |
 				awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }')
 			ndiff=$(awk -v p="$p" -v m="$m" -v r="$ref" '$1 == p && $2 == m && $5 != r' "$w/raw" | wc -l)
@@ -205,6 +221,11 @@ bad=0
 		done
 	done
 	echo
+	if [[ " ${modes[*]} " == *" report "* ]]; then
+		echo "Report mode: $(wc -l <"$w/report.json" 2>/dev/null || echo 0) allocation(s) with pages read before"
+		echo "written reported over all report runs (\`--report-format json\` lines)."
+		echo
+	fi
 	echo "For reference, the MAP_REFPAGE patch's measurement (Pixel 4, kernel 4.14 with the patch, Scudo"
 	echo "with pattern init; \`pdfium_test --pages=1-100\` of the ARMv8 ARM; median of 100 runs):"
 	echo

@@ -54,12 +54,16 @@ const char *proto_type_name(uint16_t type)
 		return "UPGRADE";
 	case PROTO_USAGE:
 		return "USAGE";
+	case PROTO_REPORT:
+		return "REPORT";
 	case PROTO_REPLY:
 		return "REPLY";
 	case PROTO_STATS_REPLY:
 		return "STATS_REPLY";
 	case PROTO_USAGE_REPLY:
 		return "USAGE_REPLY";
+	case PROTO_REPORT_REPLY:
+		return "REPORT_REPLY";
 	default:
 		return "?";
 	}
@@ -86,7 +90,7 @@ const char *proto_stat_name(unsigned s)
 		[PROTO_STAT_EV_FORK] = "ev_fork",
 		[PROTO_STAT_EV_REMAP] = "ev_remap",
 		[PROTO_STAT_EV_UNMAP] = "ev_unmap",
-		[PROTO_STAT_RESERVED_18] = "reserved_18",
+		[PROTO_STAT_REPORT_READS] = "report_reads",
 		[PROTO_STAT_PROCS_RECLAIMED] = "processes_reclaimed",
 		[PROTO_STAT_CLIENTS_CLOSED] = "clients_closed_bad_input",
 		[PROTO_STAT_UNTRACKED] = "forks_untracked",
@@ -136,12 +140,16 @@ long proto_payload_len(uint16_t type)
 		return sizeof(struct proto_upgrade);
 	case PROTO_USAGE:
 		return sizeof(struct proto_usage);
+	case PROTO_REPORT:
+		return sizeof(struct proto_report);
 	case PROTO_REPLY:
 		return sizeof(struct proto_reply);
 	case PROTO_STATS_REPLY:
 		return sizeof(struct proto_stats_reply);
 	case PROTO_USAGE_REPLY:
 		return sizeof(struct proto_usage_reply);
+	case PROTO_REPORT_REPLY:
+		return sizeof(struct proto_report_reply);
 	default:
 		return -1;
 	}
@@ -149,7 +157,7 @@ long proto_payload_len(uint16_t type)
 
 static int is_request(uint16_t type)
 {
-	return type >= PROTO_HELLO && type <= PROTO_USAGE;
+	return type >= PROTO_HELLO && type <= PROTO_REPORT;
 }
 
 static int all_zero(const uint8_t *p, size_t n)
@@ -190,6 +198,10 @@ static enum proto_err check_reserved(uint16_t type, const void *payload)
 	case PROTO_USAGE: {
 		const struct proto_usage *u = payload;
 		return u->flags & ~PROTO_USAGE_FLAGS_ALL ? PROTO_ERESERVED : PROTO_OK;
+	}
+	case PROTO_REPORT: {
+		const struct proto_report *r = payload;
+		return r->reserved ? PROTO_ERESERVED : PROTO_OK;
 	}
 	default:
 		return PROTO_OK;

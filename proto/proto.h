@@ -31,10 +31,12 @@ enum proto_type {
 	PROTO_STATS = 7,            /* c->d */
 	PROTO_UPGRADE = 8,          /* c->d: re-exec the daemon binary, keeping every client */
 	PROTO_USAGE = 9,            /* c->d: a uid's use of its budgets */
+	PROTO_REPORT = 10,          /* c->d: take the caller's read-before-write records */
 	PROTO_REPLY = 64,           /* d->c: answer to every request but STATS and USAGE */
 	PROTO_STATS_REPLY = 65,     /* d->c */
 	PROTO_USAGE_REPLY = 66,     /* d->c */
-	PROTO_TYPE_MAX = 67
+	PROTO_REPORT_REPLY = 67,    /* d->c */
+	PROTO_TYPE_MAX = 68
 };
 
 struct proto_hdr {
@@ -48,7 +50,12 @@ _Static_assert(sizeof(struct proto_hdr) == 16, "proto_hdr size");
 
 /* HELLO flags */
 #define PROTO_HELLO_USER_MODE_ONLY 0x1u /* uffd made with UFFD_USER_MODE_ONLY */
-#define PROTO_HELLO_FLAGS_ALL PROTO_HELLO_USER_MODE_ONLY
+/* Report mode for this address space (and its fork children): every fault
+ * fills its one page (no fault-around), and a read fault on a page never
+ * written is recorded for REPORT. A daemon older than this flag refuses the
+ * HELLO (a reserved flag): the client says report mode needs a newer one. */
+#define PROTO_HELLO_REPORT 0x2u
+#define PROTO_HELLO_FLAGS_ALL (PROTO_HELLO_USER_MODE_ONLY | PROTO_HELLO_REPORT)
 
 struct proto_hello {
 	uint32_t page_size; /* must be PROTO_PAGE_SIZE */
@@ -145,6 +152,41 @@ struct proto_usage_reply {
 _Static_assert(sizeof(struct proto_usage_reply) == 16 + 3 * 8 * PROTO_RES_MAX + 16,
 	       "proto_usage_reply size");
 
+/* REPORT: take (and remove) up to max records of read-before-write faults
+ * of the caller's own process (its SO_PEERCRED pid): faults of its address
+ * spaces in report mode, the one its HELLO made and one adopted from a
+ * fork. After HELLO only. The records wait in a queue per uid, bounded
+ * (docs/report.md); past its bound new records are dropped and counted. */
+struct proto_report {
+	uint32_t max;      /* 1..PROTO_REPORT_RECS */
+	uint32_t reserved; /* zero */
+};
+_Static_assert(sizeof(struct proto_report) == 8, "proto_report size");
+
+/* A read by the program and one the kernel made in its system call (e.g.
+ * write(2) out of the page) are the same record: the fault does not say
+ * which (docs/report.md, "Precision"). */
+struct proto_report_rec {
+	uint64_t addr;     /* the page read */
+	uint64_t ns;       /* CLOCK_MONOTONIC when the daemon filled it */
+	int32_t tid;       /* the reading thread, as the kernel named it (THREAD_ID) */
+	uint32_t reserved; /* zero (the record's alignment) */
+};
+_Static_assert(sizeof(struct proto_report_rec) == 24, "proto_report_rec size");
+
+#define PROTO_REPORT_RECS 169u
+struct proto_report_reply {
+	int32_t status;
+	uint32_t count; /* records below */
+	uint32_t more;  /* 1: records of this process are still queued */
+	uint32_t reserved;
+	uint64_t dropped; /* records of this uid dropped so far: its queue was full */
+	struct proto_report_rec rec[PROTO_REPORT_RECS];
+};
+_Static_assert(sizeof(struct proto_report_reply) == 24 + 24 * PROTO_REPORT_RECS &&
+		       sizeof(struct proto_report_reply) <= PROTO_PAGE_SIZE,
+	       "proto_report_reply size");
+
 struct proto_reply {
 	int32_t status; /* 0 or -errno */
 	uint32_t id;    /* TEMPLATE_*: the template id; HELLO: PROTO_VERSION; UPGRADE: new pid */
@@ -175,7 +217,8 @@ enum proto_stat {
 	PROTO_STAT_EV_FORK, /* uffd events handled */
 	PROTO_STAT_EV_REMAP,
 	PROTO_STAT_EV_UNMAP,
-	PROTO_STAT_RESERVED_18,       /* unused (UFFD_EVENT_REMOVE is never asked for) */
+	PROTO_STAT_REPORT_READS,      /* read-before-write faults recorded (report mode; the
+				     * slot of a counter never used before) */
 	PROTO_STAT_PROCS_RECLAIMED,   /* fork children found dead and released */
 	PROTO_STAT_CLIENTS_CLOSED,    /* sessions closed for bad input */
 	PROTO_STAT_UNTRACKED,         /* fork children past the limit, served untracked */

@@ -9,6 +9,8 @@ pkgs=(cmake gcc clang make pkg-config libev-dev libseccomp-dev libsystemd-dev li
       # refpage-run's tests and perf/real-programs.sh: the programs run, and
       # the jemalloc example; libtasn1-doc ships the PDF that pdftoppm renders.
       xz-utils coreutils python3 time poppler-utils libtasn1-doc libjemalloc-dev
+      # perf/report-vs-valgrind.sh: memcheck beside refpage-run --report.
+      valgrind
       # CI: builds through ccache; scripts/format.sh's clang-format (its
       # output differs between versions: .clang-format is tuned for 14);
       # llvm-symbolizer for scripts/tsan.sh's reports.

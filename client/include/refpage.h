@@ -32,6 +32,33 @@ typedef struct rp_client rp_client;
 int rp_connect(const char *socket_path, rp_client **out);
 void rp_disconnect(rp_client *c);
 
+/* rp_connect with flags:
+ *   RP_CONNECT_REPORT  report mode: the daemon records every read of a
+ *     page of this connection's mappings that was never written (a read
+ *     fault on a missing page), for rp_report_read. It also fills faults
+ *     one page at a time (no fault-around), so reads are never hidden by a
+ *     page filled ahead. Fork children keep it. -EOPNOTSUPP from a daemon
+ *     that does not know it. */
+#define RP_CONNECT_REPORT 0x1u
+int rp_connect_opts(const char *socket_path, unsigned flags, rp_client **out);
+
+/* One read-before-write page (report mode). A read the kernel made in a
+ * system call of the thread (e.g. write(2) out of the page) is one too, not
+ * told apart from the thread's own loads. */
+struct rp_report_rec {
+	void *addr;  /* the page read: the caller maps it to its mapping and offset */
+	uint64_t ns; /* CLOCK_MONOTONIC when the daemon saw it (order it against
+		      * the caller's own map/unmap times to tell reused addresses) */
+	int32_t tid; /* the reading thread */
+};
+
+/* Take up to max records of this process's read-before-write pages,
+ * oldest first (each is returned once). Returns how many (0: none left
+ * now), or -errno (-EOPNOTSUPP: not a report-mode connection). *dropped
+ * (may be NULL): records of this uid the daemon dropped so far because its
+ * bounded queue was full. In a fork child: the child's own records. */
+int rp_report_read(rp_client *c, struct rp_report_rec *out, int max, uint64_t *dropped);
+
 /* Templates: one page each, identified by a per-connection id. */
 int rp_template_fill(rp_client *c, uint8_t byte, uint32_t *id);
 int rp_template_create(rp_client *c, const void *page, uint32_t *id);

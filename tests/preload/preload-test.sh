@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # tests/preload/preload-test.sh CASE: refpage-run and librefpage-preload.so
 # against a private refpaged, under real programs. CTest passes the paths:
-#   RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD
-# Cases: cli uninit programs-root programs-nobody fork fallback jemalloc
+#   RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD RP_REPORT_CASES
+# Cases: cli uninit programs-root programs-nobody fork fallback report
+#        report-programs jemalloc
 # Exit status 0: passed, 1: failed (what and why printed), 77: skipped (why).
 set -uo pipefail
 
 case_name=${1:?usage: preload-test.sh CASE}
-for v in RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD; do
+for v in RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD RP_REPORT_CASES; do
 	[ -n "${!v:-}" ] || { echo "preload-test: \$$v is not set"; exit 1; }
 done
 
@@ -118,6 +119,9 @@ case_cli() {
 		--threshold 12q -- true|--threshold: want a size
 		--threshold 2048g -- true|--threshold: want a size
 		--bogus -- true|unknown option '--bogus'
+		--report --mode memset -- true|--report needs --mode refpage
+		--report= -- true|--report=: want a file name
+		--report-format xml -- true|--report-format: want text or json
 	EOF
 	"$RP_RUN" --mode anon -- "$tmp/no-such-program" 2>"$tmp/cli.err"
 	rc=$?
@@ -234,6 +238,113 @@ case_programs-nobody() {
 	start_daemon
 	need_refpages
 	programs nobody
+}
+
+# check_report NAME: $tmp/NAME.json (the JSON lines of --report) against
+# the "want" lines the case printed on $tmp/NAME.out: for each, exactly one
+# report line of that pid with those values; no other line.
+check_report() {
+	local name=$1 why
+	touch "$tmp/$name.json"
+	if why=$(python3 - "$tmp/$name.out" "$tmp/$name.json" <<-'PY'
+		import json, sys
+		want = [dict(kv.split("=", 1) for kv in l.split()[1:])
+		        for l in open(sys.argv[1]) if l.startswith("want ")]
+		got = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+		fields = {"pid", "tid", "size", "allocator", "site", "function", "pages",
+		          "first_offset", "backtrace"}
+		for g in got:
+		    if set(g) != fields:
+		        sys.exit(f"fields {sorted(g)}, wanted {sorted(fields)}")
+		if len(got) != len(want):
+		    sys.exit(f"{len(got)} report lines, wanted {len(want)}: {got}")
+		for w in want:
+		    mine = [g for g in got if str(g["pid"]) == w["pid"]]
+		    if len(mine) != 1:
+		        sys.exit(f"pid {w['pid']}: {len(mine)} report lines: {got}")
+		    g = mine[0]
+		    if not (g["function"] or "").startswith(w["function"] + "+"):
+		        sys.exit(f"site {g['site']} ({g['function']}), wanted {w['function']}")
+		    for k in ("size", "pages", "first_offset"):
+		        if str(g[k]) != w[k]:
+		            sys.exit(f"{k} {g[k]}, wanted {w[k]}: {g}")
+		    if str(g["tid"]) != w["pid"]:
+		        sys.exit(f"thread {g['tid']}, wanted the main thread {w['pid']}")
+		print(f"{len(got)} report lines as wanted")
+		PY
+	); then
+		pass "$name: $why"
+	else
+		fail "$name: $why"
+		cat "$tmp/$name.err"
+	fi
+}
+
+case_report() {
+	start_daemon
+	need_refpages
+	local c
+	for c in fresh realloc fork write clean; do
+		run "report-$c" root -- $(rp) --report="$tmp/report-$c.json" --report-format json -- \
+			"$RP_REPORT_CASES" $c
+		[ "$rc" = 0 ] || fail "report-$c: status $rc"
+		check_report "report-$c"
+	done
+	# Text, to stderr: one summary per process.
+	run report-text root -- $(rp) --report -- "$RP_REPORT_CASES" fresh
+	count_err report-text "report: 1 of 1 large allocations had pages read" 1
+	count_err report-text "1048576 bytes from malloc at .*\(case_fresh_alloc\+0x[0-9a-f]*\): 1 page read before written, first at offset 20480" 1
+	run report-text-write root -- $(rp) --report -- "$RP_REPORT_CASES" write
+	count_err report-text-write "1048576 bytes from malloc at .*\(case_write_alloc\+0x[0-9a-f]*\): 3 pages read before written, first at offset 12288 by thread [0-9]+$" 1
+	run report-text-fork root -- $(rp) --report -- "$RP_REPORT_CASES" fork
+	count_err report-text-fork "report: [01] of 1 large" 2 # the parent's, the child's
+
+	need_nobody
+	# uid 65534 only gets a user-mode-only uffd here: reads in user mode
+	# are reported all the same (a read by the kernel would fail, EFAULT).
+	mkdir -m 1777 "$tmp/w"
+	run report-nobody-umo nobody -- $(rp) --allow-user-mode-only \
+		--report="$tmp/w/report-nobody-umo.json" --report-format json -- "$RP_REPORT_CASES" fresh
+	cp "$tmp/w/report-nobody-umo.json" "$tmp/" 2>/dev/null
+	check_report report-nobody-umo
+	if ! "${nobody[@]}" "$RP_RUN" --strict --socket "$tmp/d.sock" -- true 2>/dev/null; then
+		run report-nobody nobody -- $(rp) --report -- "$RP_REPORT_CASES" fresh
+		count_err report-nobody "user-mode-only userfaultfd.*--report has nothing to report" 1
+	fi
+}
+
+# Programs that initialise what they read report nothing.
+case_report-programs() {
+	start_daemon
+	need_refpages
+	local p
+	local -A cmd=(
+		[xz]="/usr/bin/xz -T2 --block-size=1MiB -6 -c $tmp/seq.txt"
+		[sort]="/usr/bin/sort --parallel=2 -S 32M -k1,1n $tmp/shuf.txt"
+		[python3]="/usr/bin/python3 $RP_WORKLOAD 300000"
+	)
+	for b in /usr/bin/xz /usr/bin/sort /usr/bin/python3; do
+		[ -x $b ] || skip "$b not installed (scripts/deps.sh installs it)"
+	done
+	make_inputs
+	for p in xz sort python3; do
+		# shellcheck disable=SC2086 # the commands are word lists
+		run "$p-plain" root -- ${cmd[$p]}
+		# shellcheck disable=SC2086
+		run "$p-report" root -- $(rp) --stats --report="$tmp/$p.json" --report-format json -- ${cmd[$p]}
+		if [ "$rc" = 0 ] && cmp -s "$tmp/$p-plain.out" "$tmp/$p-report.out"; then
+			pass "$p --report: output identical"
+		else
+			fail "$p --report: status $rc"; cat "$tmp/$p-report.err"
+		fi
+		grep -qE "large blocks refpage [1-9]" "$tmp/$p-report.err" ||
+			{ fail "$p --report: no refpage blocks watched"; cat "$tmp/$p-report.err"; }
+		if [ -s "$tmp/$p.json" ]; then
+			fail "$p --report: reported reads before writes:"; cat "$tmp/$p.json"
+		else
+			pass "$p --report: nothing reported"
+		fi
+	done
 }
 
 case_fork() {

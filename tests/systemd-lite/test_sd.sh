@@ -13,7 +13,9 @@
 #              a mapping neither hangs nor loses its pages (untouched ones read
 #              zeros)
 #   sandbox    every thread has NoNewPrivs, a seccomp filter and no capability
-#              but CAP_SYS_PTRACE; the demo passes
+#              but CAP_SYS_PTRACE; --debug-denied-syscall: uname(2) and a
+#              read-only open(2) get ENOSYS (the open is allowed in a
+#              sanitizer build only: RP_SANITIZER_BUILD=1); the demo passes
 #   forbidden  --debug-forbidden-syscall after READY=1: killed by SIGSYS; with
 #              --no-sandbox the same syscall goes through
 # Exit 0: pass, 1: fail, 77: skipped (says why).
@@ -154,10 +156,16 @@ test_notify() {
 }
 
 test_sandbox() {
-	"$daemon" --socket "$sock" --workers 3 2> "$dir/daemon.log" &
+	"$daemon" --socket "$sock" --workers 3 --debug-denied-syscall 2> "$dir/daemon.log" &
 	local pid=$!
 	pids+=($pid)
 	wait_line "$dir/daemon.log" 10 "ready:" || fail "daemon not ready"
+	# With CAP_SYS_PTRACE, a daemon that could open files read-only could
+	# read /proc/PID/mem of every process (docs/security.md).
+	local open_want="a read-only open\(2\) got ENOSYS"
+	[ "${RP_SANITIZER_BUILD:-0}" = 1 ] && open_want="a read-only open\(2\) was allowed"
+	wait_line "$dir/daemon.log" 10 "uname\(2\) got ENOSYS" || fail "uname(2) was not denied"
+	wait_line "$dir/daemon.log" 10 "$open_want" || fail "open(2): want '$open_want'"
 	local t n=0
 	for t in /proc/$pid/task/*; do
 		n=$((n + 1))

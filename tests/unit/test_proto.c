@@ -23,9 +23,10 @@
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 static const uint16_t all_types[] = {
-	PROTO_HELLO, PROTO_TEMPLATE_FILL, PROTO_TEMPLATE_CREATE, PROTO_TEMPLATE_RELEASE,
-	PROTO_MAP,   PROTO_UNMAP,         PROTO_STATS,           PROTO_UPGRADE,
-	PROTO_USAGE, PROTO_REPLY,         PROTO_STATS_REPLY,     PROTO_USAGE_REPLY,
+	PROTO_HELLO,       PROTO_TEMPLATE_FILL, PROTO_TEMPLATE_CREATE, PROTO_TEMPLATE_RELEASE,
+	PROTO_MAP,         PROTO_UNMAP,         PROTO_STATS,           PROTO_UPGRADE,
+	PROTO_USAGE,       PROTO_REPORT,        PROTO_REPLY,           PROTO_STATS_REPLY,
+	PROTO_USAGE_REPLY, PROTO_REPORT_REPLY,
 };
 
 union payload {
@@ -40,6 +41,8 @@ union payload {
 	struct proto_upgrade upgrade;
 	struct proto_reply reply;
 	struct proto_stats_reply stats;
+	struct proto_report report;
+	struct proto_report_reply report_reply;
 };
 
 static int is_request(uint16_t type)
@@ -85,6 +88,20 @@ static uint32_t valid_payload(uint16_t type, union payload *p)
 		break;
 	case PROTO_USAGE:
 		p->usage = (struct proto_usage){ .uid = 65534, .flags = PROTO_USAGE_NEXT };
+		break;
+	case PROTO_REPORT:
+		p->report.max = PROTO_REPORT_RECS;
+		break;
+	case PROTO_REPORT_REPLY:
+		p->report_reply.count = PROTO_REPORT_RECS;
+		p->report_reply.more = 1;
+		p->report_reply.dropped = 1ull << 35;
+		for (unsigned i = 0; i < PROTO_REPORT_RECS; i++)
+			p->report_reply.rec[i] = (struct proto_report_rec){
+				.addr = 0x7f0000000000 + ((uint64_t)i << 12),
+				.ns = (uint64_t)i << 30,
+				.tid = (int32_t)i + 1,
+			};
 		break;
 	case PROTO_USAGE_REPLY:
 		p->usage_reply.uid = 1000;
@@ -268,9 +285,11 @@ static const struct check_case check_cases[] = {
 	OK(PROTO_STATS, 1),
 	OK(PROTO_UPGRADE, 1),
 	OK(PROTO_USAGE, 1),
+	OK(PROTO_REPORT, 1),
 	OK(PROTO_REPLY, 0),
 	OK(PROTO_STATS_REPLY, 0),
 	OK(PROTO_USAGE_REPLY, 0),
+	OK(PROTO_REPORT_REPLY, 0),
 	/* Short: below a header, or below what hdr.len says. */
 	CUT("empty", PROTO_MAP, 1, -40, PROTO_ESHORT),
 	CUT("half header", PROTO_STATS, 1, -8, PROTO_ESHORT),
@@ -289,7 +308,7 @@ static const struct check_case check_cases[] = {
 	POKE("version 2", PROTO_MAP, 1, HDRF(version), 2, PROTO_EVERSION),
 	POKE("version max", PROTO_REPLY, 0, HDRF(version), 0xffff, PROTO_EVERSION),
 	POKE("type 0", PROTO_STATS, 1, HDRF(type), 0, PROTO_ETYPE),
-	POKE("type 10", PROTO_STATS, 1, HDRF(type), 10, PROTO_ETYPE),
+	POKE("type 11", PROTO_STATS, 1, HDRF(type), 11, PROTO_ETYPE),
 	POKE("usage flags", PROTO_USAGE, 1, FIELD(proto_usage, flags), 0x4, PROTO_ERESERVED),
 	POKE("type 63", PROTO_STATS, 1, HDRF(type), 63, PROTO_ETYPE),
 	POKE("type max", PROTO_STATS, 1, HDRF(type), PROTO_TYPE_MAX, PROTO_ETYPE),
@@ -306,7 +325,7 @@ static const struct check_case check_cases[] = {
 	POKE("flags bit 31", PROTO_HELLO, 1, HDRF(flags), 0x80000000u, PROTO_EFLAGS),
 	POKE("reply flags", PROTO_REPLY, 0, HDRF(flags), 2, PROTO_EFLAGS),
 	POKE("hello reserved", PROTO_HELLO, 1, FIELD(proto_hello, reserved), 1, PROTO_ERESERVED),
-	POKE("hello flag 1", PROTO_HELLO, 1, FIELD(proto_hello, flags), 2, PROTO_ERESERVED),
+	POKE("hello flag 2", PROTO_HELLO, 1, FIELD(proto_hello, flags), 4, PROTO_ERESERVED),
 	POKE("hello flag 31", PROTO_HELLO, 1, FIELD(proto_hello, flags), 0x80000001u,
 	     PROTO_ERESERVED),
 	POKE("hello no flags", PROTO_HELLO, 1, FIELD(proto_hello, flags), 0, PROTO_OK),
@@ -322,6 +341,7 @@ static const struct check_case check_cases[] = {
 	     1, PROTO_ERESERVED),
 	POKE("map flags", PROTO_MAP, 1, FIELD(proto_map, flags), 1, PROTO_ERESERVED),
 	POKE("map flag 31", PROTO_MAP, 1, FIELD(proto_map, flags), 0x80000000u, PROTO_ERESERVED),
+	POKE("report reserved", PROTO_REPORT, 1, FIELD(proto_report, reserved), 1, PROTO_ERESERVED),
 	POKE("upgrade flags", PROTO_UPGRADE, 1, FIELD(proto_upgrade, flags), 1, PROTO_ERESERVED),
 	POKE("upgrade reserved", PROTO_UPGRADE, 1, FIELD(proto_upgrade, reserved), 0x100,
 	     PROTO_ERESERVED),
@@ -646,14 +666,16 @@ static void test_type_numbers(void **state)
 		{ PROTO_STATS, 0 },
 		{ PROTO_UPGRADE, 8 },
 		{ PROTO_USAGE, 8 },
+		{ PROTO_REPORT, 8 },
 		{ PROTO_REPLY, 16 },
 		{ PROTO_STATS_REPLY, 8 + 8 * PROTO_STATS_MAX },
 		{ PROTO_USAGE_REPLY, 416 },
+		{ PROTO_REPORT_REPLY, 4080 },
 	};
 
 	(void)state;
 	for (size_t i = 0; i < ARRAY_LEN(wire); i++) {
-		assert_int_equal(wire[i].type, i < 9 ? i + 1 : 64 + (i - 9));
+		assert_int_equal(wire[i].type, i < 10 ? i + 1 : 64 + (i - 10));
 		assert_int_equal(proto_payload_len(wire[i].type), wire[i].len);
 	}
 	assert_int_equal(PROTO_VERSION, 1);
