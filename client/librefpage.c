@@ -141,12 +141,20 @@ static void mark_lost(struct rp_client *c)
 	c->sock = -1;
 }
 
+/* A round trip without a descriptor; a connection that failed it is lost. */
+static int ask(struct rp_client *c, uint16_t type, const void *p, uint32_t len, uint16_t rep_type,
+	       void *rep, uint32_t rep_len)
+{
+	int r = roundtrip(c, type, p, len, -1, rep_type, rep, rep_len);
+	if (r == -ENOTCONN || r == -EPROTO)
+		mark_lost(c);
+	return r;
+}
+
 static int request(struct rp_client *c, uint16_t type, const void *p, uint32_t len,
 		   struct proto_reply *rep)
 {
-	int r = roundtrip(c, type, p, len, -1, PROTO_REPLY, rep, sizeof(*rep));
-	if (r == -ENOTCONN || r == -EPROTO)
-		mark_lost(c);
+	int r = ask(c, type, p, len, PROTO_REPLY, rep, sizeof(*rep));
 	return r < 0 ? r : rep->status;
 }
 
@@ -534,9 +542,7 @@ RP_API int rp_stats(rp_client *c, uint64_t *values, const char **names, int max)
 		return -EINVAL;
 	if ((r = enter(c)) < 0)
 		return r;
-	r = roundtrip(c, PROTO_STATS, NULL, 0, -1, PROTO_STATS_REPLY, &rep, sizeof(rep));
-	if (r == -ENOTCONN || r == -EPROTO)
-		mark_lost(c);
+	r = ask(c, PROTO_STATS, NULL, 0, PROTO_STATS_REPLY, &rep, sizeof(rep));
 	leave(c);
 	if (r < 0)
 		return r;
@@ -567,9 +573,7 @@ RP_API int rp_report_read(rp_client *c, struct rp_report_rec *out, int max, uint
 		q.max = (uint32_t)max;
 	if ((r = enter(c)) < 0)
 		return r;
-	r = roundtrip(c, PROTO_REPORT, &q, sizeof(q), -1, PROTO_REPORT_REPLY, &rep, sizeof(rep));
-	if (r == -ENOTCONN || r == -EPROTO)
-		mark_lost(c);
+	r = ask(c, PROTO_REPORT, &q, sizeof(q), PROTO_REPORT_REPLY, &rep, sizeof(rep));
 	leave(c);
 	if (r < 0)
 		return r;
