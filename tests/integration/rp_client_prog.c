@@ -11,6 +11,11 @@
  *       with "fork") until killed; prints "ready WHO PID ADDR" (ADDR: the
  *       mapping) once faults are flowing.
  *
+ *   rp_client_prog report SOCKET
+ *       report mode: nothing to take before it has read anything (no
+ *       other process's records, whoever they are), then exactly its own
+ *       two reads of untouched pages; prints "ok report uid=U records=2".
+ *
  * Exit status 0 when every check held; 1 after a "FAIL: ..." line. */
 #include <errno.h>
 #include <fcntl.h>
@@ -353,17 +358,49 @@ static int cmd_fault_forever(const char *sock, int argc, char **argv)
 	return 1;
 }
 
+/* --- report mode ------------------------------------------------------ */
+
+static int cmd_report(const char *sock)
+{
+	struct rp_report_rec rec[16];
+	uint64_t dropped = 1;
+	rp_client *c;
+	int r = rp_connect_opts(sock, RP_CONNECT_REPORT, &c);
+
+	REQUIRE(r == 0, "rp_connect_opts(%s, REPORT): %s", sock, strerror(-r));
+	r = rp_report_read(c, rec, 16, &dropped);
+	REQUIRE(r == 0, "before any read: %d records (or error), want none", r);
+	uint8_t *p = map_or_die(c, 8, fill_or_die(c, 0xAA));
+	p[0] = 1; /* written first: not a read before write */
+	CHECK(page_is(p + 2 * PAGE, 0xAA) && page_is(p + 5 * PAGE, 0xAA), "untouched pages");
+	CHECK(p[0] == 1, "written page");
+	r = rp_report_read(c, rec, 16, &dropped);
+	REQUIRE(r == 2, "after two reads: %d records, want 2", r);
+	CHECK(rec[0].addr == p + 2 * PAGE && rec[1].addr == p + 5 * PAGE,
+	      "records at %p and %p, want %p and %p", rec[0].addr, rec[1].addr,
+	      (void *)(p + 2 * PAGE), (void *)(p + 5 * PAGE));
+	CHECK(rec[0].tid == (int32_t)syscall(SYS_gettid), "tid %d", (int)rec[0].tid);
+	CHECK(dropped == 0, "dropped %llu", (unsigned long long)dropped);
+	rp_disconnect(c);
+	if (!failed)
+		printf("ok report uid=%d records=%d\n", (int)getuid(), r);
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc < 3) {
-		fprintf(stderr, "usage: rp_client_prog basic|fork|fault-forever SOCKET [args]\n");
+		fprintf(stderr,
+			"usage: rp_client_prog basic|fork|report|fault-forever SOCKET [args]\n");
 		return 2;
 	}
 	if (!strcmp(argv[1], "basic"))
 		return cmd_basic(argv[2]);
 	if (!strcmp(argv[1], "fork"))
 		return cmd_fork(argv[2]);
+	if (!strcmp(argv[1], "report"))
+		return cmd_report(argv[2]);
 	if (!strcmp(argv[1], "fault-forever"))
 		return cmd_fault_forever(argv[2], argc - 3, argv + 3);
 	fprintf(stderr, "rp_client_prog: unknown command '%s'\n", argv[1]);

@@ -942,6 +942,48 @@ static void test_uid_limits(void **state)
 	case_end(fx, 0);
 }
 
+/* --- report mode: records are their process's -------------------------------------- */
+
+/* Root's reads of untouched pages are recorded; another root process and
+ * another uid's client in report mode take nothing of them (and exactly
+ * their own), and this process then takes exactly its own. */
+static void test_report_records_private(void **state)
+{
+	struct fx *fx = *state;
+	struct rp_report_rec rec[8];
+	rp_client *c;
+	uint32_t id;
+	char why[256], out[512];
+
+	assert_int_equal(rp_connect_opts(fx->d.sock, RP_CONNECT_REPORT, &c), 0);
+	assert_int_equal(rp_template_fill(c, 0xAA, &id), 0);
+	uint8_t *p = rp_map(c, NULL, 4 * PAGE, RW, 0, id);
+	assert_ptr_not_equal(p, MAP_FAILED);
+	for (int i = 1; i < 4; i++)
+		assert_int_equal(h_first_not(p + i * PAGE, PAGE, 0xAA), -1);
+	/* Another process of the same uid, then another uid. */
+	const char *argv[] = { h_client_prog(), "report", fx->d.sock, NULL };
+	int st = h_run(argv, 0, 60, out, sizeof(out));
+	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 ||
+	    !strstr(out, "ok report uid=0 records=2"))
+		fail_msg("another root process's report (status %#x): %s", st, out);
+	if (h_can_run_as_nobody(why, sizeof(why))) {
+		st = h_run(argv, 1, 60, out, sizeof(out));
+		if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 ||
+		    !strstr(out, "ok report uid=65534 records=2"))
+			fail_msg("uid 65534's report (status %#x): %s", st, out);
+	} else {
+		printf("  uid 65534 part skipped: %s\n", why);
+	}
+	assert_int_equal(rp_report_read(c, rec, 8, NULL), 3);
+	for (int i = 0; i < 3; i++)
+		assert_ptr_equal(rec[i].addr, p + (i + 1) * PAGE);
+	assert_int_equal(rp_report_read(c, rec, 8, NULL), 0);
+	assert_int_equal(rp_unmap(c, p, 4 * PAGE), 0);
+	rp_disconnect(c);
+	case_end(fx, 0);
+}
+
 /* --- the fork descendant limit -------------------------------------------------------- */
 
 #define FORK_CHILDREN 6
@@ -1090,7 +1132,7 @@ int main(void)
 		T(test_hello_two_fds),         T(test_hello_file_fd),
 		T(test_silent_clients),        T(test_not_reading_replies),
 		T(test_hang_up_before_answer), T(test_map_foreign_range),
-		T(test_map_live_range),
+		T(test_map_live_range),        T(test_report_records_private),
 	};
 	const struct CMUnitTest limits[] = {
 		T(test_uid_limits),
