@@ -100,12 +100,21 @@ enum uffd_class fault_answer(int uffd, const struct range_piece *p, struct fault
 	if (p) {
 		int rep = c->report && !(flags & UFFD_PAGEFAULT_FLAG_WRITE);
 		struct acct_rrec r;
-		if (rep)
+		if (rep) {
+			/* Queued before the thread is woken: a REPORT its
+			 * process sends once the read is done must find it. */
+			struct fault_cfg quiet = *c;
+			quiet.dontwake = 1;
 			report_see(addr, c, &r);
-		got = fill_piece(uffd, p, fs, addr, flags, c);
-		if (got > 0 && rep) {
-			acct_report_push(c->acct, &r);
-			acct_stat_add(c->acct, PROTO_STAT_REPORT_READS, 1);
+			got = fill_piece(uffd, p, fs, addr, flags, &quiet);
+			if (got > 0) {
+				acct_report_push(c->acct, &r);
+				acct_stat_add(c->acct, PROTO_STAT_REPORT_READS, 1);
+				if (!c->dontwake)
+					(void)uffd_wake(uffd, addr, addr + (uint64_t)got * PAGE);
+			}
+		} else {
+			got = fill_piece(uffd, p, fs, addr, flags, c);
 		}
 	} else {
 		acct_stat_add(c->acct, PROTO_STAT_UNKNOWN_FAULTS, 1);
