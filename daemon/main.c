@@ -45,6 +45,11 @@
 /* Descriptors the daemon keeps for itself: the listener, event loops, the
  * snapshot, sd_notify's sockets. */
 #define FDS_INTERNAL 64
+/* The most descriptors the daemon sets out to hold: its soft limit is
+ * raised to the hard one up to this, and lowered to it from above (systemd
+ * sets fs.nr_open to 2^30, and LimitNOFILE=infinity passes that on): the
+ * close table (worker.c) has a slot per descriptor number. */
+#define FDS_MAX (1u << 20)
 
 static int no_sandbox, debug_forbidden_syscall, debug_denied_syscall;
 static int debug_stall_after = -1;
@@ -426,13 +431,17 @@ static void fit_fds(struct acct_limits *l)
 {
 	struct rlimit rl;
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-			log_warn("cannot raise the descriptor limit: %s", strerror(errno));
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rlim_t want = rl.rlim_max < FDS_MAX ? rl.rlim_max : FDS_MAX;
+		if (rl.rlim_cur != want) {
+			rl.rlim_cur = want;
+			if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+				log_warn("cannot set the descriptor limit to %llu: %s",
+					 (unsigned long long)want, strerror(errno));
+		}
 	}
-	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
-		rl.rlim_cur = 1u << 20;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur > FDS_MAX)
+		rl.rlim_cur = FDS_MAX;
 	uint64_t pool = rl.rlim_cur > 2 * FDS_INTERNAL ? rl.rlim_cur - FDS_INTERNAL : FDS_INTERNAL;
 	l->pool[ACCT_FDS] = pool;
 	l->reserve[ACCT_FDS] = pool / 16 > 64 ? pool / 16 : 64;

@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,9 +286,9 @@ int workers_start(struct workers *ws, unsigned n, uint32_t fault_quota,
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
 		return -errno;
-	/* The kernel keeps the hard limit at most fs.nr_open (2^20 by
-	 * default): never infinite. */
-	ws->nslots = rl.rlim_max < INT_MAX ? (unsigned)rl.rlim_max : INT_MAX;
+	/* A slot per number below the soft limit, which main.c (fit_fds)
+	 * keeps at most 2^20: no descriptor the daemon gets is past it. */
+	ws->nslots = rl.rlim_cur < (1u << 20) ? (unsigned)rl.rlim_cur : 1u << 20;
 	ws->slots = calloc(ws->nslots, sizeof(*ws->slots));
 	ws->v = calloc(n, sizeof(*ws->v));
 	if (!ws->v || !ws->slots)
