@@ -114,8 +114,8 @@ static int roundtrip(struct rp_client *c, uint16_t type, const void *payload, ui
 		/* A daemon killed after answering an earlier request, but
 		 * before taking it off the socket, answers it again once
 		 * restarted (daemon/session.c): that reply is stale. */
-	} while ((h->type == PROTO_REPLY || h->type == PROTO_STATS_REPLY) && h->seq &&
-		 h->seq != seq && (int32_t)(seq - h->seq) > 0);
+		/* Any reply type: every answer is a message from the daemon. */
+	} while (h->type >= PROTO_REPLY && h->seq && h->seq != seq && (int32_t)(seq - h->seq) > 0);
 	if (h->seq != seq) {
 		/* seq 0: the daemon refused the connection itself (a limit). */
 		const struct proto_reply *pr = (const void *)(h + 1);
