@@ -106,6 +106,11 @@ static void on_hold_check(struct ev_loop *loop, ev_timer *t, int revents)
 			if (next)
 				next->hold_prev = s->hold_prev;
 			s->held = 0;
+			if (s->hello_held) {
+				s->hello_held = 0;
+				ev_timer_set(&s->hello_timer, d->cfg.lim.hello_timeout_s, 0.);
+				ev_timer_start(loop, &s->hello_timer);
+			}
 			ev_io_start(loop, &s->io);
 		}
 		s = next;
@@ -124,6 +129,10 @@ static int hold(struct session *s)
 	if (!acct_fds_held(a))
 		return 0;
 	ev_io_stop(d->loop, &s->io);
+	/* Not read, so not timed: a new connection waits for its HELLO's
+	 * turn like the uid's others. */
+	s->hello_held = ev_is_active(&s->hello_timer);
+	ev_timer_stop(d->loop, &s->hello_timer);
 	s->held = 1;
 	s->hold_prev = NULL;
 	s->hold_next = d->held;

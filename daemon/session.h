@@ -36,6 +36,7 @@ struct session {
 	/* Its uid's descriptors wait for their closes: not read (session.c). */
 	struct session *hold_prev, *hold_next;
 	int held;
+	int hello_held; /* held before its HELLO: its timeout starts again after */
 	ev_timer hello_timer;
 	struct rp_mm *mm;    /* after HELLO */
 	struct tmpl **tmpls; /* handle id-1 -> template */
