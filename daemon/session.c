@@ -90,6 +90,20 @@ static void drop_fd(struct rp_daemon *d, struct acct *a, int fd)
  * within its budget plus what one read adds: 2 x PROTO_RECV_FDS_MAX. Its
  * other work (faults, MAP and UNMAP in flight) goes on; nobody else's
  * waits. */
+/* Take s off its daemon's held list. */
+static void hold_unlink(struct session *s)
+{
+	struct rp_daemon *d = s->d;
+
+	if (s->hold_prev)
+		s->hold_prev->hold_next = s->hold_next;
+	else
+		d->held = s->hold_next;
+	if (s->hold_next)
+		s->hold_next->hold_prev = s->hold_prev;
+	s->held = 0;
+}
+
 static void on_hold_check(struct ev_loop *loop, ev_timer *t, int revents)
 {
 	struct rp_daemon *d = t->data;
@@ -99,13 +113,7 @@ static void on_hold_check(struct ev_loop *loop, ev_timer *t, int revents)
 	while (s) {
 		struct session *next = s->hold_next;
 		if (!acct_fds_held(s->acct)) {
-			if (s->hold_prev)
-				s->hold_prev->hold_next = next;
-			else
-				d->held = next;
-			if (next)
-				next->hold_prev = s->hold_prev;
-			s->held = 0;
+			hold_unlink(s);
 			if (s->hello_held) {
 				s->hello_held = 0;
 				ev_timer_set(&s->hello_timer, d->cfg.lim.hello_timeout_s, 0.);
@@ -157,13 +165,7 @@ static void hold_drop(struct session *s)
 
 	if (!s->held)
 		return;
-	if (s->hold_prev)
-		s->hold_prev->hold_next = s->hold_next;
-	else
-		d->held = s->hold_next;
-	if (s->hold_next)
-		s->hold_next->hold_prev = s->hold_prev;
-	s->held = 0;
+	hold_unlink(s);
 	if (!d->held)
 		ev_timer_stop(d->loop, &d->hold_timer);
 }
