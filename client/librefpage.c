@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -35,7 +37,21 @@ struct rp_tmpl_rec {
 	uint32_t id;      /* the id handed to the caller (0: free slot) */
 	uint32_t live_id; /* id on the current connection, 0: not made yet */
 	uint8_t *page;    /* contents (mmap'd page) */
+	int fd;           /* file backend: the template file, -1 until first needed */
 };
+
+/* The file backend (docs/design.md, "Clients without a full userfaultfd").
+ * A template's file is a memfd of this process holding the page repeated;
+ * a mapping is MAP_PRIVATE pieces of it of at most RP_FILE_CHUNK bytes,
+ * each mapping file offset 0 onwards, so the kernel serves every fault
+ * itself: a read maps the file's page (shared, no copy), a write copies
+ * it, MADV_DONTNEED goes back to it, fork shares it. The file grows as
+ * mappings need, to RP_FILE_CHUNK at most; it is written with pwritev
+ * only (never truncated: F_SEAL_SHRINK), so its size never covers a page
+ * not yet written, even while a fork child grows it too. */
+#define RP_FILE_CHUNK (16u << 20)
+/* The file grows by at least this much (fewer, larger writes). */
+#define RP_FILE_STEP (256u << 10)
 
 struct rp_client {
 	atomic_int owner; /* pid the connection belongs to */
@@ -43,6 +59,7 @@ struct rp_client {
 	int sock;       /* -1: not connected (yet, or any more) */
 	int lost;       /* the daemon went away */
 	unsigned flags; /* RP_CONNECT_*, for every (re)connection */
+	int backend;    /* RP_BACKEND_*, 0: not chosen yet (a fork child chooses again) */
 	uint32_t seq;
 	uint32_t next_id;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -159,22 +176,37 @@ static int request(struct rp_client *c, uint16_t type, const void *p, uint32_t l
 }
 
 
-/* Connect and hand the daemon a fresh uffd. Our copy of the uffd is
- * closed right after: a dead daemon then takes the last reference with it
- * and every fault falls back to the kernel instead of hanging. */
+/* Choose the backend, and for the uffd backend connect and hand the
+ * daemon a fresh uffd. Our copy of the uffd is closed right after: a dead
+ * daemon then takes the last reference with it and every fault falls back
+ * to the kernel instead of hanging. The file backend needs no daemon. */
 static int do_connect(struct rp_client *c)
 {
 	struct proto_hello h = { .page_size = PAGE, .pid = (uint32_t)getpid() };
 	struct proto_reply rep;
-	int umo, uffd, r;
+	int umo = 0, uffd, r;
 
 	if (sysconf(_SC_PAGESIZE) != PAGE)
 		return -EINVAL;
-	if ((c->sock = proto_dial(c->path)) < 0)
+	if (c->flags & RP_CONNECT_FILE) {
+		c->backend = RP_BACKEND_FILE;
+		return 0;
+	}
+	uffd = proto_uffd_create(&umo);
+	/* A userfaultfd that only serves user-mode faults would make every
+	 * system call on an untouched page fail with EFAULT: unless asked
+	 * for it, such a process gets the file backend, which has no hole. */
+	if (!(c->flags & (RP_CONNECT_UFFD | RP_CONNECT_REPORT)) && (uffd < 0 || umo)) {
+		if (uffd >= 0)
+			close(uffd);
+		c->backend = RP_BACKEND_FILE;
+		return 0;
+	}
+	if (uffd < 0)
+		return uffd;
+	if ((c->sock = proto_dial(c->path)) < 0) {
+		close(uffd);
 		return c->sock;
-	if ((uffd = proto_uffd_create(&umo)) < 0) {
-		r = uffd;
-		goto fail;
 	}
 	h.flags = umo ? PROTO_HELLO_USER_MODE_ONLY : 0;
 	if (c->flags & RP_CONNECT_REPORT)
@@ -183,12 +215,13 @@ static int do_connect(struct rp_client *c)
 	close(uffd);
 	if (r == 0)
 		r = rep.status;
-	if (r == 0)
+	if (r == 0) {
+		c->backend = RP_BACKEND_UFFD;
 		return 0;
+	}
 	/* A daemon from before report mode refuses the flag as a bad packet. */
 	if (r == -EBADMSG && (c->flags & RP_CONNECT_REPORT))
 		r = -EOPNOTSUPP;
-fail:
 	close(c->sock);
 	c->sock = -1;
 	return r;
@@ -205,7 +238,8 @@ RP_API int rp_connect_opts(const char *path, unsigned flags, rp_client **out)
 	struct rp_client *c;
 	int r;
 
-	if (!out || (flags & ~(unsigned)RP_CONNECT_REPORT))
+	if (!out || (flags & ~(unsigned)(RP_CONNECT_REPORT | RP_CONNECT_FILE | RP_CONNECT_UFFD)) ||
+	    ((flags & RP_CONNECT_FILE) && (flags & (RP_CONNECT_UFFD | RP_CONNECT_REPORT))))
 		return -EINVAL;
 	if (strlen(p) >= sizeof(c->path))
 		return -ENAMETOOLONG;
@@ -217,6 +251,8 @@ RP_API int rp_connect_opts(const char *path, unsigned flags, rp_client **out)
 	pthread_mutex_init(&c->lock, NULL);
 	atomic_init(&c->owner, (int)getpid());
 	c->sock = -1;
+	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+		c->tmpls[i].fd = -1;
 	if ((r = do_connect(c)) < 0) {
 		munmap(c, sizeof(*c));
 		return r;
@@ -252,6 +288,10 @@ static void rebind(struct rp_client *c, int me)
 			close(c->sock);
 		c->sock = -1;
 		c->lost = 0;
+		/* Chosen again: a child that gave up a privilege may have
+		 * lost the full userfaultfd its parent had. Template files
+		 * are inherited and stay usable. */
+		c->backend = 0;
 		for (int i = 0; i < RP_MAX_TEMPLATES; i++)
 			c->tmpls[i].live_id = 0;
 		atomic_store(&c->owner, me);
@@ -268,7 +308,7 @@ static int enter(struct rp_client *c)
 	if (atomic_load(&c->owner) != me)
 		rebind(c, me);
 	pthread_mutex_lock(&c->lock);
-	if (c->sock >= 0)
+	if (c->sock >= 0 || c->backend == RP_BACKEND_FILE)
 		return 0;
 	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
 		c->tmpls[i].live_id = 0;
@@ -300,9 +340,12 @@ RP_API void rp_disconnect(rp_client *c)
 	pthread_mutex_lock(&c->lock);
 	if (c->sock >= 0)
 		close(c->sock);
-	for (int i = 0; i < RP_MAX_TEMPLATES; i++)
+	for (int i = 0; i < RP_MAX_TEMPLATES; i++) {
 		if (c->tmpls[i].page)
 			munmap(c->tmpls[i].page, PAGE);
+		if (c->tmpls[i].fd >= 0)
+			close(c->tmpls[i].fd);
+	}
 	pthread_mutex_unlock(&c->lock);
 	munmap(c, sizeof(*c));
 }
@@ -311,6 +354,8 @@ RP_API int rp_alive(rp_client *c)
 {
 	if (!c)
 		return 0;
+	if (c->backend == RP_BACKEND_FILE)
+		return 1; /* the kernel serves it: nothing to lose */
 	if (atomic_load(&c->owner) != (int)getpid())
 		return !c->lost;
 	int s = c->sock;
@@ -357,7 +402,7 @@ static int rec_live(struct rp_client *c, struct rp_tmpl_rec *t)
 	struct proto_template_fill f = { .byte = t->page[0] };
 	struct proto_reply rep;
 
-	if (t->live_id)
+	if (t->live_id || c->backend == RP_BACKEND_FILE)
 		return 0;
 	int r = uniform(t->page) ? request(c, PROTO_TEMPLATE_FILL, &f, sizeof(f), &rep)
 				 : request(c, PROTO_TEMPLATE_CREATE, t->page, PAGE, &rep);
@@ -383,6 +428,7 @@ static int rec_add(struct rp_client *c, const uint8_t *page, uint32_t *id)
 	}
 	memcpy(t->page, page, PAGE);
 	t->live_id = 0;
+	t->fd = -1;
 	if ((r = rec_live(c, t)) < 0) {
 		munmap(t->page, PAGE);
 		t->page = NULL;
@@ -444,9 +490,13 @@ RP_API int rp_template_release(rp_client *c, uint32_t id)
 		return -EINVAL;
 	}
 	m.id = t->live_id;
-	r = t->live_id ? request(c, PROTO_TEMPLATE_RELEASE, &m, sizeof(m), &rep) : 0;
+	r = t->live_id && c->sock >= 0 ? request(c, PROTO_TEMPLATE_RELEASE, &m, sizeof(m), &rep)
+				       : 0;
 	munmap(t->page, PAGE);
+	if (t->fd >= 0)
+		close(t->fd); /* its mappings keep the file */
 	memset(t, 0, sizeof(*t));
+	t->fd = -1;
 	leave(c);
 	return r == -ENOTCONN ? 0 : r;
 }
@@ -466,13 +516,194 @@ static int map_flags_ok(int flags)
 	return type != MAP_SHARED && type != MAP_SHARED_VALIDATE && !(flags & MAP_HUGETLB);
 }
 
-/* mmap + register, under c->lock. */
+/* --- the file backend ----------------------------------------------- */
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008u /* Linux 6.3 */
+#endif
+
+/* The template's file, holding at least need bytes of it (need <=
+ * RP_FILE_CHUNK, a page multiple). Under c->lock; a fork child sharing the
+ * file may grow it at the same time: both write the same bytes. */
+static int file_ensure(struct rp_tmpl_rec *t, size_t need)
+{
+	struct iovec iov[64];
+	struct stat st;
+
+	if (t->fd < 0) {
+		/* Not executable (a kernel with vm.memfd_noexec=2 refuses an
+		 * executable one); older kernels do not know the flag. */
+		int fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+		if (fd < 0 && errno == EINVAL)
+			fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		if (fd < 0)
+			return -errno;
+		if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
+			int e = errno;
+			close(fd);
+			return -e;
+		}
+		t->fd = fd;
+	}
+	if (fstat(t->fd, &st) < 0)
+		return -errno;
+	size_t have = (size_t)st.st_size & ~(size_t)(PAGE - 1);
+	if (have >= need)
+		return 0;
+	size_t want = need < RP_FILE_STEP ? RP_FILE_STEP : need;
+	if (want < 2 * have)
+		want = 2 * have;
+	if (want > RP_FILE_CHUNK)
+		want = RP_FILE_CHUNK;
+	for (unsigned i = 0; i < 64; i++)
+		iov[i] = (struct iovec){ .iov_base = t->page, .iov_len = PAGE };
+	while (have < want) {
+		size_t pages = (want - have) / PAGE;
+		ssize_t n = pwritev(t->fd, iov, pages < 64 ? (int)pages : 64, (off_t)have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		have += (size_t)n & ~(size_t)(PAGE - 1);
+		if ((size_t)n & (PAGE - 1))
+			return -EIO; /* short write: no space in tmpfs */
+	}
+	return 0;
+}
+
+/* Map [a + from, a + from + len) of a mapping at a with the template's
+ * file, over what is there (MAP_FIXED): pieces that end on RP_FILE_CHUNK
+ * boundaries of the mapping, each at the file offset of its place in its
+ * chunk, so a piece grown later continues its predecessor's offsets and
+ * the kernel can merge the two. */
+static int file_fill(struct rp_tmpl_rec *t, char *a, size_t from, size_t len, int prot, int flags)
+{
+	while (len) {
+		size_t off = from % RP_FILE_CHUNK, n = RP_FILE_CHUNK - off;
+		if (n > len)
+			n = len;
+		int r = file_ensure(t, off + n);
+		if (r < 0)
+			return r;
+		if (mmap(a + from, n, prot, flags | MAP_PRIVATE | MAP_FIXED, t->fd, (off_t)off) ==
+		    MAP_FAILED)
+			return -errno;
+		from += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Flags of a caller's mmap that place a reservation, and those that pass
+ * to the pieces. MAP_POPULATE never passes: it would write-fault (copy)
+ * every page of a writable private mapping. */
+#define PLACE_FLAGS (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_32BIT)
+#define PIECE_FLAGS (MAP_NORESERVE | MAP_LOCKED | MAP_STACK)
+
+static void *file_map(void *addr, size_t len, int prot, int flags, struct rp_tmpl_rec *t)
+{
+	char *p = mmap(addr, len, PROT_NONE,
+		       (flags & PLACE_FLAGS) | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return p;
+	int r = file_fill(t, p, 0, len, prot, flags & PIECE_FLAGS);
+	if (r < 0) {
+		munmap(p, len);
+		errno = -r;
+		return MAP_FAILED;
+	}
+	return p;
+}
+
+/* Move [src, src + n) to dst (MREMAP_FIXED), a mapping of possibly many
+ * pieces: mremap moves one VMA at a time on most kernels, so a range it
+ * refuses as spanning several (EFAULT) is split, at the chunk boundary
+ * first (pieces are chunk-sized), else in halves. 0 or -errno. */
+static int move_range(char *src, size_t n, char *dst)
+{
+	if (mremap(src, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED)
+		return 0;
+	if (errno != EFAULT || n <= PAGE)
+		return -errno;
+	size_t h = n > RP_FILE_CHUNK ? RP_FILE_CHUNK : (n / 2) & ~(size_t)(PAGE - 1);
+	if (!h)
+		h = PAGE;
+	int r = move_range(src, h, dst);
+	return r < 0 ? r : move_range(src + h, n - h, dst + h);
+}
+
+/* rp_remap on the file backend, under c->lock. */
+static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t new_len, int flags,
+			int prot, char *dst)
+{
+	int r;
+
+	if (new_len < old_len) {
+		if (munmap(old + new_len, old_len - new_len) < 0)
+			return MAP_FAILED;
+		old_len = new_len;
+		if (!(flags & MREMAP_FIXED))
+			return old;
+	}
+	if (!(flags & MREMAP_FIXED) && new_len > old_len) {
+		/* In place if the addresses above are free. */
+		char *q = mmap(old + old_len, new_len - old_len, PROT_NONE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+			       -1, 0);
+		if (q == old + old_len) {
+			if ((r = file_fill(t, old, old_len, new_len - old_len, prot, 0)) < 0) {
+				munmap(q, new_len - old_len);
+				errno = -r;
+				return MAP_FAILED;
+			}
+			return old;
+		}
+		if (q != MAP_FAILED)
+			munmap(q, new_len - old_len); /* a kernel that took it as a hint */
+		if (!(flags & MREMAP_MAYMOVE)) {
+			errno = ENOMEM;
+			return MAP_FAILED;
+		}
+	}
+	if (new_len == old_len && !(flags & MREMAP_FIXED))
+		return old;
+	/* Move: to dst, or to a reservation of the new size anywhere. */
+	char *to = dst;
+	if (!(flags & MREMAP_FIXED)) {
+		to = mmap(NULL, new_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+			  0);
+		if (to == MAP_FAILED)
+			return MAP_FAILED;
+	}
+	if ((r = move_range(old, old_len, to)) < 0) {
+		/* Back where they were, whatever moved (best effort: a move
+		 * fails before touching anything but for a kernel out of
+		 * memory or VMAs). */
+		move_range(to, old_len, old);
+		if (!(flags & MREMAP_FIXED))
+			munmap(to, new_len);
+		errno = -r;
+		return MAP_FAILED;
+	}
+	if (new_len > old_len && (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0) {
+		move_range(to, old_len, old);
+		if (!(flags & MREMAP_FIXED))
+			munmap(to, new_len);
+		errno = -r;
+		return MAP_FAILED;
+	}
+	return to;
+}
+
+/* mmap + register (uffd backend) or map the template's file, under c->lock. */
 static void *map_locked(rp_client *c, void *addr, size_t len, int prot, int flags,
 			struct rp_tmpl_rec *t)
 {
 	struct proto_reply rep;
-	int r = rec_live(c, t);
 
+	if (c->backend == RP_BACKEND_FILE)
+		return file_map(addr, len, prot, flags, t);
+	int r = rec_live(c, t);
 	if (r < 0) {
 		errno = -r;
 		return MAP_FAILED;
@@ -523,14 +754,73 @@ RP_API int rp_unmap(rp_client *c, void *addr, size_t len)
 	if (!c || !len || ((uintptr_t)addr & (PAGE - 1)))
 		return -EINVAL;
 	/* Unregister first so that munmap need not wait on an UNMAP event;
-	 * a lost daemon does not stop the unmap. */
+	 * a lost daemon does not stop the unmap. The file backend has
+	 * nothing to unregister. */
 	r = enter(c);
 	if (r == 0) {
-		r = request(c, PROTO_UNMAP, &m, sizeof(m), &rep);
+		if (c->sock >= 0)
+			r = request(c, PROTO_UNMAP, &m, sizeof(m), &rep);
 		leave(c);
 	}
 	(void)r;
 	return munmap(addr, m.len) < 0 ? -errno : 0;
+}
+
+RP_API void *rp_remap(rp_client *c, void *old, size_t old_len, size_t new_len, int flags, int prot,
+		      uint32_t id, void *new_addr)
+{
+	int r;
+
+	if (!c || !old_len || !new_len || ((uintptr_t)old & (PAGE - 1)) ||
+	    (flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED)) ||
+	    ((flags & MREMAP_FIXED) &&
+	     (!(flags & MREMAP_MAYMOVE) || ((uintptr_t)new_addr & (PAGE - 1))))) {
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	old_len = page_round(old_len);
+	new_len = page_round(new_len);
+	if ((r = enter(c)) < 0) {
+		errno = -r;
+		return MAP_FAILED;
+	}
+	void *p = MAP_FAILED;
+	struct rp_tmpl_rec *t = rec_find(c, id);
+	if (!t)
+		errno = EINVAL;
+	else if (c->backend == RP_BACKEND_FILE)
+		p = file_remap(t, old, old_len, new_len, flags, prot, new_addr);
+	else
+		p = mremap(old, old_len, new_len, flags, new_addr);
+	int e = errno;
+	leave(c);
+	errno = e;
+	return p;
+}
+
+RP_API int rp_backend(rp_client *c)
+{
+	int r;
+
+	if (!c)
+		return -EINVAL;
+	if ((r = enter(c)) < 0)
+		return r;
+	r = c->backend;
+	leave(c);
+	return r;
+}
+
+RP_API const char *rp_backend_name(int backend)
+{
+	switch (backend) {
+	case RP_BACKEND_UFFD:
+		return "uffd";
+	case RP_BACKEND_FILE:
+		return "file";
+	default:
+		return "?";
+	}
 }
 
 RP_API int rp_stats(rp_client *c, uint64_t *values, const char **names, int max)
@@ -542,6 +832,10 @@ RP_API int rp_stats(rp_client *c, uint64_t *values, const char **names, int max)
 		return -EINVAL;
 	if ((r = enter(c)) < 0)
 		return r;
+	if (c->backend == RP_BACKEND_FILE) {
+		leave(c);
+		return -EOPNOTSUPP; /* no daemon involved: nothing it counted */
+	}
 	r = ask(c, PROTO_STATS, NULL, 0, PROTO_STATS_REPLY, &rep, sizeof(rep));
 	leave(c);
 	if (r < 0)
@@ -611,8 +905,9 @@ RP_API const char *rp_strerror(int err)
 	case EPERM:
 		return "this process cannot create a userfaultfd";
 	case EOPNOTSUPP:
-		return "this refpaged does not know report mode (a newer one does), "
-		       "or the connection was not made for it (rp_connect_opts)";
+		return "not on this connection: report mode needs a refpaged that knows it and "
+		       "a connection made for it (rp_connect_opts); daemon counters need the "
+		       "uffd backend (the file backend involves no daemon)";
 	default:
 		return strerrordesc_np(err < 0 ? -err : err);
 	}

@@ -4,8 +4,11 @@
  * Requests of at least the threshold (REFPAGE_RUN_THRESHOLD, 128 KiB) get
  * a mapping of their own, whose untouched pages read as the pattern
  * (REFPAGE_RUN_PATTERN, 0xAA):
- *   refpage  a refpage mapping served by refpaged (librefpage, linked in
- *            statically), falling back to memset when that is impossible;
+ *   refpage  a refpage mapping (librefpage, linked in statically): served
+ *            by refpaged through a userfaultfd where the process can make
+ *            a full one, else by the kernel from a template file of the
+ *            process (the file backend, no daemon needed); memset only
+ *            when neither can be had;
  *   memset   an anonymous mapping filled with the pattern at once, which is
  *            what pattern-initialising allocators do today;
  *   anon     an anonymous mapping left alone (zeros): the baseline.
@@ -59,8 +62,9 @@ struct shim_cfg {
 	size_t threshold;
 	int strict;    /* no refpages: exit(1) instead of falling back */
 	int allow_umo; /* use refpages even with a user-mode-only uffd */
-	int stats;     /* a summary on stderr at exit */
-	int report;    /* --report: read-before-write pages, at exit */
+	enum runopt_backend backend;
+	int stats;  /* a summary on stderr at exit */
+	int report; /* --report: read-before-write pages, at exit */
 	enum runopt_format format;
 	const char *report_file; /* NULL: stderr */
 };
@@ -186,6 +190,10 @@ static void load_cfg(void)
 		say2("ignoring bad " RUNOPT_ENV_STRICT " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_ALLOW_UMO)) && runopt_bool(v, &cfg.allow_umo) < 0)
 		say2("ignoring bad " RUNOPT_ENV_ALLOW_UMO " (want 0 or 1): ", v);
+	if ((v = getenv(RUNOPT_ENV_BACKEND)) && runopt_backend(v, &cfg.backend) < 0)
+		say2("ignoring bad " RUNOPT_ENV_BACKEND " (want auto, uffd or file): ", v);
+	if (cfg.allow_umo && cfg.backend == RUNOPT_BACKEND_AUTO)
+		cfg.backend = RUNOPT_BACKEND_UFFD;
 	if ((v = getenv(RUNOPT_ENV_STATS)) && runopt_bool(v, &cfg.stats) < 0)
 		say2("ignoring bad " RUNOPT_ENV_STATS " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_REPORT)) && runopt_bool(v, &cfg.report) < 0)
@@ -501,30 +509,52 @@ static void no_refpage(atomic_flag *once, const char *why, const char *detail, i
 	m_emit(&m);
 }
 
+/* Said once per process: refpaged could not be reached, so the file
+ * backend serves this process's refpages. */
+static void say_file_instead(int err)
+{
+	struct msg m;
+
+	if (atomic_flag_test_and_set(&said_fallback))
+		return;
+	m_begin(&m);
+	m_str(&m, "cannot reach refpaged at ");
+	m_str(&m, sock_path());
+	m_str(&m, ": ");
+	m_str(&m, strerrordesc_np(-err));
+	m_str(&m, "; refpages come from the file backend (the kernel serves them)");
+	if (cfg.report)
+		m_str(&m, ", which --report cannot watch");
+	m_emit(&m);
+}
+
 static int rp_bring_up(void)
 {
+	unsigned flags = cfg.backend == RUNOPT_BACKEND_UFFD   ? RP_CONNECT_UFFD
+			 : cfg.backend == RUNOPT_BACKEND_FILE ? RP_CONNECT_FILE
+							      : 0;
 	rp_client *c;
 	uint32_t id;
 	int r;
 
-	if (!cfg.allow_umo && !runopt_full_uffd()) {
-		no_refpage(
-			&said_fallback,
-			"this process can only make a user-mode-only userfaultfd "
-			"(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd), "
-			"so system calls reading or writing untouched refpage memory would fail with EFAULT",
-			" (--allow-user-mode-only to use refpages anyway)", 0);
-		return 0;
-	}
-	if (cfg.report) {
-		r = rp_connect_opts(NULL, RP_CONNECT_REPORT, &c);
+	if (cfg.report && cfg.backend != RUNOPT_BACKEND_FILE &&
+	    (cfg.backend == RUNOPT_BACKEND_UFFD || runopt_full_uffd())) {
+		r = rp_connect_opts(NULL, flags | RP_CONNECT_REPORT, &c);
 		rp_reporting = r == 0;
 		if (r == -EOPNOTSUPP) {
 			rp_report_err = EOPNOTSUPP;
-			r = rp_connect(NULL, &c);
+			r = rp_connect_opts(NULL, flags, &c);
 		}
 	} else {
-		r = rp_connect(NULL, &c);
+		if (cfg.report)
+			rp_report_err = EPERM; /* the file backend: the kernel serves every fault */
+		r = rp_connect_opts(NULL, flags, &c);
+	}
+	if (r < 0 && cfg.backend == RUNOPT_BACKEND_AUTO) {
+		/* No daemon for the uffd backend: the file backend needs none. */
+		say_file_instead(r);
+		rp_reporting = 0;
+		r = rp_connect_opts(NULL, RP_CONNECT_FILE, &c);
 	}
 	if (r < 0) {
 		no_refpage(&said_fallback, "cannot reach refpaged at ", sock_path(), -r);
@@ -542,7 +572,7 @@ static int rp_bring_up(void)
 
 /* 1 once refpage mappings can be asked for. One thread connects, the
  * others wait for its verdict, which holds for the process's life. */
-static int rp_backend(void)
+static int rp_ready(void)
 {
 	int s = atomic_load_explicit(&rp_state, memory_order_acquire), expect = RP_NONE;
 
@@ -690,7 +720,7 @@ static void *map_span(size_t len, enum blk_kind kind)
 	void *p;
 
 	if (kind == BLK_REFPAGE) {
-		if (!rp_backend())
+		if (!rp_ready())
 			return NULL;
 		p = rp_map(rp_cl, NULL, len, PROT_READ | PROT_WRITE, 0, rp_tmpl);
 		if (p == MAP_FAILED) {
@@ -819,10 +849,11 @@ static void *large_shrink(void *p, struct blk b, size_t n)
 	return p;
 }
 
-/* Grow a block with mremap, which moves it when the addresses above are
+/* Grow a block with mremap (rp_remap for a refpage block, which the file
+ * backend maps in pieces), which moves it when the addresses above are
  * taken: no copy, whatever its size. A refpage block's new part reads the
- * pattern from refpaged (the block's range grows over it at its first
- * fault), a memset block's is filled here. refpaged follows a moved refpage
+ * pattern (from refpaged, whose range grows over it at its first fault, or
+ * from the template file mapped over it), a memset block's is filled here. refpaged follows a moved refpage
  * block from the REMAP and UNMAP events the move sends, and puts them back
  * in order when another thread's move into the old addresses is read first
  * (docs/preload.md, "Moving refpage blocks"). */
@@ -832,7 +863,9 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 	uint64_t t = now_ns();
 
 	in_shim++;
-	char *q = mremap(p, len, nlen, MREMAP_MAYMOVE);
+	char *q = blk_kind(b) == BLK_REFPAGE ? rp_remap(rp_cl, p, len, nlen, MREMAP_MAYMOVE,
+							PROT_READ | PROT_WRITE, rp_tmpl, NULL)
+					     : mremap(p, len, nlen, MREMAP_MAYMOVE);
 	in_shim--;
 	if (q == MAP_FAILED) {
 		tab_put(p, len, blk_kind(b), b.req);
@@ -1223,6 +1256,11 @@ static void report_print(void)
 				     "allocations fell back to memset), so nothing was watched"
 			   : rp_report_err == EOPNOTSUPP
 				   ? "unavailable: this refpaged does not know report mode"
+			   : rp_report_err == EPERM
+				   ? "unavailable: this process cannot make a full userfaultfd, so "
+				     "its refpages come from the file backend, whose faults the "
+				     "kernel serves unseen (--allow-user-mode-only reports them, "
+				     "but then system calls on untouched memory fail with EFAULT)"
 				   : "unavailable",
 			   0, NULL);
 		return;
@@ -1276,6 +1314,11 @@ __attribute__((destructor)) static void shim_stop(void)
 	m_begin(&m);
 	m_str(&m, "mode ");
 	m_str(&m, runopt_mode_name(cfg.mode));
+	if (atomic_load(&rp_state) == RP_READY) {
+		m_str(&m, " (backend ");
+		m_str(&m, rp_backend_name(rp_backend(rp_cl)));
+		m_str(&m, ")");
+	}
 	m_str(&m, ", threshold ");
 	m_num(&m, cfg.threshold);
 	m_str(&m, ", pattern ");

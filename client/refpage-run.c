@@ -36,8 +36,12 @@ static void usage(FILE *f)
 		"  --strict           refpage mode: exit 1 instead of falling back to memset\n"
 		"                     when refpages cannot be had (checked here, and by the\n"
 		"                     program's processes later on)\n"
+		"  --backend BACKEND  refpage mode: auto (default): uffd where this user can\n"
+		"                     make a full userfaultfd, else file; uffd: refpaged serves\n"
+		"                     the faults; file: the kernel serves them from a template\n"
+		"                     file of the process (no daemon needed)\n"
 		"  --allow-user-mode-only\n"
-		"                     use refpages even where this user only gets a user-mode-\n"
+		"                     --backend uffd even where this user only gets a user-mode-\n"
 		"                     only userfaultfd (then read(2) into or write(2) from an\n"
 		"                     untouched large buffer fails with EFAULT)\n"
 		"  --stats            each process prints its large-allocation counts at exit\n"
@@ -74,6 +78,7 @@ struct run_opts {
 	uint8_t pat;
 	const char *pattern, *threshold, *socket;
 	int strict, allow_umo, stats, report;
+	enum runopt_backend backend;
 	const char *report_file;
 	enum runopt_format format;
 };
@@ -85,6 +90,7 @@ enum {
 	OPT_SOCKET,
 	OPT_STRICT,
 	OPT_UMO,
+	OPT_BACKEND,
 	OPT_STATS,
 	OPT_REPORT,
 	OPT_REPORT_FORMAT
@@ -99,6 +105,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		{ "socket", required_argument, NULL, OPT_SOCKET },
 		{ "strict", no_argument, NULL, OPT_STRICT },
 		{ "allow-user-mode-only", no_argument, NULL, OPT_UMO },
+		{ "backend", required_argument, NULL, OPT_BACKEND },
 		{ "stats", no_argument, NULL, OPT_STATS },
 		{ "report", optional_argument, NULL, OPT_REPORT },
 		{ "report-format", required_argument, NULL, OPT_REPORT_FORMAT },
@@ -137,8 +144,14 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		case OPT_STRICT:
 			o->strict = 1;
 			break;
+		case OPT_BACKEND:
+			if (runopt_backend(optarg, &o->backend) < 0)
+				bad("--backend: want auto, uffd or file, not '%s'", optarg);
+			break;
 		case OPT_UMO:
 			o->allow_umo = 1;
+			if (o->backend == RUNOPT_BACKEND_AUTO)
+				o->backend = RUNOPT_BACKEND_UFFD;
 			break;
 		case OPT_STATS:
 			o->stats = 1;
@@ -232,6 +245,9 @@ static void set_preload(const char *shim)
 static void check_refpages(struct run_opts *o)
 {
 	const char *path = o->socket ? o->socket : getenv(RUNOPT_ENV_SOCKET);
+	unsigned flags = o->backend == RUNOPT_BACKEND_UFFD   ? RP_CONNECT_UFFD
+			 : o->backend == RUNOPT_BACKEND_FILE ? RP_CONNECT_FILE
+							     : 0;
 	char why[512];
 	rp_client *c;
 	uint32_t id;
@@ -239,14 +255,27 @@ static void check_refpages(struct run_opts *o)
 
 	if (!path || !*path)
 		path = PROTO_DEFAULT_SOCKET;
-	if (!o->allow_umo && !runopt_full_uffd()) {
-		snprintf(
-			why, sizeof(why),
-			"this user can only make a user-mode-only userfaultfd "
-			"(vm.unprivileged_userfaultfd=0 and no access to /dev/userfaultfd): system calls "
-			"reading or writing untouched refpage memory would fail with EFAULT "
-			"(--allow-user-mode-only to use refpages anyway)");
-	} else if ((r = rp_connect_opts(path, o->report ? RP_CONNECT_REPORT : 0, &c)) < 0) {
+	if (o->report && o->backend != RUNOPT_BACKEND_FILE &&
+	    (o->backend == RUNOPT_BACKEND_UFFD || runopt_full_uffd()))
+		flags |= RP_CONNECT_REPORT;
+	else if (o->report)
+		fprintf(stderr,
+			"refpage-run: --report: this user cannot make a full userfaultfd, so refpages "
+			"come from the file backend, whose faults the kernel serves unseen: nothing "
+			"will be reported (--allow-user-mode-only reports them, but then system calls "
+			"on untouched memory fail with EFAULT)\n");
+	if ((r = rp_connect_opts(path, flags, &c)) < 0 && o->backend == RUNOPT_BACKEND_AUTO) {
+		/* The file backend needs no daemon: the whole run uses it. */
+		fprintf(stderr,
+			"refpage-run: cannot reach refpaged at %s: %s; refpages come from the file "
+			"backend (the kernel serves them)%s\n",
+			path, rp_strerror(r), o->report ? ", which --report cannot watch" : "");
+		o->backend = RUNOPT_BACKEND_FILE;
+		o->report = 0;
+		flags = RP_CONNECT_FILE;
+		r = rp_connect_opts(path, flags, &c);
+	}
+	if (r < 0) {
 		snprintf(why, sizeof(why), "cannot reach refpaged at %s%s: %s", path,
 			 r == -EOPNOTSUPP ? " in report mode" : "", rp_strerror(r));
 	} else {
@@ -254,7 +283,11 @@ static void check_refpages(struct run_opts *o)
 		rp_disconnect(c);
 		if (r == 0)
 			return;
-		snprintf(why, sizeof(why), "refpaged at %s refused a template: %s", path,
+		snprintf(why, sizeof(why), "no template for refpages (%s): %s",
+			 (flags & RP_CONNECT_FILE) ||
+					 !(flags & (RP_CONNECT_UFFD | RP_CONNECT_REPORT))
+				 ? "file or uffd backend"
+				 : "uffd backend",
 			 rp_strerror(r));
 	}
 	if (o->strict) {
@@ -291,6 +324,7 @@ int main(int argc, char **argv)
 	setenv(RUNOPT_ENV_THRESHOLD, o.threshold ? o.threshold : "131072", 1);
 	setenv(RUNOPT_ENV_STRICT, o.strict ? "1" : "0", 1);
 	setenv(RUNOPT_ENV_ALLOW_UMO, o.allow_umo ? "1" : "0", 1);
+	setenv(RUNOPT_ENV_BACKEND, runopt_backend_name(o.backend), 1);
 	setenv(RUNOPT_ENV_STATS, o.stats ? "1" : "0", 1);
 	setenv(RUNOPT_ENV_REPORT, o.report ? "1" : "0", 1);
 	setenv(RUNOPT_ENV_REPORT_FORMAT, o.format == RUNOPT_JSON ? "json" : "text", 1);

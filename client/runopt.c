@@ -35,6 +35,32 @@ const char *runopt_mode_name(enum runopt_mode m)
 	return "?";
 }
 
+int runopt_backend(const char *s, enum runopt_backend *out)
+{
+	static const char *const names[] = { "auto", "uffd", "file" };
+
+	for (unsigned i = 0; s && i < sizeof(names) / sizeof(names[0]); i++) {
+		if (strcmp(s, names[i]) == 0) {
+			*out = (enum runopt_backend)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+const char *runopt_backend_name(enum runopt_backend b)
+{
+	switch (b) {
+	case RUNOPT_BACKEND_AUTO:
+		return "auto";
+	case RUNOPT_BACKEND_UFFD:
+		return "uffd";
+	case RUNOPT_BACKEND_FILE:
+		return "file";
+	}
+	return "?";
+}
+
 /* A whole unsigned number (strtoull alone accepts "-1", " 5" and ""). */
 static int whole_number(const char *s, int base, unsigned long long *v, char **end)
 {

@@ -13,6 +13,7 @@
 #define RUNOPT_ENV_THRESHOLD "REFPAGE_RUN_THRESHOLD"
 #define RUNOPT_ENV_STRICT "REFPAGE_RUN_STRICT"
 #define RUNOPT_ENV_ALLOW_UMO "REFPAGE_RUN_ALLOW_USER_MODE_ONLY"
+#define RUNOPT_ENV_BACKEND "REFPAGE_RUN_BACKEND" /* auto, uffd or file */
 #define RUNOPT_ENV_STATS "REFPAGE_RUN_STATS"
 #define RUNOPT_ENV_REPORT "REFPAGE_RUN_REPORT"               /* 0 or 1 */
 #define RUNOPT_ENV_REPORT_FILE "REFPAGE_RUN_REPORT_FILE"     /* empty: stderr */
@@ -42,6 +43,16 @@ int runopt_threshold(const char *s, size_t *out);
 int runopt_bool(const char *s, int *out);
 
 const char *runopt_mode_name(enum runopt_mode m);
+
+/* Which librefpage backend refpage mode uses (refpage.h). */
+enum runopt_backend {
+	RUNOPT_BACKEND_AUTO, /* uffd where a full userfaultfd can be made, else file */
+	RUNOPT_BACKEND_UFFD, /* uffd, even user-mode-only (--allow-user-mode-only) */
+	RUNOPT_BACKEND_FILE, /* file, even where a full userfaultfd can be made */
+};
+/* "auto", "uffd" or "file". */
+int runopt_backend(const char *s, enum runopt_backend *out);
+const char *runopt_backend_name(enum runopt_backend b);
 
 enum runopt_format { RUNOPT_TEXT, RUNOPT_JSON };
 /* "text" or "json". */

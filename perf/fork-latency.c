@@ -160,7 +160,7 @@ static double subject(const struct opts *o, int refpaged)
 		uint32_t id;
 		uint8_t *p;
 		if (refpaged) {
-			int r = rp_connect(o->sock, &c);
+			int r = rp_connect_opts(o->sock, RP_CONNECT_UFFD, &c);
 			if (r < 0 || (r = rp_template_fill(c, 0xAA, &id)) < 0) {
 				fprintf(stderr, "fork-latency: refpaged: %s\n", strerror(-r));
 				_exit(1);

@@ -327,7 +327,7 @@ static int daemon_connect(struct daemon *d)
 		print_log(d);
 		return -1;
 	}
-	if ((r = rp_connect(d->sock, &d->c)) < 0 ||
+	if ((r = rp_connect_opts(d->sock, RP_CONNECT_UFFD, &d->c)) < 0 ||
 	    (r = rp_template_fill(d->c, 0xAA, &d->tmpl)) < 0) {
 		fprintf(stderr, "map-latency: %s daemon (%ld ranges): %s\n", kind_name[d->kind],
 			d->n, rp_strerror(r));

@@ -10,9 +10,23 @@
  * allocator. An rp_client may be used from many threads at once. After
  * fork() the child transparently gets its own connection on first use.
  *
- * If refpaged goes away, mappings keep working as ordinary anonymous
+ * Two backends serve the mappings; each process gets one (rp_backend):
+ *   uffd  refpaged resolves the faults through a userfaultfd the process
+ *         hands it; needs a daemon and a full userfaultfd (root,
+ *         vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd).
+ *   file  the kernel resolves them itself from a file of this process
+ *         holding the template repeated (a memfd, at most 16 MiB a
+ *         template), mapped MAP_PRIVATE: needs no daemon and no privilege,
+ *         and untouched pages are read with no copy at all. A mapping is
+ *         then several VMAs (one per 16 MiB): grow or move it with
+ *         rp_remap, not mremap, which refuses or raises SIGBUS past one.
+ * Where the process can only make a user-mode-only userfaultfd (Debian's
+ * default for users), the uffd backend would make every system call on an
+ * untouched page fail with EFAULT: such a process gets the file backend.
+ *
+ * If refpaged goes away, uffd mappings keep working as ordinary anonymous
  * memory (untouched pages read zero); calls on the client then fail with
- * -ENOTCONN and rp_alive() reports it. */
+ * -ENOTCONN and rp_alive() reports it. File mappings do not depend on it. */
 #ifndef REFPAGE_H
 #define REFPAGE_H
 
@@ -26,9 +40,10 @@ extern "C" {
 typedef struct rp_client rp_client;
 
 /* socket_path NULL: $REFPAGED_SOCKET, else /run/refpaged/refpaged.sock.
- * Returns 0 or -errno: -ENOENT/-ECONNREFUSED when no daemon listens,
- * -EPROTO on a protocol version mismatch, -EPERM when this process cannot
- * create a userfaultfd at all, -EDQUOT/-EMFILE past the daemon's limits. */
+ * Chooses the backend (file unless a full userfaultfd can be made).
+ * Returns 0 or -errno; on the uffd backend: -ENOENT/-ECONNREFUSED when no
+ * daemon listens, -EPROTO on a protocol version mismatch, -EDQUOT/-EMFILE
+ * past the daemon's limits. */
 int rp_connect(const char *socket_path, rp_client **out);
 void rp_disconnect(rp_client *c);
 
@@ -40,7 +55,23 @@ void rp_disconnect(rp_client *c);
  *     page filled ahead. Fork children keep it. -EOPNOTSUPP from a daemon
  *     that does not know it. */
 #define RP_CONNECT_REPORT 0x1u
+/*   RP_CONNECT_FILE  the file backend even where a full userfaultfd could
+ *     be made (not with RP_CONNECT_REPORT or RP_CONNECT_UFFD: -EINVAL).
+ *   RP_CONNECT_UFFD  the uffd backend even with a user-mode-only
+ *     userfaultfd (then read(2) into an untouched page fails with EFAULT;
+ *     the daemon sees every fault). -EPERM when no userfaultfd at all.
+ *     RP_CONNECT_REPORT implies it: report mode needs the daemon to see
+ *     the faults. */
+#define RP_CONNECT_FILE 0x2u
+#define RP_CONNECT_UFFD 0x4u
 int rp_connect_opts(const char *socket_path, unsigned flags, rp_client **out);
+
+enum rp_backend_kind { RP_BACKEND_UFFD = 1, RP_BACKEND_FILE = 2 };
+/* The backend serving this process's new mappings (a fork child chooses
+ * again: one that gave up a privilege may get another), or -errno. */
+int rp_backend(rp_client *c);
+/* "uffd", "file", or "?". */
+const char *rp_backend_name(int backend);
 
 /* One read-before-write page (report mode). A read the kernel made in a
  * system call of the thread (e.g. write(2) out of the page) is one too, not
@@ -70,6 +101,14 @@ int rp_template_release(rp_client *c, uint32_t id);
 void *rp_map(rp_client *c, void *addr, size_t len, int prot, int flags, uint32_t id);
 /* Unmap (all or part of) a refpage mapping. 0 or -errno. */
 int rp_unmap(rp_client *c, void *addr, size_t len);
+/* mremap(old, old_len, new_len, flags, new_addr) for a refpage mapping of
+ * template id, on any backend (flags: MREMAP_MAYMOVE, MREMAP_FIXED): a
+ * grown part reads as the template. On the file backend a mapping is many
+ * VMAs, which plain mremap cannot move or grow; there the grown part gets
+ * protection prot (the kernel's mremap would copy the old part's, which
+ * this library cannot ask the kernel for). MAP_FAILED and errno. */
+void *rp_remap(rp_client *c, void *old, size_t old_len, size_t new_len, int flags, int prot,
+	       uint32_t id, void *new_addr);
 
 /* Drop-in for the kernel patch's
  *   mmap(addr, len, prot, flags | MAP_REFPAGE, -1, (off_t)refpage):
@@ -78,7 +117,8 @@ int rp_unmap(rp_client *c, void *addr, size_t len);
 void *refpage_mmap(void *addr, size_t len, int prot, int flags, const void *refpage);
 
 /* 1 while the daemon connection is up, 0 once it is lost (the daemon died or
- * closed us): from then on refpage mappings read zeros where untouched. */
+ * closed us): from then on refpage mappings read zeros where untouched.
+ * Always 1 on the file backend. */
 int rp_alive(rp_client *c);
 
 /* What an error of this library means, in words for a user: err is a
@@ -88,7 +128,8 @@ int rp_alive(rp_client *c);
 const char *rp_strerror(int err);
 
 /* Daemon counters (see refpagectl stats). names[i] describes values[i].
- * Fills at most max entries; returns the number filled or -errno. */
+ * Fills at most max entries; returns the number filled or -errno
+ * (-EOPNOTSUPP on the file backend: no daemon serves it). */
 int rp_stats(rp_client *c, uint64_t *values, const char **names, int max);
 
 #ifdef __cplusplus

@@ -329,7 +329,7 @@ int h_session_open(struct h_daemon *d, const char *const *extra, rp_client **c, 
 	*c = NULL;
 	if (h_daemon_start_args(d, extra) < 0)
 		return -1;
-	int r = rp_connect(d->sock, c);
+	int r = rp_connect_opts(d->sock, RP_CONNECT_UFFD, c);
 	if (r == 0 && id)
 		r = rp_template_fill(*c, fill, id);
 	if (r == 0)

@@ -107,7 +107,7 @@ static int uffd_user_mode_only(void)
 static rp_client *connect_or_die(const char *sock)
 {
 	rp_client *c;
-	int r = rp_connect(sock, &c);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 
 	REQUIRE(r == 0, "rp_connect(%s): %s", sock, strerror(-r));
 	return c;

@@ -34,7 +34,7 @@ static uint8_t *setup(const char *sock)
 {
 	rp_client *c;
 	uint32_t id;
-	int r = rp_connect(sock, &c);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 
 	if (r < 0 || (r = rp_template_fill(c, 0xAA, &id)) < 0) {
 		printf("connect FAIL %s\n", strerror(-r));

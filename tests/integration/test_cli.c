@@ -162,7 +162,7 @@ static void serve_with(const char *const *args, const char *line)
 		h_daemon_dump_log(&d, 0);
 		fail();
 	}
-	assert_int_equal(rp_connect(d.sock, &c), 0);
+	assert_int_equal(rp_connect_opts(d.sock, RP_CONNECT_UFFD, &c), 0);
 	assert_int_equal(rp_template_fill(c, 0xAA, &pat), 0);
 	assert_int_equal(rp_template_fill(c, 0x00, &zero), 0);
 	uint8_t *a = rp_map(c, NULL, NPAGES * PAGE, RW, 0, pat);
@@ -331,7 +331,7 @@ static void same_page(const char *const *args, uint64_t coalesced, uint64_t eexi
 	struct h_stats s0;
 
 	assert_int_equal(h_daemon_start_args(&d, args), 0);
-	assert_int_equal(rp_connect(d.sock, &c), 0);
+	assert_int_equal(rp_connect_opts(d.sock, RP_CONNECT_UFFD, &c), 0);
 	assert_int_equal(rp_template_fill(c, 0xAA, &id), 0);
 	uint8_t *a = rp_map(c, NULL, 16 * PAGE, RW, 0, id);
 	assert_true(a != MAP_FAILED);

@@ -890,8 +890,8 @@ static void test_uid_limits(void **state)
 	int err;
 
 	/* Connections: ours, the good client's, and one more. */
-	assert_int_equal(rp_connect(fx->d.sock, &c3), 0);
-	assert_int_equal(rp_connect(fx->d.sock, &c4), -EMFILE);
+	assert_int_equal(rp_connect_opts(fx->d.sock, RP_CONNECT_UFFD, &c3), 0);
+	assert_int_equal(rp_connect_opts(fx->d.sock, RP_CONNECT_UFFD, &c4), -EMFILE);
 	/* Templates: the good client holds one. */
 	for (int i = 0; i < LIM_TEMPLATES - 1; i++)
 		assert_int_equal(rp_template_fill(c3, (uint8_t)(0x10 * (i + 1)), &id[i]), 0);
@@ -932,7 +932,7 @@ static void test_uid_limits(void **state)
 	rp_disconnect(c3);
 	const struct h_want rest[] = { { "clients", 2 }, { "ranges", 1 } };
 	assert_int_equal(h_wait_stats(fx->c, rest, 2, H_DEADLINE_S), 0);
-	assert_int_equal(rp_connect(fx->d.sock, &c4), 0);
+	assert_int_equal(rp_connect_opts(fx->d.sock, RP_CONNECT_UFFD, &c4), 0);
 	assert_int_equal(rp_template_fill(c4, 0x77, &extra), 0);
 	uint8_t *p = map_or_errno(c4, LIM_SPARE_PAGES, extra, &err);
 	assert_int_equal(err, 0);
@@ -1013,8 +1013,8 @@ static void fork_tree(const char *sock, int out)
 	rp_client *c;
 	uint32_t id;
 
-	if (rp_connect(sock, &c) < 0 || rp_template_fill(c, 0xAA, &id) < 0 || pipe(rep) ||
-	    pipe(rel))
+	if (rp_connect_opts(sock, RP_CONNECT_UFFD, &c) < 0 || rp_template_fill(c, 0xAA, &id) < 0 ||
+	    pipe(rep) || pipe(rel))
 		_exit(3);
 	uint8_t *p = rp_map(c, NULL, 16 * PAGE, RW, 0, id);
 	if (p == MAP_FAILED)
@@ -1095,7 +1095,7 @@ static void test_unmap_hole_table_full(void **state)
 	uint32_t id;
 	int err;
 
-	assert_int_equal(rp_connect(fx->d.sock, &c), 0);
+	assert_int_equal(rp_connect_opts(fx->d.sock, RP_CONNECT_UFFD, &c), 0);
 	assert_int_equal(rp_template_fill(c, 0xAA, &id), 0);
 	uint8_t *a = map_or_errno(c, 8, id, &err);
 	assert_int_equal(err, 0);

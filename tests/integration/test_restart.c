@@ -597,7 +597,7 @@ static void sfx_kill(struct sfx *f)
 static void sfx_clients(struct sfx *f, int nthreads)
 {
 	sfx_start(f);
-	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_connect_opts(f->d.sock, RP_CONNECT_UFFD, &f->c), 0);
 	ld_start(&f->ld, f->c, nthreads, 1);
 	assert_int_equal(h_wait_until(ld_flowing, &f->ld, H_DEADLINE_S), 0);
 }
@@ -737,7 +737,7 @@ static void test_store_in_flight(void **state)
 	/* Requests: HELLO, TEMPLATE_FILL, MAP; the daemon dies having answered
 	 * the MAP, with the MAP still on the socket. */
 	sfx_start_args(f, die_answered);
-	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_connect_opts(f->d.sock, RP_CONNECT_UFFD, &f->c), 0);
 	assert_int_equal(rp_template_fill(f->c, 0xAA, &id), 0);
 	uint8_t *p = rp_map(f->c, NULL, 16 * PAGE, RW, 0, id);
 	assert_ptr_not_equal(p, MAP_FAILED);
@@ -1002,12 +1002,12 @@ static void test_store_cost(void **state)
 	rp_client *c;
 
 	assert_int_equal(h_daemon_start_args(&plain, two_workers), 0);
-	assert_int_equal(rp_connect(plain.sock, &c), 0);
+	assert_int_equal(rp_connect_opts(plain.sock, RP_CONNECT_UFFD, &c), 0);
 	double without = map_cost_us(c, n);
 	rp_disconnect(c);
 	assert_int_equal(h_daemon_destroy(&plain), 0);
 	sfx_start(f);
-	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_connect_opts(f->d.sock, RP_CONNECT_UFFD, &f->c), 0);
 	double with = map_cost_us(f->c, n);
 	printf("  MAP + UNMAP (16 pages) with %d other ranges: %.1f us without the fd store, %.1f us "
 	       "with it\n",
@@ -1082,7 +1082,7 @@ static void top_across_restart(struct sfx *f, uint64_t top)
 	uint32_t id;
 
 	sfx_start(f);
-	assert_int_equal(rp_connect(f->d.sock, &f->c), 0);
+	assert_int_equal(rp_connect_opts(f->d.sock, RP_CONNECT_UFFD, &f->c), 0);
 	assert_int_equal(rp_template_fill(f->c, 0xa5, &id), 0);
 	uint8_t *p = map_at_top(f->c, id, top);
 	printf("  %d pages at 0x%llx-0x%llx (top 0x%llx)\n", TOP_PAGES,

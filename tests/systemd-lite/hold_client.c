@@ -43,7 +43,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	size_t pages = strtoul(argv[2], NULL, 10), half = pages / 2;
-	int r = rp_connect(argv[1], &c);
+	int r = rp_connect_opts(argv[1], RP_CONNECT_UFFD, &c);
 	if (r < 0 || (r = rp_template_fill(c, 0xAA, &id)) < 0) {
 		fprintf(stderr, "hold_client: %s\n", strerror(-r));
 		return 1;

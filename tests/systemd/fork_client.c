@@ -72,7 +72,7 @@ int main(int argc, char **argv)
 {
 	rp_client *c;
 	uint32_t id;
-	int r = rp_connect(argc > 1 ? argv[1] : NULL, &c);
+	int r = rp_connect_opts(argc > 1 ? argv[1] : NULL, RP_CONNECT_UFFD, &c);
 
 	if (r < 0 || (r = rp_template_fill(c, 0xAA, &id)) < 0) {
 		fprintf(stderr, "fork_client: %s\n", strerror(-r));

@@ -67,7 +67,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if ((r = rp_connect(argv[1], &c)) < 0) {
+	if ((r = rp_connect_opts(argv[1], RP_CONNECT_UFFD, &c)) < 0) {
 		printf("FAIL rp_connect %s: %s\n", argv[1], strerror(-r));
 		return 1;
 	}

@@ -25,7 +25,7 @@ static uint8_t *refpage_area(const char *sock, size_t pages, rp_client **cp)
 {
 	rp_client *c;
 	uint32_t id;
-	int r = rp_connect(sock, &c);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 
 	if (r < 0 || (r = rp_template_fill(c, FILL, &id)) < 0) {
 		atk_out("setup=failed error=%s", strerror(-r));
@@ -163,7 +163,7 @@ int atk_fork_fat(const char *sock)
 	double deadline = tn_now() + tn_opt_double("duration", 4);
 	rp_client *c;
 	uint32_t ids[2];
-	int r = rp_connect(sock, &c);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 	unsigned long refused = 0, failed = 0;
 	uint8_t *first = NULL;
 

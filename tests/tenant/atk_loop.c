@@ -462,7 +462,7 @@ int atk_fault_flood(const char *sock)
 			continue;
 		rp_client *c;
 		uint32_t id;
-		int r = rp_connect(sock, &c);
+		int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 		if (r < 0 || (r = rp_template_fill(c, 0xF1, &id)) < 0)
 			_exit(1);
 		uint8_t *p = rp_map(c, NULL, len, PROT_READ | PROT_WRITE, 0, id);

@@ -174,7 +174,7 @@ int atk_enomem(const char *sock)
 	pthread_barrier_t go;
 	atomic_ulong touched = 0;
 	sigset_t set;
-	int r = rp_connect(sock, &c);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 
 	if (threads < 1 || threads > 16)
 		return 2;

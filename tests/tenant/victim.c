@@ -275,7 +275,7 @@ static void hello_check(const char *sock, uint8_t fill, struct tn_lat *l)
 
 	atomic_store(&op, "HELLO (rp_connect)");
 	uint64_t t0 = tn_now_ns();
-	int r = rp_connect(sock, &c2);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c2);
 	sample(l, tn_now_ns() - t0);
 	if (r < 0) {
 		error("rp_connect: %s", strerror(-r));
@@ -346,7 +346,7 @@ int main(int argc, char **argv)
 	rp_client *c;
 	uint32_t ids[2], sid = 0;
 	static uint8_t tpl[2][P];
-	int r = rp_connect(sock, &c);
+	int r = rp_connect_opts(sock, RP_CONNECT_UFFD, &c);
 	memset(tpl[0], fill, P);
 	tn_fill_page(tpl[1], seed);
 	if (r < 0 || (r = rp_template_fill(c, fill, &ids[0])) < 0 ||

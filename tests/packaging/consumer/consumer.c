@@ -18,7 +18,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: consumer SOCKET_PATH\n");
 		return 2;
 	}
-	int r = rp_connect(argv[1], &c);
+	int r = rp_connect_opts(argv[1], RP_CONNECT_UFFD, &c);
 	if (r != -ENOENT) {
 		fprintf(stderr, "consumer: rp_connect(%s) gave %d, expected -ENOENT\n", argv[1], r);
 		if (r == 0)
