@@ -19,7 +19,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -41,17 +40,17 @@ struct rp_tmpl_rec {
 };
 
 /* The file backend (docs/design.md, "Clients without a full userfaultfd").
- * A template's file is a memfd of this process holding the page repeated;
- * a mapping is MAP_PRIVATE pieces of it of at most RP_FILE_CHUNK bytes,
- * each mapping file offset 0 onwards, so the kernel serves every fault
- * itself: a read maps the file's page (shared, no copy), a write copies
- * it, MADV_DONTNEED goes back to it, fork shares it. The file grows as
- * mappings need, to RP_FILE_CHUNK at most; it is written with pwritev
- * only (never truncated: F_SEAL_SHRINK), so its size never covers a page
- * not yet written, even while a fork child grows it too. */
-#define RP_FILE_CHUNK (16u << 20)
-/* The file grows by at least this much (fewer, larger writes). */
-#define RP_FILE_STEP (256u << 10)
+ * A template's file is a memfd of this process holding the page repeated
+ * over RP_FILE_CHUNK bytes, filled at its first use and then sealed
+ * (nothing can write, shrink or grow it); a mapping is MAP_PRIVATE pieces
+ * of it that end on RP_FILE_CHUNK boundaries of the mapping, so the kernel
+ * serves every fault itself: a read maps the file's page (shared, no
+ * copy), a write copies it, MADV_DONTNEED goes back to it, fork shares
+ * it. The size weighs the fill every process pays once per template
+ * (1.3 ms for 4 MiB here) against the VMAs a mapping takes (256 a GiB,
+ * ~2 us each to map and unmap); a mapping of at most this size is one VMA,
+ * which plain mremap may grow to this size and move. */
+#define RP_FILE_CHUNK (4u << 20)
 
 struct rp_client {
 	atomic_int owner; /* pid the connection belongs to */
@@ -522,53 +521,43 @@ static int map_flags_ok(int flags)
 #define MFD_NOEXEC_SEAL 0x0008u /* Linux 6.3 */
 #endif
 
-/* The template's file, holding at least need bytes of it (need <=
- * RP_FILE_CHUNK, a page multiple). Under c->lock; a fork child sharing the
- * file may grow it at the same time: both write the same bytes. */
-static int file_ensure(struct rp_tmpl_rec *t, size_t need)
+/* The template's file, made and filled at its first use. Under c->lock. */
+static int file_ensure(struct rp_tmpl_rec *t)
 {
 	struct iovec iov[64];
-	struct stat st;
+	size_t have = 0;
+	int fd, e;
 
-	if (t->fd < 0) {
-		/* Not executable (a kernel with vm.memfd_noexec=2 refuses an
-		 * executable one); older kernels do not know the flag. */
-		int fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
-		if (fd < 0 && errno == EINVAL)
-			fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-		if (fd < 0)
-			return -errno;
-		if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
-			int e = errno;
-			close(fd);
-			return -e;
-		}
-		t->fd = fd;
-	}
-	if (fstat(t->fd, &st) < 0)
-		return -errno;
-	size_t have = (size_t)st.st_size & ~(size_t)(PAGE - 1);
-	if (have >= need)
+	if (t->fd >= 0)
 		return 0;
-	size_t want = need < RP_FILE_STEP ? RP_FILE_STEP : need;
-	if (want < 2 * have)
-		want = 2 * have;
-	if (want > RP_FILE_CHUNK)
-		want = RP_FILE_CHUNK;
+	/* Not executable (a kernel with vm.memfd_noexec=2 refuses an
+	 * executable one); older kernels do not know the flag. */
+	fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+	if (fd < 0 && errno == EINVAL)
+		fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
 	for (unsigned i = 0; i < 64; i++)
 		iov[i] = (struct iovec){ .iov_base = t->page, .iov_len = PAGE };
-	while (have < want) {
-		size_t pages = (want - have) / PAGE;
-		ssize_t n = pwritev(t->fd, iov, pages < 64 ? (int)pages : 64, (off_t)have);
+	while (have < RP_FILE_CHUNK) {
+		ssize_t n = pwritev(fd, iov, 64, (off_t)have);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		have += (size_t)n & ~(size_t)(PAGE - 1);
-		if ((size_t)n & (PAGE - 1))
-			return -EIO; /* short write: no space in tmpfs */
+		if (n <= 0 || ((size_t)n & (PAGE - 1))) {
+			e = n < 0 ? errno : ENOSPC; /* a short write: tmpfs is full */
+			goto fail;
+		}
+		have += (size_t)n;
 	}
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+		e = errno;
+		goto fail;
+	}
+	t->fd = fd;
 	return 0;
+fail:
+	close(fd);
+	return -e;
 }
 
 /* Map [a + from, a + from + len) of a mapping at a with the template's
@@ -578,13 +567,14 @@ static int file_ensure(struct rp_tmpl_rec *t, size_t need)
  * the kernel can merge the two. */
 static int file_fill(struct rp_tmpl_rec *t, char *a, size_t from, size_t len, int prot, int flags)
 {
+	int r = file_ensure(t);
+
+	if (r < 0)
+		return r;
 	while (len) {
 		size_t off = from % RP_FILE_CHUNK, n = RP_FILE_CHUNK - off;
 		if (n > len)
 			n = len;
-		int r = file_ensure(t, off + n);
-		if (r < 0)
-			return r;
 		if (mmap(a + from, n, prot, flags | MAP_PRIVATE | MAP_FIXED, t->fd, (off_t)off) ==
 		    MAP_FAILED)
 			return -errno;

@@ -15,11 +15,13 @@
  *         hands it; needs a daemon and a full userfaultfd (root,
  *         vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd).
  *   file  the kernel resolves them itself from a file of this process
- *         holding the template repeated (a memfd, at most 16 MiB a
- *         template), mapped MAP_PRIVATE: needs no daemon and no privilege,
- *         and untouched pages are read with no copy at all. A mapping is
- *         then several VMAs (one per 16 MiB): grow or move it with
- *         rp_remap, not mremap, which refuses or raises SIGBUS past one.
+ *         holding the template repeated (a sealed memfd of 4 MiB a
+ *         template, filled at its first use), mapped MAP_PRIVATE: needs no
+ *         daemon and no privilege, and untouched pages are read with no
+ *         copy at all. A mapping is one VMA per 4 MiB: plain mremap may
+ *         move or grow a mapping of one VMA up to 4 MiB; past that use
+ *         rp_remap (mremap refuses to move several VMAs on most kernels,
+ *         and a VMA grown past the file's end raises SIGBUS there).
  * Where the process can only make a user-mode-only userfaultfd (Debian's
  * default for users), the uffd backend would make every system call on an
  * untouched page fail with EFAULT: such a process gets the file backend.
