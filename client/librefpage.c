@@ -608,18 +608,29 @@ static void *file_map(void *addr, size_t len, int prot, int flags, struct rp_tmp
 /* Move [src, src + n) to dst (MREMAP_FIXED), a mapping of possibly many
  * pieces: mremap moves one VMA at a time on most kernels, so a range it
  * refuses as spanning several (EFAULT) is split, at the chunk boundary
- * first (pieces are chunk-sized), else in halves. 0 or -errno. */
-static int move_range(char *src, size_t n, char *dst)
+ * first (pieces are chunk-sized), else in halves. Pieces move in address
+ * order; *done counts the bytes moved (from src's start), also on
+ * failure, so that a caller can move exactly those back. 0 or -errno. */
+static int move_range(char *src, size_t n, char *dst, size_t *done)
 {
-	if (mremap(src, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED)
+	if (mremap(src, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED) {
+		*done += n;
 		return 0;
+	}
 	if (errno != EFAULT || n <= PAGE)
 		return -errno;
 	size_t h = n > RP_FILE_CHUNK ? RP_FILE_CHUNK : (n / 2) & ~(size_t)(PAGE - 1);
-	if (!h)
-		h = PAGE;
-	int r = move_range(src, h, dst);
-	return r < 0 ? r : move_range(src + h, n - h, dst + h);
+	int r = move_range(src, h, dst, done);
+	return r < 0 ? r : move_range(src + h, n - h, dst + h, done);
+}
+
+/* Undo a move of which the first moved bytes went from old to to. */
+static void move_back(char *to, size_t moved, char *old)
+{
+	size_t back = 0;
+
+	if (moved)
+		move_range(to, moved, old, &back);
 }
 
 /* rp_remap on the file backend, under c->lock. */
@@ -665,18 +676,13 @@ static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t
 		if (to == MAP_FAILED)
 			return MAP_FAILED;
 	}
-	if ((r = move_range(old, old_len, to)) < 0) {
-		/* Back where they were, whatever moved (best effort: a move
-		 * fails before touching anything but for a kernel out of
-		 * memory or VMAs). */
-		move_range(to, old_len, old);
-		if (!(flags & MREMAP_FIXED))
-			munmap(to, new_len);
-		errno = -r;
-		return MAP_FAILED;
-	}
-	if (new_len > old_len && (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0) {
-		move_range(to, old_len, old);
+	size_t moved = 0;
+	if ((r = move_range(old, old_len, to, &moved)) < 0 ||
+	    (new_len > old_len &&
+	     (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0)) {
+		/* What moved goes back where it was (a move fails before it
+		 * changes anything, but for a kernel out of memory or VMAs). */
+		move_back(to, moved, old);
 		if (!(flags & MREMAP_FIXED))
 			munmap(to, new_len);
 		errno = -r;
