@@ -15,6 +15,14 @@ trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
 echo "== refpaged (pid $daemon) on $sock"
 ./build/client/refpage-demo -s "$sock"
+if [[ $(id -u) == 0 ]] && command -v setpriv >/dev/null; then
+	# An ordinary user (no full userfaultfd with Debian's defaults): the
+	# file backend, every system call included, no daemon involved.
+	cp build/client/refpage-demo "$tmp/" && chmod 755 "$tmp" "$tmp/refpage-demo"
+	echo
+	echo "== the same as uid 65534"
+	setpriv --reuid=65534 --regid=65534 --clear-groups "$tmp/refpage-demo" -s "$sock"
+fi
 echo
 echo "== benchmark: refpaged against the kernel's own paths (ratios from this run)"
 if [[ -x build/perf/refpage-bench ]]; then
