@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -37,6 +38,8 @@ struct rp_tmpl_rec {
 	uint32_t live_id; /* id on the current connection, 0: not made yet */
 	uint8_t *page;    /* contents (mmap'd page) */
 	int fd;           /* file backend: the template file, -1 until first needed */
+	dev_t fdev;       /* its identity: the program may close our descriptor, and */
+	ino_t fino;       /* its number then name another file */
 };
 
 /* The file backend (docs/design.md, "Clients without a full userfaultfd").
@@ -64,6 +67,23 @@ struct rp_client {
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct rp_tmpl_rec tmpls[RP_MAX_TEMPLATES];
 };
+
+/* 1 if the record's template file descriptor is still the file we made. */
+static int file_ours(const struct rp_tmpl_rec *t)
+{
+	struct stat st;
+
+	return t->fd >= 0 && fstat(t->fd, &st) == 0 && st.st_dev == t->fdev && st.st_ino == t->fino;
+}
+
+/* Close the template file, unless the program closed it (and the number
+ * may name its own file now). */
+static void file_close(struct rp_tmpl_rec *t)
+{
+	if (file_ours(t))
+		close(t->fd);
+	t->fd = -1;
+}
 
 static const char *socket_path(const char *p)
 {
@@ -342,8 +362,7 @@ RP_API void rp_disconnect(rp_client *c)
 	for (int i = 0; i < RP_MAX_TEMPLATES; i++) {
 		if (c->tmpls[i].page)
 			munmap(c->tmpls[i].page, PAGE);
-		if (c->tmpls[i].fd >= 0)
-			close(c->tmpls[i].fd);
+		file_close(&c->tmpls[i]);
 	}
 	pthread_mutex_unlock(&c->lock);
 	munmap(c, sizeof(*c));
@@ -492,8 +511,7 @@ RP_API int rp_template_release(rp_client *c, uint32_t id)
 	r = t->live_id && c->sock >= 0 ? request(c, PROTO_TEMPLATE_RELEASE, &m, sizeof(m), &rep)
 				       : 0;
 	munmap(t->page, PAGE);
-	if (t->fd >= 0)
-		close(t->fd); /* its mappings keep the file */
+	file_close(t); /* its mappings keep the file */
 	memset(t, 0, sizeof(*t));
 	t->fd = -1;
 	leave(c);
@@ -521,15 +539,23 @@ static int map_flags_ok(int flags)
 #define MFD_NOEXEC_SEAL 0x0008u /* Linux 6.3 */
 #endif
 
+/* Template files take a descriptor number from here up, away from the low
+ * numbers programs expect open() to return; below it if it cannot. */
+#define RP_FILE_FD_MIN 100
+
 /* The template's file, made and filled at its first use. Under c->lock. */
 static int file_ensure(struct rp_tmpl_rec *t)
 {
 	struct iovec iov[64];
+	struct stat st;
 	size_t have = 0;
 	int fd, e;
 
-	if (t->fd >= 0)
+	/* Still ours? A program that closed every descriptor (closefrom)
+	 * may have reused the number: mapping that would map its file. */
+	if (file_ours(t))
 		return 0;
+	t->fd = -1; /* not ours to close any more */
 	/* Not executable (a kernel with vm.memfd_noexec=2 refuses an
 	 * executable one); older kernels do not know the flag. */
 	fd = memfd_create("refpage", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
@@ -549,11 +575,19 @@ static int file_ensure(struct rp_tmpl_rec *t)
 		}
 		have += (size_t)n;
 	}
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0 ||
+	    fstat(fd, &st) < 0) {
 		e = errno;
 		goto fail;
 	}
+	int high = fcntl(fd, F_DUPFD_CLOEXEC, RP_FILE_FD_MIN);
+	if (high >= 0) {
+		close(fd);
+		fd = high;
+	}
 	t->fd = fd;
+	t->fdev = st.st_dev;
+	t->fino = st.st_ino;
 	return 0;
 fail:
 	close(fd);
