@@ -567,10 +567,11 @@ static void check_request(struct slot *s, const struct pending *p, const struct 
 			die("UPGRADE: status %d, want -EOPNOTSUPP", r->status);
 		return;
 	}
-	if (p->type == PROTO_REPORT) {
-		/* Served before HELLO too. A plain REPLY is expected only for
-		 * a max out of range (-EINVAL), but one with status 0 was seen
-		 * and is not explained yet: not judged here. */
+	if (p->type == PROTO_REPORT && s->hello_ok) {
+		/* After HELLO a plain REPLY answers only a max out of range. */
+		if (r->status != -EINVAL)
+			die("REPORT (max %u): REPLY status %d, want -EINVAL", p->u.report.max,
+			    r->status);
 		return;
 	}
 	if (!s->hello_ok) {
@@ -669,9 +670,10 @@ static void check_reply(struct slot *s, const uint8_t *buf, long n)
 		want = PROTO_STATS_REPLY;
 	else if (p->kind == PEND_REQUEST && p->type == PROTO_USAGE)
 		want = PROTO_USAGE_REPLY;
-	/* REPORT's records, or EINVAL for a max out of range (a REPLY). */
-	else if (p->kind == PEND_REQUEST && p->type == PROTO_REPORT && p->u.report.max >= 1 &&
-		 p->u.report.max <= PROTO_REPORT_RECS)
+	/* REPORT's records after HELLO; EINVAL for a max out of range, and
+	 * EPROTO before HELLO (REPLYs). */
+	else if (p->kind == PEND_REQUEST && p->type == PROTO_REPORT && s->hello_ok &&
+		 p->u.report.max >= 1 && p->u.report.max <= PROTO_REPORT_RECS)
 		want = PROTO_REPORT_REPLY;
 	if (h->type != want)
 		die("%s answered with %s",
@@ -682,6 +684,7 @@ static void check_reply(struct slot *s, const uint8_t *buf, long n)
 		if (rr->status || rr->count > p->u.report.max)
 			die("REPORT_REPLY status %d count %u for max %u", rr->status, rr->count,
 			    p->u.report.max);
+		return;
 	}
 	if (h->type == PROTO_STATS_REPLY) {
 		const struct proto_stats_reply *sr = (const void *)(h + 1);
