@@ -33,6 +33,9 @@
 #include <grp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -586,11 +589,23 @@ static int memfd_with(unsigned char v, size_t len)
 	return fd;
 }
 
+/* Seen only where librefpage serves refpages through a user-mode-only
+ * userfaultfd: on request (RP_CONNECT_UFFD, refpage-run --backend uffd), or
+ * before #16, when that was the only backend. Its auto choice now takes the
+ * file backend there (a memfd mapped MAP_PRIVATE: the kernel serves every
+ * fault). */
 static const char umo_reason[] =
 	"kernel-mode access to an untouched page fails with EFAULT: this unprivileged "
-	"client's userfaultfd is UFFD_USER_MODE_ONLY (vm.unprivileged_userfaultfd=0), so "
-	"faults taken in the kernel (copy_to_user/copy_from_user) are not delivered to "
-	"refpaged; the kernel patch serves them";
+	"client is on librefpage's uffd backend with a UFFD_USER_MODE_ONLY userfaultfd "
+	"(vm.unprivileged_userfaultfd=0), so faults taken in the kernel are not delivered "
+	"to refpaged; the kernel patch serves them, and so does librefpage's file backend, "
+	"its choice for such a client since #16";
+
+/* The EFAULT a user-mode-only userfaultfd gives a kernel-mode access. */
+static int umo_efault(ssize_t n, int e)
+{
+	return n < 0 && e == EFAULT && !is_kernel() && geteuid() != 0;
+}
 
 static void c_read_syscall(void)
 {
@@ -600,7 +615,7 @@ static void c_read_syscall(void)
 	unsigned char *p = map(2, RW, ref);
 	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
 	ssize_t n = read(fd, p + 1000, 2000); /* into an untouched page */
-	if (n < 0 && errno == EFAULT && !is_kernel() && geteuid() != 0) {
+	if (umo_efault(n, errno)) {
 		set(ST_DIFF, "read(2): %s", umo_reason);
 		return;
 	}
@@ -625,7 +640,7 @@ static void c_write_syscall(void)
 	unsigned char *p = map(2, PROT_READ, ref);
 	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
 	ssize_t n = write(fd, p + PG, PG); /* from an untouched page */
-	if (n < 0 && errno == EFAULT && !is_kernel() && geteuid() != 0) {
+	if (umo_efault(n, errno)) {
 		set(ST_DIFF, "write(2): %s", umo_reason);
 		return;
 	}
@@ -638,6 +653,180 @@ static void c_write_syscall(void)
 	be->unmap(p, 2 * PG);
 }
 
+/* readv(2) into two untouched pages, the second iovec across a page end. */
+static void c_readv_syscall(void)
+{
+	unsigned char *ref = new_ref(0x9E);
+	int fd = memfd_with(0xC4, PG);
+	CHECK(fd >= 0, "memfd: %s", strerror(errno));
+	unsigned char *p = map(4, RW, ref);
+	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
+	struct iovec iov[2] = {
+		{ .iov_base = p + 100, .iov_len = 50 },
+		{ .iov_base = p + 2 * PG + 4000, .iov_len = 200 },
+	};
+	ssize_t n = readv(fd, iov, 2);
+	if (umo_efault(n, errno)) {
+		set(ST_DIFF, "readv(2): %s", umo_reason);
+		return;
+	}
+	CHECK(n == 250, "readv(2) into untouched pages: %zd (%s)", n,
+	      n < 0 ? strerror(errno) : "short");
+	for (size_t i = 0; i < 4 * PG; i++) {
+		int in = (i >= 100 && i < 150) || (i >= 2 * PG + 4000 && i < 2 * PG + 4200);
+		unsigned char want = in ? 0xC4 : 0x9E;
+		CHECK(p[i] == want, "after readv(2): byte %zu is 0x%02x, expected 0x%02x", i, p[i],
+		      want);
+	}
+	close(fd);
+	be->unmap(p, 4 * PG);
+}
+
+/* recv(2) from a socket into an untouched page. */
+static void c_recv_syscall(void)
+{
+	unsigned char *ref = new_ref(1357), msg[3000];
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair: %s", strerror(errno));
+	for (size_t i = 0; i < sizeof(msg); i++)
+		msg[i] = (unsigned char)(i * 7 + 1);
+	CHECK(send(sv[0], msg, sizeof(msg), 0) == (ssize_t)sizeof(msg), "send: %s",
+	      strerror(errno));
+	unsigned char *p = map(3, RW, ref);
+	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
+	ssize_t n = recv(sv[1], p + PG + 500, sizeof(msg), MSG_WAITALL);
+	if (umo_efault(n, errno)) {
+		set(ST_DIFF, "recv(2): %s", umo_reason);
+		return;
+	}
+	CHECK(n == (ssize_t)sizeof(msg), "recv(2) into an untouched page: %zd (%s)", n,
+	      n < 0 ? strerror(errno) : "short");
+	CHECK(!memcmp(p + PG + 500, msg, sizeof(msg)), "recv(2) delivered other bytes");
+	CHECK(!memcmp(p + PG, ref, 500), "the bytes before the received ones changed");
+	CHECK(!memcmp(p + PG + 3500, ref + 3500, PG - 3500),
+	      "the bytes after the received ones changed");
+	CHECK(page_is(p, ref) && page_is(p + 2 * PG, ref), "a neighbouring page changed");
+	close(sv[0]);
+	close(sv[1]);
+	be->unmap(p, 3 * PG);
+}
+
+/* A file of n bytes of v opened with O_DIRECT, in the first directory
+ * whose filesystem takes it (a tmpfs does not), or -1 with why. */
+static int direct_file(unsigned char v, size_t n, char *why, size_t whylen)
+{
+	const char *dirs[] = { getenv("TMPDIR"), "/var/tmp", "/tmp", "." };
+	unsigned char buf[PG];
+	size_t w = 0;
+
+	memset(buf, v, sizeof(buf));
+	w += (size_t)snprintf(why, whylen, "no filesystem here takes O_DIRECT:");
+	for (size_t d = 0; d < sizeof(dirs) / sizeof(dirs[0]); d++) {
+		char path[256];
+		if (!dirs[d])
+			continue;
+		snprintf(path, sizeof(path), "%s/conformance-direct.XXXXXX", dirs[d]);
+		int fd = mkstemp(path);
+		if (fd < 0)
+			continue;
+		int ok = 1;
+		for (size_t o = 0; o < n && ok; o += PG)
+			ok = write(fd, buf, PG) == (ssize_t)PG;
+		ok = ok && fsync(fd) == 0;
+		close(fd);
+		fd = ok ? open(path, O_RDONLY | O_DIRECT) : -1;
+		int e = errno;
+		unlink(path);
+		if (fd >= 0)
+			return fd;
+		if (w < whylen)
+			w += (size_t)snprintf(why + w, whylen - w, " %s (%s)", dirs[d],
+					      strerror(e));
+	}
+	return -1;
+}
+
+/* read(2) with O_DIRECT into untouched pages: the kernel pins the pages
+ * (get_user_pages with FOLL_WRITE) and the device writes into them. */
+static void c_o_direct_read(void)
+{
+	unsigned char *ref = new_ref(0x9F);
+	char why[400];
+	int fd = direct_file(0xC5, 4 * PG, why, sizeof(why));
+	if (fd < 0) {
+		set(ST_SKIP, "%s", why);
+		return;
+	}
+	unsigned char *p = map(6, RW, ref);
+	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
+	ssize_t n = read(fd, p + PG, 4 * PG);
+	if (umo_efault(n, errno)) {
+		set(ST_DIFF, "O_DIRECT read(2): %s", umo_reason);
+		return;
+	}
+	if (n < 0 && errno == EINVAL) {
+		set(ST_SKIP, "O_DIRECT read(2): EINVAL (this filesystem's O_DIRECT wants "
+			     "other alignment)");
+		return;
+	}
+	CHECK(n == (ssize_t)(4 * PG), "O_DIRECT read(2) into untouched pages: %zd (%s)", n,
+	      n < 0 ? strerror(errno) : "short");
+	for (int i = 1; i < 5; i++)
+		CHECK(page_all(p + i * PG, 0xC5), "page %d after the read: 0x%02x", i, p[i * PG]);
+	CHECK(page_is(p, ref) && page_is(p + 5 * PG, ref), "a neighbouring page changed");
+	CHECK(page_all(ref, 0x9F), "the reference page changed");
+	close(fd);
+	be->unmap(p, 6 * PG);
+}
+
+/* Another process of the same uid reads untouched pages of this one with
+ * process_vm_readv(2) (the kernel faults them in through this mm). */
+static void c_process_vm_readv(void)
+{
+	unsigned char *ref = new_ref(2469);
+	unsigned char *p = map(3, PROT_READ, ref);
+	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
+	/* A process that changed its uid (--uid) is not dumpable: then only
+	 * CAP_SYS_PTRACE could read it. Yama's scope 1 wants a declared
+	 * tracer for a reader that is not an ancestor. */
+	prctl(PR_SET_DUMPABLE, 1);
+	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY);
+	struct result *sh = mmap(NULL, 2 * PG + sizeof(int) * 2, RW, MAP_SHARED | MAP_ANONYMOUS, -1,
+				 0);
+	CHECK(sh != MAP_FAILED, "mmap: %s", strerror(errno));
+	unsigned char *got = (unsigned char *)sh;
+	int *rv = (int *)(got + 2 * PG);
+	pid_t me = getpid(), pid = fork();
+	CHECK(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		struct iovec l = { .iov_base = got, .iov_len = 2 * PG };
+		struct iovec r = { .iov_base = p + PG, .iov_len = 2 * PG };
+		ssize_t n = process_vm_readv(me, &l, 1, &r, 1, 0);
+		rv[0] = (int)n;
+		rv[1] = n < 0 ? errno : 0;
+		_exit(0);
+	}
+	int st;
+	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st), "the reader died (status %#x)", st);
+	if (rv[0] < 0 && (rv[1] == EPERM || rv[1] == ENOSYS)) {
+		set(ST_SKIP, "process_vm_readv: %s (not allowed or not built here)",
+		    strerror(rv[1]));
+		return;
+	}
+	if (umo_efault(rv[0], rv[1])) {
+		set(ST_DIFF, "process_vm_readv(2): %s", umo_reason);
+		return;
+	}
+	CHECK(rv[0] == (int)(2 * PG), "process_vm_readv of 2 untouched pages: %d (%s)", rv[0],
+	      rv[0] < 0 ? strerror(rv[1]) : "short");
+	CHECK(page_is(got, ref) && page_is(got + PG, ref),
+	      "the other process read other bytes than the reference (offset %ld)",
+	      first_diff(got, ref));
+	CHECK(page_is(p, ref) && page_is(p + PG, ref), "this process's pages changed");
+	munmap(sh, 2 * PG + sizeof(int) * 2);
+	be->unmap(p, 3 * PG);
+}
+
 #define RSS_N 64
 static void c_smaps_rss_read(void)
 {
@@ -645,9 +834,11 @@ static void c_smaps_rss_read(void)
 	unsigned char *p = map(RSS_N, RW, ref);
 	CHECK(p != MAP_FAILED, "map: %s", strerror(errno));
 	long before = smaps_kb(p, RSS_N * PG, "Rss");
+	long anon0 = smaps_kb(p, RSS_N * PG, "Anonymous");
 	for (int i = 0; i < RSS_N; i++)
 		(void)*(volatile unsigned char *)(p + i * PG);
 	long after = smaps_kb(p, RSS_N * PG, "Rss");
+	long anon = smaps_kb(p, RSS_N * PG, "Anonymous") - anon0;
 	CHECK(before >= 0 && after >= 0, "cannot read /proc/self/smaps");
 	long d = after - before, full = (long)(RSS_N * PG / 1024);
 	if (d == 0) {
@@ -655,6 +846,14 @@ static void c_smaps_rss_read(void)
 		    "Rss +0 kB after reading %d untouched pages (the reference page is "
 		    "mapped shared, not counted)",
 		    RSS_N);
+	} else if (!is_kernel() && d == full && anon == 0) {
+		set(ST_DIFF,
+		    "Rss +%ld kB but Anonymous +0 kB after reading %d untouched pages: "
+		    "librefpage's file backend maps pages of the template's file (a memfd "
+		    "MAP_PRIVATE), shared and counted as RssShmem: one 4 MiB file per "
+		    "template and process, however many mappings and pages read it; the "
+		    "kernel maps its one reference page without counting it",
+		    d, RSS_N);
 	} else if (!is_kernel() && d == full) {
 		set(ST_DIFF,
 		    "Rss +%ld kB after reading %d untouched pages: refpaged answers a read "
@@ -839,8 +1038,10 @@ static void c_mlock(void)
 	if (r < 0 && !is_kernel() && geteuid() != 0 && (e == EFAULT || e == ENOMEM)) {
 		set(ST_DIFF,
 		    "mlock(2) fails with %s: it populates through get_user_pages(), a "
-		    "kernel-mode fault that a UFFD_USER_MODE_ONLY userfaultfd does not "
-		    "deliver; on the kernel patch mlock succeeds",
+		    "kernel-mode fault that librefpage's uffd backend with a "
+		    "UFFD_USER_MODE_ONLY userfaultfd does not deliver; on the kernel patch "
+		    "mlock succeeds, and on librefpage's file backend (its choice for such "
+		    "a client since #16)",
 		    strerror(e));
 		return;
 	}
@@ -1002,6 +1203,10 @@ static const struct tcase cases[] = {
 	{ "threads16", c_threads16 },
 	{ "read_syscall", c_read_syscall },
 	{ "write_syscall", c_write_syscall },
+	{ "readv_syscall", c_readv_syscall },
+	{ "recv_syscall", c_recv_syscall },
+	{ "o_direct_read", c_o_direct_read },
+	{ "process_vm_readv", c_process_vm_readv },
 	{ "smaps_rss_read", c_smaps_rss_read },
 	{ "smaps_rss_write", c_smaps_rss_write },
 	{ "owner_changed", c_owner_changed },

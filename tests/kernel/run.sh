@@ -7,6 +7,7 @@
 #   bash tests/kernel/run.sh [--kernel patched|stock|both] [--cache DIR]
 #                            [--out DIR] [--jobs N] [--timeout S] [--no-deps]
 #                            [--build-only] [--report] [--debug-vm]
+#   bash tests/kernel/run.sh --host-only [--report]
 #
 # --kernel   which kernels to boot (default both: the stock tree is built
 #            anyway, as the base of the patched one)
@@ -14,6 +15,9 @@
 #            a build is reused while the patch's hash is unchanged
 # --out      serial logs and results (default $cache/results)
 # --report   regenerate docs/conformance.md from the results (report.sh)
+# --host-only  only the host run (no kernel, no guest: where none can be
+#            booted); with --report the guest columns of the current
+#            docs/conformance.md are carried over, marked stale
 # --debug-vm a second flavour, CONFIG_DEBUG_VM (VM_BUG_ON, page and rmap
 #            sanity checks), in a tree of its own ($cache/debugvm): a full
 #            build; its serial logs are serial-<kernel>-debugvm.log
@@ -34,17 +38,19 @@ deps=1
 build_only=0
 report=0
 debug=0
+host_only=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) kernels=$2; shift 2 ;;
 	--cache) cache=$2; shift 2 ;;
-	--out) out=$2; shift 2 ;;
+	--out) out=$2; out_given=1; shift 2 ;;
 	--jobs) jobs=$2; shift 2 ;;
 	--timeout) timeout_s=$2; shift 2 ;;
 	--no-deps) deps=0; shift ;;
 	--build-only) build_only=1; shift ;;
 	--report) report=1; shift ;;
 	--debug-vm) debug=1; shift ;;
+	--host-only) host_only=1; shift ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -55,6 +61,8 @@ log() { echo "[run.sh $(date +%T)] $*"; }
 # --- packages ---------------------------------------------------------------
 pkgs=(qemu-system-x86 busybox-static linux-source-6.1 flex bison bc libelf-dev libssl-dev
 	cpio dwarves kmod xz-utils gcc make)
+# --host-only boots nothing: the project's own packages are enough.
+[ $host_only = 1 ] && pkgs=(gcc make)
 if [ $deps = 1 ]; then
 	missing=()
 	for p in "${pkgs[@]}"; do
@@ -67,10 +75,41 @@ if [ $deps = 1 ]; then
 	fi
 	bash "$repo/scripts/deps.sh" >/dev/null
 fi
-src_tar=/usr/src/linux-source-6.1.tar.xz
-[ -f "$src_tar" ] || { echo "run.sh: $src_tar missing (package linux-source-6.1)"; exit 1; }
+
+# --- the suite on the host ------------------------------------------------------
+# refpaged and the suite, built once; then the suite on the host's own
+# kernel, for the record (refpaged only: no MAP_REFPAGE there).
+host_run() {
+	pbuild=$cache/project-build
+	log "building refpaged and conformance-static in $pbuild"
+	cmake -S "$repo" -B "$pbuild" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build "$pbuild" -j"$jobs" --target refpaged conformance conformance-static >"$pbuild.log" 2>&1 ||
+		{ tail -30 "$pbuild.log"; exit 1; }
+	log "the suite on the host ($(uname -r)): $out/host.log"
+	"$repo/tests/conformance/run-host.sh" "$pbuild/daemon/refpaged" \
+		"$pbuild/tests/conformance/conformance" "$pbuild/tests/conformance/conformance-static" \
+		>"$out/host.log" 2>&1 || { echo "run.sh: the host run failed:"; grep -P '\tFAIL\t' "$out/host.log" || tail -20 "$out/host.log"; status_host=1; }
+}
+
+# --- host only ----------------------------------------------------------------
+if [ $host_only = 1 ]; then
+	# Results of their own: never mixed with guest logs of another run.
+	[ -n "${out_given:-}" ] || out=$(mktemp -d "$cache/results-host.XXXXXX")
+	host_run
+	sha256sum "$patch" | cut -c1-16 >"$out/patch-hash.txt"
+	if [ $report = 1 ]; then
+		# The old report is read before it is replaced.
+		bash "$here/report.sh" --carry "$repo/docs/conformance.md" "$out" >"$out/conformance.md" &&
+			cp "$out/conformance.md" "$repo/docs/conformance.md" &&
+			log "wrote docs/conformance.md (guest columns carried over, marked stale)"
+	fi
+	if [ "${status_host:-0}" = 0 ]; then log "ok"; else log "FAILED"; fi
+	exit "${status_host:-0}"
+fi
 
 # --- kernels ----------------------------------------------------------------
+src_tar=/usr/src/linux-source-6.1.tar.xz
+[ -f "$src_tar" ] || { echo "run.sh: $src_tar missing (package linux-source-6.1)"; exit 1; }
 # x86_64_defconfig + kvm_guest.config, no debug info. USERFAULTFD, MEMFD and
 # THP are in the defconfig already; made explicit.
 configure() {
@@ -157,18 +196,8 @@ both) build_stock; build_patched ;;
 esac
 [ $build_only = 1 ] && exit 0
 
-# --- the programs for the guest --------------------------------------------
-pbuild=$cache/project-build
-log "building refpaged and conformance-static in $pbuild"
-cmake -S "$repo" -B "$pbuild" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$pbuild" -j"$jobs" --target refpaged conformance conformance-static >"$pbuild.log" 2>&1 ||
-	{ tail -30 "$pbuild.log"; exit 1; }
-
-# The host's own kernel, for the record (refpaged only: no MAP_REFPAGE here).
-log "the suite on the host ($(uname -r)): $out/host.log"
-"$repo/tests/conformance/run-host.sh" "$pbuild/daemon/refpaged" \
-	"$pbuild/tests/conformance/conformance" "$pbuild/tests/conformance/conformance-static" \
-	>"$out/host.log" 2>&1 || { echo "run.sh: the host run failed:"; grep -P '\tFAIL\t' "$out/host.log" || tail -20 "$out/host.log"; status_host=1; }
+# --- the programs for the guest: built by host_run above ---------------------
+host_run
 
 # --- initramfs ---------------------------------------------------------------
 ird=$(mktemp -d "${TMPDIR:-/tmp}/refpage-initrd.XXXXXX")

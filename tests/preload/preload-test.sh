@@ -2,13 +2,14 @@
 # tests/preload/preload-test.sh CASE: refpage-run and librefpage-preload.so
 # against a private refpaged, under real programs. CTest passes the paths:
 #   RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD RP_REPORT_CASES
-# Cases: cli uninit programs-root programs-nobody fork fallback report
-#        report-programs jemalloc
+#   RP_DIRECT_READ
+# Cases: cli uninit programs-root programs-nobody nobody-kernel-access fork
+#        fallback report report-programs jemalloc
 # Exit status 0: passed, 1: failed (what and why printed), 77: skipped (why).
 set -uo pipefail
 
 case_name=${1:?usage: preload-test.sh CASE}
-for v in RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD RP_REPORT_CASES; do
+for v in RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD RP_REPORT_CASES RP_DIRECT_READ; do
 	[ -n "${!v:-}" ] || { echo "preload-test: \$$v is not set"; exit 1; }
 done
 
@@ -20,6 +21,8 @@ failures=0
 cleanup() {
 	stop_daemon
 	if [ -n "${RP_TEST_KEEP:-}" ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi
+	[ -z "${direct_dir:-}" ] || rm -rf "$direct_dir"
+
 }
 trap cleanup EXIT
 
@@ -365,6 +368,78 @@ case_report-programs() {
 			pass "$p --report: nothing reported"
 		fi
 	done
+}
+
+# uid 65534 under --strict, with programs whose system calls write into
+# heap memory they never touched (read(2) into a fresh buffer: sort,
+# python3, xz; O_DIRECT: direct_read.c). A user-mode-only userfaultfd
+# would fail those with EFAULT; the file backend serves them. Output
+# identical to --mode anon; and direct_read, allocating 256 MiB and
+# reading 8 MiB into it, keeps its RSS far below memset's.
+direct_dir=
+case_nobody-kernel-access() {
+	need_nobody
+	local b p
+	for b in /usr/bin/xz /usr/bin/sort /usr/bin/python3; do
+		[ -x $b ] || skip "$b not installed (scripts/deps.sh installs it)"
+	done
+	# A daemon listening changes nothing: uid 65534 only gets a
+	# user-mode-only userfaultfd, so auto picks the file backend.
+	start_daemon
+	make_inputs
+	local be
+	be=$(nobody_backend)
+	# The O_DIRECT input on a filesystem that does O_DIRECT ($TMPDIR
+	# may be a tmpfs, which does not).
+	local d
+	for d in "$tmp" /var/tmp; do
+		[ "$d" = /var/tmp ] && { d=$(mktemp -d /var/tmp/refpage-direct.XXXXXX) || break; chmod 755 "$d"; direct_dir=$d; }
+		head -c 8M /dev/urandom >"$d/direct.bin" && chmod 644 "$d/direct.bin"
+		run direct-probe root -- "$RP_DIRECT_READ" "$d/direct.bin" 8
+		[ "$rc" = 77 ] || break
+	done
+	local direct=1
+	if [ "$rc" = 77 ]; then
+		direct=0
+		echo "no O_DIRECT here: $(cat "$tmp/direct-probe.err")"
+	fi
+	# python3 reads the whole file into one fresh bytes object.
+	local py='import hashlib, sys; d = open(sys.argv[1], "rb").read(); print(len(d), hashlib.sha256(d).hexdigest())'
+	local argv
+	for p in sort python3 xz direct; do
+		case $p in
+		sort) argv=(/usr/bin/sort --parallel=2 -S 64M -k1,1n "$tmp/shuf.txt") ;;
+		python3) argv=(/usr/bin/python3 -c "$py" "$tmp/shuf.txt") ;;
+		xz) argv=(/usr/bin/xz -T2 --block-size=1MiB -6 -c "$tmp/seq.txt") ;;
+		direct) [ $direct = 1 ] || continue; argv=("$RP_DIRECT_READ" "$d/direct.bin" 256) ;;
+		esac
+		run "$p-anon" nobody -- $(rp) --mode anon -- "${argv[@]}"
+		[ "$rc" = 0 ] || { fail "$p as nobody, --mode anon: status $rc"; cat "$tmp/$p-anon.err"; continue; }
+		run "$p-refpage" nobody -- $(rp) --strict --stats -- "${argv[@]}"
+		if [ "$rc" = 0 ] && cmp -s "$tmp/$p-anon.out" "$tmp/$p-refpage.out"; then
+			pass "$p as nobody, --strict: output identical to --mode anon ($(wc -c <"$tmp/$p-refpage.out") bytes)"
+		else
+			fail "$p as nobody, --strict: status $rc, output $(cmp "$tmp/$p-anon.out" "$tmp/$p-refpage.out" 2>&1 | head -1)"
+			cat "$tmp/$p-refpage.err"
+		fi
+		grep -qE "\(backend $be\).* large blocks refpage [1-9][0-9]*, memset 0, anon [0-9]+; fallbacks 0," "$tmp/$p-refpage.err" &&
+			pass "$p as nobody: large blocks from the $be backend, no fallback" ||
+			{ fail "$p as nobody: not all large blocks from the $be backend:"; cat "$tmp/$p-refpage.err"; }
+		count_err "$p-refpage" "EFAULT|Bad address|user-mode-only|memset of|cannot" 0
+	done
+	[ $direct = 1 ] || skip "O_DIRECT not supported in $tmp or /var/tmp (the other programs ran: $failures failure(s))"
+	# Allocates 256 MiB, touches 8: refpage's max RSS well below memset's.
+	run direct-memset nobody -- $(rp) --mode memset -- "$RP_DIRECT_READ" "$d/direct.bin" 256
+	cmp -s "$tmp/direct-anon.out" "$tmp/direct-memset.out" ||
+		fail "direct as nobody, --mode memset: status $rc, other output"
+	local rr rm
+	rr=$(sed -n 's/^direct_read: maxrss_kb //p' "$tmp/direct-refpage.err")
+	rm=$(sed -n 's/^direct_read: maxrss_kb //p' "$tmp/direct-memset.err")
+	if [ -n "$rr" ] && [ -n "$rm" ] && [ "$rr" -lt $((rm / 4)) ]; then
+		pass "direct_read (256 MiB allocated, 8 MiB read): max RSS refpage $rr kB < memset $rm kB / 4"
+	else
+		fail "direct_read: max RSS refpage '${rr:-?}' kB, memset '${rm:-?}' kB: wanted refpage < memset / 4"
+	fi
 }
 
 case_fork() {
