@@ -943,6 +943,77 @@ static void test_nobody_auto_and_forced_uffd(void **state)
 	}
 }
 
+/* A program that closes every descriptor (closefrom) and reuses the
+ * number of our template file: the library must neither map the program's
+ * file as a template nor close it. */
+static void test_program_closed_our_descriptor(void **state)
+{
+	struct fx *fx = *state;
+	char path[128];
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		rp_client *c = NULL;
+		uint32_t id = 0;
+		uint8_t *p = NULL;
+		int num = -1;
+		char link[64], to[128];
+		char before[1024] = { 0 };
+		/* The group's client has template files too: find ours, the
+		 * one that is new after our first map. */
+		for (int pass = 0; pass < 2; pass++) {
+			if (pass == 1) {
+				CK(rp_connect_opts("/nonexistent/refpaged.sock", RP_CONNECT_FILE,
+						   &c) == 0);
+				CK(rp_template_fill(c, 0xAA, &id) == 0);
+			}
+			for (int fd = 3; fd < 1024; fd++) {
+				snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+				ssize_t n = readlink(link, to, sizeof(to) - 1);
+				if (n <= 0 || (to[n] = 0, !strstr(to, "memfd:refpage")))
+					continue;
+				if (pass == 0)
+					before[fd] = 1;
+				else if (!before[fd])
+					num = fd;
+			}
+			if (pass == 0)
+				continue;
+			CK(num < 0); /* no file before the first map */
+			uint8_t *m = rp_map(c, NULL, 2 * PAGE, RW, MAP_PRIVATE, id);
+			CK(m != MAP_FAILED && all(m, 2 * PAGE, 0xAA));
+			p = m;
+			for (int fd = 3; fd < 1024; fd++) {
+				snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+				ssize_t n = readlink(link, to, sizeof(to) - 1);
+				if (n > 0 && (to[n] = 0, strstr(to, "memfd:refpage")) &&
+				    !before[fd])
+					num = fd;
+			}
+		}
+		CK(num >= 100); /* away from the numbers programs expect */
+		CK(close(num) == 0);
+		snprintf(path, sizeof(path), "%s/not-a-template", fx->dir);
+		int f = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+		uint8_t page[PAGE];
+		memset(page, 0x11, PAGE);
+		CK(f >= 0 && write(f, page, PAGE) == PAGE && write(f, page, PAGE) == PAGE);
+		CK(dup2(f, num) == num);
+		close(f);
+		uint8_t *q = rp_map(c, NULL, 2 * PAGE, RW, MAP_PRIVATE, id);
+		CK(q != MAP_FAILED && all(q, 2 * PAGE, 0xAA)); /* a new template file */
+		CK(all(p, 2 * PAGE, 0xAA));                    /* the old mapping kept its file */
+		CK(rp_template_release(c, id) == 0);
+		rp_disconnect(c);
+		CK(fcntl(num, F_GETFD) >= 0); /* the program's file stays open */
+		CK(pread(num, page, 1, 0) == 1 && page[0] == 0x11);
+		unlink(path);
+		_exit(0);
+	}
+	assert_int_equal(child_exit(pid), 0);
+}
+
 #define T(f) cmocka_unit_test(f)
 
 int main(void)
@@ -960,6 +1031,7 @@ int main(void)
 		T(test_remap_fixed),
 		T(test_remap_many_pieces),
 		T(test_plain_mremap_within_piece),
+		T(test_program_closed_our_descriptor),
 		T(test_fork_three_generations),
 		T(test_threads16),
 		T(test_mixed_uffd_parent_nobody_child),
