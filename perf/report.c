@@ -13,9 +13,13 @@
 static const char *kind_name(enum mode_kind k)
 {
 	static const char *const names[] = {
-		[MODE_ANON] = "anon",         [MODE_MEMSET] = "memset",
-		[MODE_MEMFD] = "memfd",       [MODE_UFFD_THREAD] = "uffd-thread",
-		[MODE_REFPAGED] = "refpaged", [MODE_KERNEL_REFPAGE] = "kernel-refpage",
+		[MODE_ANON] = "anon",
+		[MODE_MEMSET] = "memset",
+		[MODE_MEMFD] = "memfd",
+		[MODE_UFFD_THREAD] = "uffd-thread",
+		[MODE_REFPAGED] = "refpaged",
+		[MODE_REFPAGE_FILE] = "refpage-file",
+		[MODE_KERNEL_REFPAGE] = "kernel-refpage",
 	};
 	return names[k];
 }
