@@ -151,6 +151,7 @@ struct srv_snap {
 
 struct machine {
 	long nproc;
+	unsigned uid; /* who ran it: the backends a process gets depend on it */
 	char kernel[300], cpu[128], date[32], thp[64], clocksource[32];
 	double tick_ghz, timer_overhead_ns;
 };

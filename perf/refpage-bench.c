@@ -454,8 +454,9 @@ int main(int argc, char **argv)
 	probe_calibrate();
 	int avail = setup_modes(&run, &o.cfg);
 	probe_machine(&mi);
-	printf("%ld CPUs, %s, %s; %zu MiB, %u reps, %u latency reps, %d of %d modes\n", mi.nproc,
-	       mi.cpu, mi.kernel, o.cfg.mib, o.cfg.reps, o.cfg.lat_reps, avail, run.nsel);
+	printf("%ld CPUs, %s, %s; uid %u; %zu MiB, %u reps, %u latency reps, %d of %d modes\n",
+	       mi.nproc, mi.cpu, mi.kernel, mi.uid, o.cfg.mib, o.cfg.reps, o.cfg.lat_reps, avail,
+	       run.nsel);
 	run_cells(&run, &o.cfg);
 	for (int i = 0; i < run.nsel; i++)
 		mode_teardown(run.sel[i]);

@@ -141,6 +141,7 @@ static void json_machine(FILE *f, const struct machine *mi)
 {
 	fputs("  \"machine\": {", f);
 	jnum_kv(f, "nproc", (double)mi->nproc, ", ");
+	jnum_kv(f, "uid", (double)mi->uid, ", ");
 	jstr_kv(f, "kernel", mi->kernel, ", ");
 	jstr_kv(f, "cpu", mi->cpu, ", ");
 	jstr_kv(f, "date", mi->date, ",\n    ");
@@ -333,7 +334,8 @@ int report_markdown(const char *path, const struct machine *mi, const struct ben
 	if (!f)
 		return -1;
 	fprintf(f, "# refpage-bench, %s\n\n", mi->date);
-	fprintf(f, "%ld CPUs, %s; kernel %s; THP %s.  \n", mi->nproc, mi->cpu, mi->kernel, mi->thp);
+	fprintf(f, "%ld CPUs, %s; kernel %s; THP %s; uid %u.  \n", mi->nproc, mi->cpu, mi->kernel,
+		mi->thp, mi->uid);
 	fprintf(f,
 		"Mapping %zu MiB (many-small: %u x 4 MiB), %u reps (median; fresh mapping each), "
 		"%u latency reps. ns/page is per *touched* page, map time included; "
