@@ -8,7 +8,9 @@
  *   fill   memfd_create + pwritev of the page repeated + F_ADD_SEALS, as
  *          librefpage's file_ensure does it (close not timed);
  *   1 GiB  reserve --map-mib MiB PROT_NONE, map it over in chunk-sized
- *          pieces (MAP_FIXED), read one page of each piece, munmap.
+ *          pieces (MAP_FIXED), read one page of each piece (a read fault,
+ *          with the kernel's fault-around), munmap; and the same without
+ *          the reads.
  * Then, for a small mapping (--small-kib, 256 KiB by default), mmap +
  * munmap against the ways to get one:
  *   anon         mmap(MAP_PRIVATE|MAP_ANONYMOUS) + munmap
@@ -122,8 +124,9 @@ static double fill_ms(size_t chunk)
 	return t;
 }
 
-/* Reserve, map in pieces, read a page of each, unmap: one rep, in ms. */
-static double map_ms(int fd, size_t chunk, size_t len)
+/* Reserve, map in pieces, read a page of each (if touch), unmap: one
+ * rep, in ms. */
+static double map_ms(int fd, size_t chunk, size_t len, int touch)
 {
 	double t0 = now_ms();
 	char *p = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -136,7 +139,7 @@ static double map_ms(int fd, size_t chunk, size_t len)
 		    MAP_FAILED)
 			die("mmap of a piece");
 	}
-	for (size_t off = 0; off < len; off += chunk)
+	for (size_t off = 0; touch && off < len; off += chunk)
 		mismatches += *(volatile uint8_t *)(p + off) != PATTERN;
 	munmap(p, len);
 	return now_ms() - t0;
@@ -146,12 +149,12 @@ static void chunk_table(const struct cfg *c)
 {
 	static const unsigned mibs[] = { 1, 2, 4, 8, 16 };
 	size_t len = c->map_mib << 20;
-	double f[MAX_REPS], m[MAX_REPS];
+	double f[MAX_REPS], m[MAX_REPS], u[MAX_REPS];
 
 	printf("| chunk | fill ms (create + pwritev + seal) | VMAs per %zu MiB | map + touch + "
-	       "unmap %zu MiB, ms | per VMA, us |\n",
+	       "unmap %zu MiB, ms | per VMA, us | map + unmap (no touch), ms | per VMA, us |\n",
 	       c->map_mib, c->map_mib);
-	printf("|--:|--:|--:|--:|--:|\n");
+	printf("|--:|--:|--:|--:|--:|--:|--:|\n");
 	for (unsigned i = 0; i < sizeof(mibs) / sizeof(mibs[0]); i++) {
 		size_t chunk = (size_t)mibs[i] << 20;
 		int fd = template_file(chunk);
@@ -159,15 +162,17 @@ static void chunk_table(const struct cfg *c)
 			die("template file");
 		size_t vmas = (len + chunk - 1) / chunk;
 		(void)fill_ms(chunk);
-		(void)map_ms(fd, chunk, len); /* warm: page tables, the file's pages */
+		(void)map_ms(fd, chunk, len, 1); /* warm: page tables, the file's pages */
 		for (unsigned r = 0; r < c->reps; r++) {
 			f[r] = fill_ms(chunk);
-			m[r] = map_ms(fd, chunk, len);
+			m[r] = map_ms(fd, chunk, len, 1);
+			u[r] = map_ms(fd, chunk, len, 0);
 		}
 		close(fd);
-		double mm = median(m, c->reps);
-		printf("| %u MiB | %.2f | %zu | %.2f | %.2f |\n", mibs[i], median(f, c->reps), vmas,
-		       mm, mm * 1e3 / (double)vmas);
+		double mm = median(m, c->reps), mu = median(u, c->reps);
+		printf("| %u MiB | %.2f | %zu | %.2f | %.2f | %.2f | %.2f |\n", mibs[i],
+		       median(f, c->reps), vmas, mm, mm * 1e3 / (double)vmas, mu,
+		       mu * 1e3 / (double)vmas);
 		fflush(stdout);
 	}
 }

@@ -306,9 +306,9 @@ static void md_row(FILE *f, const struct cell_result *r, const struct cell_resul
 	else
 		fputs(" - | - |", f);
 	if (r->has_rss)
-		fprintf(f, " %.1f |", MIB(r->rss_kib));
+		fprintf(f, " %.1f | %.1f |", MIB(r->rss_kib), MIB(r->anon_kib));
 	else
-		fputs(" - |", f);
+		fputs(" - | - |", f);
 	md_ratio(f, rss_ratio(r, anon));
 	fprintf(f, " %llu |\n", (unsigned long long)r->mismatches);
 }
@@ -318,9 +318,9 @@ static void md_table(FILE *f, unsigned threads, const struct cell_result *cells,
 	fprintf(f, "\n### %u thread%s\n\n", threads, threads == 1 ? "" : "s");
 	fputs("| workload | mode | ns/page | × anon | first touch p50 / p99 / p99.9 ns | "
 	      "faults/page | csw/page | server faults/page | server csw/page | server CPU ns/page | "
-	      "RSS MiB | RSS × anon | bad |\n",
+	      "RSS MiB | of it anonymous MiB | RSS × anon | bad |\n",
 	      f);
-	fputs("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
+	fputs("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
 	for (size_t i = 0; i < n; i++)
 		if (cells[i].threads == threads)
 			md_row(f, &cells[i], report_find_anon(cells, n, &cells[i]));
