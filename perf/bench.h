@@ -38,7 +38,8 @@ enum mode_kind {
 	MODE_MEMSET,         /* anon + memset of the pattern at map time */
 	MODE_MEMFD,          /* MAP_PRIVATE of a pattern memfd: in-kernel COW */
 	MODE_UFFD_THREAD,    /* userfaultfd handler thread in this process */
-	MODE_REFPAGED,       /* librefpage + refpaged */
+	MODE_REFPAGED,       /* librefpage's uffd backend + refpaged */
+	MODE_REFPAGE_FILE,   /* librefpage's file backend: no daemon */
 	MODE_KERNEL_REFPAGE, /* mmap(MAP_REFPAGE), patched kernels only */
 };
 
@@ -64,7 +65,7 @@ struct mode {
 	int handler_cpu; /* -1: wherever the scheduler puts it */
 	_Atomic pid_t handler_tid;
 	_Atomic uint64_t served;
-	/* refpaged */
+	/* refpaged, refpage-file */
 	const char *socket; /* NULL: the library's default */
 	rp_client *rp;
 	uint32_t tmpl;
@@ -150,6 +151,7 @@ struct srv_snap {
 
 struct machine {
 	long nproc;
+	unsigned uid; /* who ran it: the backends a process gets depend on it */
 	char kernel[300], cpu[128], date[32], thp[64], clocksource[32];
 	double tick_ghz, timer_overhead_ns;
 };

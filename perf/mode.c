@@ -158,9 +158,12 @@ static void *uffd_map(struct mode *m, size_t len)
 
 /* --- refpaged --------------------------------------------------------- */
 
+/* The uffd backend, asked for by name: rp_connect alone gives a process
+ * that only gets a user-mode-only userfaultfd (any user here) the file
+ * backend, which would then be measured under this mode's name. */
 static int refpaged_setup(struct mode *m)
 {
-	int r = rp_connect(m->socket, &m->rp);
+	int r = rp_connect_opts(m->socket, RP_CONNECT_UFFD, &m->rp);
 
 	if (r < 0) {
 		snprintf(m->why, sizeof(m->why), "no refpaged at %s: %s",
@@ -173,6 +176,32 @@ static int refpaged_setup(struct mode *m)
 	if (!m->daemon_pid)
 		m->daemon_pid = probe_peer_pid(m->socket);
 	probe_cmdline(m->daemon_pid, m->daemon_cmd, sizeof(m->daemon_cmd));
+	return 0;
+}
+
+/* --- refpage-file ------------------------------------------------------ */
+
+/* librefpage's file backend: the kernel serves every fault from the
+ * template's sealed memfd, mapped MAP_PRIVATE in 4 MiB pieces. The file is
+ * made and filled at a template's first rp_map (once per process; its cost
+ * is perf/file-chunk's): one page mapped here keeps that out of the first
+ * timed rep, as memfd's fill is. No daemon, no server. */
+static int refpage_file_setup(struct mode *m)
+{
+	int r = rp_connect_opts(m->socket, RP_CONNECT_FILE, &m->rp);
+
+	if (r < 0) {
+		m->rp = NULL;
+		return skip(m, "rp_connect_opts(RP_CONNECT_FILE)", -r);
+	}
+	if ((r = rp_backend(m->rp)) != RP_BACKEND_FILE)
+		return skip(m, "rp_backend is not the file backend", r < 0 ? -r : EPROTO);
+	if ((r = rp_template_fill(m->rp, BENCH_PATTERN, &m->tmpl)) < 0)
+		return skip(m, "rp_template_fill", -r);
+	void *p = rp_map(m->rp, NULL, PAGE, RW, 0, m->tmpl);
+	if (p == MAP_FAILED)
+		return skip(m, "rp_map of the template's file", errno);
+	rp_unmap(m->rp, p, PAGE);
 	return 0;
 }
 
@@ -231,6 +260,8 @@ int mode_setup(struct mode *m, size_t max_len)
 		return uffd_setup(m);
 	case MODE_REFPAGED:
 		return refpaged_setup(m);
+	case MODE_REFPAGE_FILE:
+		return refpage_file_setup(m);
 	case MODE_KERNEL_REFPAGE:
 		return krefpage_setup(m);
 	default:
@@ -276,7 +307,8 @@ void *mode_map(struct mode *m, size_t len)
 	case MODE_UFFD_THREAD:
 		return uffd_map(m, len);
 	case MODE_REFPAGED:
-		/* rp_map adds MAP_PRIVATE|MAP_ANONYMOUS itself. */
+	case MODE_REFPAGE_FILE:
+		/* rp_map adds MAP_PRIVATE(|MAP_ANONYMOUS) itself. */
 		return rp_map(m->rp, NULL, len, RW, 0, m->tmpl);
 	case MODE_KERNEL_REFPAGE:
 		return krefpage_map(m, len);
@@ -287,7 +319,7 @@ void *mode_map(struct mode *m, size_t len)
 
 void mode_unmap(struct mode *m, void *p, size_t len)
 {
-	if (m->kind == MODE_REFPAGED)
+	if (m->kind == MODE_REFPAGED || m->kind == MODE_REFPAGE_FILE)
 		rp_unmap(m->rp, p, len);
 	else
 		munmap(p, len);

@@ -215,6 +215,7 @@ void probe_machine(struct machine *mi)
 
 	memset(mi, 0, sizeof(*mi));
 	mi->nproc = sysconf(_SC_NPROCESSORS_ONLN);
+	mi->uid = (unsigned)getuid();
 	if (uname(&u) == 0)
 		snprintf(mi->kernel, sizeof(mi->kernel), "%s %s %s %s", u.sysname, u.release,
 			 u.version, u.machine);

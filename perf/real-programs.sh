@@ -6,7 +6,12 @@
 #   perturb  GLIBC_TUNABLES=glibc.malloc.perturb=170, no shim: glibc fills
 #            every allocation with 0x55 (170 ^ 0xff) and freed memory with 0xAA
 #   refpage  refpage-run --mode refpage --strict: refpage blocks of 0xAA from
-#            a private refpaged (never a silent fallback to memset)
+#            a private refpaged (never a silent fallback to memset), on the
+#            backend refpage-run chooses (auto: uffd for root, the file
+#            backend for a user with only a user-mode-only userfaultfd)
+#   refpage-file  the same with --backend file: librefpage's file backend,
+#            whose faults the kernel serves (no daemon); not in the default
+#            --modes
 #   report   the same with --report --report-format json (docs/report.md):
 #            one page per fill, read-before-write pages recorded; not in
 #            the default --modes
@@ -28,8 +33,12 @@
 # usage: perf/real-programs.sh [--runs N] [--programs LIST] [--quick]
 #          [--build DIR] [--daemon PATH] [--run PATH] [--socket PATH]
 #          [--out FILE] [--workdir DIR] [--fault-around N] [--modes LIST]
-#   --modes   which of anon,memset,perturb,refpage,report (default the first
-#             four; anon always runs: it is the reference)
+#          [--user USER]
+#   --modes   which of anon,memset,perturb,refpage,refpage-file,report
+#             (default anon,memset,perturb,refpage; anon always runs: it is
+#             the reference)
+#   --user    run every program (and refpage-run) as USER (setpriv, no
+#             supplementary groups); the private refpaged stays root's
 #   --quick   small inputs (CI smoke: tests/preload, --runs 1)
 #   --socket  use a running refpaged instead of starting a private one
 #   --fault-around N  the private refpaged's largest fill window (its default: 16)
@@ -38,7 +47,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 runs=10 programs=pdftoppm,xz,python3 quick=0 build=$root/build out=$here/results/real-programs.md
-daemon= run= socket= workdir= daemon_args=() modes_arg=anon,memset,perturb,refpage
+daemon= run= socket= workdir= daemon_args=() modes_arg=anon,memset,perturb,refpage user=
 cmdline="perf/real-programs.sh $*"
 
 die() { echo "real-programs: $*" >&2; exit 2; }
@@ -55,6 +64,7 @@ while (($#)); do
 	--workdir) workdir=${2:?}; shift ;;
 	--fault-around) daemon_args=(--fault-around "${2:?}"); shift ;;
 	--modes) modes_arg=${2:?}; shift ;;
+	--user) user=${2:?}; shift ;;
 	-h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument '$1' (--help)" ;;
 	esac
@@ -70,10 +80,17 @@ IFS=, read -r -a want_modes <<<"$modes_arg"
 for m in "${want_modes[@]}"; do
 	case $m in
 	anon) ;;
-	memset | perturb | refpage | report) modes+=("$m") ;;
-	*) die "unknown mode '$m' (anon, memset, perturb, refpage, report)" ;;
+	memset | perturb | refpage | refpage-file | report) modes+=("$m") ;;
+	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-file, report)" ;;
 	esac
 done
+# as[]: the prefix that runs a command as --user (empty: as we are).
+as=()
+if [ -n "$user" ]; then
+	id -u "$user" >/dev/null 2>&1 || die "--user: no user '$user'"
+	[ "$(id -u)" = 0 ] || { echo "SKIP: --user needs root (setpriv)"; exit 77; }
+	as=(setpriv --reuid="$(id -u "$user")" --regid="$(id -g "$user")" --clear-groups)
+fi
 
 # A missing tool is a skip (77) for the CTest smoke, with the reason.
 need() { [ -e "$1" ] || { echo "SKIP: $1 missing ($2; scripts/deps.sh installs it)"; exit 77; }; }
@@ -95,6 +112,7 @@ if [ -z "$workdir" ]; then
 	[ -d /dev/shm ] && [ -w /dev/shm ] && workdir=/dev/shm # outputs off the disk
 fi
 w=$(mktemp -d "$workdir/real-programs.XXXXXX")
+chmod 755 "$w" # --user reaches the socket and the inputs
 dpid=
 # shellcheck disable=SC2317 # called from the trap
 cleanup() {
@@ -110,7 +128,7 @@ if [ -z "$socket" ]; then
 	for _ in $(seq 200); do [ -S "$socket" ] && break; sleep 0.05; done
 	[ -S "$socket" ] || { cat "$w/d.log"; die "refpaged did not start"; }
 fi
-if ! "$run" --strict --socket "$socket" -- true 2>"$w/probe"; then
+if ! "${as[@]}" "$run" --strict --socket "$socket" -- true 2>"$w/probe"; then
 	echo "SKIP: refpages unusable here: $(cat "$w/probe")"
 	exit 77
 fi
@@ -139,6 +157,7 @@ mode_pre() {
 	memset) pre=("$run" --socket "$socket" --mode memset --) ;;
 	perturb) pre=(env GLIBC_TUNABLES=glibc.malloc.perturb=170) ;;
 	refpage) pre=("$run" --socket "$socket" --strict --mode refpage --) ;;
+	refpage-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file --) ;;
 	report) pre=("$run" --socket "$socket" --strict --mode refpage --report="$w/report.json"
 		--report-format json --) ;;
 	esac
@@ -155,10 +174,16 @@ daemon_cpu() {
 one_run() {
 	local o=$w/out d0 d1
 	rm -rf "$o" && mkdir "$o"
+	[ -z "$user" ] || chown "$user" "$o"
 	prog_cmd "$1" "$o"
 	mode_pre "$2"
+	if [ -n "$user" ] && [ "$2" = report ]; then
+		touch "$w/report.json" && chown "$user" "$w/report.json"
+	fi
 	d0=$(daemon_cpu)
-	if ! /usr/bin/time -f "%e %M %U %S" -o "$w/time" "${pre[@]}" "${cmd[@]}" >"$o/stdout" 2>"$w/stderr"; then
+	# time(1) runs as us and writes $w/time; setpriv execs into the program,
+	# whose rusage it reports.
+	if ! /usr/bin/time -f "%e %M %U %S" -o "$w/time" "${as[@]}" "${pre[@]}" "${cmd[@]}" >"$o/stdout" 2>"$w/stderr"; then
 		echo "real-programs: $1 under $2 failed:" >&2
 		cat "$w/stderr" >&2
 		exit 1
@@ -185,12 +210,26 @@ done
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
+# Which backend refpage-run's auto gives the programs' user: uffd with a
+# full userfaultfd (CAP_SYS_PTRACE, the sysctl at 1, or /dev/userfaultfd
+# opened read-write), else the file backend.
+uid=$("${as[@]}" id -u)
+umo_sysctl=$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null || echo '?')
+if [ "$uid" = 0 ] || [ "$umo_sysctl" = 1 ] || "${as[@]}" test -r /dev/userfaultfd -a -w /dev/userfaultfd; then
+	auto="uffd"
+else
+	auto="file"
+fi
+who="uid $uid (vm.unprivileged_userfaultfd=$umo_sysctl): \`refpage\` (refpage-run's --backend auto) is the $auto backend here"
+[ "$auto" = uffd ] || who+=", whose faults the kernel serves: refpaged has no work"
 fault_around=$(grep -o 'fault-around [0-9]*' "$w/d.log" 2>/dev/null | head -1 || true)
 bad=0
 {
-	echo "# Real programs: anon, memset, glibc perturb and refpage"
+	title=$(printf '%s, ' "${modes[@]}")
+	echo "# Real programs: ${title%, }"
 	echo
 	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ); \`$cmdline\`; median of $runs run(s) per cell, modes interleaved."
+	echo "Run as $who."
 	echo "$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); kernel $(uname -r);" \
 		"THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo n/a); refpaged ${fault_around:-(external)};" \
 		"refpage-run threshold 131072 bytes, pattern 0xAA. Wall time and max RSS from \`/usr/bin/time -f \"%e %M\"\`." \
@@ -209,7 +248,7 @@ bad=0
 			rss=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | median)
 			cpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $6 }' "$w/raw" | median)
 			dcpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $7 }' "$w/raw" | median)
-			[ "$m" = refpage ] || [ "$m" = report ] || dcpu=-
+			[ "$m" = refpage ] || [ "$m" = report ] || dcpu=- # refpage-file: no daemon
 			range=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g |
 				awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }')
 			ndiff=$(awk -v p="$p" -v m="$m" -v r="$ref" '$1 == p && $2 == m && $5 != r' "$w/raw" | wc -l)

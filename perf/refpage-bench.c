@@ -49,8 +49,9 @@ static void usage(FILE *f)
 	      "  --label NAME        name of the last --socket's mode in the output (default\n"
 	      "                      refpaged), e.g. refpaged-fa1 for --fault-around 1\n"
 	      "  --daemon-pid PID    the last --socket's daemon pid (default: SO_PEERCRED)\n"
-	      "  --modes LIST        anon,memset,memfd,uffd-thread,refpaged,kernel-refpage or a\n"
-	      "                      label (default all; refpaged means every --socket)\n"
+	      "  --modes LIST        anon,memset,memfd,uffd-thread,refpaged,refpage-file,\n"
+	      "                      kernel-refpage or a label (default all; refpaged means\n"
+	      "                      every --socket, on librefpage's uffd backend)\n"
 	      "  --workloads LIST    seq-write,seq-read,rand-write-1,rand-write-10,strided,\n"
 	      "                      read-then-write,many-small (default all)\n"
 	      "  --threads LIST      thread counts, numbers or 'nproc' (default 1)\n"
@@ -273,6 +274,8 @@ static void make_modes(struct run *run, const struct opts *o)
 		run->modes[run->nmodes - 1].socket = s->path;
 		run->modes[run->nmodes - 1].daemon_pid = s->pid;
 	}
+	add_mode(run, MODE_REFPAGE_FILE, "refpage-file");
+	run->modes[run->nmodes - 1].socket = o->socks[0].path;
 	add_mode(run, MODE_KERNEL_REFPAGE, "kernel-refpage");
 }
 
@@ -451,8 +454,9 @@ int main(int argc, char **argv)
 	probe_calibrate();
 	int avail = setup_modes(&run, &o.cfg);
 	probe_machine(&mi);
-	printf("%ld CPUs, %s, %s; %zu MiB, %u reps, %u latency reps, %d of %d modes\n", mi.nproc,
-	       mi.cpu, mi.kernel, o.cfg.mib, o.cfg.reps, o.cfg.lat_reps, avail, run.nsel);
+	printf("%ld CPUs, %s, %s; uid %u; %zu MiB, %u reps, %u latency reps, %d of %d modes\n",
+	       mi.nproc, mi.cpu, mi.kernel, mi.uid, o.cfg.mib, o.cfg.reps, o.cfg.lat_reps, avail,
+	       run.nsel);
 	run_cells(&run, &o.cfg);
 	for (int i = 0; i < run.nsel; i++)
 		mode_teardown(run.sel[i]);

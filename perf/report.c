@@ -13,9 +13,13 @@
 static const char *kind_name(enum mode_kind k)
 {
 	static const char *const names[] = {
-		[MODE_ANON] = "anon",         [MODE_MEMSET] = "memset",
-		[MODE_MEMFD] = "memfd",       [MODE_UFFD_THREAD] = "uffd-thread",
-		[MODE_REFPAGED] = "refpaged", [MODE_KERNEL_REFPAGE] = "kernel-refpage",
+		[MODE_ANON] = "anon",
+		[MODE_MEMSET] = "memset",
+		[MODE_MEMFD] = "memfd",
+		[MODE_UFFD_THREAD] = "uffd-thread",
+		[MODE_REFPAGED] = "refpaged",
+		[MODE_REFPAGE_FILE] = "refpage-file",
+		[MODE_KERNEL_REFPAGE] = "kernel-refpage",
 	};
 	return names[k];
 }
@@ -137,6 +141,7 @@ static void json_machine(FILE *f, const struct machine *mi)
 {
 	fputs("  \"machine\": {", f);
 	jnum_kv(f, "nproc", (double)mi->nproc, ", ");
+	jnum_kv(f, "uid", (double)mi->uid, ", ");
 	jstr_kv(f, "kernel", mi->kernel, ", ");
 	jstr_kv(f, "cpu", mi->cpu, ", ");
 	jstr_kv(f, "date", mi->date, ",\n    ");
@@ -301,9 +306,9 @@ static void md_row(FILE *f, const struct cell_result *r, const struct cell_resul
 	else
 		fputs(" - | - |", f);
 	if (r->has_rss)
-		fprintf(f, " %.1f |", MIB(r->rss_kib));
+		fprintf(f, " %.1f | %.1f |", MIB(r->rss_kib), MIB(r->anon_kib));
 	else
-		fputs(" - |", f);
+		fputs(" - | - |", f);
 	md_ratio(f, rss_ratio(r, anon));
 	fprintf(f, " %llu |\n", (unsigned long long)r->mismatches);
 }
@@ -313,9 +318,9 @@ static void md_table(FILE *f, unsigned threads, const struct cell_result *cells,
 	fprintf(f, "\n### %u thread%s\n\n", threads, threads == 1 ? "" : "s");
 	fputs("| workload | mode | ns/page | × anon | first touch p50 / p99 / p99.9 ns | "
 	      "faults/page | csw/page | server faults/page | server csw/page | server CPU ns/page | "
-	      "RSS MiB | RSS × anon | bad |\n",
+	      "RSS MiB | of it anonymous MiB | RSS × anon | bad |\n",
 	      f);
-	fputs("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
+	fputs("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n", f);
 	for (size_t i = 0; i < n; i++)
 		if (cells[i].threads == threads)
 			md_row(f, &cells[i], report_find_anon(cells, n, &cells[i]));
@@ -329,7 +334,8 @@ int report_markdown(const char *path, const struct machine *mi, const struct ben
 	if (!f)
 		return -1;
 	fprintf(f, "# refpage-bench, %s\n\n", mi->date);
-	fprintf(f, "%ld CPUs, %s; kernel %s; THP %s.  \n", mi->nproc, mi->cpu, mi->kernel, mi->thp);
+	fprintf(f, "%ld CPUs, %s; kernel %s; THP %s; uid %u.  \n", mi->nproc, mi->cpu, mi->kernel,
+		mi->thp, mi->uid);
 	fprintf(f,
 		"Mapping %zu MiB (many-small: %u x 4 MiB), %u reps (median; fresh mapping each), "
 		"%u latency reps. ns/page is per *touched* page, map time included; "

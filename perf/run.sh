@@ -12,6 +12,7 @@ build=${BUILD_DIR:-$root/build}
 out=""
 quick=0
 pin=""
+user=""
 daemon_args=()
 daemon_args_given=0
 extra=()
@@ -28,6 +29,10 @@ usage: perf/run.sh [options] [-- refpage-bench options]
   --pin same|split     same: workers, uffd handler and daemons all on CPU 0;
                        split: handler and daemons on CPU 0, workers on the others
   --out DIR            results directory (default perf/results)
+  --user USER          run refpage-bench as USER (setpriv, no groups); the
+                       daemons stay root's. As an ordinary user the refpaged
+                       modes get a user-mode-only userfaultfd (refpage-file
+                       needs none)
   --build DIR          build tree (default: \$BUILD_DIR or ./build; configured
                        RelWithDebInfo if it does not exist yet)
 EOF
@@ -41,6 +46,7 @@ while [ $# -gt 0 ]; do
 	--pin) pin=${2?--pin needs same or split}; shift ;;
 	--out) out=${2?--out needs a directory}; shift ;;
 	--build) build=${2?--build needs a directory}; shift ;;
+	--user) user=${2?--user needs a user}; shift ;;
 	-h | --help) usage; exit 0 ;;
 	--) shift; extra=("$@"); break ;;
 	*) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -86,6 +92,7 @@ esac
 
 # --- daemons -----------------------------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/refpage-bench.XXXXXX")
+chmod 755 "$tmp" # the sockets, for --user
 pids=()
 # shellcheck disable=SC2317 # called from the trap
 cleanup() {
@@ -140,10 +147,23 @@ if [ $quick = 1 ]; then
 else
 	size=(--mib 256 --reps 7 --lat-reps 3 --threads "1,2,nproc")
 fi
+# --user: the bench writes into a directory of the user's, copied out after.
+as=() bout=$out
+if [ -n "$user" ]; then
+	id "$user" >/dev/null || exit 2
+	as=(setpriv --reuid="$(id -u "$user")" --regid="$(id -g "$user")" --clear-groups)
+	bout=$tmp/out
+	mkdir -p "$bout/tmp/latency"
+	chown -R "$user:$(id -gn "$user")" "$bout"
+fi
 status=0
-"$bench" "${sock_args[@]}" "${size[@]}" "${pin_args[@]}" \
-	--json "$out/bench.json" --markdown "$out/bench.md" --tsv "$out/tmp/bench.tsv" \
-	--latency-dir "$out/tmp/latency" "${extra[@]}" | tee "$out/bench.txt" || status=$?
+"${as[@]}" "$bench" "${sock_args[@]}" "${size[@]}" "${pin_args[@]}" \
+	--json "$bout/bench.json" --markdown "$bout/bench.md" --tsv "$bout/tmp/bench.tsv" \
+	--latency-dir "$bout/tmp/latency" "${extra[@]}" | tee "$out/bench.txt" || status=$?
+if [ "$bout" != "$out" ]; then
+	cp "$bout"/bench.json "$bout"/bench.md "$out"/ 2>/dev/null || status=1
+	cp -r "$bout"/tmp/. "$out"/tmp/
+fi
 
 # --- plots -------------------------------------------------------------------
 if ! command -v gnuplot >/dev/null; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # perf/smoke.sh REFPAGED REFPAGE-BENCH: a private daemon, then every mode and
 # workload at smoke size. Passes on exit status 0 with zero mismatches and
-# the refpaged mode actually measured; never looks at timings.
+# the refpaged (uffd backend) and refpage-file (file backend) modes actually
+# measured; never looks at timings.
 set -euo pipefail
 
 daemon=${1?usage: smoke.sh REFPAGED REFPAGE-BENCH}
@@ -19,9 +20,11 @@ fail=0
 if ! grep -q '"mismatches": 0' "$tmp/b.json" || grep -q '"mismatches": [1-9]' "$tmp/b.json"; then
 	echo "smoke: mismatches reported"; fail=1
 fi
-if ! grep -q '"mode": "refpaged"' "$tmp/b.json"; then
-	echo "smoke: the refpaged mode was not measured"; fail=1
-fi
+for m in refpaged refpage-file; do
+	if ! grep -q "\"mode\": \"$m\"" "$tmp/b.json"; then
+		echo "smoke: the $m mode was not measured"; fail=1
+	fi
+done
 if grep -q '"error": "' "$tmp/b.json"; then
 	echo "smoke: some cells failed"; fail=1
 fi
