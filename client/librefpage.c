@@ -50,9 +50,9 @@ struct rp_tmpl_rec {
  * serves every fault itself: a read maps the file's page (shared, no
  * copy), a write copies it, MADV_DONTNEED goes back to it, fork shares
  * it. The size weighs the fill every process pays once per template
- * (1.3 ms for 4 MiB here) against the VMAs a mapping takes (256 a GiB,
- * ~2 us each to map and unmap); a mapping of at most this size is one VMA,
- * which plain mremap may grow to this size and move. */
+ * (about 2 ms for 4 MiB) against the VMAs a mapping takes (256 a GiB, 4 to
+ * 5 us each to map and unmap): perf/file-chunk. A mapping of at most this
+ * size is one VMA, which plain mremap may grow to this size and move. */
 #define RP_FILE_CHUNK (4u << 20)
 
 struct rp_client {
