@@ -199,6 +199,31 @@ static int request(struct rp_client *c, uint16_t type, const void *p, uint32_t l
  * daemon a fresh uffd. Our copy of the uffd is closed right after: a dead
  * daemon then takes the last reference with it and every fault falls back
  * to the kernel instead of hanging. The file backend needs no daemon. */
+/* The backend for this process, chosen once (again in a fork child), with
+ * no daemon contacted. A userfaultfd that only serves user-mode faults
+ * would make every system call on an untouched page fail with EFAULT:
+ * unless asked for it, such a process gets the file backend, which has no
+ * hole. Under c->lock. */
+static void choose_backend(struct rp_client *c)
+{
+	int umo = 0, uffd;
+
+	if (c->backend)
+		return;
+	if (c->flags & RP_CONNECT_FILE) {
+		c->backend = RP_BACKEND_FILE;
+		return;
+	}
+	if (c->flags & (RP_CONNECT_UFFD | RP_CONNECT_REPORT)) {
+		c->backend = RP_BACKEND_UFFD;
+		return;
+	}
+	uffd = proto_uffd_create(&umo);
+	if (uffd >= 0)
+		close(uffd);
+	c->backend = uffd < 0 || umo ? RP_BACKEND_FILE : RP_BACKEND_UFFD;
+}
+
 static int do_connect(struct rp_client *c)
 {
 	struct proto_hello h = { .page_size = PAGE, .pid = (uint32_t)getpid() };
@@ -207,21 +232,10 @@ static int do_connect(struct rp_client *c)
 
 	if (sysconf(_SC_PAGESIZE) != PAGE)
 		return -EINVAL;
-	if (c->flags & RP_CONNECT_FILE) {
-		c->backend = RP_BACKEND_FILE;
+	choose_backend(c);
+	if (c->backend == RP_BACKEND_FILE)
 		return 0;
-	}
-	uffd = proto_uffd_create(&umo);
-	/* A userfaultfd that only serves user-mode faults would make every
-	 * system call on an untouched page fail with EFAULT: unless asked
-	 * for it, such a process gets the file backend, which has no hole. */
-	if (!(c->flags & (RP_CONNECT_UFFD | RP_CONNECT_REPORT)) && (uffd < 0 || umo)) {
-		if (uffd >= 0)
-			close(uffd);
-		c->backend = RP_BACKEND_FILE;
-		return 0;
-	}
-	if (uffd < 0)
+	if ((uffd = proto_uffd_create(&umo)) < 0)
 		return uffd;
 	if ((c->sock = proto_dial(c->path)) < 0) {
 		close(uffd);
@@ -234,10 +248,8 @@ static int do_connect(struct rp_client *c)
 	close(uffd);
 	if (r == 0)
 		r = rep.status;
-	if (r == 0) {
-		c->backend = RP_BACKEND_UFFD;
+	if (r == 0)
 		return 0;
-	}
 	/* A daemon from before report mode refuses the flag as a bad packet. */
 	if (r == -EBADMSG && (c->flags & RP_CONNECT_REPORT))
 		r = -EOPNOTSUPP;
@@ -626,12 +638,18 @@ static int file_fill(struct rp_tmpl_rec *t, char *a, size_t from, size_t len, in
 
 static void *file_map(void *addr, size_t len, int prot, int flags, struct rp_tmpl_rec *t)
 {
+	/* The file first: a MAP_FIXED reservation replaces what the caller
+	 * had there, which a failure to make the file must not cost it. */
+	int r = file_ensure(t);
+	if (r < 0) {
+		errno = -r;
+		return MAP_FAILED;
+	}
 	char *p = mmap(addr, len, PROT_NONE,
 		       (flags & PLACE_FLAGS) | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return p;
-	int r = file_fill(t, p, 0, len, prot, flags & PIECE_FLAGS);
-	if (r < 0) {
+	if ((r = file_fill(t, p, 0, len, prot, flags & PIECE_FLAGS)) < 0) {
 		munmap(p, len);
 		errno = -r;
 		return MAP_FAILED;
@@ -639,48 +657,90 @@ static void *file_map(void *addr, size_t len, int prot, int flags, struct rp_tmp
 	return p;
 }
 
-/* Move [src, src + n) to dst (MREMAP_FIXED), a mapping of possibly many
- * pieces: mremap moves one VMA at a time on most kernels, so a range it
- * refuses as spanning several (EFAULT) is split, at the chunk boundary
- * first (pieces are chunk-sized), else in halves. Pieces move in address
- * order; *done counts the bytes moved (from src's start), also on
- * failure, so that a caller can move exactly those back. 0 or -errno. */
-static int move_range(char *src, size_t n, char *dst, size_t *done)
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4 /* Linux 5.7; for file mappings 5.13 */
+#endif
+
+/* Moving a mapping of many pieces (docs/design.md, "the file backend").
+ * One mremap per RP_FILE_CHUNK of the mapping: the pieces end on those
+ * boundaries, so no move spans two of them (older kernels move one VMA at
+ * a time, and unmap the destination before they find out that a range
+ * spans two: a failed attempt would leave it free for another thread's
+ * mmap). Each move leaves its source mapped (MREMAP_DONTUNMAP: it reads
+ * the template again), so that no other thread's mmap can take the old
+ * addresses before the move is done or undone. */
+static int move_dontunmap = MREMAP_DONTUNMAP; /* 0 on a kernel without it */
+
+static int move_piece(char *src, size_t n, char *dst)
 {
-	if (mremap(src, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED) {
-		*done += n;
+	int f = MREMAP_MAYMOVE | MREMAP_FIXED;
+
+	if (mremap(src, n, n, f | move_dontunmap, dst) != MAP_FAILED)
 		return 0;
-	}
-	if (errno != EFAULT || n <= PAGE)
+	if (errno != EINVAL || !move_dontunmap)
 		return -errno;
-	size_t h = n > RP_FILE_CHUNK ? RP_FILE_CHUNK : (n / 2) & ~(size_t)(PAGE - 1);
-	int r = move_range(src, h, dst, done);
-	return r < 0 ? r : move_range(src + h, n - h, dst + h, done);
+	/* Before 5.13 no file mapping may be left behind. */
+	move_dontunmap = 0;
+	return mremap(src, n, n, f, dst) == MAP_FAILED ? -errno : 0;
 }
 
-/* Undo a move of which the first moved bytes went from old to to. */
-static void move_back(char *to, size_t moved, char *old)
+/* Move [old, old + len) to to, piece by piece. 0, or -errno with every
+ * piece back where it was (its data copied back if the kernel refuses to
+ * move it back) and *failed the offset of the piece whose move failed:
+ * its place at to may or may not still be ours; to's places after it are,
+ * untouched. */
+static int move_pieces(char *old, size_t len, char *to, size_t *failed)
 {
-	size_t back = 0;
+	size_t done = 0;
+	int r = 0;
 
-	if (moved)
-		move_range(to, moved, old, &back);
+	while (done < len) {
+		size_t n = len - done < RP_FILE_CHUNK ? len - done : RP_FILE_CHUNK;
+		if ((r = move_piece(old + done, n, to + done)) < 0)
+			break;
+		done += n;
+	}
+	*failed = done;
+	if (r == 0)
+		return move_dontunmap && munmap(old, len) < 0 ? -errno : 0;
+	while (done) {
+		size_t n = done % RP_FILE_CHUNK ? done % RP_FILE_CHUNK : RP_FILE_CHUNK;
+		done -= n;
+		if (move_dontunmap) {
+			/* Over the piece left behind (ours); else its bytes. */
+			if (mremap(to + done, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, old + done) ==
+			    MAP_FAILED) {
+				memcpy(old + done, to + done, n);
+				munmap(to + done, n);
+			}
+		} else if (mremap(to + done, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, old + done) ==
+			   MAP_FAILED) {
+			/* The old addresses are not ours any more: the data
+			 * stays at to, which the caller must not unmap. */
+			return -EFAULT;
+		}
+	}
+	return r;
 }
 
-/* rp_remap on the file backend, under c->lock. */
+/* rp_remap on the file backend, under c->lock; arguments checked. */
 static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t new_len, int flags,
 			int prot, char *dst)
 {
-	int r;
+	int r = new_len > old_len ? file_ensure(t) : 0;
 
+	if (r < 0) {
+		errno = -r;
+		return MAP_FAILED;
+	}
 	if (new_len < old_len) {
 		if (munmap(old + new_len, old_len - new_len) < 0)
 			return MAP_FAILED;
 		old_len = new_len;
-		if (!(flags & MREMAP_FIXED))
-			return old;
 	}
-	if (!(flags & MREMAP_FIXED) && new_len > old_len) {
+	if (!(flags & MREMAP_FIXED)) {
+		if (new_len == old_len)
+			return old;
 		/* In place if the addresses above are free. */
 		char *q = mmap(old + old_len, new_len - old_len, PROT_NONE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
@@ -700,25 +760,34 @@ static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t
 			return MAP_FAILED;
 		}
 	}
-	if (new_len == old_len && !(flags & MREMAP_FIXED))
-		return old;
-	/* Move: to dst, or to a reservation of the new size anywhere. */
+	/* Move: to dst (whatever is there goes, as with mremap), or to a
+	 * reservation of the new size anywhere. */
 	char *to = dst;
 	if (!(flags & MREMAP_FIXED)) {
 		to = mmap(NULL, new_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
 			  0);
 		if (to == MAP_FAILED)
 			return MAP_FAILED;
+	} else if (mmap(to, new_len, PROT_NONE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+			0) == MAP_FAILED) {
+		return MAP_FAILED;
 	}
-	size_t moved = 0;
-	if ((r = move_range(old, old_len, to, &moved)) < 0 ||
-	    (new_len > old_len &&
-	     (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0)) {
-		/* What moved goes back where it was (a move fails before it
-		 * changes anything, but for a kernel out of memory or VMAs). */
-		move_back(to, moved, old);
-		if (!(flags & MREMAP_FIXED))
-			munmap(to, new_len);
+	size_t failed = 0;
+	if ((r = move_pieces(old, old_len, to, &failed)) < 0) {
+		/* What is surely ours of the new place goes: the places after
+		 * the piece whose move failed, and the grown part. */
+		size_t after = failed + (old_len - failed < RP_FILE_CHUNK ? old_len - failed
+									  : RP_FILE_CHUNK);
+		if (r != -EFAULT && after < new_len)
+			munmap(to + after, new_len - after);
+		errno = -r;
+		return MAP_FAILED;
+	}
+	if (new_len > old_len && (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0) {
+		/* The moved mapping stays whole at its new place, as the
+		 * kernel's mremap would leave it were it to fail this late;
+		 * the grown part is a reservation. */
 		errno = -r;
 		return MAP_FAILED;
 	}
@@ -796,48 +865,82 @@ RP_API int rp_unmap(rp_client *c, void *addr, size_t len)
 	return munmap(addr, m.len) < 0 ? -errno : 0;
 }
 
+/* Every page of [p, p + n) mapped: mincore says ENOMEM for a hole. One
+ * call per 8 MiB (the vector is on the stack, which may be small). */
+static int all_mapped(const char *p, size_t n)
+{
+	unsigned char vec[2048];
+
+	for (size_t off = 0; off < n;) {
+		size_t k = n - off < sizeof(vec) * PAGE ? n - off : sizeof(vec) * PAGE;
+		if (mincore((void *)(p + off), k, vec) < 0)
+			return 0;
+		off += k;
+	}
+	return 1;
+}
+
 RP_API void *rp_remap(rp_client *c, void *old, size_t old_len, size_t new_len, int flags, int prot,
 		      uint32_t id, void *new_addr)
 {
-	int r;
+	uintptr_t o = (uintptr_t)old, d = (uintptr_t)new_addr;
+	int me = (int)getpid();
 
-	if (!c || !old_len || !new_len || ((uintptr_t)old & (PAGE - 1)) ||
-	    (flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED)) ||
-	    ((flags & MREMAP_FIXED) &&
-	     (!(flags & MREMAP_MAYMOVE) || ((uintptr_t)new_addr & (PAGE - 1))))) {
+	/* As mremap checks them, before anything changes: lengths (a huge one
+	 * must not round to 0), flags, alignment, overlap, and that the old
+	 * range is mapped (EFAULT). */
+	if (!c || !old_len || !new_len || old_len > PTRDIFF_MAX || new_len > PTRDIFF_MAX ||
+	    (o & (PAGE - 1)) || (flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED)) ||
+	    ((flags & MREMAP_FIXED) && (!(flags & MREMAP_MAYMOVE) || (d & (PAGE - 1))))) {
 		errno = EINVAL;
 		return MAP_FAILED;
 	}
 	old_len = page_round(old_len);
 	new_len = page_round(new_len);
-	if ((r = enter(c)) < 0) {
-		errno = -r;
+	if (o + old_len < o ||
+	    ((flags & MREMAP_FIXED) && (d + new_len < d || (o < d + new_len && d < o + old_len)))) {
+		errno = EINVAL;
 		return MAP_FAILED;
 	}
-	void *p = MAP_FAILED;
+	if (atomic_load(&c->owner) != me)
+		rebind(c, me);
+	pthread_mutex_lock(&c->lock);
+	choose_backend(c); /* no daemon needed for this */
 	struct rp_tmpl_rec *t = rec_find(c, id);
-	if (!t)
+	if (!t) {
+		pthread_mutex_unlock(&c->lock);
 		errno = EINVAL;
-	else if (c->backend == RP_BACKEND_FILE)
-		p = file_remap(t, old, old_len, new_len, flags, prot, new_addr);
+		return MAP_FAILED;
+	}
+	if (c->backend != RP_BACKEND_FILE) {
+		/* A uffd mapping is one VMA: the kernel's mremap, which the
+		 * daemon follows (or, with the daemon gone, plain memory). */
+		pthread_mutex_unlock(&c->lock);
+		return mremap(old, old_len, new_len, flags, new_addr);
+	}
+	void *p = MAP_FAILED;
+	if (!all_mapped(old, old_len))
+		errno = EFAULT;
 	else
-		p = mremap(old, old_len, new_len, flags, new_addr);
+		p = file_remap(t, old, old_len, new_len, flags, prot, new_addr);
 	int e = errno;
-	leave(c);
+	pthread_mutex_unlock(&c->lock);
 	errno = e;
 	return p;
 }
 
 RP_API int rp_backend(rp_client *c)
 {
-	int r;
+	int me = (int)getpid(), r;
 
 	if (!c)
 		return -EINVAL;
-	if ((r = enter(c)) < 0)
-		return r;
+	if (atomic_load(&c->owner) != me)
+		rebind(c, me);
+	pthread_mutex_lock(&c->lock);
+	choose_backend(c); /* never a connection: just the choice */
 	r = c->backend;
-	leave(c);
+	pthread_mutex_unlock(&c->lock);
 	return r;
 }
 

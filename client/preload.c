@@ -518,10 +518,12 @@ static void say_file_instead(int err)
 	if (atomic_flag_test_and_set(&said_fallback))
 		return;
 	m_begin(&m);
-	m_str(&m, "cannot reach refpaged at ");
+	m_str(&m, err == -ENOENT || err == -ECONNREFUSED
+			  ? "cannot reach refpaged at "
+			  : "refpaged cannot serve this process at ");
 	m_str(&m, sock_path());
 	m_str(&m, ": ");
-	m_str(&m, strerrordesc_np(-err));
+	m_str(&m, rp_strerror(err));
 	m_str(&m, "; refpages come from the file backend (the kernel serves them)");
 	if (cfg.report)
 		m_str(&m, ", which --report cannot watch");
@@ -724,7 +726,13 @@ static void *map_span(size_t len, enum blk_kind kind)
 			return NULL;
 		p = rp_map(rp_cl, NULL, len, PROT_READ | PROT_WRITE, 0, rp_tmpl);
 		if (p == MAP_FAILED) {
-			no_refpage(&said_map_error, "refpaged did not map a block", "", errno);
+			int e = errno;
+			no_refpage(&said_map_error,
+				   rp_backend(rp_cl) == RP_BACKEND_FILE
+					   ? "the file backend could not map a block (its template "
+					     "file, or a mapping)"
+					   : "refpaged did not map a block",
+				   "", e);
 			return NULL;
 		}
 		return p;
@@ -867,6 +875,16 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 							PROT_READ | PROT_WRITE, rp_tmpl, NULL)
 					     : mremap(p, len, nlen, MREMAP_MAYMOVE);
 	in_shim--;
+	if (q == MAP_FAILED && blk_kind(b) == BLK_REFPAGE) {
+		/* The move failed (the file backend's pieces, say, past the
+		 * process's VMA limit): a new block and a copy, as any realloc. */
+		void *c = large_alloc(n, 0, 0, site, "realloc");
+		if (c) {
+			memcpy(c, p, len);
+			release(p, b);
+			return c;
+		}
+	}
 	if (q == MAP_FAILED) {
 		tab_put(p, len, blk_kind(b), b.req);
 		errno = ENOMEM;
@@ -1256,6 +1274,9 @@ static void report_print(void)
 				     "allocations fell back to memset), so nothing was watched"
 			   : rp_report_err == EOPNOTSUPP
 				   ? "unavailable: this refpaged does not know report mode"
+			   : rp_report_err == EPERM && cfg.backend == RUNOPT_BACKEND_FILE
+				   ? "unavailable: the file backend's faults are served by the "
+				     "kernel, unseen"
 			   : rp_report_err == EPERM
 				   ? "unavailable: this process cannot make a full userfaultfd, so "
 				     "its refpages come from the file backend, whose faults the "

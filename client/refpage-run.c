@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -150,8 +151,6 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 			break;
 		case OPT_UMO:
 			o->allow_umo = 1;
-			if (o->backend == RUNOPT_BACKEND_AUTO)
-				o->backend = RUNOPT_BACKEND_UFFD;
 			break;
 		case OPT_STATS:
 			o->stats = 1;
@@ -175,6 +174,12 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		default:
 			bad("unknown option '%s'", argv[optind - 1]);
 		}
+	}
+	if (o->allow_umo) {
+		if (o->backend == RUNOPT_BACKEND_FILE)
+			bad("--allow-user-mode-only asks for the uffd backend, --backend file for the "
+			    "other");
+		o->backend = RUNOPT_BACKEND_UFFD;
 	}
 	if (optind >= argc)
 		bad("no PROGRAM given");
@@ -258,6 +263,10 @@ static void check_refpages(struct run_opts *o)
 	if (o->report && o->backend != RUNOPT_BACKEND_FILE &&
 	    (o->backend == RUNOPT_BACKEND_UFFD || runopt_full_uffd()))
 		flags |= RP_CONNECT_REPORT;
+	else if (o->report && o->backend == RUNOPT_BACKEND_FILE)
+		fprintf(stderr,
+			"refpage-run: --report: the file backend's faults are served by the "
+			"kernel, unseen: nothing will be reported\n");
 	else if (o->report)
 		fprintf(stderr,
 			"refpage-run: --report: this user cannot make a full userfaultfd, so refpages "
@@ -267,8 +276,10 @@ static void check_refpages(struct run_opts *o)
 	if ((r = rp_connect_opts(path, flags, &c)) < 0 && o->backend == RUNOPT_BACKEND_AUTO) {
 		/* The file backend needs no daemon: the whole run uses it. */
 		fprintf(stderr,
-			"refpage-run: cannot reach refpaged at %s: %s; refpages come from the file "
-			"backend (the kernel serves them)%s\n",
+			"refpage-run: %s at %s: %s; refpages come from the file backend (the kernel "
+			"serves them)%s\n",
+			r == -ENOENT || r == -ECONNREFUSED ? "cannot reach refpaged"
+							   : "refpaged cannot serve this run",
 			path, rp_strerror(r), o->report ? ", which --report cannot watch" : "");
 		o->backend = RUNOPT_BACKEND_FILE;
 		o->report = 0;
@@ -279,17 +290,27 @@ static void check_refpages(struct run_opts *o)
 		snprintf(why, sizeof(why), "cannot reach refpaged at %s%s: %s", path,
 			 r == -EOPNOTSUPP ? " in report mode" : "", rp_strerror(r));
 	} else {
-		r = rp_template_fill(c, o->pat, &id);
+		/* A page mapped and unmapped: the file backend's template file
+		 * is made at the first map, not before. */
+		void *m = MAP_FAILED;
+		if ((r = rp_template_fill(c, o->pat, &id)) == 0 &&
+		    (m = rp_map(c, NULL, 4096, PROT_READ | PROT_WRITE, 0, id)) == MAP_FAILED)
+			r = -errno;
+		if (m != MAP_FAILED)
+			rp_unmap(c, m, 4096);
+		int backend = rp_backend(c);
 		rp_disconnect(c);
 		if (r == 0)
 			return;
-		snprintf(why, sizeof(why), "no template for refpages (%s): %s",
-			 (flags & RP_CONNECT_FILE) ||
-					 !(flags & (RP_CONNECT_UFFD | RP_CONNECT_REPORT))
-				 ? "file or uffd backend"
-				 : "uffd backend",
+		if (backend == RP_BACKEND_FILE) {
+			snprintf(why, sizeof(why), "the file backend cannot map refpages: %s",
+				 rp_strerror(r));
+			goto refused;
+		}
+		snprintf(why, sizeof(why), "refpaged at %s refused refpages: %s", path,
 			 rp_strerror(r));
 	}
+refused:
 	if (o->strict) {
 		fprintf(stderr, "refpage-run: --strict: %s\n", why);
 		exit(1);

@@ -70,7 +70,11 @@ int rp_connect_opts(const char *socket_path, unsigned flags, rp_client **out);
 
 enum rp_backend_kind { RP_BACKEND_UFFD = 1, RP_BACKEND_FILE = 2 };
 /* The backend serving this process's new mappings (a fork child chooses
- * again: one that gave up a privilege may get another), or -errno. */
+ * again: one that gave up a privilege may get another), or -errno. It
+ * never connects to the daemon. Library users that want refpages without
+ * a daemon retry a failed rp_connect with RP_CONNECT_FILE. On the file
+ * backend MADV_FREE and MADV_WIPEONFORK fail with EINVAL (use
+ * MADV_DONTNEED), and each mapping is a VMA of its own at least. */
 int rp_backend(rp_client *c);
 /* "uffd", "file", or "?". */
 const char *rp_backend_name(int backend);
@@ -107,8 +111,10 @@ int rp_unmap(rp_client *c, void *addr, size_t len);
  * template id, on any backend (flags: MREMAP_MAYMOVE, MREMAP_FIXED): a
  * grown part reads as the template. On the file backend a mapping is many
  * VMAs, which plain mremap cannot move or grow; there the grown part gets
- * protection prot (the kernel's mremap would copy the old part's, which
- * this library cannot ask the kernel for). MAP_FAILED and errno. */
+ * protection prot and none of the old part's flags (the kernel's mremap
+ * would copy them; this library cannot ask the kernel for them), and a
+ * failed move leaves the mapping where it was. On the uffd backend it is
+ * the kernel's mremap (no daemon needed). MAP_FAILED and errno. */
 void *rp_remap(rp_client *c, void *old, size_t old_len, size_t new_len, int flags, int prot,
 	       uint32_t id, void *new_addr);
 

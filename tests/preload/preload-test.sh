@@ -138,6 +138,7 @@ case_cli() {
 		--report-format xml -- true|--report-format: want text or json
 		--backend bogus -- true|--backend: want auto, uffd or file
 		--backend|needs a value
+		--allow-user-mode-only --backend file -- true|--allow-user-mode-only asks for the uffd backend
 	EOF
 	"$RP_RUN" --mode anon -- "$tmp/no-such-program" 2>"$tmp/cli.err"
 	rc=$?
