@@ -464,6 +464,12 @@ static enum blk_kind blk_kind(struct blk b)
 static atomic_ulong n_blocks[4]; /* by kind */
 static atomic_ulong n_fallbacks; /* refpage wanted, memset given */
 static atomic_ulong n_remaps;
+/* Live refpage blocks, and on the file backend the most allowed: each is a
+ * VMA of its own there (never merged), so past half vm.max_map_count new
+ * blocks use memset and the program keeps room for its own mappings. */
+static atomic_ulong n_live_refpage;
+static unsigned long file_blocks_max;
+static atomic_flag said_vma_cap = ATOMIC_FLAG_INIT;
 
 /* --- the refpage backend ----------------------------------------------- */
 
@@ -507,6 +513,21 @@ static void no_refpage(atomic_flag *once, const char *why, const char *detail, i
 	m_str(&m, "; large allocations fall back to memset of ");
 	m_hex(&m, cfg.pattern);
 	m_emit(&m);
+}
+
+/* vm.max_map_count (read without stdio), or the kernel's default. */
+static unsigned long max_map_count(void)
+{
+	char b[32];
+	unsigned long v = 0;
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, b, sizeof(b) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	for (ssize_t i = 0; i < n && b[i] >= '0' && b[i] <= '9'; i++)
+		v = v * 10 + (unsigned long)(b[i] - '0');
+	return v ? v : 65530;
 }
 
 /* Said once per process: refpaged could not be reached, so the file
@@ -569,6 +590,8 @@ static int rp_bring_up(void)
 	}
 	rp_cl = c;
 	rp_tmpl = id;
+	if (rp_backend(c) == RP_BACKEND_FILE)
+		file_blocks_max = max_map_count() / 2;
 	return 1;
 }
 
@@ -724,6 +747,19 @@ static void *map_span(size_t len, enum blk_kind kind)
 	if (kind == BLK_REFPAGE) {
 		if (!rp_ready())
 			return NULL;
+		if (file_blocks_max && atomic_load(&n_live_refpage) >= file_blocks_max) {
+			if (!atomic_flag_test_and_set(&said_vma_cap)) {
+				struct msg m;
+				m_begin(&m);
+				m_num(&m, file_blocks_max);
+				m_str(&m,
+				      " refpage blocks live, each a mapping of its own on the file "
+				      "backend (half of vm.max_map_count): further large blocks "
+				      "use memset while that many are live");
+				m_emit(&m);
+			}
+			return NULL;
+		}
 		p = rp_map(rp_cl, NULL, len, PROT_READ | PROT_WRITE, 0, rp_tmpl);
 		if (p == MAP_FAILED) {
 			int e = errno;
@@ -821,6 +857,8 @@ static void *large_alloc(size_t n, size_t align, enum blk_kind kind, uintptr_t s
 		return NULL;
 	}
 	atomic_fetch_add_explicit(&n_blocks[kind], 1, memory_order_relaxed);
+	if (kind == BLK_REFPAGE)
+		atomic_fetch_add_explicit(&n_live_refpage, 1, memory_order_relaxed);
 	errno = e;
 	return p;
 }
@@ -837,6 +875,8 @@ static void release(void *p, struct blk b)
 	in_shim++;
 	unmap_span(p, blk_len(b), blk_kind(b));
 	in_shim--;
+	if (blk_kind(b) == BLK_REFPAGE)
+		atomic_fetch_sub_explicit(&n_live_refpage, 1, memory_order_relaxed);
 	errno = e;
 }
 

@@ -2,9 +2,9 @@
 # tests/preload/preload-test.sh CASE: refpage-run and librefpage-preload.so
 # against a private refpaged, under real programs. CTest passes the paths:
 #   RP_DAEMON RP_RUN RP_SHIM RP_UNINIT RP_FORKALLOC RP_WORKLOAD RP_REPORT_CASES
-#   RP_DIRECT_READ
+#   RP_DIRECT_READ RP_MANYBLOCKS
 # Cases: cli uninit programs-root programs-nobody nobody-kernel-access fork
-#        fallback report report-programs jemalloc
+#        fallback report report-programs many-blocks jemalloc
 # Exit status 0: passed, 1: failed (what and why printed), 77: skipped (why).
 set -uo pipefail
 
@@ -499,6 +499,21 @@ case_fallback() {
 	start_daemon
 	run strict-ok root -- $(rp) --strict -- "$RP_UNINIT"
 	expect_out strict-ok "uninit: aa aa aa aa"
+}
+
+# The file backend's blocks are mappings of their own (never merged): past
+# half vm.max_map_count live ones, further blocks use memset (said once), so
+# a program holding nearly that many large blocks still has room for its
+# own mappings.
+case_many-blocks() {
+	local max n
+	max=$(cat /proc/sys/vm/max_map_count)
+	n=$((max - 500))
+	[ "$n" -le 300000 ] || skip "vm.max_map_count is $max: too many blocks to hold in a test"
+	run many root -- "$RP_RUN" --backend file --threshold 8192 --stats -- "$RP_MANYBLOCKS" "$n" 8192
+	expect_out many "manyblocks: ok $n"
+	count_err many "refpage blocks live, each a mapping of its own on the file backend" 1
+	count_err many "\\(backend file\\).* large blocks refpage $((max / 2)), memset [1-9][0-9]*, anon [0-9]+; fallbacks [1-9]" 1
 }
 
 # The jemalloc extent hooks example (tests/preload/test_jemalloc.c).
