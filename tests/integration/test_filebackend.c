@@ -1088,6 +1088,70 @@ static void test_uffd_remap_after_daemon_died(void **state)
 	h_daemon_destroy(&d);
 }
 
+/* A move the kernel stops half way: the process's VMA table is filled up
+ * (vm.max_map_count), then freed one entry at a time, and rp_remap of a
+ * five-piece mapping is tried at each step. Every try that fails must
+ * leave the mapping whole where it was (ENOMEM, bytes and template in
+ * place), whichever piece the kernel refused; the first that succeeds must
+ * have moved it all. */
+static void test_remap_move_stopped_half_way(void **state)
+{
+	struct fx *fx = *state;
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		const size_t len = 5 * CHUNK, nlen = 6 * CHUNK;
+		uint8_t *p = rp_map(fx->c, NULL, len, RW, MAP_PRIVATE, fx->aa);
+		CK(p != MAP_FAILED);
+		for (size_t i = 0; i < 5; i++)
+			memset(p + i * CHUNK + PAGE, (int)(0x20 + i), PAGE);
+		uint8_t *blk = mmap(p + len, PAGE, PROT_READ,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		CK(blk != MAP_FAILED || errno == EEXIST); /* no growth in place */
+		/* Fill the VMA table: single pages of alternating protection
+		 * (no two merge), kept in a list to free one by one. */
+		static void *fill[70000];
+		size_t nfill = 0;
+		while (nfill < sizeof(fill) / sizeof(fill[0])) {
+			void *f = mmap(NULL, PAGE, nfill & 1 ? PROT_READ : PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (f == MAP_FAILED)
+				break;
+			fill[nfill++] = f;
+		}
+		CK(nfill < sizeof(fill) / sizeof(fill[0])); /* the table did fill up */
+		int failures = 0;
+		for (int freed = 0; freed < 64; freed++) {
+			errno = 0;
+			uint8_t *q = rp_remap(fx->c, p, len, nlen, MREMAP_MAYMOVE, RW, fx->aa,
+					      NULL);
+			uint8_t *at = q == MAP_FAILED ? p : q;
+			if (q == MAP_FAILED) {
+				CK(errno == ENOMEM);
+				failures++;
+			}
+			for (size_t i = 0; i < 5; i++) {
+				CK(all(at + i * CHUNK + PAGE, PAGE, (uint8_t)(0x20 + i)));
+				CK(all(at + i * CHUNK, PAGE, 0xAA));
+				CK(all(at + i * CHUNK + 2 * PAGE, PAGE, 0xAA));
+			}
+			if (q != MAP_FAILED) {
+				CK(all(q + len, PAGE, 0xAA) && all(q + nlen - PAGE, PAGE, 0xAA));
+				CK(failures > 0); /* it did fail before it could */
+				_exit(0);
+			}
+			/* Two a try: a failed try may keep one entry (the place
+			 * of the piece whose move failed, which it cannot tell
+			 * from another thread's mapping and so leaves). */
+			munmap(fill[--nfill], PAGE);
+			munmap(fill[--nfill], PAGE);
+		}
+		CK(!"rp_remap never succeeded with 128 entries freed");
+	}
+	assert_int_equal(child_exit(pid), 0);
+}
+
 #define T(f) cmocka_unit_test(f)
 
 int main(void)
@@ -1107,6 +1171,7 @@ int main(void)
 		T(test_plain_mremap_within_piece),
 		T(test_program_closed_our_descriptor),
 		T(test_remap_bad_arguments),
+		T(test_remap_move_stopped_half_way),
 		T(test_uffd_remap_after_daemon_died),
 		T(test_fork_three_generations),
 		T(test_threads16),
