@@ -296,14 +296,31 @@ RP_API int rp_connect_opts(const char *path, unsigned flags, rp_client **out)
  * child by an atfork handler, since a parent thread may hold it at fork. */
 static atomic_flag rebind_lock = ATOMIC_FLAG_INIT;
 
+/* Held (shared) while the file backend makes a template file or moves a
+ * mapping's pieces, and exclusively across fork(): a fork child never
+ * sees a mapping half moved (the kernel's own mremap is one step to a
+ * fork), nor a template file made but not yet recorded. */
+static pthread_rwlock_t file_ops = PTHREAD_RWLOCK_INITIALIZER;
+
+static void atfork_prepare(void)
+{
+	pthread_rwlock_wrlock(&file_ops);
+}
+
+static void atfork_parent(void)
+{
+	pthread_rwlock_unlock(&file_ops);
+}
+
 static void atfork_child(void)
 {
+	pthread_rwlock_unlock(&file_ops);
 	atomic_flag_clear(&rebind_lock);
 }
 
 __attribute__((constructor)) static void rp_init(void)
 {
-	pthread_atfork(NULL, NULL, atfork_child);
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 /* In a fork child, the struct is a copy of the parent's: its mutex may be
@@ -555,8 +572,9 @@ static int map_flags_ok(int flags)
  * numbers programs expect open() to return; below it if it cannot. */
 #define RP_FILE_FD_MIN 100
 
-/* The template's file, made and filled at its first use. Under c->lock. */
-static int file_ensure(struct rp_tmpl_rec *t)
+/* The template's file, made and filled at its first use. Under c->lock
+ * and file_ops (shared). */
+static int file_make(struct rp_tmpl_rec *t)
 {
 	struct iovec iov[64];
 	struct stat st;
@@ -604,6 +622,16 @@ static int file_ensure(struct rp_tmpl_rec *t)
 fail:
 	close(fd);
 	return -e;
+}
+
+static int file_ensure(struct rp_tmpl_rec *t)
+{
+	if (file_ours(t))
+		return 0;
+	pthread_rwlock_rdlock(&file_ops);
+	int r = file_make(t);
+	pthread_rwlock_unlock(&file_ops);
+	return r;
 }
 
 /* Map [a + from, a + from + len) of a mapping at a with the template's
@@ -727,7 +755,7 @@ static int move_pieces(char *old, size_t len, char *to, size_t *failed)
 static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t new_len, int flags,
 			int prot, char *dst)
 {
-	int r = new_len > old_len ? file_ensure(t) : 0;
+	int r = new_len > old_len ? file_make(t) : 0; /* file_ops is held */
 
 	if (r < 0) {
 		errno = -r;
@@ -921,8 +949,11 @@ RP_API void *rp_remap(rp_client *c, void *old, size_t old_len, size_t new_len, i
 	void *p = MAP_FAILED;
 	if (!all_mapped(old, old_len))
 		errno = EFAULT;
-	else
+	else {
+		pthread_rwlock_rdlock(&file_ops);
 		p = file_remap(t, old, old_len, new_len, flags, prot, new_addr);
+		pthread_rwlock_unlock(&file_ops);
+	}
 	int e = errno;
 	pthread_mutex_unlock(&c->lock);
 	errno = e;
