@@ -314,7 +314,9 @@ static void atfork_parent(void)
 
 static void atfork_child(void)
 {
-	pthread_rwlock_unlock(&file_ops);
+	/* Made anew, not unlocked: glibc's rwlock knows its writer by thread
+	 * id, which the child's one thread does not share with the parent's. */
+	pthread_rwlock_init(&file_ops, NULL);
 	atomic_flag_clear(&rebind_lock);
 }
 
