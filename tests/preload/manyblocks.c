@@ -22,7 +22,9 @@ int main(int argc, char **argv)
 	for (long i = 0; i < n; i++) {
 		if (!(b[i] = malloc(size)))
 			return printf("manyblocks: malloc %ld of %ld failed\n", i, n), 1;
-		/* Read as memory, not as C values never written. */
+		/* Read as memory, not as C values never written: the compiler
+		 * is told the block may have been written behind its back. */
+		__asm__ volatile("" : : "r"(b[i]) : "memory");
 		const volatile unsigned char *v = b[i];
 		bad += v[0] != 0xAA || v[size - 1] != 0xAA;
 	}
