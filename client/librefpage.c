@@ -296,27 +296,47 @@ RP_API int rp_connect_opts(const char *path, unsigned flags, rp_client **out)
  * child by an atfork handler, since a parent thread may hold it at fork. */
 static atomic_flag rebind_lock = ATOMIC_FLAG_INIT;
 
-/* Held (shared) while the file backend makes a template file or moves a
- * mapping's pieces, and exclusively across fork(): a fork child never
- * sees a mapping half moved (the kernel's own mremap is one step to a
- * fork), nor a template file made but not yet recorded. */
-static pthread_rwlock_t file_ops = PTHREAD_RWLOCK_INITIALIZER;
+/* fork() waits while the file backend makes a template file or moves a
+ * mapping's pieces, and those wait while a fork is under way: a fork child
+ * never sees a mapping half moved (the kernel's own mremap is one step to
+ * a fork), nor a template file made but not yet recorded. Two counters
+ * (each side raises its own, then looks at the other's), not a lock: no
+ * lock is held across fork, so none needs mending in the child. */
+static atomic_uint file_ops, forks;
+
+static void file_op_begin(void)
+{
+	for (;;) {
+		atomic_fetch_add(&file_ops, 1);
+		if (!atomic_load(&forks))
+			return;
+		atomic_fetch_sub(&file_ops, 1);
+		while (atomic_load(&forks))
+			sched_yield();
+	}
+}
+
+static void file_op_end(void)
+{
+	atomic_fetch_sub(&file_ops, 1);
+}
 
 static void atfork_prepare(void)
 {
-	pthread_rwlock_wrlock(&file_ops);
+	atomic_fetch_add(&forks, 1);
+	while (atomic_load(&file_ops))
+		sched_yield();
 }
 
 static void atfork_parent(void)
 {
-	pthread_rwlock_unlock(&file_ops);
+	atomic_fetch_sub(&forks, 1);
 }
 
 static void atfork_child(void)
 {
-	/* Made anew, not unlocked: glibc's rwlock knows its writer by thread
-	 * id, which the child's one thread does not share with the parent's. */
-	pthread_rwlock_init(&file_ops, NULL);
+	atomic_store(&forks, 0);
+	atomic_store(&file_ops, 0);
 	atomic_flag_clear(&rebind_lock);
 }
 
@@ -575,7 +595,7 @@ static int map_flags_ok(int flags)
 #define RP_FILE_FD_MIN 100
 
 /* The template's file, made and filled at its first use. Under c->lock
- * and file_ops (shared). */
+ * and inside file_op_begin/end. */
 static int file_make(struct rp_tmpl_rec *t)
 {
 	struct iovec iov[64];
@@ -630,9 +650,9 @@ static int file_ensure(struct rp_tmpl_rec *t)
 {
 	if (file_ours(t))
 		return 0;
-	pthread_rwlock_rdlock(&file_ops);
+	file_op_begin();
 	int r = file_make(t);
-	pthread_rwlock_unlock(&file_ops);
+	file_op_end();
 	return r;
 }
 
@@ -757,7 +777,7 @@ static int move_pieces(char *old, size_t len, char *to, size_t *failed)
 static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t new_len, int flags,
 			int prot, char *dst)
 {
-	int r = new_len > old_len ? file_make(t) : 0; /* file_ops is held */
+	int r = new_len > old_len ? file_make(t) : 0; /* inside file_op_begin */
 
 	if (r < 0) {
 		errno = -r;
@@ -952,9 +972,9 @@ RP_API void *rp_remap(rp_client *c, void *old, size_t old_len, size_t new_len, i
 	if (!all_mapped(old, old_len))
 		errno = EFAULT;
 	else {
-		pthread_rwlock_rdlock(&file_ops);
+		file_op_begin();
 		p = file_remap(t, old, old_len, new_len, flags, prot, new_addr);
-		pthread_rwlock_unlock(&file_ops);
+		file_op_end();
 	}
 	int e = errno;
 	pthread_mutex_unlock(&c->lock);
