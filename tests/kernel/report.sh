@@ -214,15 +214,17 @@ cat <<'EOF'
 - **Kernel-mode access** (`read_syscall`, `write_syscall`, `readv_syscall`, `recv_syscall`,
   `o_direct_read`, `process_vm_readv`, `mlock`). The kernel patch serves a fault the kernel
   takes on the program's behalf (`copy_to_user` in `read(2)`, `readv(2)`, `recv(2)`;
-  `copy_from_user` in `write(2)`; `get_user_pages()` for `O_DIRECT`, `mlock(2)`'s populate and
-  another process's `process_vm_readv(2)`) like any other, and so do both of librefpage's
-  backends as it picks them: root's uffd backend has a full userfaultfd, and uid 65534, which
-  can only make a `UFFD_USER_MODE_ONLY` one (`vm.unprivileged_userfaultfd=0`), gets the file
-  backend, where the kernel resolves every fault itself. Only a client that asks for the uffd
-  backend with a user-mode-only userfaultfd (`RP_CONNECT_UFFD`, `refpage-run --backend uffd`),
-  or any uid 65534 client before #16, sees those system calls fail with `EFAULT` (`ENOMEM`
-  for mlock): a fault taken in the kernel is not delivered to refpaged then. Columns marked
-  stale may still show that.
+  `copy_from_user` in `write(2)`; `get_user_pages()` for `O_DIRECT` and `mlock(2)`'s populate)
+  like any other, and so do both of librefpage's backends as it picks them: root's uffd
+  backend has a full userfaultfd, and uid 65534, which can only make a `UFFD_USER_MODE_ONLY`
+  one (`vm.unprivileged_userfaultfd=0`), gets the file backend, where the kernel resolves
+  every fault itself. One access the patch does not serve: another process's
+  `process_vm_readv(2)` of an untouched page fails with `EFAULT` there (seen in both patched
+  guests; the patch's code was not traced further), where refpaged's pages read the
+  reference (a DIFF in the reader's favour). Only a client that asks for the uffd backend
+  with a user-mode-only userfaultfd (`RP_CONNECT_UFFD`, `refpage-run --backend uffd`), or
+  any uid 65534 client before #16, sees those system calls fail with `EFAULT` (`ENOMEM` for
+  mlock): a fault taken in the kernel is not delivered to refpaged then.
 - **The reference page's later life** (`owner_changed`, `owner_unmapped`). `refpage_mmap()`
   copies the page's contents at the call into a daemon template: later writes by the owner are
   not seen, and unmapping it changes nothing. The 6.1 port pins the page at `mmap()` and maps
