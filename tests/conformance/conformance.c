@@ -813,13 +813,14 @@ static void c_process_vm_readv(void)
 		    strerror(rv[1]));
 		return;
 	}
-	/* The kernel patch (the reference) answers EFAULT here: its fault
-	 * path does not serve another process's get_user_pages_remote on an
-	 * untouched page (seen on 6.1+patch, 2026-12-03; the patch's code was
-	 * not traced further). */
+	/* The kernel patch (the reference) answers EFAULT here, a limit its
+	 * description states: get_user_pages() without FOLL_WRITE finds the
+	 * special pte of an untouched page (no struct page to hand out). */
 	if (is_kernel() && rv[0] < 0 && rv[1] == EFAULT) {
-		set(ST_PASS, "process_vm_readv of 2 untouched pages by another process: EFAULT "
-			     "(the patch does not serve a remote access to an untouched page)");
+		set(ST_PASS,
+		    "process_vm_readv of 2 untouched pages by another process: EFAULT "
+		    "(the patch's known limit: get_user_pages() without FOLL_WRITE finds a "
+		    "special pte)");
 		munmap(sh, 2 * PG + sizeof(int) * 2);
 		be->unmap(p, 3 * PG);
 		return;

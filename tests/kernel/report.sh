@@ -220,8 +220,9 @@ cat <<'EOF'
   one (`vm.unprivileged_userfaultfd=0`), gets the file backend, where the kernel resolves
   every fault itself. One access the patch does not serve: another process's
   `process_vm_readv(2)` of an untouched page fails with `EFAULT` there (seen in both patched
-  guests; the patch's code was not traced further), where refpaged's pages read the
-  reference (a DIFF in the reader's favour). Only a client that asks for the uffd backend
+  guests; a limit the port's description states: `get_user_pages()` without `FOLL_WRITE`
+  finds the special pte of an untouched page), where refpaged's pages read the reference (a
+  DIFF in the reader's favour). Only a client that asks for the uffd backend
   with a user-mode-only userfaultfd (`RP_CONNECT_UFFD`, `refpage-run --backend uffd`), or
   any uid 65534 client before #16, sees those system calls fail with `EFAULT` (`ENOMEM` for
   mlock): a fault taken in the kernel is not delivered to refpaged then.
