@@ -823,6 +823,12 @@ static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t
 			0) == MAP_FAILED) {
 		return MAP_FAILED;
 	}
+	/* The grown part first: a failure there leaves nothing moved. */
+	if (new_len > old_len && (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0) {
+		munmap(to, new_len); /* all ours: the reservation and its pieces */
+		errno = -r;
+		return MAP_FAILED;
+	}
 	size_t failed = 0;
 	if ((r = move_pieces(old, old_len, to, &failed)) < 0) {
 		/* What is surely ours of the new place goes: the places after
@@ -831,13 +837,6 @@ static void *file_remap(struct rp_tmpl_rec *t, char *old, size_t old_len, size_t
 									  : RP_FILE_CHUNK);
 		if (r != -EFAULT && after < new_len)
 			munmap(to + after, new_len - after);
-		errno = -r;
-		return MAP_FAILED;
-	}
-	if (new_len > old_len && (r = file_fill(t, to, old_len, new_len - old_len, prot, 0)) < 0) {
-		/* The moved mapping stays whole at its new place, as the
-		 * kernel's mremap would leave it were it to fail this late;
-		 * the grown part is a reservation. */
 		errno = -r;
 		return MAP_FAILED;
 	}
