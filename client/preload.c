@@ -198,6 +198,7 @@ static void load_cfg(void)
 		say2("ignoring bad " RUNOPT_ENV_STATS " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_REPORT)) && runopt_bool(v, &cfg.report) < 0)
 		say2("ignoring bad " RUNOPT_ENV_REPORT " (want 0 or 1): ", v);
+	cfg.backend = runopt_backend_choose(cfg.backend, cfg.report);
 	if ((v = getenv(RUNOPT_ENV_REPORT_FORMAT)) && runopt_format(v, &cfg.format) < 0)
 		say2("ignoring bad " RUNOPT_ENV_REPORT_FORMAT " (want text or json): ", v);
 	if ((v = getenv(RUNOPT_ENV_REPORT_FILE)) && *v)

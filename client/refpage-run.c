@@ -37,10 +37,11 @@ static void usage(FILE *f)
 		"  --strict           refpage mode: exit 1 instead of falling back to memset\n"
 		"                     when refpages cannot be had (checked here, and by the\n"
 		"                     program's processes later on)\n"
-		"  --backend BACKEND  refpage mode: auto (default): uffd where this user can\n"
-		"                     make a full userfaultfd, else file; uffd: refpaged serves\n"
-		"                     the faults; file: the kernel serves them from a template\n"
-		"                     file of the process (no daemon needed)\n"
+		"  --backend BACKEND  refpage mode: file: the kernel serves the faults from a\n"
+		"                     template file of the process (no daemon needed); uffd:\n"
+		"                     refpaged serves them; auto (default): file, but with\n"
+		"                     --report uffd where this user can make a full\n"
+		"                     userfaultfd\n"
 		"  --allow-user-mode-only\n"
 		"                     --backend uffd even where this user only gets a user-mode-\n"
 		"                     only userfaultfd (then read(2) into or write(2) from an\n"
@@ -185,6 +186,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		bad("no PROGRAM given");
 	if (o->report && o->mode != RUNOPT_REFPAGE)
 		bad("--report needs --mode refpage (only refpaged sees the reads)");
+	o->backend = runopt_backend_choose(o->backend, o->report);
 	return optind;
 }
 

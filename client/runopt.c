@@ -61,6 +61,11 @@ const char *runopt_backend_name(enum runopt_backend b)
 	return "?";
 }
 
+enum runopt_backend runopt_backend_choose(enum runopt_backend b, int report)
+{
+	return b == RUNOPT_BACKEND_AUTO && !report ? RUNOPT_BACKEND_FILE : b;
+}
+
 /* A whole unsigned number (strtoull alone accepts "-1", " 5" and ""). */
 static int whole_number(const char *s, int base, unsigned long long *v, char **end)
 {

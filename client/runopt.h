@@ -46,13 +46,20 @@ const char *runopt_mode_name(enum runopt_mode m);
 
 /* Which librefpage backend refpage mode uses (refpage.h). */
 enum runopt_backend {
-	RUNOPT_BACKEND_AUTO, /* uffd where a full userfaultfd can be made, else file */
+	RUNOPT_BACKEND_AUTO, /* runopt_backend_choose() */
 	RUNOPT_BACKEND_UFFD, /* uffd, even user-mode-only (--allow-user-mode-only) */
 	RUNOPT_BACKEND_FILE, /* file, even where a full userfaultfd can be made */
 };
 /* "auto", "uffd" or "file". */
 int runopt_backend(const char *s, enum runopt_backend *out);
 const char *runopt_backend_name(enum runopt_backend b);
+/* What "auto" means to refpage-run and the shim: the file backend, whose
+ * faults the kernel serves (an unmodified program runs at about anonymous
+ * memory's speed and RSS there: docs/performance.md, "Real programs"),
+ * unless the run reports reads, which only the uffd backend sees; then it
+ * stays auto (uffd where this user can make a full userfaultfd, else
+ * file). Any other choice is returned as it is. */
+enum runopt_backend runopt_backend_choose(enum runopt_backend b, int report);
 
 enum runopt_format { RUNOPT_TEXT, RUNOPT_JSON };
 /* "text" or "json". */

@@ -58,10 +58,12 @@ need_nobody() {
 	command -v setpriv >/dev/null || skip "setpriv(1) not found"
 }
 
-# The backend uid 65534's refpages get here: uffd where it can make a full
-# userfaultfd (the sysctl, or /dev/userfaultfd open to it), else file.
+# [USER] (root or nobody; default nobody): "uffd" where that user can make
+# a full userfaultfd (root; uid 65534 with the sysctl at 1, or
+# /dev/userfaultfd open to it), else "file": the backend --report (and
+# librefpage's auto) gives it; refpage-run's default is the file backend.
 nobody_backend() {
-	if [ "$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null)" = 1 ] ||
+	if [ "${1:-nobody}" = root ] || [ "$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null)" = 1 ] ||
 		"${nobody[@]}" sh -c 'exec 3<>/dev/userfaultfd' 2>/dev/null; then
 		echo uffd
 	else
@@ -160,7 +162,7 @@ case_cli() {
 		"$RP_UNINIT"
 	expect_out env-mode "uninit: aa aa aa aa"
 	count_err env-mode "ignoring bad REFPAGE_RUN_MODE" 1
-	count_err env-mode "cannot reach refpaged" 1
+	count_err env-mode "cannot reach refpaged" 0 # the default backend (file) needs none
 }
 
 case_uninit() {
@@ -183,18 +185,18 @@ case_uninit() {
 	need_nobody
 	run nobody-memset nobody -- $(rp) --mode memset -- "$RP_UNINIT"
 	expect_out nobody-memset "uninit: aa aa aa aa"
-	# uid 65534 gets refpages, with no message: from the file backend
-	# unless it can make a full userfaultfd here; --strict holds.
+	# uid 65534 gets refpages, with no message: from the file backend,
+	# refpage-run's default for every user; --strict holds.
 	run nobody-refpage nobody -- $(rp) --strict --stats -- "$RP_UNINIT"
 	expect_out nobody-refpage "uninit: aa aa aa aa"
-	count_err nobody-refpage "mode refpage \\(backend $(nobody_backend)\\).* large blocks refpage [1-9][0-9]*, memset 0, anon [0-9]+; fallbacks 0" 1
+	count_err nobody-refpage "mode refpage \\(backend file\\).* large blocks refpage [1-9][0-9]*, memset 0, anon [0-9]+; fallbacks 0" 1
 	count_err nobody-refpage "user-mode-only|memset of|cannot" 0
 	# Mixed: root's refpage-run exec'ing a program as uid 65534 (through
-	# setpriv, itself shimmed as root): the program chooses for itself.
+	# setpriv, itself shimmed as root): the file backend there too.
 	cp "$RP_UNINIT" "$tmp/uninit" && chmod 755 "$tmp" "$tmp/uninit"
 	run mixed-exec root -- $(rp) --strict --stats -- "${nobody[@]}" "$tmp/uninit"
 	expect_out mixed-exec "uninit: aa aa aa aa"
-	count_err mixed-exec "\\(backend $(nobody_backend)\\).* large blocks refpage [1-9]" 1
+	count_err mixed-exec "\\(backend file\\).* large blocks refpage [1-9]" 1
 	# A set-user-ID program: ld.so ignores LD_PRELOAD in secure mode, so
 	# the shim cannot reach it (documented): its memory is plain, zeros.
 	if findmnt -no OPTIONS -T "$tmp" | grep -qw nosuid; then
@@ -235,30 +237,34 @@ programs() {
 	make_inputs
 	/usr/bin/xz -T2 --block-size=1MiB -6 -c "$tmp/seq.txt" >"$tmp/seq.txt.xz"
 	chmod 644 "$tmp/seq.txt.xz"
+	# Modes: refpage (refpage-run's default backend: file), uffd (refpage
+	# mode on the uffd backend: refpaged serves; only where this user can
+	# make a full userfaultfd), memset, anon.
+	local modes=(refpage memset anon)
+	[ "$(nobody_backend "$user")" = uffd ] && modes=(refpage uffd memset anon)
 	for p in xz unxz sort python3; do
 		# shellcheck disable=SC2086 # the commands are word lists
 		run "$p-$user-plain" "$user" -- ${cmd[$p]}
 		[ "$rc" = 0 ] || { fail "$p as $user without the shim: status $rc"; cat "$tmp/$p-$user-plain.err"; continue; }
-		for m in refpage memset anon; do
-			local n="$p-$user-$m"
+		for m in "${modes[@]}"; do
+			local n="$p-$user-$m" args=(--mode "$m") mode=$m be=file
+			[ "$m" = uffd ] && args=(--mode refpage --backend uffd) mode=refpage be=uffd
 			# shellcheck disable=SC2086
-			run "$n" "$user" -- $(rp) --stats --mode $m -- ${cmd[$p]}
+			run "$n" "$user" -- $(rp) --stats "${args[@]}" -- ${cmd[$p]}
 			if [ "$rc" = 0 ] && cmp -s "$tmp/$p-$user-plain.out" "$tmp/$n.out"; then
-				pass "$p as $user, --mode $m: output identical ($(wc -c <"$tmp/$n.out") bytes)"
+				pass "$p as $user, ${args[*]}: output identical ($(wc -c <"$tmp/$n.out") bytes)"
 			else
-				fail "$p as $user, --mode $m: status $rc, output $(cmp "$tmp/$p-$user-plain.out" "$tmp/$n.out" 2>&1 | head -1)"
+				fail "$p as $user, ${args[*]}: status $rc, output $(cmp "$tmp/$p-$user-plain.out" "$tmp/$n.out" 2>&1 | head -1)"
 				cat "$tmp/$n.err"
 			fi
 			# Not passing vacuously: the blocks really came from that mode
-			# (refpage mode: from the backend this user gets, never memset).
+			# (refpage mode: from that backend, never memset).
 			[ $p = unxz ] && continue # its buffers are small
-			grep -qE "large blocks.* $m [1-9]" "$tmp/$n.err" ||
-				{ fail "$p as $user, --mode $m: no large $m blocks:"; cat "$tmp/$n.err"; }
-			if [ $m = refpage ]; then
-				local be=uffd
-				[ "$user" = nobody ] && be=$(nobody_backend)
+			grep -qE "large blocks.* $mode [1-9]" "$tmp/$n.err" ||
+				{ fail "$p as $user, ${args[*]}: no large $mode blocks:"; cat "$tmp/$n.err"; }
+			if [ $mode = refpage ]; then
 				grep -qE "\(backend $be\).* fallbacks 0," "$tmp/$n.err" ||
-					{ fail "$p as $user: not all from the $be backend:"; cat "$tmp/$n.err"; }
+					{ fail "$p as $user, ${args[*]}: not all from the $be backend:"; cat "$tmp/$n.err"; }
 			fi
 		done
 	done
@@ -400,12 +406,11 @@ case_nobody-kernel-access() {
 	for b in /usr/bin/xz /usr/bin/sort /usr/bin/python3; do
 		[ -x $b ] || skip "$b not installed (scripts/deps.sh installs it)"
 	done
-	# A daemon listening changes nothing: uid 65534 only gets a
-	# user-mode-only userfaultfd, so auto picks the file backend.
+	# A daemon listening changes nothing: refpage-run's default is the
+	# file backend (and uid 65534 only gets a user-mode-only userfaultfd).
 	start_daemon
 	make_inputs
-	local be
-	be=$(nobody_backend)
+	local be=file
 	# The O_DIRECT input on a filesystem that does O_DIRECT ($TMPDIR
 	# may be a tmpfs, which does not).
 	local d
@@ -478,16 +483,23 @@ case_fork() {
 }
 
 case_fallback() {
-	# No daemon at all: the file backend serves, said once.
+	# No daemon at all: the default backend (file) needs none, and says
+	# nothing about one.
 	local none="$tmp/none.sock"
 	run fb-run root -- "$RP_RUN" --socket "$none" --stats -- "$RP_FORKALLOC" 0xaa 4
 	expect_out fb-run "forkalloc: ok"
-	count_err fb-run "cannot reach refpaged.*file backend" 1
+	count_err fb-run "refpaged" 0
 	count_err fb-run "\\(backend file\\).* large blocks refpage [1-9][0-9]*, memset 0" 1
-	# The shim on its own (no launcher to check first): one process, one
-	# message, however many blocks and fork children follow.
+	# --report wants the uffd backend: without a daemon the file backend
+	# serves, said once (by refpage-run; the shim is told the file backend).
+	run fb-report root -- "$RP_RUN" --socket "$none" --stats --report -- "$RP_FORKALLOC" 0xaa 4
+	expect_out fb-report "forkalloc: ok"
+	count_err fb-report "cannot reach refpaged.*file backend.*--report cannot watch" 1
+	count_err fb-report "\\(backend file\\).* large blocks refpage [1-9][0-9]*, memset 0" 1
+	# The shim on its own (no launcher to check first), in report mode: one
+	# process, one message, however many blocks and fork children follow.
 	run fb-shim root -- env LD_PRELOAD="$RP_SHIM" REFPAGED_SOCKET="$none" REFPAGE_RUN_STATS=1 \
-		"$RP_FORKALLOC" 0xaa 4
+		REFPAGE_RUN_REPORT=1 "$RP_FORKALLOC" 0xaa 4
 	expect_out fb-shim "forkalloc: ok"
 	count_err fb-shim "cannot reach refpaged.*file backend" 1
 	count_err fb-shim "fallbacks 0," 1
