@@ -13,6 +13,7 @@ out=""
 quick=0
 pin=""
 user=""
+halt_poll=""
 daemon_args=()
 daemon_args_given=0
 extra=()
@@ -35,6 +36,13 @@ usage: perf/run.sh [options] [-- refpage-bench options]
                        needs none)
   --build DIR          build tree (default: \$BUILD_DIR or ./build; configured
                        RelWithDebInfo if it does not exist yet)
+  --guest-halt-poll NS in a KVM guest with cpuidle-haltpoll: let an idle vCPU
+                       poll NS nanoseconds before it halts, for this run only
+                       (/sys/module/haltpoll/parameters/guest_halt_poll_ns,
+                       put back on exit; needs root). A wake-up of a halted
+                       vCPU goes through the hypervisor: a userfaultfd round
+                       trip wakes two threads, so this shows what of its cost
+                       is the machine's (docs/performance.md, "The machine")
 EOF
 }
 
@@ -47,6 +55,7 @@ while [ $# -gt 0 ]; do
 	--out) out=${2?--out needs a directory}; shift ;;
 	--build) build=${2?--build needs a directory}; shift ;;
 	--user) user=${2?--user needs a user}; shift ;;
+	--guest-halt-poll) halt_poll=${2?--guest-halt-poll needs nanoseconds}; shift ;;
 	-h | --help) usage; exit 0 ;;
 	--) shift; extra=("$@"); break ;;
 	*) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -90,6 +99,15 @@ split)
 *) echo "run.sh: --pin: same or split" >&2; exit 2 ;;
 esac
 
+# --- the guest's idle polling --------------------------------------------------
+hp_file=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+hp_old=""
+if [ -n "$halt_poll" ]; then
+	[[ $halt_poll =~ ^[0-9]+$ ]] || { echo "run.sh: --guest-halt-poll wants nanoseconds" >&2; exit 2; }
+	[ -w "$hp_file" ] || { echo "run.sh: --guest-halt-poll: no writable $hp_file (not a KVM guest with cpuidle-haltpoll, or not root)" >&2; exit 2; }
+	hp_old=$(cat "$hp_file")
+fi
+
 # --- daemons -----------------------------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/refpage-bench.XXXXXX")
 chmod 755 "$tmp" # the sockets, for --user
@@ -98,10 +116,15 @@ pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	[ -z "$hp_old" ] || echo "$hp_old" >"$hp_file"
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [ -n "$halt_poll" ]; then
+	echo "$halt_poll" >"$hp_file"
+	echo "run.sh: guest_halt_poll_ns $halt_poll for this run (was $hp_old)" >&2
+fi
 
 # "--fault-around 1 --workers 2" -> refpaged-fa1-w2; the fault loop's
 # switches: "--batch 1 --drain off" -> refpaged-batch1-drain-off
@@ -163,6 +186,12 @@ status=0
 if [ "$bout" != "$out" ]; then
 	cp "$bout"/bench.json "$bout"/bench.md "$out"/ 2>/dev/null || status=1
 	cp -r "$bout"/tmp/. "$out"/tmp/
+fi
+# How idle vCPUs waited during the run (it moves every uffd round trip).
+if [ -r "$hp_file" ]; then
+	hp_note="guest_halt_poll_ns $(cat "$hp_file") during the run${halt_poll:+ (--guest-halt-poll)}"
+	echo "$hp_note" | tee -a "$out/bench.txt"
+	printf '\n%s\n' "$hp_note" >>"$out/bench.md"
 fi
 
 # --- plots -------------------------------------------------------------------
