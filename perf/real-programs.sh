@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # perf/real-programs.sh: unmodified programs that allocate large buffers,
-# under four ways of getting (or not getting) pattern-initialised memory:
+# under several ways of getting (or not getting) pattern-initialised memory:
 #   anon     plain glibc, no shim (the baseline)
 #   memset   refpage-run --mode memset: each large block memset to 0xAA
 #   perturb  GLIBC_TUNABLES=glibc.malloc.perturb=170, no shim: glibc fills
@@ -15,10 +15,16 @@
 #   report   the same with --report --report-format json (docs/report.md):
 #            one page per fill, read-before-write pages recorded; not in
 #            the default --modes
+#   shim     refpage-run --mode anon: the shim alone, no pattern: every
+#            large block its own anonymous mmap (zeros), never glibc's
+#            reused heap; set beside anon it is the shim's own cost, beside
+#            refpage the pattern's; not in the default --modes
 # Median wall time and max RSS of --runs N runs each (/usr/bin/time -f
 # "%e %M"), the modes interleaved run by run; every run's output must be
 # byte-identical to the anon runs'. Writes a Markdown table (with the
-# MAP_REFPAGE patch's PDFium numbers beside it) to --out.
+# MAP_REFPAGE patch's PDFium numbers beside it) to --out. A mode's row says
+# "noise" when its median wall time is nearer anon's than the larger of the
+# two min-max spreads (the runs cannot tell it from anon).
 #
 # Programs (Debian packages; scripts/deps.sh installs them):
 #   pdftoppm  poppler-utils: renders all 36 pages of libtasn1.pdf (the
@@ -29,12 +35,35 @@
 #             finder and dictionary and touches a few MB of it (sparse)
 #   python3   tests/preload/workload.py 1500000: lists grown by realloc, a
 #             dict, sorting, big bytes objects, two hashing threads (dense)
+#   sort      coreutils: LC_ALL=C sort -S 256M --parallel=2 of 37 MB of
+#             generated text (1.5 M lines): one 256 MiB buffer that read(2)
+#             fills (kernel-mode faults) with the input and sort's line
+#             table at its end, ~100 MB of it touched (sparse); 37 MB out
+#   gcc       gcc -O2 -c -pipe -frandom-seed of a generated C file (300
+#             functions with a loop each, a 100000-entry const table):
+#             cc1's memory is mostly its garbage collector's own 2 MiB
+#             mmap chunks, which the shim never sees; a handful of large
+#             malloc blocks (hash tables, vectors; half of them calloc, so
+#             anonymous in every mode) (a program the shim barely touches)
+#   sqlite3   sqlite3 -batch with PRAGMA cache_size of 256 MiB and
+#             temp_store MEMORY: a table of 600000 rows inserted by a
+#             recursive CTE, an index, aggregates, and the group_concat
+#             of one column in order (10 MB, hashed with sha3): the page
+#             cache is small blocks on the brk heap, the few large blocks
+#             are that string grown by realloc (dense); the database
+#             (deterministic) is part of the output
+#   convert   ImageMagick 6 (/usr/bin/convert): -seed 7 plasma:fractal of
+#             1500x1000, -resize 200%, -blur 0x3, two threads, written as
+#             an 8-bit PPM: pixel caches of 12, 24 and three of 48 MB, each
+#             fully written (dense); stays under Debian's policy.xml limits
+#             (memory 256 MiB, area 128 MP): no disk cache
 #
 # usage: perf/real-programs.sh [--runs N] [--programs LIST] [--quick]
 #          [--build DIR] [--daemon PATH] [--run PATH] [--socket PATH]
 #          [--out FILE] [--workdir DIR] [--fault-around N] [--modes LIST]
 #          [--user USER]
-#   --modes   which of anon,memset,perturb,refpage,refpage-file,report
+#   --programs  default pdftoppm,xz,python3,sort,gcc,sqlite3,convert
+#   --modes   which of anon,memset,perturb,refpage,refpage-file,report,shim
 #             (default anon,memset,perturb,refpage; anon always runs: it is
 #             the reference)
 #   --user    run every program (and refpage-run) as USER (setpriv, no
@@ -46,7 +75,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-runs=10 programs=pdftoppm,xz,python3 quick=0 build=$root/build out=$here/results/real-programs.md
+runs=10 programs=pdftoppm,xz,python3,sort,gcc,sqlite3,convert quick=0 build=$root/build out=$here/results/real-programs.md
 daemon= run= socket= workdir= daemon_args=() modes_arg=anon,memset,perturb,refpage user=
 cmdline="perf/real-programs.sh $*"
 
@@ -80,8 +109,8 @@ IFS=, read -r -a want_modes <<<"$modes_arg"
 for m in "${want_modes[@]}"; do
 	case $m in
 	anon) ;;
-	memset | perturb | refpage | refpage-file | report) modes+=("$m") ;;
-	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-file, report)" ;;
+	memset | perturb | refpage | refpage-file | report | shim) modes+=("$m") ;;
+	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-file, report, shim)" ;;
 	esac
 done
 # as[]: the prefix that runs a command as --user (empty: as we are).
@@ -103,7 +132,18 @@ for p in "${progs[@]}"; do
 	pdftoppm) need /usr/bin/pdftoppm "package poppler-utils"; need "$pdf" "package libtasn1-doc" ;;
 	xz) need /usr/bin/xz "package xz-utils" ;;
 	python3) need /usr/bin/python3 "package python3" ;;
-	*) die "unknown program '$p' (pdftoppm, xz, python3)" ;;
+	sort) need /usr/bin/sort "package coreutils" ;;
+	gcc) need /usr/bin/gcc "package gcc" ;;
+	sqlite3) need /usr/bin/sqlite3 "package sqlite3" ;;
+	convert)
+		need /usr/bin/convert "package imagemagick"
+		# A policy.xml stricter than Debian's may forbid the coders or sizes.
+		if ! /usr/bin/convert -seed 7 -size 8x8 plasma:fractal -depth 8 ppm:- >/dev/null 2>&1; then
+			echo "SKIP: /usr/bin/convert cannot make a plasma: PPM here (ImageMagick's policy.xml?)"
+			exit 77
+		fi
+		;;
+	*) die "unknown program '$p' (pdftoppm, xz, python3, sort, gcc, sqlite3, convert)" ;;
 	esac
 done
 
@@ -137,10 +177,48 @@ fi
 if ((quick)); then
 	seq 1 200000 >"$w/xz-in.txt"
 	py_n=100000 pdf_pages=(-f 1 -l 3)
+	sort_n=60000 gcc_funcs=15 gcc_table=2000 sql_rows=30000 im_size=300x200
 else
 	seq 1 1100000 >"$w/xz-in.txt"
 	py_n=1500000 pdf_pages=()
+	sort_n=1500000 gcc_funcs=300 gcc_table=100000 sql_rows=600000 im_size=1500x1000
 fi
+for p in "${progs[@]}"; do
+	case $p in
+	sort) # lines "H H%1000 line-N", H a multiplicative hash of N (unsorted)
+		seq 1 "$sort_n" | awk '{ h = ($1 * 2654435761) % 4294967296
+			printf "%08x %d line-%d\n", h, h % 1000, $1 }' >"$w/sort-in.txt" ;;
+	gcc)
+		awk -v n="$gcc_funcs" -v t="$gcc_table" 'BEGIN {
+			print "typedef unsigned long u64;"
+			printf "const u64 table[%d] = {\n", t
+			for (i = 0; i < t; i++) printf "\t%du,\n", (i * 2654435761) % 4294967296
+			print "};"
+			for (i = 0; i < n; i++) {
+				printf "u64 f%d(const u64 *v, int n)\n{\n\tu64 x = %d;\n", i, i * 7 + 1
+				printf "\tfor (int k = 0; k < n; k++)\n"
+				printf "\t\tx = x * %du + v[k] + table[(x + %d) %% %d];\n", (i % 97) * 2 + 3, i, t
+				printf "\treturn x;\n}\n"
+			} }' >"$w/gcc-in.c" ;;
+	sqlite3)
+		cat >"$w/sqlite.sql" <<-EOF
+			PRAGMA cache_size = -262144;
+			PRAGMA journal_mode = OFF;
+			PRAGMA synchronous = OFF;
+			PRAGMA temp_store = MEMORY;
+			CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, g INTEGER, s TEXT);
+			WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $sql_rows)
+			INSERT INTO t SELECT i, (i * 2654435761) % 4294967296, i % 1000,
+				printf('row-%08d', (i * 40503) % 1000003) FROM c;
+			CREATE INDEX t_k ON t(k);
+			SELECT count(*), sum(k), min(s), max(s) FROM t;
+			SELECT g, count(*), sum(k) % 1000003, max(s) FROM t GROUP BY g ORDER BY sum(k) DESC LIMIT 5;
+			SELECT k, s FROM t WHERE k BETWEEN 1000000 AND 2000000 ORDER BY k LIMIT 3;
+			SELECT length(x), hex(sha3(x)) FROM (SELECT group_concat(s, ',') AS x FROM (SELECT s FROM t ORDER BY s));
+		EOF
+		;;
+	esac
+done
 
 # prog_cmd PROG OUTDIR: the command in cmd[], writing into OUTDIR.
 prog_cmd() {
@@ -148,6 +226,11 @@ prog_cmd() {
 	pdftoppm) cmd=(/usr/bin/pdftoppm -r 150 "${pdf_pages[@]}" "$pdf" "$2/page") ;;
 	xz) cmd=(/usr/bin/xz -9 -T2 --block-size=4MiB -c "$w/xz-in.txt") ;;
 	python3) cmd=(/usr/bin/python3 "$workload" "$py_n") ;;
+	sort) cmd=(env LC_ALL=C /usr/bin/sort -S 256M --parallel=2 "$w/sort-in.txt") ;;
+	gcc) cmd=(/usr/bin/gcc -O2 -pipe -frandom-seed=real-programs -c -o "$2/gcc-in.o" "$w/gcc-in.c") ;;
+	sqlite3) cmd=(/usr/bin/sqlite3 -batch "$2/sqlite.db" ".read $w/sqlite.sql") ;;
+	convert) cmd=(/usr/bin/convert -limit thread 2 -seed 7 -size "$im_size" plasma:fractal
+		-resize 200% -blur 0x3 -depth 8 "ppm:$2/image.ppm") ;;
 	esac
 }
 
@@ -160,6 +243,7 @@ mode_pre() {
 	refpage-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file --) ;;
 	report) pre=("$run" --socket "$socket" --strict --mode refpage --report="$w/report.json"
 		--report-format json --) ;;
+	shim) pre=("$run" --mode anon --) ;;
 	esac
 }
 
@@ -208,6 +292,8 @@ for ((i = 0; i < runs; i++)); do
 done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# max - min of the numbers on stdin
+spread() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print hi - lo }'; }
 
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 # Which backend refpage-run's auto gives the programs' user: uffd with a
@@ -237,11 +323,12 @@ bad=0
 		"CPU s: the program's user + system time; refpaged's own CPU time during the run is beside it (the pager's work" \
 		"runs in the daemon, on another CPU when one is free)."
 	echo
-	echo "| program | mode | wall s | wall min–max | × anon | CPU s | + refpaged CPU s | max RSS KiB | × anon | output |"
-	echo "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"
+	echo "| program | mode | wall s | wall min–max | × anon | noise | CPU s | + refpaged CPU s | max RSS KiB | × anon | output |"
+	echo "|---|---|--:|--:|--:|---|--:|--:|--:|--:|---|"
 	for p in "${progs[@]}"; do
 		ref=$(awk -v p="$p" '$1 == p && $2 == "anon" { print $5; exit }' "$w/raw")
 		aw=$(awk -v p="$p" '$1 == p && $2 == "anon" { print $3 }' "$w/raw" | median)
+		aspread=$(awk -v p="$p" '$1 == p && $2 == "anon" { print $3 }' "$w/raw" | spread)
 		ar=$(awk -v p="$p" '$1 == p && $2 == "anon" { print $4 }' "$w/raw" | median)
 		for m in "${modes[@]}"; do
 			wall=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | median)
@@ -251,15 +338,29 @@ bad=0
 			[ "$m" = refpage ] || [ "$m" = report ] || dcpu=- # refpage-file: no daemon
 			range=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g |
 				awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }')
+			# noise: the difference from anon's median is within the larger spread.
+			noise=$(awk -v m="$m" -v a="$wall" -v b="$aw" -v s1="$aspread" -v s2="$(awk -v p="$p" -v m="$m" \
+				'$1 == p && $2 == m { print $3 }' "$w/raw" | spread)" \
+				'BEGIN { d = a - b; if (d < 0) d = -d; s = s1 > s2 ? s1 : s2; print (m != "anon" && d < s) ? "noise" : "" }')
 			ndiff=$(awk -v p="$p" -v m="$m" -v r="$ref" '$1 == p && $2 == m && $5 != r' "$w/raw" | wc -l)
 			same="identical"
 			((ndiff == 0)) || { same="DIFFERS in $ndiff run(s)"; bad=1; }
-			printf '| %s | %s | %.3f | %s | %.3f | %.2f | %s | %.0f | %.3f | %s |\n' "$p" "$m" "$wall" "$range" \
-				"$(awk -v a="$wall" -v b="$aw" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$cpu" "$dcpu" "$rss" \
+			printf '| %s | %s | %.3f | %s | %.3f | %s | %.2f | %s | %.0f | %.3f | %s |\n' "$p" "$m" "$wall" "$range" \
+				"$(awk -v a="$wall" -v b="$aw" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$noise" "$cpu" "$dcpu" "$rss" \
 				"$(awk -v a="$rss" -v b="$ar" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$same"
 		done
 	done
 	echo
+	echo "noise: the mode's median wall time differs from anon's by less than the larger of the two"
+	echo "min–max spreads (the mode's, anon's): its runs overlap anon's, the × anon beside it is not a"
+	echo "measured difference. Never flagged with one run (no spread), nor on the anon rows."
+	echo
+	if [[ " ${modes[*]} " == *" shim "* ]]; then
+		echo "Shim mode: \`refpage-run --mode anon\`: the shim with every large block its own anonymous mmap"
+		echo "and no pattern; its cost over anon is the shim's (no heap reuse of large blocks), refpage's"
+		echo "over it the pattern's."
+		echo
+	fi
 	if [[ " ${modes[*]} " == *" report "* ]]; then
 		echo "Report mode: $(wc -l <"$w/report.json" 2>/dev/null || echo 0) allocation(s) with pages read before"
 		echo "written reported over all report runs (\`--report-format json\` lines)."

@@ -9,6 +9,9 @@ pkgs=(cmake gcc clang make pkg-config libev-dev libseccomp-dev libsystemd-dev li
       # refpage-run's tests and perf/real-programs.sh: the programs run, and
       # the jemalloc example; libtasn1-doc ships the PDF that pdftoppm renders.
       xz-utils coreutils python3 time poppler-utils libtasn1-doc libjemalloc-dev
+      # perf/real-programs.sh's other domains (with gcc and coreutils' sort
+      # above): a database and an image tool (ImageMagick 6's convert).
+      sqlite3 imagemagick
       # perf/report-vs-valgrind.sh: memcheck beside refpage-run --report.
       valgrind
       # CI: builds through ccache; scripts/format.sh's clang-format (its
