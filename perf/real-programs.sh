@@ -5,16 +5,18 @@
 #   memset   refpage-run --mode memset: each large block memset to 0xAA
 #   perturb  GLIBC_TUNABLES=glibc.malloc.perturb=170, no shim: glibc fills
 #            every allocation with 0x55 (170 ^ 0xff) and freed memory with 0xAA
-#   refpage  refpage-run --mode refpage --strict: refpage blocks of 0xAA from
-#            a private refpaged (never a silent fallback to memset), on the
-#            backend refpage-run chooses (auto: uffd for root, the file
-#            backend for a user with only a user-mode-only userfaultfd)
-#   refpage-file  the same with --backend file: librefpage's file backend,
-#            whose faults the kernel serves (no daemon); not in the default
-#            --modes
-#   report   the same with --report --report-format json (docs/report.md):
-#            one page per fill, read-before-write pages recorded; not in
-#            the default --modes
+#   refpage  refpage-run --mode refpage --strict: refpage blocks of 0xAA
+#            (never a silent fallback to memset) on refpage-run's default
+#            backend: the file backend, whose faults the kernel serves
+#   refpage-uffd  the same with --backend uffd: a private refpaged serves
+#            the faults (the ablation of refpage-run's default); not in the
+#            default --modes
+#   refpage-file  the same with --backend file (what refpage is unless
+#            REFPAGE_RUN_BACKEND says otherwise); not in the default --modes
+#   report   refpage-run --report --report-format json (docs/report.md):
+#            read-before-write pages recorded, on the backend --report
+#            chooses (uffd where the user can make a full userfaultfd);
+#            not in the default --modes
 #   shim     refpage-run --mode anon: the shim alone, no pattern: every
 #            large block its own anonymous mmap (zeros), never glibc's
 #            reused heap; set beside anon it is the shim's own cost, beside
@@ -61,9 +63,10 @@
 # usage: perf/real-programs.sh [--runs N] [--programs LIST] [--quick]
 #          [--build DIR] [--daemon PATH] [--run PATH] [--socket PATH]
 #          [--out FILE] [--workdir DIR] [--fault-around N] [--modes LIST]
-#          [--user USER]
+#          [--user USER] [--tsv FILE]
 #   --programs  default pdftoppm,xz,python3,sort,gcc,sqlite3,convert
-#   --modes   which of anon,memset,perturb,refpage,refpage-file,report,shim
+#   --modes   which of anon,memset,perturb,refpage,refpage-uffd,refpage-file,
+#             report,shim
 #             (default anon,memset,perturb,refpage; anon always runs: it is
 #             the reference)
 #   --user    run every program (and refpage-run) as USER (setpriv, no
@@ -71,12 +74,15 @@
 #   --quick   small inputs (CI smoke: tests/preload, --runs 1)
 #   --socket  use a running refpaged instead of starting a private one
 #   --fault-around N  the private refpaged's largest fill window (its default: 16)
+#   --tsv FILE  also the table's numbers, one line a cell, tab-separated:
+#             program mode wall_med wall_min wall_max rss_med rss_min rss_max
+#             cpu_med daemon_cpu_med identical (perf/goals.sh reads it)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 runs=10 programs=pdftoppm,xz,python3,sort,gcc,sqlite3,convert quick=0 build=$root/build out=$here/results/real-programs.md
-daemon= run= socket= workdir= daemon_args=() modes_arg=anon,memset,perturb,refpage user=
+daemon= run= socket= workdir= daemon_args=() modes_arg=anon,memset,perturb,refpage user= tsv=
 cmdline="perf/real-programs.sh $*"
 
 die() { echo "real-programs: $*" >&2; exit 2; }
@@ -94,6 +100,7 @@ while (($#)); do
 	--fault-around) daemon_args=(--fault-around "${2:?}"); shift ;;
 	--modes) modes_arg=${2:?}; shift ;;
 	--user) user=${2:?}; shift ;;
+	--tsv) tsv=${2:?}; shift ;;
 	-h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument '$1' (--help)" ;;
 	esac
@@ -109,8 +116,8 @@ IFS=, read -r -a want_modes <<<"$modes_arg"
 for m in "${want_modes[@]}"; do
 	case $m in
 	anon) ;;
-	memset | perturb | refpage | refpage-file | report | shim) modes+=("$m") ;;
-	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-file, report, shim)" ;;
+	memset | perturb | refpage | refpage-uffd | refpage-file | report | shim) modes+=("$m") ;;
+	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-uffd, refpage-file, report, shim)" ;;
 	esac
 done
 # as[]: the prefix that runs a command as --user (empty: as we are).
@@ -240,6 +247,7 @@ mode_pre() {
 	memset) pre=("$run" --socket "$socket" --mode memset --) ;;
 	perturb) pre=(env GLIBC_TUNABLES=glibc.malloc.perturb=170) ;;
 	refpage) pre=("$run" --socket "$socket" --strict --mode refpage --) ;;
+	refpage-uffd) pre=("$run" --socket "$socket" --strict --mode refpage --backend uffd --) ;;
 	refpage-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file --) ;;
 	report) pre=("$run" --socket "$socket" --strict --mode refpage --report="$w/report.json"
 		--report-format json --) ;;
@@ -296,18 +304,17 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 spread() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print hi - lo }'; }
 
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
-# Which backend refpage-run's auto gives the programs' user: uffd with a
-# full userfaultfd (CAP_SYS_PTRACE, the sysctl at 1, or /dev/userfaultfd
-# opened read-write), else the file backend.
+# Which backend --report (and refpage-uffd) gets for the programs' user:
+# a full userfaultfd (CAP_SYS_PTRACE, the sysctl at 1, or /dev/userfaultfd
+# opened read-write), or a user-mode-only one.
 uid=$("${as[@]}" id -u)
 umo_sysctl=$(cat /proc/sys/vm/unprivileged_userfaultfd 2>/dev/null || echo '?')
 if [ "$uid" = 0 ] || [ "$umo_sysctl" = 1 ] || "${as[@]}" test -r /dev/userfaultfd -a -w /dev/userfaultfd; then
-	auto="uffd"
+	who="uid $uid (vm.unprivileged_userfaultfd=$umo_sysctl, a full userfaultfd)"
 else
-	auto="file"
+	who="uid $uid (vm.unprivileged_userfaultfd=$umo_sysctl, only a user-mode-only userfaultfd: refpage-uffd's system calls on untouched buffers would fail)"
 fi
-who="uid $uid (vm.unprivileged_userfaultfd=$umo_sysctl): \`refpage\` (refpage-run's --backend auto) is the $auto backend here"
-[ "$auto" = uffd ] || who+=", whose faults the kernel serves: refpaged has no work"
+who+=": \`refpage\` is refpage-run's default, the file backend, whose faults the kernel serves (refpaged has no work)"
 fault_around=$(grep -o 'fault-around [0-9]*' "$w/d.log" 2>/dev/null | head -1 || true)
 bad=0
 {
@@ -335,7 +342,7 @@ bad=0
 			rss=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | median)
 			cpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $6 }' "$w/raw" | median)
 			dcpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $7 }' "$w/raw" | median)
-			[ "$m" = refpage ] || [ "$m" = report ] || dcpu=- # refpage-file: no daemon
+			[ "$m" = refpage-uffd ] || [ "$m" = report ] || dcpu=- # the file backend: no daemon
 			range=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g |
 				awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }')
 			# noise: the difference from anon's median is within the larger spread.
@@ -345,6 +352,14 @@ bad=0
 			ndiff=$(awk -v p="$p" -v m="$m" -v r="$ref" '$1 == p && $2 == m && $5 != r' "$w/raw" | wc -l)
 			same="identical"
 			((ndiff == 0)) || { same="DIFFERS in $ndiff run(s)"; bad=1; }
+			if [ -n "$tsv" ]; then
+				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$m" "$wall" \
+					"$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g | head -1)" \
+					"$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g | tail -1)" \
+					"$rss" "$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | sort -g | head -1)" \
+					"$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | sort -g | tail -1)" \
+					"$cpu" "$dcpu" "$([ "$ndiff" = 0 ] && echo yes || echo no)" >>"$w/table.tsv"
+			fi
 			printf '| %s | %s | %.3f | %s | %.3f | %s | %.2f | %s | %.0f | %.3f | %s |\n' "$p" "$m" "$wall" "$range" \
 				"$(awk -v a="$wall" -v b="$aw" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$noise" "$cpu" "$dcpu" "$rss" \
 				"$(awk -v a="$rss" -v b="$ar" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$same"
@@ -377,5 +392,12 @@ bad=0
 } >"$w/table.md"
 mkdir -p "$(dirname "$out")"
 cp "$w/table.md" "$out"
+if [ -n "$tsv" ]; then
+	mkdir -p "$(dirname "$tsv")"
+	{
+		printf 'program\tmode\twall_med\twall_min\twall_max\trss_med\trss_min\trss_max\tcpu_med\tdaemon_cpu_med\tidentical\n'
+		cat "$w/table.tsv"
+	} >"$tsv"
+fi
 cat "$w/table.md"
 exit $bad
