@@ -775,8 +775,8 @@ static void report_collect(int final)
 #define FB_FD_MIN 100 /* away from the numbers programs expect open() to give */
 
 static int fb_uffd = -1, fb_pm = -1; /* the WP-only uffd, /proc/self/pagemap */
-static dev_t fb_uffd_dev;
-static ino_t fb_uffd_ino;
+static dev_t fb_uffd_dev, fb_pm_dev;
+static ino_t fb_uffd_ino, fb_pm_ino;
 static const char *fb_what; /* the step that failed: the report is unavailable */
 static int fb_err;
 static atomic_flag fb_failed = ATOMIC_FLAG_INIT;
@@ -808,10 +808,13 @@ static int fb_open(void)
 	struct stat st;
 	int u, e;
 
-	if ((fb_pm = fb_high(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC))) < 0) {
+	if ((fb_pm = fb_high(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC))) < 0 ||
+	    fstat(fb_pm, &st) < 0) {
 		fb_fail("/proc/self/pagemap", errno);
 		return -1;
 	}
+	fb_pm_dev = st.st_dev;
+	fb_pm_ino = st.st_ino;
 	if ((u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY)) < 0) {
 		fb_fail("userfaultfd", errno);
 		return -1;
@@ -837,8 +840,11 @@ static void fb_register(uintptr_t a, size_t len)
 		fb_fail("registering a block with the userfaultfd (UFFDIO_REGISTER)", errno);
 }
 
-/* The uffd still ours: a program that closes every descriptor closes it
- * too, and with it goes the registration (fault-around is back). */
+/* The uffd and pagemap descriptors still ours: a program that closes
+ * every descriptor closes them too, and with the uffd goes the
+ * registration (fault-around is back); another file under pagemap's number
+ * would be read as page flags, and MADV_DONTNEED could then drop written
+ * pages. */
 static int fb_intact(void)
 {
 	struct stat st;
@@ -846,6 +852,11 @@ static int fb_intact(void)
 	if (fb_uffd < 0 || fstat(fb_uffd, &st) < 0 || st.st_dev != fb_uffd_dev ||
 	    st.st_ino != fb_uffd_ino) {
 		fb_fail("the program closed the userfaultfd that kept fault-around off", EBADF);
+		return 0;
+	}
+	if (fb_pm < 0 || fstat(fb_pm, &st) < 0 || st.st_dev != fb_pm_dev ||
+	    st.st_ino != fb_pm_ino) {
+		fb_fail("the program closed the shim's /proc/self/pagemap descriptor", EBADF);
 		return 0;
 	}
 	return 1;
