@@ -36,7 +36,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -483,6 +487,9 @@ static atomic_flag said_map_error = ATOMIC_FLAG_INIT;
 /* Report mode asked for and the connection made in it. */
 static int rp_reporting;
 static int rp_report_err; /* why not, an errno for the report */
+/* Report mode on the file backend: counts from /proc/self/pagemap. */
+static int fb_on;
+static int fb_open(void);
 
 static const char *sock_path(void)
 {
@@ -548,7 +555,8 @@ static void say_file_instead(int err)
 	m_str(&m, rp_strerror(err));
 	m_str(&m, "; refpages come from the file backend (the kernel serves them)");
 	if (cfg.report)
-		m_str(&m, ", which --report cannot watch");
+		m_str(&m, ", where --report finds only pages read and never written, with no "
+			  "thread (docs/report.md)");
 	m_emit(&m);
 }
 
@@ -570,8 +578,6 @@ static int rp_bring_up(void)
 			r = rp_connect_opts(NULL, flags, &c);
 		}
 	} else {
-		if (cfg.report)
-			rp_report_err = EPERM; /* the file backend: the kernel serves every fault */
 		r = rp_connect_opts(NULL, flags, &c);
 	}
 	if (r < 0 && cfg.backend == RUNOPT_BACKEND_AUTO) {
@@ -591,8 +597,13 @@ static int rp_bring_up(void)
 	}
 	rp_cl = c;
 	rp_tmpl = id;
-	if (rp_backend(c) == RP_BACKEND_FILE)
+	if (rp_backend(c) == RP_BACKEND_FILE) {
 		file_blocks_max = max_map_count() / 2;
+		/* The kernel serves the faults: count from pagemap, with
+		 * fault-around off (an unavailable report if it cannot be). */
+		if (cfg.report)
+			rp_reporting = fb_on = fb_open() == 0;
+	}
 	return 1;
 }
 
@@ -633,7 +644,7 @@ struct hist {
 	uint64_t t0, t1;     /* made, gone (0: live) */
 	uint64_t first;      /* offset of the first page read before written */
 	uint32_t pages;      /* pages read before written */
-	int32_t tid;         /* the thread of the first such read */
+	int32_t tid;         /* the thread of the first such read; -1: unknown (file backend) */
 	const char *fn;      /* the allocator function called */
 };
 
@@ -718,7 +729,8 @@ static void report_collect(int final)
 
 	if (atomic_flag_test_and_set(&collecting))
 		return;
-	while ((n = rp_report_read(rp_cl, recs, 64, &dropped)) > 0) {
+	/* The file backend: no records; the counts are made as blocks go. */
+	while (!fb_on && (n = rp_report_read(rp_cl, recs, 64, &dropped)) > 0) {
 		pthread_mutex_lock(&tab_lock);
 		for (int i = 0; i < n; i++)
 			hist_resolve(&recs[i]);
@@ -737,6 +749,232 @@ static void report_collect(int final)
 	}
 	pthread_mutex_unlock(&tab_lock);
 	atomic_flag_clear(&collecting);
+}
+
+/* --- report mode on the file backend (docs/report.md) ------------------- *
+ *
+ * The kernel serves every fault of a file-backend block, unseen. What it
+ * leaves behind says what was read: a page read and never written is
+ * present and still the template file's (/proc/self/pagemap: present, and
+ * file/shared set); a written page is anonymous; an untouched one is not
+ * there. The kernel's fault-around would map up to 16 neighbours of each
+ * page read, so every block is registered with a userfaultfd in
+ * write-protect mode only, which turns fault-around off for its mappings
+ * and nothing else (nothing is ever write-protected: no fault reaches the
+ * uffd). mremap and fork drop that registration (no EVENT_REMAP or
+ * EVENT_FORK asked for): a moved block and a fork child's blocks are
+ * registered again. A block's pages are counted before it goes (free, a
+ * shrink's tail, a realloc, the copy fallback) and, for live blocks, at
+ * exit; before a realloc the counted pages are dropped (MADV_DONTNEED: they
+ * hold only the template), so that they are not counted again in the block
+ * the realloc makes. No thread and no time are known here. */
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#define FB_FD_MIN 100 /* away from the numbers programs expect open() to give */
+
+static int fb_uffd = -1, fb_pm = -1; /* the WP-only uffd, /proc/self/pagemap */
+static dev_t fb_uffd_dev, fb_pm_dev;
+static ino_t fb_uffd_ino, fb_pm_ino;
+static const char *fb_what; /* the step that failed: the report is unavailable */
+static int fb_err;
+static atomic_flag fb_failed = ATOMIC_FLAG_INIT;
+
+static int fb_high(int fd)
+{
+	int h = fd >= 0 && fd < FB_FD_MIN ? fcntl(fd, F_DUPFD_CLOEXEC, FB_FD_MIN) : -1;
+
+	if (h < 0)
+		return fd;
+	close(fd);
+	return h;
+}
+
+/* Said at exit instead of a report. The first failure is kept. */
+static void fb_fail(const char *what, int err)
+{
+	if (!atomic_flag_test_and_set(&fb_failed)) {
+		fb_err = err;
+		fb_what = what;
+	}
+}
+
+/* The uffd and the pagemap descriptor (again in a fork child: the old ones
+ * are the parent's). No malloc: a fork child calls it. 0 or fb_fail. */
+static int fb_open(void)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
+	struct stat st;
+	int u, e;
+
+	if ((fb_pm = fb_high(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC))) < 0 ||
+	    fstat(fb_pm, &st) < 0) {
+		fb_fail("/proc/self/pagemap", errno);
+		return -1;
+	}
+	fb_pm_dev = st.st_dev;
+	fb_pm_ino = st.st_ino;
+	if ((u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY)) < 0) {
+		fb_fail("userfaultfd", errno);
+		return -1;
+	}
+	if (ioctl(u, UFFDIO_API, &api) < 0 || fstat(u, &st) < 0) {
+		e = errno;
+		close(u);
+		fb_fail("userfaultfd write-protect mode on shared memory (UFFDIO_API)", e);
+		return -1;
+	}
+	fb_uffd = fb_high(u);
+	fb_uffd_dev = st.st_dev;
+	fb_uffd_ino = st.st_ino;
+	return 0;
+}
+
+/* [a, a + len) registered (again: mremap and fork drop it). */
+static void fb_register(uintptr_t a, size_t len)
+{
+	struct uffdio_register r = { .range = { a, len }, .mode = UFFDIO_REGISTER_MODE_WP };
+
+	if (fb_uffd >= 0 && ioctl(fb_uffd, UFFDIO_REGISTER, &r) < 0)
+		fb_fail("registering a block with the userfaultfd (UFFDIO_REGISTER)", errno);
+}
+
+/* The uffd and pagemap descriptors still ours: a program that closes
+ * every descriptor closes them too, and with the uffd goes the
+ * registration (fault-around is back); another file under pagemap's number
+ * would be read as page flags, and MADV_DONTNEED could then drop written
+ * pages. */
+static int fb_intact(void)
+{
+	struct stat st;
+
+	if (fb_uffd < 0 || fstat(fb_uffd, &st) < 0 || st.st_dev != fb_uffd_dev ||
+	    st.st_ino != fb_uffd_ino) {
+		fb_fail("the program closed the userfaultfd that kept fault-around off", EBADF);
+		return 0;
+	}
+	if (fb_pm < 0 || fstat(fb_pm, &st) < 0 || st.st_dev != fb_pm_dev ||
+	    st.st_ino != fb_pm_ino) {
+		fb_fail("the program closed the shim's /proc/self/pagemap descriptor", EBADF);
+		return 0;
+	}
+	return 1;
+}
+
+/* The pages of [a, a + len) read and never written: counted into *n and
+ * *first (the lowest offset from base), and with zap dropped. No malloc,
+ * no lock: the caller owns the block. 0, or -1 (fb_fail) if pagemap
+ * cannot be read. */
+static int fb_scan(uintptr_t base, uintptr_t a, size_t len, int zap, uint32_t *n, uint64_t *first)
+{
+	uint64_t e[512];
+	uintptr_t run = 0, run_end = 0;
+
+	for (size_t off = 0; off < len;) {
+		size_t k = (len - off) / PAGE < 512 ? (len - off) / PAGE : 512;
+		ssize_t r = pread(fb_pm, e, k * sizeof(e[0]),
+				  (off_t)((a + off) / PAGE * sizeof(e[0])));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < (ssize_t)sizeof(e[0])) {
+			fb_fail("reading /proc/self/pagemap", r < 0 ? errno : EIO);
+			return -1;
+		}
+		k = (size_t)r / sizeof(e[0]);
+		for (size_t i = 0; i < k; i++) {
+			uintptr_t p = a + off + i * PAGE;
+			if (!((e[i] >> 63) & 1) || !((e[i] >> 61) & 1))
+				continue; /* not there, or anonymous (written) */
+			if (!(*n)++ || p - base < *first)
+				*first = p - base;
+			if (p != run_end) {
+				if (zap && run_end)
+					madvise((void *)run, run_end - run, MADV_DONTNEED);
+				run = p;
+			}
+			run_end = p + PAGE;
+		}
+		off += k * PAGE;
+	}
+	if (zap && run_end)
+		madvise((void *)run, run_end - run, MADV_DONTNEED);
+	return 0;
+}
+
+/* Under tab_lock: the live entry of the block at a gets n more pages. */
+static void hist_add(uintptr_t a, uint32_t n, uint64_t first)
+{
+	if (!n)
+		return;
+	for (size_t i = hist_n; i-- > 0;) {
+		struct hist *h = &hist[i];
+		if (h->addr == a && !h->t1) {
+			if (!h->pages || first < h->first)
+				h->first = first;
+			h->pages += n;
+			h->tid = -1;
+			return;
+		}
+	}
+}
+
+/* Count [p + from, p + from + len) of the block at p into its entry,
+ * with zap dropping the counted pages. Called without tab_lock. */
+static void fb_count(void *p, size_t from, size_t len, int zap)
+{
+	uint32_t n = 0;
+	uint64_t first = 0;
+
+	if (!fb_on || !fb_intact())
+		return;
+	fb_scan((uintptr_t)p, (uintptr_t)p + from, len, zap, &n, &first);
+	pthread_mutex_lock(&tab_lock);
+	hist_add((uintptr_t)p, n, first);
+	pthread_mutex_unlock(&tab_lock);
+}
+
+/* At exit: the live blocks' reads (no zap: other threads may still run). */
+static void fb_count_live(void)
+{
+	if (!fb_on || !fb_intact())
+		return;
+	pthread_mutex_lock(&tab_lock);
+	for (size_t i = 0, cap = tab ? (size_t)1 << tab_bits : 0; i < cap; i++) {
+		uint32_t n = 0;
+		uint64_t first = 0;
+		if (!tab[i].addr || blk_kind(tab[i]) != BLK_REFPAGE)
+			continue;
+		fb_scan(tab[i].addr, tab[i].addr, blk_len(tab[i]), 0, &n, &first);
+		hist_add(tab[i].addr, n, first);
+	}
+	pthread_mutex_unlock(&tab_lock);
+}
+
+/* A fork child (one thread, the table consistent): its blocks hold the
+ * pages its parent read where the kernel copied their page tables (blocks
+ * with written pages); those reads are the parent's, so they are dropped
+ * uncounted. The parent's uffd and pagemap are not this process's, and
+ * the child's mappings are not registered: both made anew. */
+static void fb_fork_child(void)
+{
+	if (!fb_on)
+		return;
+	if (fb_pm >= 0)
+		close(fb_pm);
+	if (fb_uffd >= 0)
+		close(fb_uffd);
+	fb_pm = fb_uffd = -1;
+	if (fb_open() < 0)
+		return;
+	for (size_t i = 0, cap = tab ? (size_t)1 << tab_bits : 0; i < cap; i++) {
+		uint32_t n = 0;
+		uint64_t first = 0;
+		if (!tab[i].addr || blk_kind(tab[i]) != BLK_REFPAGE)
+			continue;
+		fb_scan(tab[i].addr, tab[i].addr, blk_len(tab[i]), 1, &n, &first);
+		fb_register(tab[i].addr, blk_len(tab[i]));
+	}
 }
 
 /* --- blocks ------------------------------------------------------------ */
@@ -845,6 +1083,8 @@ static void *large_alloc(size_t n, size_t align, enum blk_kind kind, uintptr_t s
 		p = NULL;
 	}
 	if (p && kind == BLK_REFPAGE && rp_reporting) {
+		if (fb_on)
+			fb_register((uintptr_t)p, len); /* before the program can read it */
 		pthread_mutex_lock(&tab_lock);
 		hist_open((uintptr_t)p, len, n, site, fn, now_ns());
 		int collect = hist_n - hist_mark >= HIST_COLLECT;
@@ -864,11 +1104,15 @@ static void *large_alloc(size_t n, size_t align, enum blk_kind kind, uintptr_t s
 	return p;
 }
 
-static void release(void *p, struct blk b)
+/* counted: the file backend's pages were counted already (the copy
+ * fallback of a realloc, whose copy reads the old block). */
+static void release_counted(void *p, struct blk b, int counted)
 {
 	int e = errno;
 
 	if (blk_kind(b) == BLK_REFPAGE && rp_reporting) {
+		if (!counted)
+			fb_count(p, 0, blk_len(b), 0); /* unmapped next: no zap */
 		pthread_mutex_lock(&tab_lock);
 		hist_close((uintptr_t)p, now_ns());
 		pthread_mutex_unlock(&tab_lock);
@@ -881,6 +1125,11 @@ static void release(void *p, struct blk b)
 	errno = e;
 }
 
+static void release(void *p, struct blk b)
+{
+	release_counted(p, b, 0);
+}
+
 /* Shrink in place: the tail goes (through refpaged first for a refpage
  * block) once it is at least half the block; a smaller tail stays, as
  * usable size. */
@@ -890,6 +1139,8 @@ static void *large_shrink(void *p, struct blk b, size_t n)
 
 	if (nlen <= len / 2) {
 		in_shim++;
+		if (blk_kind(b) == BLK_REFPAGE && rp_reporting)
+			fb_count(p, nlen, len - nlen, 0); /* the tail's reads, before it goes */
 		unmap_span((char *)p + nlen, len - nlen, blk_kind(b));
 		in_shim--;
 		len = nlen;
@@ -910,8 +1161,13 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 {
 	size_t len = blk_len(b), nlen = page_round(n);
 	uint64_t t = now_ns();
+	int fb = blk_kind(b) == BLK_REFPAGE && fb_on;
 
 	in_shim++;
+	/* The file backend: the old block's reads are counted, and dropped so
+	 * that the block made anew does not count them again (they move). */
+	if (fb)
+		fb_count(p, 0, len, 1);
 	char *q = blk_kind(b) == BLK_REFPAGE ? rp_remap(rp_cl, p, len, nlen, MREMAP_MAYMOVE,
 							PROT_READ | PROT_WRITE, rp_tmpl, NULL)
 					     : mremap(p, len, nlen, MREMAP_MAYMOVE);
@@ -922,11 +1178,13 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 		void *c = large_alloc(n, 0, 0, site, "realloc");
 		if (c) {
 			memcpy(c, p, len);
-			release(p, b);
+			release_counted(p, b, fb); /* the copy's reads are not the program's */
 			return c;
 		}
 	}
 	if (q == MAP_FAILED) {
+		if (fb) /* a failed move may have moved pieces back */
+			fb_register((uintptr_t)p, len);
 		tab_put(p, len, blk_kind(b), b.req);
 		errno = ENOMEM;
 		return NULL;
@@ -937,6 +1195,8 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 	if (blk_kind(b) == BLK_REFPAGE && rp_reporting) {
 		/* A block made anew by this call: its reads from now on are
 		 * this caller's (the grown part is untouched). */
+		if (fb)
+			fb_register((uintptr_t)q, nlen); /* moved or grown: not registered */
 		pthread_mutex_lock(&tab_lock);
 		hist_close((uintptr_t)p, t);
 		hist_open((uintptr_t)q, nlen, n, site, "realloc", t);
@@ -1188,6 +1448,7 @@ static void fork_child(void)
 		hist[i].pages = 0;
 	rep_unmatched = rep_dropped = 0;
 	atomic_flag_clear(&collecting);
+	fb_fork_child();
 	int s = RP_CONNECTING;
 	atomic_compare_exchange_strong(&rp_state, &s, RP_NONE);
 }
@@ -1251,7 +1512,10 @@ static void report_entry(const struct hist *h, int fd)
 		m_str(&m, "{\"pid\":");
 		m_num(&m, (unsigned long long)getpid());
 		m_str(&m, ",\"tid\":");
-		m_num(&m, (unsigned long long)h->tid);
+		if (h->tid < 0)
+			m_str(&m, "null"); /* the file backend */
+		else
+			m_num(&m, (unsigned long long)h->tid);
 		m_str(&m, ",\"size\":");
 		m_num(&m, h->req);
 		m_str(&m, ",\"allocator\":\"");
@@ -1281,8 +1545,12 @@ static void report_entry(const struct hist *h, int fd)
 	m_str(&m, h->pages == 1 ? " page" : " pages");
 	m_str(&m, " read before written, first at offset ");
 	m_num(&m, h->first);
-	m_str(&m, " by thread ");
-	m_num(&m, (unsigned long long)h->tid);
+	if (h->tid < 0) {
+		m_str(&m, ", thread unknown (file backend)");
+	} else {
+		m_str(&m, " by thread ");
+		m_num(&m, (unsigned long long)h->tid);
+	}
 	m_emit_to(&m, fd);
 }
 
@@ -1308,6 +1576,19 @@ static void report_print(void)
 
 	if (s == RP_NONE)
 		return; /* no large allocation: nothing was watched */
+	if (rp_reporting && fb_on)
+		fb_count_live();
+	if (fb_what) {
+		struct msg m;
+		m_begin(&m);
+		m_str(&m, "report: unavailable: on the file backend the report needs the kernel's "
+			  "fault-around off (a write-protect userfaultfd), and here: ");
+		m_str(&m, fb_what);
+		m_str(&m, ": ");
+		m_str(&m, strerrordesc_np(fb_err));
+		m_emit_to(&m, fd);
+		return;
+	}
 	if (!rp_reporting) {
 		report_say(fd,
 			   s != RP_READY
@@ -1315,14 +1596,6 @@ static void report_print(void)
 				     "allocations fell back to memset), so nothing was watched"
 			   : rp_report_err == EOPNOTSUPP
 				   ? "unavailable: this refpaged does not know report mode"
-			   : rp_report_err == EPERM && cfg.backend == RUNOPT_BACKEND_FILE
-				   ? "unavailable: the file backend's faults are served by the "
-				     "kernel, unseen"
-			   : rp_report_err == EPERM
-				   ? "unavailable: this process cannot make a full userfaultfd, so "
-				     "its refpages come from the file backend, whose faults the "
-				     "kernel serves unseen (--allow-user-mode-only reports them, "
-				     "but then system calls on untouched memory fail with EFAULT)"
 				   : "unavailable",
 			   0, NULL);
 		return;

@@ -41,7 +41,8 @@ static void usage(FILE *f)
 		"                     template file of the process (no daemon needed); uffd:\n"
 		"                     refpaged serves them; auto (default): file, but with\n"
 		"                     --report uffd where this user can make a full\n"
-		"                     userfaultfd\n"
+		"                     userfaultfd (the file backend's report finds only\n"
+		"                     pages read and never written, with no thread)\n"
 		"  --allow-user-mode-only\n"
 		"                     --backend uffd even where this user only gets a user-mode-\n"
 		"                     only userfaultfd (then read(2) into or write(2) from an\n"
@@ -50,7 +51,7 @@ static void usage(FILE *f)
 		"  --report[=FILE]    refpage mode: each process lists at exit its large\n"
 		"                     allocations with pages read before they were written\n"
 		"                     (size, call site, pages, first offset, thread), to\n"
-		"                     stderr or appended to FILE\n"
+		"                     stderr or appended to FILE; see --backend\n"
 		"  --report-format FORMAT\n"
 		"                     text (default) or json: one JSON object a line with\n"
 		"                     pid, tid, size, site, pages, first_offset, backtrace\n"
@@ -185,7 +186,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 	if (optind >= argc)
 		bad("no PROGRAM given");
 	if (o->report && o->mode != RUNOPT_REFPAGE)
-		bad("--report needs --mode refpage (only refpaged sees the reads)");
+		bad("--report needs --mode refpage (it watches refpage blocks only)");
 	o->backend = runopt_backend_choose(o->backend, o->report);
 	return optind;
 }
@@ -265,16 +266,12 @@ static void check_refpages(struct run_opts *o)
 	if (o->report && o->backend != RUNOPT_BACKEND_FILE &&
 	    (o->backend == RUNOPT_BACKEND_UFFD || runopt_full_uffd()))
 		flags |= RP_CONNECT_REPORT;
-	else if (o->report && o->backend == RUNOPT_BACKEND_FILE)
-		fprintf(stderr,
-			"refpage-run: --report: the file backend's faults are served by the "
-			"kernel, unseen: nothing will be reported\n");
-	else if (o->report)
+	else if (o->report && o->backend == RUNOPT_BACKEND_AUTO)
 		fprintf(stderr,
 			"refpage-run: --report: this user cannot make a full userfaultfd, so refpages "
-			"come from the file backend, whose faults the kernel serves unseen: nothing "
-			"will be reported (--allow-user-mode-only reports them, but then system calls "
-			"on untouched memory fail with EFAULT)\n");
+			"come from the file backend, where the report finds only pages read and never "
+			"written, with no thread (docs/report.md; --allow-user-mode-only gives the "
+			"uffd backend, but then system calls on untouched memory fail with EFAULT)\n");
 	if ((r = rp_connect_opts(path, flags, &c)) < 0 && o->backend == RUNOPT_BACKEND_AUTO) {
 		/* The file backend needs no daemon: the whole run uses it. */
 		fprintf(stderr,
@@ -282,9 +279,11 @@ static void check_refpages(struct run_opts *o)
 			"serves them)%s\n",
 			r == -ENOENT || r == -ECONNREFUSED ? "cannot reach refpaged"
 							   : "refpaged cannot serve this run",
-			path, rp_strerror(r), o->report ? ", which --report cannot watch" : "");
+			path, rp_strerror(r),
+			o->report ? ", where --report finds only pages read and never written, "
+				    "with no thread (docs/report.md)"
+				  : "");
 		o->backend = RUNOPT_BACKEND_FILE;
-		o->report = 0;
 		flags = RP_CONNECT_FILE;
 		r = rp_connect_opts(path, flags, &c);
 	}
