@@ -17,6 +17,9 @@
 #            read-before-write pages recorded, on the backend --report
 #            chooses (uffd where the user can make a full userfaultfd);
 #            not in the default --modes
+#   report-file  the same with --backend file: pages read and never written,
+#            found in /proc/self/pagemap (docs/report.md, "On the file
+#            backend"); not in the default --modes
 #   shim     refpage-run --mode anon: the shim alone, no pattern: every
 #            large block its own anonymous mmap (zeros), never glibc's
 #            reused heap; set beside anon it is the shim's own cost, beside
@@ -66,7 +69,7 @@
 #          [--user USER] [--tsv FILE]
 #   --programs  default pdftoppm,xz,python3,sort,gcc,sqlite3,convert
 #   --modes   which of anon,memset,perturb,refpage,refpage-uffd,refpage-file,
-#             report,shim
+#             report,report-file,shim
 #             (default anon,memset,perturb,refpage; anon always runs: it is
 #             the reference)
 #   --user    run every program (and refpage-run) as USER (setpriv, no
@@ -116,8 +119,8 @@ IFS=, read -r -a want_modes <<<"$modes_arg"
 for m in "${want_modes[@]}"; do
 	case $m in
 	anon) ;;
-	memset | perturb | refpage | refpage-uffd | refpage-file | report | shim) modes+=("$m") ;;
-	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-uffd, refpage-file, report, shim)" ;;
+	memset | perturb | refpage | refpage-uffd | refpage-file | report | report-file | shim) modes+=("$m") ;;
+	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-uffd, refpage-file, report, report-file, shim)" ;;
 	esac
 done
 # as[]: the prefix that runs a command as --user (empty: as we are).
@@ -251,6 +254,8 @@ mode_pre() {
 	refpage-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file --) ;;
 	report) pre=("$run" --socket "$socket" --strict --mode refpage --report="$w/report.json"
 		--report-format json --) ;;
+	report-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file
+		--report="$w/report.json" --report-format json --) ;;
 	shim) pre=("$run" --mode anon --) ;;
 	esac
 }
@@ -269,7 +274,7 @@ one_run() {
 	[ -z "$user" ] || chown "$user" "$o"
 	prog_cmd "$1" "$o"
 	mode_pre "$2"
-	if [ -n "$user" ] && [ "$2" = report ]; then
+	if [ -n "$user" ] && [[ $2 == report* ]]; then
 		touch "$w/report.json" && chown "$user" "$w/report.json"
 	fi
 	d0=$(daemon_cpu)
@@ -376,7 +381,7 @@ bad=0
 		echo "over it the pattern's."
 		echo
 	fi
-	if [[ " ${modes[*]} " == *" report "* ]]; then
+	if [[ " ${modes[*]} " == *" report"* ]]; then
 		echo "Report mode: $(wc -l <"$w/report.json" 2>/dev/null || echo 0) allocation(s) with pages read before"
 		echo "written reported over all report runs (\`--report-format json\` lines)."
 		echo
