@@ -196,13 +196,12 @@ static void load_cfg(void)
 		say2("ignoring bad " RUNOPT_ENV_ALLOW_UMO " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_BACKEND)) && runopt_backend(v, &cfg.backend) < 0)
 		say2("ignoring bad " RUNOPT_ENV_BACKEND " (want auto, uffd or file): ", v);
-	if (cfg.allow_umo && cfg.backend == RUNOPT_BACKEND_AUTO)
+	if (cfg.allow_umo)
 		cfg.backend = RUNOPT_BACKEND_UFFD;
 	if ((v = getenv(RUNOPT_ENV_STATS)) && runopt_bool(v, &cfg.stats) < 0)
 		say2("ignoring bad " RUNOPT_ENV_STATS " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_REPORT)) && runopt_bool(v, &cfg.report) < 0)
 		say2("ignoring bad " RUNOPT_ENV_REPORT " (want 0 or 1): ", v);
-	cfg.backend = runopt_backend_choose(cfg.backend, cfg.report);
 	if ((v = getenv(RUNOPT_ENV_REPORT_FORMAT)) && runopt_format(v, &cfg.format) < 0)
 		say2("ignoring bad " RUNOPT_ENV_REPORT_FORMAT " (want text or json): ", v);
 	if ((v = getenv(RUNOPT_ENV_REPORT_FILE)) && *v)
@@ -538,39 +537,14 @@ static unsigned long max_map_count(void)
 	return v ? v : 65530;
 }
 
-/* Said once per process: refpaged could not be reached, so the file
- * backend serves this process's refpages. */
-static void say_file_instead(int err)
-{
-	struct msg m;
-
-	if (atomic_flag_test_and_set(&said_fallback))
-		return;
-	m_begin(&m);
-	m_str(&m, err == -ENOENT || err == -ECONNREFUSED
-			  ? "cannot reach refpaged at "
-			  : "refpaged cannot serve this process at ");
-	m_str(&m, sock_path());
-	m_str(&m, ": ");
-	m_str(&m, rp_strerror(err));
-	m_str(&m, "; refpages come from the file backend (the kernel serves them)");
-	if (cfg.report)
-		m_str(&m, ", where --report finds only pages read and never written, with no "
-			  "thread (docs/report.md)");
-	m_emit(&m);
-}
-
 static int rp_bring_up(void)
 {
-	unsigned flags = cfg.backend == RUNOPT_BACKEND_UFFD   ? RP_CONNECT_UFFD
-			 : cfg.backend == RUNOPT_BACKEND_FILE ? RP_CONNECT_FILE
-							      : 0;
+	unsigned flags = cfg.backend == RUNOPT_BACKEND_UFFD ? RP_CONNECT_UFFD : RP_CONNECT_FILE;
 	rp_client *c;
 	uint32_t id;
 	int r;
 
-	if (cfg.report && cfg.backend != RUNOPT_BACKEND_FILE &&
-	    (cfg.backend == RUNOPT_BACKEND_UFFD || runopt_full_uffd())) {
+	if (cfg.report && cfg.backend == RUNOPT_BACKEND_UFFD) {
 		r = rp_connect_opts(NULL, flags | RP_CONNECT_REPORT, &c);
 		rp_reporting = r == 0;
 		if (r == -EOPNOTSUPP) {
@@ -579,12 +553,6 @@ static int rp_bring_up(void)
 		}
 	} else {
 		r = rp_connect_opts(NULL, flags, &c);
-	}
-	if (r < 0 && cfg.backend == RUNOPT_BACKEND_AUTO) {
-		/* No daemon for the uffd backend: the file backend needs none. */
-		say_file_instead(r);
-		rp_reporting = 0;
-		r = rp_connect_opts(NULL, RP_CONNECT_FILE, &c);
 	}
 	if (r < 0) {
 		no_refpage(&said_fallback, "cannot reach refpaged at ", sock_path(), -r);

@@ -37,12 +37,11 @@ static void usage(FILE *f)
 		"  --strict           refpage mode: exit 1 instead of falling back to memset\n"
 		"                     when refpages cannot be had (checked here, and by the\n"
 		"                     program's processes later on)\n"
-		"  --backend BACKEND  refpage mode: file: the kernel serves the faults from a\n"
-		"                     template file of the process (no daemon needed); uffd:\n"
-		"                     refpaged serves them; auto (default): file, but with\n"
-		"                     --report uffd where this user can make a full\n"
-		"                     userfaultfd (the file backend's report finds only\n"
-		"                     pages read and never written, with no thread)\n"
+		"  --backend BACKEND  refpage mode: file (the default; also 'auto'): the kernel\n"
+		"                     serves the faults from a template file of the process\n"
+		"                     (no daemon needed); uffd: refpaged serves them (with\n"
+		"                     --report: the reading thread, and pages read then\n"
+		"                     written, which the file backend's report cannot see)\n"
 		"  --allow-user-mode-only\n"
 		"                     --backend uffd even where this user only gets a user-mode-\n"
 		"                     only userfaultfd (then read(2) into or write(2) from an\n"
@@ -116,7 +115,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		{ 0 },
 	};
 	size_t thr;
-	int c;
+	int c, backend_given = 0;
 
 	opterr = 0;
 	/* "+": stop at PROGRAM, whose own options are not ours. */
@@ -150,6 +149,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		case OPT_BACKEND:
 			if (runopt_backend(optarg, &o->backend) < 0)
 				bad("--backend: want auto, uffd or file, not '%s'", optarg);
+			backend_given = 1;
 			break;
 		case OPT_UMO:
 			o->allow_umo = 1;
@@ -178,7 +178,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		}
 	}
 	if (o->allow_umo) {
-		if (o->backend == RUNOPT_BACKEND_FILE)
+		if (backend_given && o->backend == RUNOPT_BACKEND_FILE)
 			bad("--allow-user-mode-only asks for the uffd backend, --backend file for the "
 			    "other");
 		o->backend = RUNOPT_BACKEND_UFFD;
@@ -187,7 +187,6 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		bad("no PROGRAM given");
 	if (o->report && o->mode != RUNOPT_REFPAGE)
 		bad("--report needs --mode refpage (it watches refpage blocks only)");
-	o->backend = runopt_backend_choose(o->backend, o->report);
 	return optind;
 }
 
@@ -253,9 +252,7 @@ static void set_preload(const char *shim)
 static void check_refpages(struct run_opts *o)
 {
 	const char *path = o->socket ? o->socket : getenv(RUNOPT_ENV_SOCKET);
-	unsigned flags = o->backend == RUNOPT_BACKEND_UFFD   ? RP_CONNECT_UFFD
-			 : o->backend == RUNOPT_BACKEND_FILE ? RP_CONNECT_FILE
-							     : 0;
+	unsigned flags = o->backend == RUNOPT_BACKEND_UFFD ? RP_CONNECT_UFFD : RP_CONNECT_FILE;
 	char why[512];
 	rp_client *c;
 	uint32_t id;
@@ -263,30 +260,9 @@ static void check_refpages(struct run_opts *o)
 
 	if (!path || !*path)
 		path = PROTO_DEFAULT_SOCKET;
-	if (o->report && o->backend != RUNOPT_BACKEND_FILE &&
-	    (o->backend == RUNOPT_BACKEND_UFFD || runopt_full_uffd()))
+	if (o->report && o->backend == RUNOPT_BACKEND_UFFD)
 		flags |= RP_CONNECT_REPORT;
-	else if (o->report && o->backend == RUNOPT_BACKEND_AUTO)
-		fprintf(stderr,
-			"refpage-run: --report: this user cannot make a full userfaultfd, so refpages "
-			"come from the file backend, where the report finds only pages read and never "
-			"written, with no thread (docs/report.md; --allow-user-mode-only gives the "
-			"uffd backend, but then system calls on untouched memory fail with EFAULT)\n");
-	if ((r = rp_connect_opts(path, flags, &c)) < 0 && o->backend == RUNOPT_BACKEND_AUTO) {
-		/* The file backend needs no daemon: the whole run uses it. */
-		fprintf(stderr,
-			"refpage-run: %s at %s: %s; refpages come from the file backend (the kernel "
-			"serves them)%s\n",
-			r == -ENOENT || r == -ECONNREFUSED ? "cannot reach refpaged"
-							   : "refpaged cannot serve this run",
-			path, rp_strerror(r),
-			o->report ? ", where --report finds only pages read and never written, "
-				    "with no thread (docs/report.md)"
-				  : "");
-		o->backend = RUNOPT_BACKEND_FILE;
-		flags = RP_CONNECT_FILE;
-		r = rp_connect_opts(path, flags, &c);
-	}
+	r = rp_connect_opts(path, flags, &c);
 	if (r < 0) {
 		snprintf(why, sizeof(why), "cannot reach refpaged at %s%s: %s", path,
 			 r == -EOPNOTSUPP ? " in report mode" : "", rp_strerror(r));

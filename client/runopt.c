@@ -3,11 +3,8 @@
 #include "runopt.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 int runopt_mode(const char *s, enum runopt_mode *out)
 {
@@ -37,33 +34,18 @@ const char *runopt_mode_name(enum runopt_mode m)
 
 int runopt_backend(const char *s, enum runopt_backend *out)
 {
-	static const char *const names[] = { "auto", "uffd", "file" };
-
-	for (unsigned i = 0; s && i < sizeof(names) / sizeof(names[0]); i++) {
-		if (strcmp(s, names[i]) == 0) {
-			*out = (enum runopt_backend)i;
-			return 0;
-		}
-	}
-	return -1;
+	if (s && (!strcmp(s, "file") || !strcmp(s, "auto")))
+		*out = RUNOPT_BACKEND_FILE;
+	else if (s && !strcmp(s, "uffd"))
+		*out = RUNOPT_BACKEND_UFFD;
+	else
+		return -1;
+	return 0;
 }
 
 const char *runopt_backend_name(enum runopt_backend b)
 {
-	switch (b) {
-	case RUNOPT_BACKEND_AUTO:
-		return "auto";
-	case RUNOPT_BACKEND_UFFD:
-		return "uffd";
-	case RUNOPT_BACKEND_FILE:
-		return "file";
-	}
-	return "?";
-}
-
-enum runopt_backend runopt_backend_choose(enum runopt_backend b, int report)
-{
-	return b == RUNOPT_BACKEND_AUTO && !report ? RUNOPT_BACKEND_FILE : b;
+	return b == RUNOPT_BACKEND_UFFD ? "uffd" : "file";
 }
 
 /* A whole unsigned number (strtoull alone accepts "-1", " 5" and ""). */
@@ -138,22 +120,4 @@ int runopt_bool(const char *s, int *out)
 		return 0;
 	}
 	return -1;
-}
-
-/* The same two routes librefpage tries before falling back to
- * UFFD_USER_MODE_ONLY; the probe's uffd is closed at once. */
-int runopt_full_uffd(void)
-{
-	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-
-	if (dev >= 0) {
-		close(dev);
-		return 1;
-	}
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (fd >= 0) {
-		close(fd);
-		return 1;
-	}
-	return 0;
 }

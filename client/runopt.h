@@ -44,32 +44,21 @@ int runopt_bool(const char *s, int *out);
 
 const char *runopt_mode_name(enum runopt_mode m);
 
-/* Which librefpage backend refpage mode uses (refpage.h). */
+/* Which librefpage backend refpage mode uses (refpage.h). The file
+ * backend is the default: the kernel serves its faults on its own paths,
+ * so an unmodified program runs at about anonymous memory's speed and RSS
+ * there (docs/performance.md, "Real programs"); --report keeps it (the
+ * report is then read from /proc/self/pagemap: docs/report.md). */
 enum runopt_backend {
-	RUNOPT_BACKEND_AUTO, /* runopt_backend_choose() */
-	RUNOPT_BACKEND_UFFD, /* uffd, even user-mode-only (--allow-user-mode-only) */
-	RUNOPT_BACKEND_FILE, /* file, even where a full userfaultfd can be made */
+	RUNOPT_BACKEND_FILE, /* the kernel serves the faults from a template file */
+	RUNOPT_BACKEND_UFFD, /* refpaged serves them, even through a user-mode-only uffd */
 };
-/* "auto", "uffd" or "file". */
+/* "file" or "auto" (the default: file), or "uffd". */
 int runopt_backend(const char *s, enum runopt_backend *out);
 const char *runopt_backend_name(enum runopt_backend b);
-/* What "auto" means to refpage-run and the shim: the file backend, whose
- * faults the kernel serves (an unmodified program runs at about anonymous
- * memory's speed and RSS there: docs/performance.md, "Real programs"),
- * unless the run reports reads, which only the uffd backend sees; then it
- * stays auto (uffd where this user can make a full userfaultfd, else
- * file). Any other choice is returned as it is. */
-enum runopt_backend runopt_backend_choose(enum runopt_backend b, int report);
 
 enum runopt_format { RUNOPT_TEXT, RUNOPT_JSON };
 /* "text" or "json". */
 int runopt_format(const char *s, enum runopt_format *out);
-
-/* 1 if this process can make a userfaultfd that also serves faults taken
- * in kernel mode (through /dev/userfaultfd or the plain syscall), 0 if it
- * would only get a UFFD_USER_MODE_ONLY one: then a system call that reads
- * or writes an untouched refpage page (read(2) into a fresh buffer,
- * write(2) out of one) fails with EFAULT instead of faulting it in. */
-int runopt_full_uffd(void);
 
 #endif
