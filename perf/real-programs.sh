@@ -13,13 +13,12 @@
 #            default --modes
 #   refpage-file  the same with --backend file (what refpage is unless
 #            REFPAGE_RUN_BACKEND says otherwise); not in the default --modes
-#   report   refpage-run --report --report-format json (docs/report.md):
-#            read-before-write pages recorded, on the backend --report
-#            chooses (uffd where the user can make a full userfaultfd);
-#            not in the default --modes
-#   report-file  the same with --backend file: pages read and never written,
-#            found in /proc/self/pagemap (docs/report.md, "On the file
-#            backend"); not in the default --modes
+#   report   refpage-run --report --report-format json (docs/report.md), on
+#            the default backend (file): pages read and never written, found
+#            in /proc/self/pagemap; not in the default --modes
+#   report-uffd  the same with --backend uffd: refpaged records each read
+#            fault of a page never written (one page per fill); not in the
+#            default --modes
 #   shim     refpage-run --mode anon: the shim alone, no pattern: every
 #            large block its own anonymous mmap (zeros), never glibc's
 #            reused heap; set beside anon it is the shim's own cost, beside
@@ -69,7 +68,7 @@
 #          [--user USER] [--tsv FILE]
 #   --programs  default pdftoppm,xz,python3,sort,gcc,sqlite3,convert
 #   --modes   which of anon,memset,perturb,refpage,refpage-uffd,refpage-file,
-#             report,report-file,shim
+#             report,report-uffd,shim
 #             (default anon,memset,perturb,refpage; anon always runs: it is
 #             the reference)
 #   --user    run every program (and refpage-run) as USER (setpriv, no
@@ -119,8 +118,8 @@ IFS=, read -r -a want_modes <<<"$modes_arg"
 for m in "${want_modes[@]}"; do
 	case $m in
 	anon) ;;
-	memset | perturb | refpage | refpage-uffd | refpage-file | report | report-file | shim) modes+=("$m") ;;
-	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-uffd, refpage-file, report, report-file, shim)" ;;
+	memset | perturb | refpage | refpage-uffd | refpage-file | report | report-uffd | shim) modes+=("$m") ;;
+	*) die "unknown mode '$m' (anon, memset, perturb, refpage, refpage-uffd, refpage-file, report, report-uffd, shim)" ;;
 	esac
 done
 # as[]: the prefix that runs a command as --user (empty: as we are).
@@ -254,7 +253,7 @@ mode_pre() {
 	refpage-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file --) ;;
 	report) pre=("$run" --socket "$socket" --strict --mode refpage --report="$w/report.json"
 		--report-format json --) ;;
-	report-file) pre=("$run" --socket "$socket" --strict --mode refpage --backend file
+	report-uffd) pre=("$run" --socket "$socket" --strict --mode refpage --backend uffd
 		--report="$w/report.json" --report-format json --) ;;
 	shim) pre=("$run" --mode anon --) ;;
 	esac
@@ -347,7 +346,7 @@ bad=0
 			rss=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $4 }' "$w/raw" | median)
 			cpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $6 }' "$w/raw" | median)
 			dcpu=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $7 }' "$w/raw" | median)
-			[ "$m" = refpage-uffd ] || [ "$m" = report ] || dcpu=- # the file backend: no daemon
+			[ "$m" = refpage-uffd ] || [ "$m" = report-uffd ] || dcpu=- # the file backend: no daemon
 			range=$(awk -v p="$p" -v m="$m" '$1 == p && $2 == m { print $3 }' "$w/raw" | sort -g |
 				awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }')
 			# noise: the difference from anon's median is within the larger spread.

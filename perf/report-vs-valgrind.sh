@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # perf/report-vs-valgrind.sh: the test programs of tests/preload/report_cases.c
-# under refpage-run --report and under valgrind memcheck, side by side: what
-# each tool reports for each case, and what each run costs in wall time
-# (bash's $EPOCHREALTIME around each run; median of --runs N, the three
-# ways interleaved; plain: no tool).
+# under refpage-run --report (the default backend, file: pagemap), under
+# refpage-run --backend uffd --report (refpaged's read faults) and under
+# valgrind memcheck, side by side: what each tool reports for each case, and
+# what each run costs in wall time (bash's $EPOCHREALTIME around each run;
+# median of --runs N, the four ways interleaved; plain: no tool).
 # Writes a Markdown table to --out (docs/report.md quotes it).
 #
 # usage: perf/report-vs-valgrind.sh [--runs N] [--build DIR] [--out FILE]
@@ -47,25 +48,28 @@ for _ in $(seq 200); do [ -S "$w/d.sock" ] && break; sleep 0.05; done
 "$run" --strict --socket "$w/d.sock" -- true 2>"$w/probe" ||
 	{ echo "SKIP: refpages unusable here: $(cat "$w/probe")"; exit 77; }
 
-cases=(fresh realloc fork write clean)
-tools=(plain report memcheck)
+cases=(fresh realloc fork write middle readwrite clean)
+tools=(plain report report-uffd memcheck)
 
 # one CASE TOOL: its wall time appended to $w/CASE-TOOL.t, its findings
 # left in $w/CASE-TOOL.out.
 one() {
-	local c=$1 t=$2 pre=()
+	local c=$1 t=$2 pre=() be=file
 	case $t in
 	report) rm -f "$w/r.json"
 		pre=("$run" --socket "$w/d.sock" --strict --report="$w/r.json" --report-format json --) ;;
+	report-uffd) rm -f "$w/r.json" && be=uffd
+		pre=("$run" --socket "$w/d.sock" --strict --backend uffd --report="$w/r.json"
+			--report-format json --) ;;
 	memcheck) pre=(valgrind --tool=memcheck --trace-children=yes --child-silent-after-fork=no) ;;
 	esac
 	local t0=$EPOCHREALTIME t1
-	"${pre[@]}" "$cases_bin" "$c" >"$w/stdout" 2>"$w/stderr" ||
+	"${pre[@]}" "$cases_bin" "$c" "$be" >"$w/stdout" 2>"$w/stderr" ||
 		{ cat "$w/stderr" >&2; die "$c under $t failed"; }
 	t1=$EPOCHREALTIME
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f\n", (b - a) * 1000 }' >>"$w/$c-$t.t"
 	case $t in
-	report) touch "$w/r.json"; cp "$w/r.json" "$w/$c-$t.out" ;;
+	report*) touch "$w/r.json"; cp "$w/r.json" "$w/$c-$t.out" ;;
 	memcheck) cp "$w/stderr" "$w/$c-$t.out" ;;
 	esac
 }
@@ -108,15 +112,16 @@ memcheck_says() {
 {
 	echo "# refpage-run --report beside valgrind memcheck"
 	echo
-	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ); \`$cmdline\`; median wall time of $runs run(s), the three interleaved;"
+	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ); \`$cmdline\`; median wall time of $runs run(s), the four interleaved;"
 	echo "$(nproc) CPUs, kernel $(uname -r), $(valgrind --version). Programs: tests/preload/report_cases.c."
 	echo
-	echo "| case | refpage-run --report says | memcheck says | plain ms | --report ms | memcheck ms |"
-	echo "|---|---|---|--:|--:|--:|"
+	echo "| case | refpage-run --report (file backend) says | --backend uffd --report says | memcheck says | plain ms | --report ms | uffd --report ms | memcheck ms |"
+	echo "|---|---|---|---|--:|--:|--:|--:|"
 	for c in "${cases[@]}"; do
-		printf '| %s | %s | %s | %.1f | %.1f | %.1f |\n' "$c" "$(report_says "$w/$c-report.out")" \
-			"$(memcheck_says "$w/$c-memcheck.out")" "$(median <"$w/$c-plain.t")" \
-			"$(median <"$w/$c-report.t")" "$(median <"$w/$c-memcheck.t")"
+		printf '| %s | %s | %s | %s | %.1f | %.1f | %.1f | %.1f |\n' "$c" "$(report_says "$w/$c-report.out")" \
+			"$(report_says "$w/$c-report-uffd.out")" "$(memcheck_says "$w/$c-memcheck.out")" \
+			"$(median <"$w/$c-plain.t")" "$(median <"$w/$c-report.t")" \
+			"$(median <"$w/$c-report-uffd.t")" "$(median <"$w/$c-memcheck.t")"
 	done
 } >"$w/table.md"
 mkdir -p "$(dirname "$out")"
