@@ -16,7 +16,7 @@
 # most of a round trip's cost on a machine that does not poll.
 #
 # usage: perf/goals.sh [--build DIR] [--runs N] [--reps N] [--out DIR]
-#                      [--programs LIST] [--halt-poll NS] [--quick]
+#                      [--programs LIST] [--halt-poll NS] [--quick] [--table-only]
 #   --runs N      real-programs runs per cell (default 7)
 #   --reps N      refpage-bench timed repetitions per cell (default 7)
 #   --out DIR     results (default perf/results/goals): goals.md (the table),
@@ -24,11 +24,12 @@
 #   --halt-poll NS  the second run's guest_halt_poll_ns (default 200000, the
 #                 kernel's default for cpuidle-haltpoll; 0: no second run)
 #   --quick       small inputs, one run: checks the plumbing, not the goals
+#   --table-only  measure nothing: the table again from the results in --out
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-build=$root/build runs=7 reps=7 out=$here/results/goals programs= quick=0 halt_poll=200000
+build=$root/build runs=7 reps=7 out=$here/results/goals programs= quick=0 halt_poll=200000 measure=1
 cmdline="perf/goals.sh $*"
 die() { echo "goals: $*" >&2; exit 2; }
 while (($#)); do
@@ -40,6 +41,7 @@ while (($#)); do
 	--programs) programs=${2:?}; shift ;;
 	--halt-poll) halt_poll=${2:?}; shift ;;
 	--quick) quick=1 ;;
+	--table-only) measure=0 ;;
 	-h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument '$1' (--help)" ;;
 	esac
@@ -61,20 +63,22 @@ if ((quick)); then
 		--mib 16 --small-count 20 --modes anon,memset,memfd,uffd-thread,refpaged,refpage-file)
 fi
 
-"$here/real-programs.sh" "${rp_args[@]}" >"$out/real-programs.log" 2>&1 ||
-	{ cat "$out/real-programs.log" >&2; die "perf/real-programs.sh failed (its log above)"; }
-"$here/run.sh" --build "$build" --daemon-args "" --out "$out/bench" -- "${bench_args[@]}" \
-	>"$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; die "perf/run.sh failed (its log above)"; }
 hp_file=/sys/module/haltpoll/parameters/guest_halt_poll_ns
-hp_json=
-if [ "$halt_poll" != 0 ] && [ -w "$hp_file" ]; then
-	"$here/run.sh" --build "$build" --daemon-args "" --guest-halt-poll "$halt_poll" --out "$out/bench-halt-poll" \
-		-- "${bench_args[@]}" >"$out/bench-halt-poll.log" 2>&1 ||
-		{ cat "$out/bench-halt-poll.log" >&2; die "perf/run.sh --guest-halt-poll failed (its log above)"; }
-	hp_json=$out/bench-halt-poll/bench.json
-else
-	rm -rf "$out/bench-halt-poll" "$out/bench-halt-poll.log"
+if ((measure)); then
+	"$here/real-programs.sh" "${rp_args[@]}" >"$out/real-programs.log" 2>&1 ||
+		{ cat "$out/real-programs.log" >&2; die "perf/real-programs.sh failed (its log above)"; }
+	"$here/run.sh" --build "$build" --daemon-args "" --out "$out/bench" -- "${bench_args[@]}" \
+		>"$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; die "perf/run.sh failed (its log above)"; }
+	if [ "$halt_poll" != 0 ] && [ -w "$hp_file" ]; then
+		"$here/run.sh" --build "$build" --daemon-args "" --guest-halt-poll "$halt_poll" --out "$out/bench-halt-poll" \
+			-- "${bench_args[@]}" >"$out/bench-halt-poll.log" 2>&1 ||
+			{ cat "$out/bench-halt-poll.log" >&2; die "perf/run.sh --guest-halt-poll failed (its log above)"; }
+	else
+		rm -rf "$out/bench-halt-poll" "$out/bench-halt-poll.log"
+	fi
 fi
+hp_json=
+[ -f "$out/bench-halt-poll/bench.json" ] && hp_json=$out/bench-halt-poll/bench.json
 hp_now=$(cat "$hp_file" 2>/dev/null || echo "n/a (no cpuidle-haltpoll)")
 
 python3 - "$out/real-programs.tsv" "$out/bench/bench.json" "$cmdline" "$runs" "$reps" "$hp_now" \
@@ -115,10 +119,12 @@ for p in programs:
         backend = "file backend, the default" if m == "refpage" else "uffd backend"
         fig = (f"{wt:.3f}× anon time ({d['wall_med']} s, {spread(d, 'wall')}; anon {a['wall_med']} s, "
                f"{spread(a, 'wall')}){' — within the spread: noise' if noise else ''}; RSS {rs:.3f}×")
-        # A time over the goal inside the runs' spread is not a measured
-        # miss (nor a measured hit); RSS is steady enough to judge.
+        # A median over the goal inside the runs' spread is not a measured
+        # miss (nor a measured hit), unless even the mode's fastest run is
+        # over it; RSS is steady enough to judge.
+        best = float(d["wall_min"]) / float(a["wall_med"])
         row(f"{p} under refpage-run ({backend}): ≤ 1.03× anon time, ≤ 1.02× anon max RSS", fig,
-            wt <= 1.03 and rs <= 1.02, noise and rs <= 1.02)
+            wt <= 1.03 and rs <= 1.02, noise and best <= 1.03 and rs <= 1.02)
 
 def bench_rows(path, note, uffd_only):
     cell = {(c["mode"], c["workload"]): c for c in json.load(open(path))["cells"]
@@ -182,7 +188,9 @@ print("| goal | measured | verdict |")
 print("|---|---|---|")
 print("\n".join(out))
 print()
-print("Verdicts: met; **missed**; within the noise: the median is over the goal but the runs overlap anon's "
-      "(the difference from anon's median is smaller than the larger min–max spread), so the runs cannot tell.")
+print("Verdicts: met; **missed**; within the noise: the median is over the goal, but the runs overlap anon's "
+      "(the difference from anon's median is smaller than the larger min–max spread) and the mode's fastest run is "
+      "within the goal of anon's median, so the runs cannot tell. A time row marked noise whose fastest run is over "
+      "the goal too is missed.")
 PY
 cat "$out/goals.md"
