@@ -196,7 +196,9 @@ static void load_cfg(void)
 		say2("ignoring bad " RUNOPT_ENV_ALLOW_UMO " (want 0 or 1): ", v);
 	if ((v = getenv(RUNOPT_ENV_BACKEND)) && runopt_backend(v, &cfg.backend) < 0)
 		say2("ignoring bad " RUNOPT_ENV_BACKEND " (want auto, uffd or file): ", v);
-	if (cfg.allow_umo)
+	/* Allowing a user-mode-only uffd asks for the uffd backend, unless
+	 * the file backend is named (refpage-run refuses the two together). */
+	if (cfg.allow_umo && !(v && !strcmp(v, "file")))
 		cfg.backend = RUNOPT_BACKEND_UFFD;
 	if ((v = getenv(RUNOPT_ENV_STATS)) && runopt_bool(v, &cfg.stats) < 0)
 		say2("ignoring bad " RUNOPT_ENV_STATS " (want 0 or 1): ", v);
@@ -665,6 +667,17 @@ static void hist_close(uintptr_t a, uint64_t t1)
 		}
 }
 
+/* The entry hist_close(a, t1) closed, live again (a realloc that failed
+ * and left the block where it was). */
+static void hist_reopen(uintptr_t a, uint64_t t1)
+{
+	for (size_t i = hist_n; i-- > 0;)
+		if (hist[i].addr == a && hist[i].t1 == t1) {
+			hist[i].t1 = 0;
+			return;
+		}
+}
+
 /* Under tab_lock: the entry record r belongs to. */
 static void hist_resolve(const struct rp_report_rec *r)
 {
@@ -745,6 +758,12 @@ static void report_collect(int final)
 static int fb_uffd = -1, fb_pm = -1; /* the WP-only uffd, /proc/self/pagemap */
 static dev_t fb_uffd_dev, fb_pm_dev;
 static ino_t fb_uffd_ino, fb_pm_ino;
+/* 1 in the process that opened fb_uffd and fb_pm (set again by the fork
+ * handler in a child); MADV_WIPEONFORK makes it 0 in a child made without
+ * fork()'s handlers (_Fork, clone, a raw fork system call), whose
+ * descriptors are still the parent's: its pagemap would describe the
+ * parent's memory, and a zap made on its word could drop written pages. */
+static volatile unsigned char *fb_token;
 static const char *fb_what; /* the step that failed: the report is unavailable */
 static int fb_err;
 static atomic_flag fb_failed = ATOMIC_FLAG_INIT;
@@ -776,6 +795,18 @@ static int fb_open(void)
 	struct stat st;
 	int u, e;
 
+	if (!fb_token) {
+		void *t = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			       0);
+		if (t == MAP_FAILED || madvise(t, PAGE, MADV_WIPEONFORK) < 0) {
+			e = errno;
+			if (t != MAP_FAILED)
+				munmap(t, PAGE);
+			fb_fail("a page that tells fork children apart (MADV_WIPEONFORK)", e);
+			return -1;
+		}
+		fb_token = t;
+	}
 	if ((fb_pm = fb_high(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC))) < 0 ||
 	    fstat(fb_pm, &st) < 0) {
 		fb_fail("/proc/self/pagemap", errno);
@@ -796,15 +827,26 @@ static int fb_open(void)
 	fb_uffd = fb_high(u);
 	fb_uffd_dev = st.st_dev;
 	fb_uffd_ino = st.st_ino;
+	*fb_token = 1;
 	return 0;
 }
 
-/* [a, a + len) registered (again: mremap and fork drop it). */
+static int fb_intact(void);
+
+/* [a, a + len) registered (again: mremap and fork drop it), and kept from
+ * huge pages: with shmem THP on (transparent_hugepage/shmem_enabled) a read
+ * fault could map a 2 MiB folio of the template whole, before the check
+ * that keeps a registered mapping to one page; MADV_NOHUGEPAGE on the
+ * mapping stops that (EINVAL: a kernel without THP, nothing to stop). */
 static void fb_register(uintptr_t a, size_t len)
 {
 	struct uffdio_register r = { .range = { a, len }, .mode = UFFDIO_REGISTER_MODE_WP };
 
-	if (fb_uffd >= 0 && ioctl(fb_uffd, UFFDIO_REGISTER, &r) < 0)
+	if (fb_uffd < 0 || !fb_intact())
+		return;
+	if (madvise((void *)a, len, MADV_NOHUGEPAGE) < 0 && errno != EINVAL)
+		fb_fail("keeping a block from huge pages (MADV_NOHUGEPAGE)", errno);
+	else if (ioctl(fb_uffd, UFFDIO_REGISTER, &r) < 0)
 		fb_fail("registering a block with the userfaultfd (UFFDIO_REGISTER)", errno);
 }
 
@@ -817,6 +859,12 @@ static int fb_intact(void)
 {
 	struct stat st;
 
+	if (!fb_token || !*fb_token) {
+		fb_fail("this process was made without fork()'s handlers (_Fork, clone): the "
+			"descriptors it has are its parent's",
+			ECHILD);
+		return 0;
+	}
 	if (fb_uffd < 0 || fstat(fb_uffd, &st) < 0 || st.st_dev != fb_uffd_dev ||
 	    st.st_ino != fb_uffd_ino) {
 		fb_fail("the program closed the userfaultfd that kept fault-around off", EBADF);
@@ -1136,6 +1184,13 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 	 * that the block made anew does not count them again (they move). */
 	if (fb)
 		fb_count(p, 0, len, 1);
+	/* Its history entry closes now, while p is still ours: once the move
+	 * unmaps p another thread's block may open an entry there. */
+	if (blk_kind(b) == BLK_REFPAGE && rp_reporting) {
+		pthread_mutex_lock(&tab_lock);
+		hist_close((uintptr_t)p, t);
+		pthread_mutex_unlock(&tab_lock);
+	}
 	char *q = blk_kind(b) == BLK_REFPAGE ? rp_remap(rp_cl, p, len, nlen, MREMAP_MAYMOVE,
 							PROT_READ | PROT_WRITE, rp_tmpl, NULL)
 					     : mremap(p, len, nlen, MREMAP_MAYMOVE);
@@ -1153,6 +1208,11 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 	if (q == MAP_FAILED) {
 		if (fb) /* a failed move may have moved pieces back */
 			fb_register((uintptr_t)p, len);
+		if (blk_kind(b) == BLK_REFPAGE && rp_reporting) {
+			pthread_mutex_lock(&tab_lock);
+			hist_reopen((uintptr_t)p, t);
+			pthread_mutex_unlock(&tab_lock);
+		}
 		tab_put(p, len, blk_kind(b), b.req);
 		errno = ENOMEM;
 		return NULL;
@@ -1166,7 +1226,6 @@ static void *large_grow(void *p, struct blk b, size_t n, uintptr_t site)
 		if (fb)
 			fb_register((uintptr_t)q, nlen); /* moved or grown: not registered */
 		pthread_mutex_lock(&tab_lock);
-		hist_close((uintptr_t)p, t);
 		hist_open((uintptr_t)q, nlen, n, site, "realloc", t);
 		pthread_mutex_unlock(&tab_lock);
 	}

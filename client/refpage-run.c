@@ -149,7 +149,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 		case OPT_BACKEND:
 			if (runopt_backend(optarg, &o->backend) < 0)
 				bad("--backend: want auto, uffd or file, not '%s'", optarg);
-			backend_given = 1;
+			backend_given = strcmp(optarg, "auto") != 0;
 			break;
 		case OPT_UMO:
 			o->allow_umo = 1;

@@ -21,6 +21,12 @@
  *            uffd backend 2 pages at 28672; on the file backend 1 page at
  *            36864 (a page read and then written is anonymous there, like
  *            one only written: not seen, docs/report.md)
+ *   nohandlers  malloc 1 MiB, page 0 written, page 10 read; a child made
+ *            by _Fork() (no fork handlers run: it keeps its parent's
+ *            descriptors) writes 0x42 to page 10 and reallocs the block to
+ *            8 MiB: its data must survive (exit status 1 if not; the shim
+ *            must not take its parent's pagemap for its own); the parent's
+ *            report: 1 page at 40960
  *   report_cases CASE [BACKEND]   (BACKEND uffd, the default, or file:
  *                                  which "want" readwrite prints) */
 #include <fcntl.h>
@@ -47,6 +53,7 @@ unsigned char *case_fork_alloc(size_t n);
 unsigned char *case_write_alloc(size_t n);
 unsigned char *case_middle_alloc(size_t n);
 unsigned char *case_readwrite_alloc(size_t n);
+unsigned char *case_nohandlers_alloc(size_t n);
 
 NOINLINE unsigned char *case_fresh_alloc(size_t n)
 {
@@ -220,6 +227,38 @@ static int case_readwrite(void)
 	return 0;
 }
 
+NOINLINE unsigned char *case_nohandlers_alloc(size_t n)
+{
+	unsigned char *p = malloc(n);
+	KEEP(p);
+	return p;
+}
+
+static int case_nohandlers(void)
+{
+	unsigned char *p = case_nohandlers_alloc(1024 * KIB);
+	int st;
+
+	if (!p)
+		return 1;
+	p[0] = 1;            /* a written page: the kernel copies the block's page tables */
+	sink = p[10 * PAGE]; /* read and never written, in the parent */
+	pid_t c = _Fork();
+	if (c == 0) {
+		p[10 * PAGE] = 0x42;
+		unsigned char *q = realloc(p, 8192 * KIB);
+		_exit(q && q[0] == 1 && q[10 * PAGE] == 0x42 ? 0 : 1);
+	}
+	if (c < 0 || waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st)) {
+		fprintf(stderr, "nohandlers: the _Fork child's data did not survive its realloc\n");
+		return 1;
+	}
+	printf("want pid=%d size=%u function=case_nohandlers_alloc pages=1 first_offset=40960\n",
+	       (int)getpid(), 1024 * KIB);
+	free(p);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -229,7 +268,7 @@ int main(int argc, char **argv)
 		{ "fresh", case_fresh },         { "realloc", case_realloc },
 		{ "fork", case_fork },           { "write", case_write },
 		{ "clean", case_clean },         { "middle", case_middle },
-		{ "readwrite", case_readwrite },
+		{ "readwrite", case_readwrite }, { "nohandlers", case_nohandlers },
 	};
 
 	if (argc == 3 && (!strcmp(argv[2], "uffd") || !strcmp(argv[2], "file")))
@@ -237,7 +276,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; (argc == 2 || argc == 3) && i < sizeof(cases) / sizeof(cases[0]); i++)
 		if (!strcmp(argv[1], cases[i].name))
 			return cases[i].fn();
-	fprintf(stderr, "usage: report_cases fresh|realloc|fork|write|clean|middle|readwrite "
-			"[uffd|file]\n");
+	fprintf(stderr, "usage: report_cases fresh|realloc|fork|write|clean|middle|readwrite|"
+			"nohandlers [uffd|file]\n");
 	return 2;
 }
