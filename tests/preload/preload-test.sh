@@ -331,7 +331,7 @@ check_report() {
 # The cases of report_cases.c: middle fails on the file backend if the
 # kernel's fault-around maps neighbours of the page read; readwrite wants
 # its page read and then written reported on the uffd backend only.
-report_cases=(fresh realloc fork write clean middle readwrite nohandlers)
+report_cases=(fresh realloc fork write clean middle readwrite nohandlers huge)
 
 case_report() {
 	start_daemon

@@ -27,9 +27,13 @@
  *            8 MiB: its data must survive (exit status 1 if not; the shim
  *            must not take its parent's pagemap for its own); the parent's
  *            report: 1 page at 40960
+ *   huge     malloc 16 MiB, read 1 byte of the 8th page of its first 2 MiB-
+ *            aligned part: 1 page (with shmem THP on, the file backend
+ *            must keep a read from mapping a 2 MiB folio whole)
  *   report_cases CASE [BACKEND]   (BACKEND uffd, the default, or file:
  *                                  which "want" readwrite prints) */
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +58,7 @@ unsigned char *case_write_alloc(size_t n);
 unsigned char *case_middle_alloc(size_t n);
 unsigned char *case_readwrite_alloc(size_t n);
 unsigned char *case_nohandlers_alloc(size_t n);
+unsigned char *case_huge_alloc(size_t n);
 
 NOINLINE unsigned char *case_fresh_alloc(size_t n)
 {
@@ -259,6 +264,28 @@ static int case_nohandlers(void)
 	return 0;
 }
 
+NOINLINE unsigned char *case_huge_alloc(size_t n)
+{
+	unsigned char *p = malloc(n);
+	KEEP(p);
+	return p;
+}
+
+static int case_huge(void)
+{
+	const uintptr_t two_mib = 2048 * KIB;
+	unsigned char *p = case_huge_alloc(16384 * KIB);
+
+	if (!p)
+		return 1;
+	uintptr_t a = ((uintptr_t)p + two_mib - 1) & ~(two_mib - 1);
+	sink = *(volatile unsigned char *)(a + 7 * PAGE);
+	printf("want pid=%d size=%u function=case_huge_alloc pages=1 first_offset=%lu\n",
+	       (int)getpid(), 16384 * KIB, (unsigned long)(a + 7 * PAGE - (uintptr_t)p));
+	free(p);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -269,6 +296,7 @@ int main(int argc, char **argv)
 		{ "fork", case_fork },           { "write", case_write },
 		{ "clean", case_clean },         { "middle", case_middle },
 		{ "readwrite", case_readwrite }, { "nohandlers", case_nohandlers },
+		{ "huge", case_huge },
 	};
 
 	if (argc == 3 && (!strcmp(argv[2], "uffd") || !strcmp(argv[2], "file")))
@@ -277,6 +305,6 @@ int main(int argc, char **argv)
 		if (!strcmp(argv[1], cases[i].name))
 			return cases[i].fn();
 	fprintf(stderr, "usage: report_cases fresh|realloc|fork|write|clean|middle|readwrite|"
-			"nohandlers [uffd|file]\n");
+			"nohandlers|huge [uffd|file]\n");
 	return 2;
 }
