@@ -950,28 +950,38 @@ static void fb_count(void *p, size_t from, size_t len, int zap)
 	pthread_mutex_unlock(&tab_lock);
 }
 
-/* At exit: the live blocks' reads (no zap: other threads may still run). */
-static void fb_count_live(void)
+/* Each live refpage block's pages read and never written: at exit
+ * (child 0) counted into its entry, not dropped (other threads may still
+ * run); in a fork child (child 1: one thread, the table consistent)
+ * dropped uncounted, since the kernel copied them with the page tables of
+ * blocks with written pages and the reads are the parent's, and the block
+ * registered again (the child's mappings are not). */
+static void fb_scan_live(int child)
 {
-	if (!fb_on || !fb_intact())
-		return;
-	pthread_mutex_lock(&tab_lock);
 	for (size_t i = 0, cap = tab ? (size_t)1 << tab_bits : 0; i < cap; i++) {
 		uint32_t n = 0;
 		uint64_t first = 0;
 		if (!tab[i].addr || blk_kind(tab[i]) != BLK_REFPAGE)
 			continue;
-		fb_scan(tab[i].addr, tab[i].addr, blk_len(tab[i]), 0, &n, &first);
-		hist_add(tab[i].addr, n, first);
+		fb_scan(tab[i].addr, tab[i].addr, blk_len(tab[i]), child, &n, &first);
+		if (child)
+			fb_register(tab[i].addr, blk_len(tab[i]));
+		else
+			hist_add(tab[i].addr, n, first);
 	}
+}
+
+static void fb_count_live(void)
+{
+	if (!fb_on || !fb_intact())
+		return;
+	pthread_mutex_lock(&tab_lock);
+	fb_scan_live(0);
 	pthread_mutex_unlock(&tab_lock);
 }
 
-/* A fork child (one thread, the table consistent): its blocks hold the
- * pages its parent read where the kernel copied their page tables (blocks
- * with written pages); those reads are the parent's, so they are dropped
- * uncounted. The parent's uffd and pagemap are not this process's, and
- * the child's mappings are not registered: both made anew. */
+/* A fork child: the parent's uffd and pagemap are not this process's:
+ * both made anew, then the live blocks as fb_scan_live says. */
 static void fb_fork_child(void)
 {
 	if (!fb_on)
@@ -981,16 +991,8 @@ static void fb_fork_child(void)
 	if (fb_uffd >= 0)
 		close(fb_uffd);
 	fb_pm = fb_uffd = -1;
-	if (fb_open() < 0)
-		return;
-	for (size_t i = 0, cap = tab ? (size_t)1 << tab_bits : 0; i < cap; i++) {
-		uint32_t n = 0;
-		uint64_t first = 0;
-		if (!tab[i].addr || blk_kind(tab[i]) != BLK_REFPAGE)
-			continue;
-		fb_scan(tab[i].addr, tab[i].addr, blk_len(tab[i]), 1, &n, &first);
-		fb_register(tab[i].addr, blk_len(tab[i]));
-	}
+	if (fb_open() == 0)
+		fb_scan_live(1);
 }
 
 /* --- blocks ------------------------------------------------------------ */

@@ -525,11 +525,13 @@ case_fallback() {
 	run fb-report root -- "$RP_RUN" --socket "$none" --stats --report -- "$RP_FORKALLOC" 0xaa 4
 	expect_out fb-report "forkalloc: ok"
 	count_err fb-report "refpaged|unavailable" 0
+	count_err fb-report "report: [0-9]+ of [0-9]+ large allocations" 1 # a report, not silence
 	count_err fb-report "\\(backend file\\).* large blocks refpage [1-9][0-9]*, memset 0" 1
 	run fb-shim root -- env LD_PRELOAD="$RP_SHIM" REFPAGED_SOCKET="$none" REFPAGE_RUN_STATS=1 \
 		REFPAGE_RUN_REPORT=1 "$RP_FORKALLOC" 0xaa 4
 	expect_out fb-shim "forkalloc: ok"
 	count_err fb-shim "refpaged|unavailable" 0
+	count_err fb-shim "report: [0-9]+ of [0-9]+ large allocations" 1
 	count_err fb-shim "fallbacks 0," 1
 	# The uffd backend asked for: memset, said once.
 	run fb-uffd root -- "$RP_RUN" --socket "$none" --backend uffd --stats -- "$RP_FORKALLOC" 0xaa 4
